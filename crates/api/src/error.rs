@@ -1,0 +1,61 @@
+//! JSON errors: `{"code": "400055", "httpStatusCode": "BadRequest", "message": "...", "details": null,
+//! "errorName": "ProofCommonNameMismatch"}` plus the header `iothub-errorcode`, the top-level shape
+//! Azure's SDKs parse (azure-compat.md section 1.7).
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use iothub_hub::error::{by_name, ErrorCode};
+use iothub_hub::HubError;
+
+/// An error answer of the API.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(name: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: by_name(name),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(e: HubError) -> Self {
+        ApiError {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.code.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(code = self.code.number, message = %self.message, "request failed");
+        }
+        let body = serde_json::json!({
+            "code": self.code.number.to_string(),
+            "httpStatusCode": status.canonical_reason().unwrap_or("Error").replace(' ', ""),
+            "message": self.message,
+            "details": null,
+            "errorName": self.code.name,
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Ok(v) = HeaderValue::from_str(self.code.name) {
+            response.headers_mut().insert("iothub-errorcode", v);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("SharedAccessSignature"),
+            );
+        }
+        response
+    }
+}

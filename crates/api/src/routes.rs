@@ -1,0 +1,321 @@
+//! The route table and handlers. Each handler: read the Authorization header and If-Match, run the
+//! `Hub` call on a blocking thread, render JSON. Paths mirror Azure's (`/certificates/{name}`,
+//! `.../generateVerificationCode`, `.../verify`); any `api-version` query is accepted.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use iothub_hub::{Hub, HubError, IfMatch, Principal, PutCertificate};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::body::read_json;
+use crate::error::ApiError;
+use crate::shapes::{certificate_description, rfc1123, PutBody, VerifyBody};
+
+/// Limits of the API layer.
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    /// The largest request body read, in bytes.
+    pub max_request_bytes: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_request_bytes: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    hub: Hub,
+    limits: Arc<ApiLimits>,
+}
+
+/// The OpenAPI document of this API.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+/// Builds the router over `hub`.
+pub fn router(hub: Hub, limits: ApiLimits) -> Router {
+    let state = AppState {
+        hub,
+        limits: Arc::new(limits),
+    };
+    Router::new()
+        .route("/certificates", get(list_certificates))
+        .route(
+            "/certificates/{name}",
+            get(get_certificate)
+                .put(put_certificate)
+                .delete(delete_certificate),
+        )
+        .route(
+            "/certificates/{name}/generateVerificationCode",
+            post(generate_code),
+        )
+        .route("/certificates/{name}/verify", post(verify_certificate))
+        .route("/audit", get(audit_log))
+        .route("/policies", get(list_policies))
+        .route("/policies/{name}/listKeys", post(policy_keys))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+fn if_match(headers: &HeaderMap) -> Option<IfMatch> {
+    headers
+        .get(axum::http::header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(IfMatch::parse)
+}
+
+/// Authenticates the request and runs `op` on a blocking thread.
+async fn run<T, F>(state: &AppState, headers: &HeaderMap, op: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Hub, &Principal) -> Result<T, HubError> + Send + 'static,
+{
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.to_str().map(str::to_owned));
+    let hub = state.hub.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let header = match authorization {
+            Some(Ok(h)) => Some(h),
+            Some(Err(_)) => {
+                return Err(HubError::Unauthorized(
+                    "the Authorization header is not ASCII text".into(),
+                ))
+            }
+            None => None,
+        };
+        let who = hub.authenticate(header.as_deref())?;
+        op(&hub, &who)
+    })
+    .await
+    .map_err(|e| ApiError::new("ServerError", format!("request task failed: {e}")))?;
+    if let Err(HubError::Unauthorized(reason)) = &result {
+        // The reason names no secret: token contents are never logged.
+        tracing::warn!(%reason, "request refused: unauthorized");
+    }
+    result.map_err(ApiError::from)
+}
+
+fn with_etag(mut response: Response, etag: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
+        response.headers_mut().insert(axum::http::header::ETAG, v);
+    }
+    response
+}
+
+fn resource_id(name: &str) -> String {
+    format!("/certificates/{name}")
+}
+
+async fn list_certificates(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let views = run(&state, &headers, |hub, who| hub.list_certificates(who)).await?;
+    let value: Vec<Value> = views
+        .iter()
+        .map(|v| certificate_description(v, &resource_id(&v.name)))
+        .collect();
+    Ok(Json(json!({ "value": value })))
+}
+
+async fn get_certificate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let view = run(&state, &headers, move |hub, who| {
+        hub.get_certificate(who, &name)
+    })
+    .await?;
+    let body = certificate_description(&view, &resource_id(&view.name));
+    Ok(with_etag(Json(body).into_response(), &view.etag))
+}
+
+async fn put_certificate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    // Authenticate before reading the body, so an anonymous caller cannot make us parse anything.
+    run(&state, &headers, |_, _| Ok(())).await?;
+    let parsed: PutBody = read_json(body, state.limits.max_request_bytes).await?;
+    let fields = parsed.properties.unwrap_or(parsed.legacy);
+    let certificate = fields.certificate.ok_or_else(|| {
+        ApiError::new(
+            "ArgumentInvalid",
+            "the body must carry properties.certificate: the CA certificate as PEM text or base64 of DER",
+        )
+    })?;
+    let request = PutCertificate {
+        certificate,
+        is_verified: fields.is_verified,
+    };
+    let precondition = if_match(&headers);
+    let (view, created) = run(&state, &headers, move |hub, who| {
+        hub.put_certificate(who, &name, &request, precondition.as_ref())
+    })
+    .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = certificate_description(&view, &resource_id(&view.name));
+    Ok(with_etag((status, Json(body)).into_response(), &view.etag))
+}
+
+async fn delete_certificate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let precondition = if_match(&headers);
+    run(&state, &headers, move |hub, who| {
+        hub.delete_certificate(who, &name, precondition.as_ref())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn generate_code(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let precondition = if_match(&headers);
+    let (view, code, _expires) = run(&state, &headers, move |hub, who| {
+        hub.generate_verification_code(who, &name, precondition.as_ref())
+    })
+    .await?;
+    let mut body = certificate_description(&view, &resource_id(&view.name));
+    body["properties"]["verificationCode"] = Value::String(code);
+    Ok(with_etag(Json(body).into_response(), &view.etag))
+}
+
+async fn verify_certificate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    run(&state, &headers, |_, _| Ok(())).await?;
+    let parsed: VerifyBody = read_json(body, state.limits.max_request_bytes).await?;
+    let certificate = parsed.certificate.ok_or_else(|| {
+        ApiError::new(
+            "ArgumentInvalid",
+            "the body must carry 'certificate': the verification certificate as PEM text or base64 of DER",
+        )
+    })?;
+    let precondition = if_match(&headers);
+    let view = run(&state, &headers, move |hub, who| {
+        hub.verify_certificate(who, &name, precondition.as_ref(), &certificate)
+    })
+    .await?;
+    let body = certificate_description(&view, &resource_id(&view.name));
+    Ok(with_etag(Json(body).into_response(), &view.etag))
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditParams {
+    target: Option<String>,
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn audit_log(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<AuditParams>,
+) -> Result<Json<Value>, ApiError> {
+    let entries = run(&state, &headers, move |hub, who| {
+        hub.audit_log(
+            who,
+            params.target.as_deref(),
+            params.before,
+            params.limit.unwrap_or(100),
+        )
+    })
+    .await?;
+    let value: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            json!({
+                "id": e.id,
+                "time": rfc1123(e.time),
+                "timeUnix": e.time,
+                "actor": e.actor,
+                "action": e.action,
+                "target": e.target,
+                "outcome": if e.success { "success" } else { "failure" },
+                "code": e.code,
+                "detail": e.detail,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "value": value })))
+}
+
+async fn list_policies(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let policies = run(&state, &headers, |hub, who| hub.list_policies(who)).await?;
+    let value: Vec<Value> = policies
+        .iter()
+        .map(|(name, rights)| json!({ "keyName": name, "rights": rights.join(", ") }))
+        .collect();
+    Ok(Json(json!({ "value": value })))
+}
+
+async fn policy_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = run(&state, &headers, move |hub, who| {
+        hub.policy_keys(who, &name)
+    })
+    .await?;
+    Ok(Json(json!({
+        "keyName": p.name,
+        "primaryKey": p.primary_key,
+        "secondaryKey": p.secondary_key,
+        "rights": p.rights.join(", "),
+    })))
+}
+
+async fn openapi(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    run(&state, &headers, |_, _| Ok(())).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI_JSON,
+    )
+        .into_response())
+}
+
+async fn not_found(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    // Unknown paths are refused as unauthorized first, so the route table is not probeable.
+    run(&state, &headers, |_, _| Ok(())).await?;
+    Err(ApiError::new(
+        "RouteNotFound",
+        format!("no such route: {}", uri.path()),
+    ))
+}

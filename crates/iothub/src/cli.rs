@@ -1,0 +1,418 @@
+//! The client commands: `cert ...`, `audit`, `connection-string`, `sas-token`. Each is one or a
+//! few API calls; the hub decides every rule, the CLI only presents the answer (text for people,
+//! `-o json` for scripts: the API's JSON as is).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::client::{segment, unix_now, ApiClient, HubTarget};
+use crate::Output;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CertCommand {
+    /// Register a CA certificate (PEM or DER file) under NAME; it starts Unverified.
+    Add {
+        name: String,
+        file: PathBuf,
+        /// Replace the certificate registered under NAME (resets it to Unverified).
+        #[arg(long)]
+        replace: bool,
+        /// Ask for the CA to be Verified on upload (only if the hub allows it).
+        #[arg(long)]
+        verified: bool,
+    },
+    /// List the CA certificates.
+    List,
+    /// Show one CA certificate.
+    Show { name: String },
+    /// Generate a fresh verification code; prints the code alone.
+    Code {
+        name: String,
+        /// Only if the certificate's etag is still this one.
+        #[arg(long)]
+        etag: Option<String>,
+    },
+    /// Verify proof of possession with a verification certificate (CN = the code, signed by the CA).
+    Verify {
+        name: String,
+        file: PathBuf,
+        #[arg(long)]
+        etag: Option<String>,
+    },
+    /// Prove possession in one step: fetch a code, sign a verification certificate locally with the
+    /// CA key (it never leaves this machine), upload it and verify.
+    Prove {
+        name: String,
+        /// The CA's private key (PKCS#8, PKCS#1 or SEC1 PEM).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Delete a CA certificate.
+    Delete {
+        name: String,
+        #[arg(long)]
+        etag: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// Only entries about this certificate.
+    #[arg(long)]
+    pub certificate: Option<String>,
+    /// At most this many entries (1 to 1000).
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConnectionStringArgs {
+    /// A policy other than the connection string's own (its keys are read from the hub).
+    #[arg(long)]
+    pub policy: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SasTokenArgs {
+    /// The policy to sign with [default: the connection string's policy].
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Lifetime of the token in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: i64,
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn prop<'a>(v: &'a Value, key: &str) -> &'a Value {
+    &v["properties"][key]
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn summary(v: &Value) -> String {
+    format!(
+        "{}: {} (subject {}, thumbprint {}, expires {})",
+        text(&v["name"]),
+        text(prop(v, "status")),
+        text(prop(v, "subject")),
+        text(prop(v, "thumbprint")),
+        text(prop(v, "expiry"))
+    )
+}
+
+/// Reads a certificate file: PEM text as is, binary DER as base64 (as Azure's CLI sends it).
+fn read_certificate_file(path: &PathBuf) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
+    })
+}
+
+fn cert_path(name: &str) -> String {
+    format!("/certificates/{}", segment(name))
+}
+
+pub fn cert(target: &HubTarget, output: Output, cmd: CertCommand) -> Result<()> {
+    let api = ApiClient::connect(target)?;
+    match cmd {
+        CertCommand::Add {
+            name,
+            file,
+            replace,
+            verified,
+        } => {
+            let certificate = read_certificate_file(&file)?;
+            let mut properties = json!({ "certificate": certificate });
+            if verified {
+                properties["isVerified"] = json!(true);
+            }
+            let etag = if replace {
+                let current = api.call(Method::GET, &cert_path(&name), None, None)?;
+                Some(text(&current["etag"]))
+            } else {
+                None
+            };
+            let v = api.call(
+                Method::PUT,
+                &cert_path(&name),
+                etag.as_deref(),
+                Some(&json!({ "properties": properties })),
+            )?;
+            match output {
+                Output::Json => print_json(&v),
+                Output::Text => {
+                    println!("{}", summary(&v));
+                    Ok(())
+                }
+            }
+        }
+        CertCommand::List => {
+            let v = api.call(Method::GET, "/certificates", None, None)?;
+            match output {
+                Output::Json => print_json(&v),
+                Output::Text => {
+                    let items = v["value"].as_array().cloned().unwrap_or_default();
+                    if items.is_empty() {
+                        println!("no CA certificates");
+                    } else {
+                        println!(
+                            "{:<24} {:<10} {:<40} {:<29} SUBJECT",
+                            "NAME", "STATUS", "THUMBPRINT", "EXPIRY"
+                        );
+                        for c in items {
+                            println!(
+                                "{:<24} {:<10} {:<40} {:<29} {}",
+                                text(&c["name"]),
+                                text(prop(&c, "status")),
+                                text(prop(&c, "thumbprint")),
+                                text(prop(&c, "expiry")),
+                                text(prop(&c, "subject"))
+                            );
+                        }
+                    }
+                    Ok(())
+                }
+            }
+        }
+        CertCommand::Show { name } => {
+            let v = api.call(Method::GET, &cert_path(&name), None, None)?;
+            match output {
+                Output::Json => print_json(&v),
+                Output::Text => {
+                    println!("name: {}", text(&v["name"]));
+                    println!("etag: {}", text(&v["etag"]));
+                    for key in [
+                        "status",
+                        "subject",
+                        "issuer",
+                        "thumbprint",
+                        "thumbprintSha256",
+                        "notBefore",
+                        "expiry",
+                        "keyAlgorithm",
+                        "isRoot",
+                        "pathLengthConstraint",
+                        "subjectKeyIdentifier",
+                        "authorityKeyIdentifier",
+                        "serialNumber",
+                        "created",
+                        "updated",
+                        "verificationCodeExpiry",
+                    ] {
+                        println!("{key}: {}", text(prop(&v, key)));
+                    }
+                    Ok(())
+                }
+            }
+        }
+        CertCommand::Code { name, etag } => {
+            let v = api.call(
+                Method::POST,
+                &format!("{}/generateVerificationCode", cert_path(&name)),
+                etag.as_deref(),
+                None,
+            )?;
+            match output {
+                Output::Json => print_json(&v),
+                Output::Text => {
+                    println!("{}", text(prop(&v, "verificationCode")));
+                    eprintln!(
+                        "code for '{name}' live until {}; make a certificate with subject CN=<code> signed by the CA's key, then: iothub cert verify {name} <file>",
+                        text(prop(&v, "verificationCodeExpiry"))
+                    );
+                    Ok(())
+                }
+            }
+        }
+        CertCommand::Verify { name, file, etag } => {
+            let certificate = read_certificate_file(&file)?;
+            let v = api.call(
+                Method::POST,
+                &format!("{}/verify", cert_path(&name)),
+                etag.as_deref(),
+                Some(&json!({ "certificate": certificate })),
+            )?;
+            match output {
+                Output::Json => print_json(&v),
+                Output::Text => {
+                    println!("{}", summary(&v));
+                    Ok(())
+                }
+            }
+        }
+        CertCommand::Prove { name, key } => prove(&api, output, &name, &key),
+        CertCommand::Delete { name, etag } => {
+            api.call(Method::DELETE, &cert_path(&name), etag.as_deref(), None)?;
+            match output {
+                Output::Json => print_json(&json!({ "deleted": name })),
+                Output::Text => {
+                    println!("deleted {name}");
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// `cert prove`: the whole proof of possession in one step, the key staying on this machine.
+fn prove(api: &ApiClient, output: Output, name: &str, key_path: &PathBuf) -> Result<()> {
+    let key_pem = std::fs::read_to_string(key_path)
+        .with_context(|| format!("cannot read {}", key_path.display()))?;
+    let current = api.call(Method::GET, &cert_path(name), None, None)?;
+    let ca_pem = text(prop(&current, "certificate"));
+    // Check the key against the CA before changing anything on the hub.
+    let issuer = iothub_pki::gen::CaIssuer::from_pem(&ca_pem, &key_pem).with_context(|| {
+        format!(
+            "{} cannot sign for certificate '{name}'",
+            key_path.display()
+        )
+    })?;
+    let coded = api.call(
+        Method::POST,
+        &format!("{}/generateVerificationCode", cert_path(name)),
+        Some(&text(&current["etag"])),
+        None,
+    )?;
+    let code = text(prop(&coded, "verificationCode"));
+    let now = time::OffsetDateTime::now_utc();
+    let verification =
+        iothub_pki::gen::make_verification_cert(&code, &issuer, now, time::Duration::hours(1))?;
+
+    // Apply the hub's own rule locally first: a certificate we cannot reproduce exactly (e.g. a CA
+    // subject with repeated attribute types) is explained here instead of being refused remotely.
+    let ca_der = iothub_pki::parse_certificate_input(ca_pem.as_bytes(), usize::MAX)?;
+    let ca_info = iothub_pki::CertInfo::from_der(&ca_der)?;
+    let state = iothub_pki::pop::CodeState::Live {
+        code: code.clone(),
+        expires_at: unix_now() + 60,
+    };
+    if let Err(e) = iothub_pki::pop::verify_proof(
+        name,
+        &ca_info,
+        &state,
+        verification.cert_pem.as_bytes(),
+        usize::MAX,
+        unix_now(),
+    ) {
+        bail!(
+            "the verification certificate made locally would be refused ({e}); make it with openssl instead (subject CN={code}) and run 'iothub cert verify {name} FILE'"
+        );
+    }
+    let v = api.call(
+        Method::POST,
+        &format!("{}/verify", cert_path(name)),
+        Some(&text(&coded["etag"])),
+        Some(&json!({ "certificate": verification.cert_pem })),
+    )?;
+    match output {
+        Output::Json => print_json(&v),
+        Output::Text => {
+            println!("{}", summary(&v));
+            Ok(())
+        }
+    }
+}
+
+pub fn audit(target: &HubTarget, output: Output, args: AuditArgs) -> Result<()> {
+    let api = ApiClient::connect(target)?;
+    let mut path = format!("/audit?limit={}", args.limit);
+    if let Some(c) = &args.certificate {
+        path.push_str(&format!("&target={}", segment(&format!("certificate/{c}"))));
+    }
+    let v = api.call(Method::GET, &path, None, None)?;
+    match output {
+        Output::Json => print_json(&v),
+        Output::Text => {
+            for e in v["value"].as_array().cloned().unwrap_or_default() {
+                let code = match &e["code"] {
+                    Value::String(c) => format!(" [{c}]"),
+                    _ => String::new(),
+                };
+                println!(
+                    "{}  {:<12} {:<38} {:<24} {}{}: {}",
+                    text(&e["time"]),
+                    text(&e["actor"]),
+                    text(&e["action"]),
+                    text(&e["target"]),
+                    text(&e["outcome"]),
+                    code,
+                    text(&e["detail"])
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn policy_key(target: &HubTarget, policy: &str) -> Result<String> {
+    let api = ApiClient::connect(target)?;
+    let v = api.call(
+        Method::POST,
+        &format!("/policies/{}/listKeys", segment(policy)),
+        None,
+        None,
+    )?;
+    Ok(text(&v["primaryKey"]))
+}
+
+pub fn connection_string(
+    target: &HubTarget,
+    output: Output,
+    args: ConnectionStringArgs,
+) -> Result<()> {
+    let conn = target.connection()?;
+    let (policy, key) = match args.policy {
+        Some(p) if p != conn.policy => {
+            let key = policy_key(target, &p)?;
+            (p, key)
+        }
+        _ => (conn.policy.clone(), conn.key.clone()),
+    };
+    let s = format!(
+        "HostName={};SharedAccessKeyName={policy};SharedAccessKey={key}",
+        conn.host_name
+    );
+    match output {
+        Output::Json => print_json(&json!({ "connectionString": s })),
+        Output::Text => {
+            println!("{s}");
+            Ok(())
+        }
+    }
+}
+
+pub fn sas_token(target: &HubTarget, output: Output, args: SasTokenArgs) -> Result<()> {
+    if !(1..=365 * 24 * 3600).contains(&args.ttl) {
+        bail!("--ttl is {} seconds; expected 1 to 31536000", args.ttl);
+    }
+    let mut conn = target.connection()?;
+    if let Some(p) = args.policy {
+        if p != conn.policy {
+            conn.key = policy_key(target, &p)?;
+            conn.policy = p;
+        }
+    }
+    let token = conn.token(args.ttl)?;
+    match output {
+        Output::Json => print_json(&json!({ "sas": token, "expiry": unix_now() + args.ttl })),
+        Output::Text => {
+            println!("{token}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! `serve` configuration: each setting is a flag, an `IOTHUB_*` environment variable (clap reads
+//! both) and a key of an optional TOML file; a flag or variable wins over the file, the file over the
+//! default. Values are validated here, once, with errors that name the setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// The `serve` flags (every one optional, so that the TOML file can supply it).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (keys as the flags, with '_' for '-').
+    #[arg(long, env = "IOTHUB_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTPS API address [default: 0.0.0.0:8443].
+    #[arg(long, env = "IOTHUB_HTTPS", value_name = "ADDR:PORT")]
+    pub https: Option<SocketAddr>,
+    /// MQTT/TLS address for devices [default: 0.0.0.0:8883].
+    #[arg(long, env = "IOTHUB_MQTT", value_name = "ADDR:PORT")]
+    pub mqtt: Option<SocketAddr>,
+    /// A host name clients use for the hub (repeatable): added to the server certificate and used
+    /// in the connection string (the first one).
+    #[arg(
+        long = "hostname",
+        env = "IOTHUB_HOSTNAME",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub hostnames: Vec<String>,
+    /// The hub's name [default: iothub].
+    #[arg(long, env = "IOTHUB_NAME")]
+    pub name: Option<String>,
+    /// Lifetime of a verification code: seconds, or a number with s, m or h [default: 1h].
+    #[arg(long, env = "IOTHUB_CODE_LIFETIME", value_name = "DURATION")]
+    pub code_lifetime: Option<String>,
+    /// Maximum number of CA certificates [default: 10000].
+    #[arg(long, env = "IOTHUB_CA_LIMIT")]
+    pub ca_limit: Option<u64>,
+    /// Honour isVerified=true on upload (skips proof of possession) [default: false].
+    #[arg(long, env = "IOTHUB_ALLOW_VERIFY_ON_UPLOAD", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_verify_on_upload: Option<bool>,
+    /// Largest HTTPS request body, in bytes [default: 262144].
+    #[arg(long, env = "IOTHUB_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Largest certificate input, in bytes [default: 65536].
+    #[arg(long, env = "IOTHUB_MAX_CERTIFICATE_BYTES")]
+    pub max_certificate_bytes: Option<usize>,
+    /// Most HTTPS connections served at once [default: 1024].
+    #[arg(long, env = "IOTHUB_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+}
+
+/// The TOML file: the same settings, all optional; unknown keys are an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data: Option<PathBuf>,
+    https: Option<SocketAddr>,
+    mqtt: Option<SocketAddr>,
+    hostnames: Option<Vec<String>>,
+    name: Option<String>,
+    code_lifetime: Option<toml::Value>,
+    ca_limit: Option<u64>,
+    allow_verify_on_upload: Option<bool>,
+    max_request_bytes: Option<usize>,
+    max_certificate_bytes: Option<usize>,
+    max_connections: Option<usize>,
+}
+
+/// The resolved configuration of `serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data: PathBuf,
+    pub https: SocketAddr,
+    pub mqtt: SocketAddr,
+    pub hostnames: Vec<String>,
+    pub name: String,
+    pub code_lifetime_secs: i64,
+    pub ca_limit: u64,
+    pub allow_verify_on_upload: bool,
+    pub max_request_bytes: usize,
+    pub max_certificate_bytes: usize,
+    pub max_connections: usize,
+}
+
+/// Parses `3600`, `90s`, `30m`, `1h` into seconds (1 second to 30 days).
+pub fn parse_duration(text: &str) -> Result<i64> {
+    let t = text.trim();
+    let (number, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c),
+        _ => (t, 's'),
+    };
+    let n: i64 = number
+        .trim()
+        .parse()
+        .with_context(|| format!("'{text}' is not a duration; expected seconds or a number with s, m or h (e.g. 3600, 90s, 30m, 1h)"))?;
+    let secs = match unit {
+        's' => n,
+        'm' => n.saturating_mul(60),
+        'h' => n.saturating_mul(3600),
+        other => bail!("'{text}' has the unit '{other}'; expected s, m or h"),
+    };
+    if !(1..=30 * 24 * 3600).contains(&secs) {
+        bail!("'{text}' is {secs} seconds; expected 1 second to 30 days");
+    }
+    Ok(secs)
+}
+
+impl ServeConfig {
+    /// Merges flags/environment, the TOML file and defaults.
+    pub fn resolve(data_flag: Option<&Path>, args: &ServeArgs) -> Result<ServeConfig> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read the configuration file {}", path.display())
+                })?;
+                toml::from_str::<FileConfig>(&text).with_context(|| {
+                    format!("the configuration file {} is invalid", path.display())
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let code_lifetime = match (&args.code_lifetime, &file.code_lifetime) {
+            (Some(flag), _) => parse_duration(flag).context("--code-lifetime")?,
+            (None, Some(toml::Value::Integer(n))) => parse_duration(&n.to_string()).context("code_lifetime")?,
+            (None, Some(toml::Value::String(s))) => parse_duration(s).context("code_lifetime")?,
+            (None, Some(other)) => bail!("code_lifetime in the configuration file is {other:?}; expected a number of seconds or a string such as \"1h\""),
+            (None, None) => iothub_pki::pop::DEFAULT_CODE_LIFETIME_SECS,
+        };
+        let hostnames = if !args.hostnames.is_empty() {
+            args.hostnames.clone()
+        } else {
+            file.hostnames.unwrap_or_default()
+        };
+        for h in &hostnames {
+            if h.is_empty()
+                || h.len() > 253
+                || !h
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'))
+            {
+                bail!("--hostname '{h}' is not a host name or IP address");
+            }
+        }
+        let config = ServeConfig {
+            data: data_flag
+                .map(Path::to_path_buf)
+                .or(file.data)
+                .unwrap_or_else(|| PathBuf::from("./data")),
+            https: args
+                .https
+                .or(file.https)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8443))),
+            mqtt: args
+                .mqtt
+                .or(file.mqtt)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8883))),
+            hostnames,
+            name: args
+                .name
+                .clone()
+                .or(file.name)
+                .unwrap_or_else(|| "iothub".into()),
+            code_lifetime_secs: code_lifetime,
+            ca_limit: args
+                .ca_limit
+                .or(file.ca_limit)
+                .unwrap_or(iothub_pki::pop::DEFAULT_CA_LIMIT),
+            allow_verify_on_upload: args
+                .allow_verify_on_upload
+                .or(file.allow_verify_on_upload)
+                .unwrap_or(false),
+            max_request_bytes: args
+                .max_request_bytes
+                .or(file.max_request_bytes)
+                .unwrap_or(256 * 1024),
+            max_certificate_bytes: args
+                .max_certificate_bytes
+                .or(file.max_certificate_bytes)
+                .unwrap_or(iothub_pki::DEFAULT_MAX_CERTIFICATE_BYTES),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(1024),
+        };
+        if config.ca_limit == 0 {
+            bail!("--ca-limit must be at least 1");
+        }
+        if config.max_certificate_bytes < 1024 || config.max_certificate_bytes > 16 * 1024 * 1024 {
+            bail!(
+                "--max-certificate-bytes is {}; expected 1024 to 16777216",
+                config.max_certificate_bytes
+            );
+        }
+        if config.max_request_bytes < config.max_certificate_bytes {
+            bail!(
+                "--max-request-bytes ({}) must be at least --max-certificate-bytes ({})",
+                config.max_request_bytes,
+                config.max_certificate_bytes
+            );
+        }
+        if config.max_connections == 0 {
+            bail!("--max-connections must be at least 1");
+        }
+        if iothub_pki::pop::validate_ca_name(&config.name).is_err() {
+            bail!(
+                "--name '{}' is invalid: expected 1 to 64 letters, digits, '-', '.' or '_'",
+                config.name
+            );
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("3600").unwrap(), 3600);
+        assert_eq!(parse_duration("90s").unwrap(), 90);
+        assert_eq!(parse_duration("30m").unwrap(), 1800);
+        assert_eq!(parse_duration("1h").unwrap(), 3600);
+        for bad in ["", "0", "-5", "1d", "abc", "31000000"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn precedence_flag_over_file_over_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("iothub.toml");
+        std::fs::write(
+            &path,
+            "ca_limit = 7\ncode_lifetime = \"2m\"\nhostnames = [\"hub.example\"]\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ca_limit: Some(9),
+            ..Default::default()
+        };
+        let c = ServeConfig::resolve(None, &args).unwrap();
+        assert_eq!(c.ca_limit, 9);
+        assert_eq!(c.code_lifetime_secs, 120);
+        assert_eq!(c.hostnames, ["hub.example"]);
+        assert_eq!(c.https.port(), 8443);
+        std::fs::write(&path, "no_such_key = 1\n").unwrap();
+        let err = ServeConfig::resolve(None, &args).unwrap_err();
+        assert!(format!("{err:#}").contains("no_such_key"), "{err:#}");
+    }
+}

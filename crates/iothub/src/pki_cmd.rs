@@ -1,0 +1,232 @@
+//! `iothub pki ...`: make test certificates without openssl. Files are written next to each other:
+//! `NAME.pem` (certificate, with its chain for intermediates and devices) and `NAME.key` (mode 0600).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use iothub_pki::gen::{self, CaIssuer, KeyKind};
+use serde_json::json;
+use time::{Duration, OffsetDateTime};
+
+use crate::files::write_new;
+use crate::Output;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeyArgs {
+    /// RSA key of this many bits (2048, 3072 or 4096) instead of ECDSA P-256.
+    #[arg(long, value_name = "BITS", conflicts_with_all = ["ed25519", "p384"])]
+    rsa: Option<u32>,
+    /// Ed25519 key instead of ECDSA P-256.
+    #[arg(long, conflicts_with = "p384")]
+    ed25519: bool,
+    /// ECDSA P-384 key instead of P-256.
+    #[arg(long)]
+    p384: bool,
+}
+
+impl KeyArgs {
+    fn kind(&self) -> KeyKind {
+        match (self.rsa, self.ed25519, self.p384) {
+            (Some(bits), _, _) => KeyKind::Rsa(bits),
+            (_, true, _) => KeyKind::Ed25519,
+            (_, _, true) => KeyKind::EcP384,
+            _ => KeyKind::EcP256,
+        }
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PkiCommand {
+    /// Make a root CA, or with --parent an intermediate CA: NAME.pem and NAME.key.
+    Ca {
+        name: String,
+        /// Subject CN [default: NAME].
+        #[arg(long)]
+        cn: Option<String>,
+        /// Sign with this CA: PARENT.pem and PARENT.key (or give --parent-cert and --parent-key).
+        #[arg(long, conflicts_with_all = ["parent_cert", "parent_key"])]
+        parent: Option<PathBuf>,
+        #[arg(long, requires = "parent_key")]
+        parent_cert: Option<PathBuf>,
+        #[arg(long, requires = "parent_cert")]
+        parent_key: Option<PathBuf>,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: i64,
+        /// Directory to write into.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make a device certificate with CN = ID and the clientAuth usage, signed by a CA: ID.pem
+    /// (leaf followed by the CA chain) and ID.key.
+    Device {
+        id: String,
+        #[arg(long)]
+        ca_cert: PathBuf,
+        #[arg(long)]
+        ca_key: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make a verification certificate offline: CN = CODE, signed by the CA.
+    VerificationCert {
+        #[arg(long)]
+        ca_cert: PathBuf,
+        #[arg(long)]
+        ca_key: PathBuf,
+        #[arg(long)]
+        code: String,
+        /// Output file (its key goes beside it, with .key).
+        #[arg(long, default_value = "verification.pem")]
+        out: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn issuer(cert: &Path, key: &Path) -> Result<CaIssuer> {
+    CaIssuer::from_pem(&read(cert)?, &read(key)?)
+        .with_context(|| format!("cannot sign with {} and {}", cert.display(), key.display()))
+}
+
+fn check_days(days: i64) -> Result<Duration> {
+    if !(1..=36500).contains(&days) {
+        bail!("--days is {days}; expected 1 to 36500");
+    }
+    Ok(Duration::days(days))
+}
+
+fn write_pair(
+    output: Output,
+    cert_path: &Path,
+    key_path: &Path,
+    g: &gen::Generated,
+    force: bool,
+) -> Result<()> {
+    // Key first: a certificate on disk always has its key beside it.
+    write_new(key_path, g.key_pem.as_bytes(), 0o600, force)?;
+    write_new(cert_path, g.cert_pem.as_bytes(), 0o644, force)?;
+    match output {
+        Output::Json => println!(
+            "{}",
+            json!({ "certificate": cert_path.display().to_string(), "key": key_path.display().to_string() })
+        ),
+        Output::Text => println!("wrote {} and {}", cert_path.display(), key_path.display()),
+    }
+    Ok(())
+}
+
+fn file_stem_ok(name: &str, what: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        bail!("{what} '{name}' cannot be used as a file name");
+    }
+    Ok(())
+}
+
+pub fn run(output: Output, cmd: PkiCommand) -> Result<()> {
+    let now = OffsetDateTime::now_utc();
+    let not_before = now - Duration::minutes(5);
+    match cmd {
+        PkiCommand::Ca {
+            name,
+            cn,
+            parent,
+            parent_cert,
+            parent_key,
+            key,
+            days,
+            out_dir,
+            force,
+        } => {
+            file_stem_ok(&name, "the CA name")?;
+            let parent_files = match (parent, parent_cert, parent_key) {
+                (Some(p), _, _) => Some((p.with_extension("pem"), p.with_extension("key"))),
+                (None, Some(c), Some(k)) => Some((c, k)),
+                _ => None,
+            };
+            let parent = parent_files.map(|(c, k)| issuer(&c, &k)).transpose()?;
+            let g = gen::make_ca(
+                cn.as_deref().unwrap_or(&name),
+                key.kind(),
+                parent.as_ref(),
+                not_before,
+                now + check_days(days)?,
+            )?;
+            write_pair(
+                output,
+                &out_dir.join(format!("{name}.pem")),
+                &out_dir.join(format!("{name}.key")),
+                &g,
+                force,
+            )
+        }
+        PkiCommand::Device {
+            id,
+            ca_cert,
+            ca_key,
+            key,
+            days,
+            out_dir,
+            force,
+        } => {
+            file_stem_ok(&id, "the device id")?;
+            let ca = issuer(&ca_cert, &ca_key)?;
+            // An intermediate's file holds its chain: keep every CA certificate after the leaf.
+            let g = gen::make_leaf(
+                &id,
+                key.kind(),
+                &ca,
+                &[],
+                not_before,
+                now + check_days(days)?,
+            )?;
+            let chain = read(&ca_cert)?;
+            let leaf_only = g
+                .cert_pem
+                .split_inclusive("-----END CERTIFICATE-----\n")
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let full = gen::Generated {
+                cert_pem: format!("{leaf_only}{chain}"),
+                key_pem: g.key_pem,
+            };
+            write_pair(
+                output,
+                &out_dir.join(format!("{id}.pem")),
+                &out_dir.join(format!("{id}.key")),
+                &full,
+                force,
+            )
+        }
+        PkiCommand::VerificationCert {
+            ca_cert,
+            ca_key,
+            code,
+            out,
+            force,
+        } => {
+            let code = code.trim();
+            if code.is_empty() || code.len() > 64 {
+                bail!("--code must be the verification code the hub gave (48 hex characters)");
+            }
+            let ca = issuer(&ca_cert, &ca_key)?;
+            let g = gen::make_verification_cert(code, &ca, now, Duration::hours(24))?;
+            write_pair(output, &out, &out.with_extension("key"), &g, force)
+        }
+    }
+}

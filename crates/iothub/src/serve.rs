@@ -1,0 +1,221 @@
+//! `iothub serve`: open the store, make sure the hub has its TLS identity and owner credential,
+//! bind the HTTPS listener and serve until SIGINT/SIGTERM.
+//!
+//! First start creates, under the data directory: `iothub.db` (SQLite), `tls/ca.pem` + `tls/ca.key`
+//! (the hub's own local CA, which clients trust), `tls/server.pem` + `tls/server.key` (re-issued on
+//! every start so that its SANs follow the configuration), and `connection-string` (the owner
+//! connection string, mode 0600, rewritten on every start with the current host and port).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use iothub_hub::{Hub, HubConfig, SystemClock};
+use iothub_pki::gen::{self, CaIssuer, KeyKind};
+use iothub_store::SqliteStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use time::{Duration, OffsetDateTime};
+
+use crate::config::ServeConfig;
+use crate::files::{create_private_dir, write_atomic};
+
+pub const CONNECTION_STRING_FILE: &str = "connection-string";
+pub const HUB_CA_FILE: &str = "tls/ca.pem";
+
+/// The system's host name, if it has one.
+fn system_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Every name the hub answers to: configured names first, then localhost, loopback IPs and the
+/// system host name.
+pub fn hub_names(config: &ServeConfig) -> Vec<String> {
+    let mut names = config.hostnames.clone();
+    for n in ["localhost", "127.0.0.1", "::1"] {
+        names.push(n.to_string());
+    }
+    names.extend(system_hostname());
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.to_ascii_lowercase()));
+    names
+}
+
+/// Loads the hub's local CA, creating it on first start.
+fn load_or_create_tls_ca(tls_dir: &Path) -> Result<CaIssuer> {
+    let cert_path = tls_dir.join("ca.pem");
+    let key_path = tls_dir.join("ca.key");
+    if !cert_path.exists() || !key_path.exists() {
+        let now = OffsetDateTime::now_utc();
+        let ca = gen::make_ca(
+            "iothub local TLS CA",
+            KeyKind::EcP256,
+            None,
+            now - Duration::hours(1),
+            now + Duration::days(3650),
+        )?;
+        write_atomic(&key_path, ca.key_pem.as_bytes(), 0o600)?;
+        write_atomic(&cert_path, ca.cert_pem.as_bytes(), 0o644)?;
+    }
+    let cert = std::fs::read_to_string(&cert_path)
+        .with_context(|| format!("cannot read {}", cert_path.display()))?;
+    let key = std::fs::read_to_string(&key_path)
+        .with_context(|| format!("cannot read {}", key_path.display()))?;
+    CaIssuer::from_pem(&cert, &key)
+        .with_context(|| format!("the hub TLS CA in {} is unusable", tls_dir.display()))
+}
+
+/// Issues the server certificate for `names` and builds the rustls configuration.
+fn server_tls(tls_dir: &Path, names: &[String]) -> Result<Arc<rustls::ServerConfig>> {
+    let ca = load_or_create_tls_ca(tls_dir)?;
+    let now = OffsetDateTime::now_utc();
+    let leaf = gen::make_leaf(
+        names.first().map(String::as_str).unwrap_or("localhost"),
+        KeyKind::EcP256,
+        &ca,
+        names,
+        now - Duration::hours(1),
+        now + Duration::days(397),
+    )?;
+    write_atomic(&tls_dir.join("server.key"), leaf.key_pem.as_bytes(), 0o600)?;
+    write_atomic(&tls_dir.join("server.pem"), leaf.cert_pem.as_bytes(), 0o644)?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes())?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The host part a client should use for `addr` when no host name is configured.
+fn connect_host(config: &ServeConfig) -> String {
+    config
+        .hostnames
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "localhost".into())
+}
+
+pub fn connection_string(host: &str, port: u16, policy: &str, key: &str) -> String {
+    let host_port = if port == 443 {
+        host.to_string()
+    } else if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    format!("HostName={host_port};SharedAccessKeyName={policy};SharedAccessKey={key}")
+}
+
+pub async fn run(config: ServeConfig) -> Result<()> {
+    let data: PathBuf = config.data.clone();
+    create_private_dir(&data)?;
+    let tls_dir = data.join("tls");
+    create_private_dir(&tls_dir)?;
+    std::fs::set_permissions(
+        &tls_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+
+    // The database holds policy keys: create it owner-only before SQLite opens it (SQLite gives its
+    // -wal and -shm files the database file's mode).
+    let db_path = data.join("iothub.db");
+    if !db_path.exists() {
+        write_atomic(&db_path, b"", 0o600)?;
+    }
+    std::fs::set_permissions(
+        &db_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    let store = SqliteStore::open(&db_path)
+        .with_context(|| format!("cannot open the database in {}", data.display()))?;
+    let names = hub_names(&config);
+    let hub = Hub::new(
+        Arc::new(store),
+        HubConfig {
+            code_lifetime_secs: config.code_lifetime_secs,
+            ca_limit: config.ca_limit,
+            allow_verify_on_upload: config.allow_verify_on_upload,
+            max_certificate_bytes: config.max_certificate_bytes,
+            host_names: names.clone(),
+        },
+        Arc::new(SystemClock),
+    )?;
+    let new_owner = hub.ensure_default_policies()?;
+    let tls = server_tls(&tls_dir, &names)?;
+
+    let listener = tokio::net::TcpListener::bind(config.https)
+        .await
+        .with_context(|| format!("cannot listen on {} (--https)", config.https))?;
+    let https_addr: SocketAddr = listener.local_addr()?;
+
+    let owner = hub.owner_policy()?;
+    let conn_str = connection_string(
+        &connect_host(&config),
+        https_addr.port(),
+        &owner.name,
+        &owner.primary_key,
+    );
+    write_atomic(
+        &data.join(CONNECTION_STRING_FILE),
+        format!("{conn_str}\n").as_bytes(),
+        0o600,
+    )?;
+    if new_owner.is_some() {
+        // Shown once, on first start; afterwards it is in the file (mode 0600) only.
+        println!(
+            "owner connection string (shown once; kept in {}):",
+            data.join(CONNECTION_STRING_FILE).display()
+        );
+        println!("  {conn_str}");
+    }
+    println!(
+        "hub TLS CA certificate: {}",
+        data.join(HUB_CA_FILE).display()
+    );
+    println!("https listening on {https_addr}");
+    tracing::info!(%https_addr, hub = %config.name, "iothub serving");
+    // Devices (MQTT/TLS) are not served yet: the address is accepted now so that configurations
+    // written today keep working when the gateway lands.
+    tracing::debug!(mqtt = %config.mqtt, "MQTT address configured (no MQTT listener in this build)");
+
+    let router = iothub_api::router(
+        hub,
+        iothub_api::ApiLimits {
+            max_request_bytes: config.max_request_bytes,
+        },
+    );
+    iothub_api::serve_tls(
+        listener,
+        tls,
+        router,
+        iothub_api::ServerLimits {
+            max_connections: config.max_connections,
+            ..Default::default()
+        },
+        shutdown_signal(),
+    )
+    .await;
+    println!("iothub stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

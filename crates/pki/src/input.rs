@@ -1,0 +1,210 @@
+//! Certificate input: operators and SDKs send a certificate in several shapes (Azure's CLI sends a
+//! `.pem` file's text as is, a binary `.cer` as bare base64 of DER; the DPS SDK sends base64 of PEM
+//! text). This module turns any of them into the DER bytes of exactly one certificate, or says
+//! precisely what was wrong. It never panics and never allocates more than the input size allows.
+
+use base64::Engine;
+
+/// The largest certificate input accepted unless configured otherwise (64 KiB).
+pub const DEFAULT_MAX_CERTIFICATE_BYTES: usize = 64 * 1024;
+
+/// Why an input is not exactly one certificate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("the certificate is empty; expected one X.509 certificate as PEM text, base64 of DER, or DER bytes")]
+    Empty,
+    #[error("the certificate input is {len} bytes; at most {max} bytes are accepted")]
+    TooLarge { len: usize, max: usize },
+    #[error("expected exactly one certificate, found {count} in the PEM input")]
+    MultipleCertificates { count: usize },
+    #[error("the PEM block is '{label}', expected 'CERTIFICATE'")]
+    WrongPemLabel { label: String },
+    #[error("the PEM input is malformed: {detail}")]
+    BadPem { detail: String },
+    #[error("the input is not an X.509 certificate: {detail}")]
+    NotACertificate { detail: String },
+    #[error("the certificate is followed by {extra} unexpected bytes; expected exactly one DER certificate")]
+    TrailingData { extra: usize },
+}
+
+impl InputError {
+    /// The stable name of this error, used in API error codes and audit records.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InputError::Empty => "CertificateEmpty",
+            InputError::TooLarge { .. } => "CertificateTooLarge",
+            InputError::MultipleCertificates { .. } => "CertificateCountInvalid",
+            InputError::WrongPemLabel { .. } | InputError::BadPem { .. } => "CertificatePemInvalid",
+            InputError::NotACertificate { .. } | InputError::TrailingData { .. } => {
+                "CertificateUnparsable"
+            }
+        }
+    }
+}
+
+/// Parses an uploaded certificate given in any accepted shape and returns its DER bytes.
+///
+/// Accepted: PEM text (LF or CRLF line ends, surrounding white space), bare base64 of DER (white
+/// space allowed), base64 of PEM text, raw DER bytes. Exactly one certificate, at most `max_len`
+/// bytes of input.
+pub fn parse_certificate_input(input: &[u8], max_len: usize) -> Result<Vec<u8>, InputError> {
+    if input.len() > max_len {
+        return Err(InputError::TooLarge {
+            len: input.len(),
+            max: max_len,
+        });
+    }
+    parse_inner(input, 0)
+}
+
+fn parse_inner(input: &[u8], depth: u8) -> Result<Vec<u8>, InputError> {
+    let trimmed = trim_ascii(input);
+    if trimmed.is_empty() {
+        return Err(InputError::Empty);
+    }
+    // DER: a certificate is a SEQUENCE (0x30). PEM and base64 text never start with 0x30 ('0' is 0x30
+    // too, but base64 of a DER certificate always starts with 'M').
+    if trimmed[0] == 0x30 && !looks_like_text(trimmed) {
+        return parse_der_exact(trimmed);
+    }
+    let text = std::str::from_utf8(trimmed).map_err(|_| InputError::NotACertificate {
+        detail: "neither DER (it does not start with an ASN.1 SEQUENCE) nor UTF-8 text".into(),
+    })?;
+    if text.contains("-----BEGIN") {
+        return parse_pem(text);
+    }
+    // Bare base64: of DER, or (one level) of PEM text.
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .map_err(|e| InputError::NotACertificate {
+            detail: format!("not PEM (no '-----BEGIN CERTIFICATE-----' line) and not base64 ({e})"),
+        })?;
+    if decoded.first() == Some(&0x30) {
+        return parse_der_exact(&decoded);
+    }
+    if depth == 0 && decoded.windows(10).any(|w| w == b"-----BEGIN") {
+        return parse_inner(&decoded, depth + 1);
+    }
+    Err(InputError::NotACertificate {
+        detail: "the base64 text decodes to neither DER nor PEM".into(),
+    })
+}
+
+fn looks_like_text(bytes: &[u8]) -> bool {
+    // "0" followed only by base64 alphabet would be text; DER's second byte is a length (0x82 for
+    // any real certificate), which is not printable ASCII.
+    bytes.len() > 1 && bytes[1].is_ascii_graphic() && bytes.iter().all(|b| b.is_ascii())
+}
+
+fn trim_ascii(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |p| p + 1);
+    &bytes[start..end]
+}
+
+fn parse_pem(text: &str) -> Result<Vec<u8>, InputError> {
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for raw_line in text.lines() {
+        let line = raw_line.trim();
+        if let Some(rest) = line.strip_prefix("-----BEGIN ") {
+            let label = rest
+                .strip_suffix("-----")
+                .ok_or_else(|| InputError::BadPem {
+                    detail: format!("malformed BEGIN line '{line}'"),
+                })?;
+            if current.is_some() {
+                return Err(InputError::BadPem {
+                    detail: "a BEGIN line inside another PEM block".into(),
+                });
+            }
+            current = Some((label.to_string(), String::new()));
+        } else if let Some(rest) = line.strip_prefix("-----END ") {
+            let label = rest.strip_suffix("-----").unwrap_or(rest);
+            match current.take() {
+                Some((begin, body)) if begin == label => blocks.push((begin, body)),
+                Some((begin, _)) => {
+                    return Err(InputError::BadPem {
+                        detail: format!("BEGIN '{begin}' closed by END '{label}'"),
+                    })
+                }
+                None => {
+                    return Err(InputError::BadPem {
+                        detail: "an END line without a BEGIN line".into(),
+                    })
+                }
+            }
+        } else if let Some((_, body)) = current.as_mut() {
+            // Skip RFC 1421 headers such as "Proc-Type:"; they never occur in certificates.
+            if !line.contains(':') {
+                body.push_str(line);
+            }
+        }
+    }
+    if current.is_some() {
+        return Err(InputError::BadPem {
+            detail: "a BEGIN line without its END line".into(),
+        });
+    }
+    let certs: Vec<&(String, String)> = blocks
+        .iter()
+        .filter(|(label, _)| label == "CERTIFICATE" || label == "X509 CERTIFICATE")
+        .collect();
+    match certs.len() {
+        0 => match blocks.first() {
+            Some((label, _)) => Err(InputError::WrongPemLabel {
+                label: label.clone(),
+            }),
+            None => Err(InputError::BadPem {
+                detail: "no PEM block found".into(),
+            }),
+        },
+        1 => {
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(certs[0].1.as_bytes())
+                .map_err(|e| InputError::BadPem {
+                    detail: format!("the CERTIFICATE block is not valid base64 ({e})"),
+                })?;
+            parse_der_exact(&der)
+        }
+        n => Err(InputError::MultipleCertificates { count: n }),
+    }
+}
+
+fn parse_der_exact(der: &[u8]) -> Result<Vec<u8>, InputError> {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok((rest, _)) if rest.is_empty() => Ok(der.to_vec()),
+        Ok((rest, _)) => {
+            // A second DER certificate appended is "two certificates", anything else is trailing data.
+            if rest.first() == Some(&0x30) && x509_parser::parse_x509_certificate(rest).is_ok() {
+                Err(InputError::MultipleCertificates { count: 2 })
+            } else {
+                Err(InputError::TrailingData { extra: rest.len() })
+            }
+        }
+        Err(e) => Err(InputError::NotACertificate {
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// Encodes DER certificate bytes as PEM text with LF line ends.
+pub fn der_to_pem(der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 60);
+    out.push_str("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        // The base64 alphabet is ASCII, so every chunk is valid UTF-8.
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}

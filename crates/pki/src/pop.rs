@@ -1,0 +1,330 @@
+//! Proof-of-possession rules: what a CA upload must be, what a verification code is, and the ordered
+//! check that turns an Unverified CA into a Verified one.
+//!
+//! Why pure: these rules decide who may later admit devices. They take the CA's facts, the code
+//! state and the clock as arguments, so every branch is unit-tested and fuzzed without a store.
+//! The order of [`verify_proof`]'s checks is part of the contract (ARCHITECTURE.md lists it): each
+//! failure names what was expected and what was found.
+
+use ::time::format_description::well_known::Rfc3339;
+use ::time::OffsetDateTime;
+use x509_parser::prelude::*;
+
+/// Signature algorithms built on SHA-1, refused by policy (x509-parser would accept some of them):
+/// sha1WithRSAEncryption, sha1WithRSA (OIW), ecdsa-with-SHA1, dsa-with-sha1.
+const SHA1_SIGNATURE_OIDS: [&str; 4] = [
+    "1.2.840.113549.1.1.5",
+    "1.3.14.3.2.29",
+    "1.2.840.10045.4.1",
+    "1.2.840.10040.4.3",
+];
+
+use crate::cert::CertInfo;
+use crate::input::{parse_certificate_input, InputError};
+
+/// The default lifetime of a verification code: one hour.
+pub const DEFAULT_CODE_LIFETIME_SECS: i64 = 3600;
+/// The default maximum number of CA certificates a hub holds.
+pub const DEFAULT_CA_LIMIT: u64 = 10_000;
+
+/// The verification-code state of one CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeState {
+    /// No code was ever generated (or the certificate content was replaced since).
+    None,
+    /// A code that a verification certificate may carry until `expires_at` (Unix seconds).
+    Live { code: String, expires_at: i64 },
+    /// The last code was consumed by a successful verification at `at`.
+    Used { at: i64 },
+}
+
+/// Generates a verification code: 24 bytes from the operating system's CSPRNG as 48 uppercase hex.
+pub fn generate_code() -> Result<String, aws_lc_rs::error::Unspecified> {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut bytes = [0u8; 24];
+    aws_lc_rs::rand::SystemRandom::new().fill(&mut bytes)?;
+    Ok(hex::encode_upper(bytes))
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // black_box keeps the optimiser from turning the fold into an early-exit comparison.
+    std::hint::black_box(diff) == 0
+}
+
+/// Why a certificate name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("certificate name '{shown}' is invalid: expected 1 to 64 characters of letters, digits, '-', '.' and '_' ({problem})")]
+pub struct NameError {
+    pub shown: String,
+    pub problem: String,
+}
+
+/// Validates a certificate name against `^[A-Za-z0-9-._]{1,64}$`.
+pub fn validate_ca_name(name: &str) -> Result<(), NameError> {
+    let shown: String = name.chars().take(80).collect();
+    let problem = if name.is_empty() {
+        "it is empty".to_string()
+    } else if name.chars().count() > 64 {
+        format!("it has {} characters", name.chars().count())
+    } else if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
+    {
+        format!("it contains {c:?}")
+    } else {
+        return Ok(());
+    };
+    Err(NameError { shown, problem })
+}
+
+/// Why a certificate cannot be registered as a CA.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UploadError {
+    #[error("certificate '{subject}' is not a CA: expected basicConstraints CA:TRUE, found {found}; upload the root or intermediate CA that issues your device certificates, not a device certificate")]
+    NotCa { subject: String, found: String },
+    #[error("certificate '{subject}' has {reason}")]
+    UnsupportedKey { subject: String, reason: String },
+    #[error("certificate '{subject}' expired at {not_after}; upload a CA certificate that is still valid")]
+    Expired { subject: String, not_after: String },
+}
+
+impl UploadError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UploadError::NotCa { .. } => "CertificateNotCa",
+            UploadError::UnsupportedKey { .. } => "CertificateKeyUnsupported",
+            UploadError::Expired { .. } => "CertificateExpired",
+        }
+    }
+}
+
+/// Checks that a parsed certificate can be registered as a CA at time `now`.
+pub fn check_ca_upload(info: &CertInfo, now: i64) -> Result<(), UploadError> {
+    if info.ca.is_none() {
+        let found = if info.version < 3 {
+            format!(
+                "an X.509 v{} certificate, which has no extensions",
+                info.version
+            )
+        } else {
+            "no basicConstraints CA:TRUE".to_string()
+        };
+        return Err(UploadError::NotCa {
+            subject: info.subject.clone(),
+            found,
+        });
+    }
+    info.key
+        .check_supported()
+        .map_err(|reason| UploadError::UnsupportedKey {
+            subject: info.subject.clone(),
+            reason,
+        })?;
+    if info.not_after < now {
+        return Err(UploadError::Expired {
+            subject: info.subject.clone(),
+            not_after: format_time(info.not_after),
+        });
+    }
+    Ok(())
+}
+
+/// Why a verification (proof-of-possession) attempt failed. Variants are listed in check order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    #[error("no verification code has been generated for certificate '{ca}'; generate one, then make the verification certificate with it")]
+    NoCode { ca: String },
+    #[error("the verification code of certificate '{ca}' was already used by a successful verification at {at}; generate a new code to verify again")]
+    CodeUsed { ca: String, at: String },
+    #[error("the verification code of certificate '{ca}' expired at {expired_at}; generate a new code and a new verification certificate")]
+    CodeExpired { ca: String, expired_at: String },
+    #[error("the verification certificate is invalid: {0}")]
+    Input(InputError),
+    #[error("Proof-Of-Possession failed: the verification certificate was signed by another CA: expected issuer '{expected}', found '{found}'")]
+    IssuerMismatch { expected: String, found: String },
+    #[error("Proof-Of-Possession failed: the verification certificate is signed with {algorithm}, which iothub refuses; sign it with SHA-256 or stronger")]
+    WeakSignature { algorithm: String },
+    #[error("Proof-Of-Possession failed: the verification certificate is not signed by the key of certificate '{ca}'")]
+    BadSignature { ca: String },
+    #[error("Proof-Of-Possession failed: the verification certificate's subject must hold exactly one CN, the verification code; found {found}")]
+    CnCount { found: String },
+    #[error(
+        "Proof-Of-Possession failed: CN is '{found}' but the live code is '{expected_prefix}...'"
+    )]
+    CnMismatch {
+        found: String,
+        expected_prefix: String,
+    },
+    #[error("the verification certificate is not valid now ({now}): it is valid from {not_before} to {not_after}")]
+    OutsideValidity {
+        now: String,
+        not_before: String,
+        not_after: String,
+    },
+}
+
+impl ProofError {
+    /// The stable name of this error, used in API error codes and audit records.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProofError::NoCode { .. } => "VerificationCodeMissing",
+            ProofError::CodeUsed { .. } => "VerificationCodeUsed",
+            ProofError::CodeExpired { .. } => "VerificationCodeExpired",
+            ProofError::Input(e) => e.kind(),
+            ProofError::IssuerMismatch { .. } => "ProofIssuerMismatch",
+            ProofError::WeakSignature { .. } => "ProofSignatureAlgorithmRefused",
+            ProofError::BadSignature { .. } => "ProofSignatureInvalid",
+            ProofError::CnCount { .. } => "ProofCommonNameMissing",
+            ProofError::CnMismatch { .. } => "ProofCommonNameMismatch",
+            ProofError::OutsideValidity { .. } => "ProofCertificateNotValidNow",
+        }
+    }
+}
+
+/// Checks a proof of possession of the private key of the CA `ca` (registered as `ca_name`).
+///
+/// In order: a live code exists; `verification` is exactly one certificate (at most `max_len`
+/// bytes); its issuer DN equals the CA's subject DN (DER bytes); its signature algorithm is not SHA-1;
+/// its signature verifies with the CA's public key; its subject holds exactly one CN, equal to the
+/// code (hex, compared without regard to case, in constant time); it is valid at `now`.
+/// Returns the facts of the verification certificate on success.
+pub fn verify_proof(
+    ca_name: &str,
+    ca: &CertInfo,
+    code: &CodeState,
+    verification: &[u8],
+    max_len: usize,
+    now: i64,
+) -> Result<CertInfo, ProofError> {
+    let live_code = match code {
+        CodeState::None => {
+            return Err(ProofError::NoCode {
+                ca: ca_name.to_string(),
+            })
+        }
+        CodeState::Used { at } => {
+            return Err(ProofError::CodeUsed {
+                ca: ca_name.to_string(),
+                at: format_time(*at),
+            })
+        }
+        CodeState::Live { expires_at, .. } if *expires_at <= now => {
+            return Err(ProofError::CodeExpired {
+                ca: ca_name.to_string(),
+                expired_at: format_time(*expires_at),
+            })
+        }
+        CodeState::Live { code, .. } => code,
+    };
+
+    let der = parse_certificate_input(verification, max_len).map_err(ProofError::Input)?;
+    let info = CertInfo::from_der(&der).map_err(ProofError::Input)?;
+    let (_, cert) = X509Certificate::from_der(&der).map_err(|e| {
+        ProofError::Input(InputError::NotACertificate {
+            detail: e.to_string(),
+        })
+    })?;
+
+    if info.issuer_raw != ca.subject_raw {
+        return Err(ProofError::IssuerMismatch {
+            expected: ca.subject.clone(),
+            found: info.issuer.clone(),
+        });
+    }
+
+    let sig_alg = cert.signature_algorithm.algorithm.to_id_string();
+    if SHA1_SIGNATURE_OIDS.contains(&sig_alg.as_str()) {
+        return Err(ProofError::WeakSignature {
+            algorithm: "SHA-1".into(),
+        });
+    }
+
+    let (_, ca_cert) =
+        X509Certificate::from_der(&ca.der).map_err(|_| ProofError::BadSignature {
+            ca: ca_name.to_string(),
+        })?;
+    // Any failure here, including "unsupported algorithm" (an ECDSA signature checked with an RSA
+    // key), means the same thing to the operator: this CA's key did not make this signature.
+    if cert.verify_signature(Some(ca_cert.public_key())).is_err() {
+        return Err(ProofError::BadSignature {
+            ca: ca_name.to_string(),
+        });
+    }
+
+    let cn = match info.common_names.as_slice() {
+        [one] => one,
+        [] => {
+            return Err(ProofError::CnCount {
+                found: "no CN".into(),
+            })
+        }
+        many => {
+            return Err(ProofError::CnCount {
+                found: format!("{} CNs", many.len()),
+            })
+        }
+    };
+    if !constant_time_eq(cn.to_ascii_uppercase().as_bytes(), live_code.as_bytes()) {
+        return Err(ProofError::CnMismatch {
+            found: cn.chars().take(96).collect(),
+            expected_prefix: live_code.chars().take(8).collect(),
+        });
+    }
+
+    if !info.is_valid_at(now) {
+        return Err(ProofError::OutsideValidity {
+            now: format_time(now),
+            not_before: format_time(info.not_before),
+            not_after: format_time(info.not_after),
+        });
+    }
+    Ok(info)
+}
+
+/// Formats Unix seconds as RFC 3339 UTC (out-of-range values as the number itself).
+pub fn format_time(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| format!("{unix} (Unix time)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_48_uppercase_hex_and_distinct() {
+        let a = generate_code().unwrap();
+        let b = generate_code().unwrap();
+        assert_eq!(a.len(), 48);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c)));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["root", "a", "A-b.c_d", &"x".repeat(64), "0.9"] {
+            assert!(validate_ca_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", &"x".repeat(65), "bad name", "x/y", "é", "a!", "tab\t"] {
+            let e = validate_ca_name(bad).unwrap_err();
+            assert!(e.to_string().contains("expected 1 to 64"), "{e}");
+        }
+    }
+
+    #[test]
+    fn constant_time_eq_basics() {
+        assert!(constant_time_eq(b"", b""));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}
