@@ -185,7 +185,7 @@ pub fn run(output: Output, cmd: PkiCommand) -> Result<()> {
         } => {
             file_stem_ok(&id, "the device id")?;
             let ca = issuer(&ca_cert, &ca_key)?;
-            // An intermediate's file holds its chain: keep every CA certificate after the leaf.
+            // The leaf is written followed by the CA's chain (as read from --ca-cert).
             let g = gen::make_leaf(
                 &id,
                 key.kind(),
@@ -194,22 +194,11 @@ pub fn run(output: Output, cmd: PkiCommand) -> Result<()> {
                 not_before,
                 now + check_days(days)?,
             )?;
-            let chain = read(&ca_cert)?;
-            let leaf_only = g
-                .cert_pem
-                .split_inclusive("-----END CERTIFICATE-----\n")
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            let full = gen::Generated {
-                cert_pem: format!("{leaf_only}{chain}"),
-                key_pem: g.key_pem,
-            };
             write_pair(
                 output,
                 &out_dir.join(format!("{id}.pem")),
                 &out_dir.join(format!("{id}.key")),
-                &full,
+                &g,
                 force,
             )
         }

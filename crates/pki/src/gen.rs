@@ -100,11 +100,21 @@ pub struct CaIssuer {
 }
 
 impl CaIssuer {
-    /// Loads a CA from its certificate and key PEM, checking that the key belongs to the certificate.
+    /// Loads a CA from its certificate PEM and key PEM, checking that the key belongs to the
+    /// certificate. The certificate PEM may be a chain (the CA first, then its issuers, as
+    /// `make_ca` writes intermediates); the chain is kept and appended to what this CA signs.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<CaIssuer, GenError> {
+        use rustls_pki_types::pem::PemObject;
         let key = parse_private_key_pem(key_pem)?;
-        let der = crate::input::parse_certificate_input(cert_pem.as_bytes(), usize::MAX)
-            .map_err(|e| GenError::BadIssuer(e.to_string()))?;
+        let chain: Vec<Vec<u8>> =
+            rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .map(|c| c.map(|c| c.to_vec()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| GenError::BadIssuer(format!("not PEM certificates ({e})")))?;
+        let der = chain
+            .first()
+            .ok_or_else(|| GenError::BadIssuer("no CERTIFICATE block found".into()))?
+            .clone();
         let (_, cert) = x509_parser::parse_x509_certificate(&der)
             .map_err(|e| GenError::BadIssuer(e.to_string()))?;
         if cert.public_key().raw != key.subject_public_key_info().as_slice() {
@@ -114,11 +124,11 @@ impl CaIssuer {
             .map_err(|e| GenError::BadIssuer(e.to_string()))?;
         Ok(CaIssuer {
             issuer,
-            cert_pem: crate::input::der_to_pem(&der),
+            cert_pem: chain.iter().map(|d| crate::input::der_to_pem(d)).collect(),
         })
     }
 
-    /// The CA certificate, PEM.
+    /// The CA certificate followed by its chain, PEM.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }

@@ -1,0 +1,311 @@
+//! Test harness for end-to-end tests: runs the real `iothub` binary (`serve`) on a free loopback
+//! port with its own data directory, and talks to it over real HTTPS with the hub's own CA.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_iothub");
+
+/// A running hub.
+pub struct TestHub {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub port: u16,
+    pub first_stdout: Vec<String>,
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+impl TestHub {
+    /// Starts a hub in a fresh temporary directory.
+    pub fn start(extra: &[&str]) -> TestHub {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut hub = TestHub::start_in(&dir, extra);
+        hub._tmp = Some(tmp);
+        hub
+    }
+
+    /// Starts a hub whose data directory is `dir/data` (reused across restarts).
+    pub fn start_in(dir: &Path, extra: &[&str]) -> TestHub {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--data")
+            .arg(dir.join("data"))
+            .args(["serve", "--https", "127.0.0.1:0"])
+            .args(extra)
+            .env("IOTHUB_LOG", "warn")
+            .env_remove("IOTHUB_CONNECTION_STRING")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn iothub serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let port = loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    let port = line
+                        .strip_prefix("https listening on ")
+                        .and_then(|a| a.rsplit(':').next())
+                        .and_then(|p| p.parse::<u16>().ok());
+                    lines.push(line);
+                    if let Some(p) = port {
+                        break p;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("iothub serve did not report its address; stdout so far: {lines:?}");
+                }
+            }
+        };
+        TestHub {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            port,
+            first_stdout: lines,
+        }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn base(&self) -> String {
+        format!("https://localhost:{}", self.port)
+    }
+
+    pub fn connection_string(&self) -> String {
+        std::fs::read_to_string(self.data().join("connection-string"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// The key of a policy, read through the API with the owner credential.
+    pub fn policy_key(&self, policy: &str) -> String {
+        let v: serde_json::Value = self
+            .client()
+            .post(format!("{}/policies/{policy}/listKeys", self.base()))
+            .header("Authorization", self.owner_token())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["primaryKey"].as_str().unwrap().to_string()
+    }
+
+    /// A token signed with `key` for `policy`, valid for `ttl` seconds (negative: already expired).
+    pub fn token(&self, policy: &str, key: &str, ttl: i64) -> String {
+        iothub_pki::sas::build_token(
+            &format!("localhost:{}", self.port),
+            key,
+            Some(policy),
+            unix_now() + ttl,
+        )
+        .unwrap()
+    }
+
+    pub fn owner_token(&self) -> String {
+        let cs = self.connection_string();
+        let key = cs.split("SharedAccessKey=").nth(1).unwrap();
+        self.token("iothubowner", key, 3600)
+    }
+
+    /// An HTTPS client trusting the hub's CA.
+    pub fn client(&self) -> reqwest::blocking::Client {
+        use rustls_pki_types::pem::PemObject;
+        let pem = std::fs::read(self.data().join("tls/ca.pem")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        reqwest::blocking::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    }
+
+    /// Runs the CLI against this hub (through its data directory).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_in(&self.dir, args)
+    }
+
+    /// Runs the CLI with `cwd` as working directory.
+    pub fn cli_in(&self, cwd: &Path, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .current_dir(cwd)
+            .arg("--data")
+            .arg(self.data())
+            .args(args)
+            .env_remove("IOTHUB_CONNECTION_STRING")
+            .env("IOTHUB_LOG", "warn")
+            .output()
+            .expect("run iothub CLI")
+    }
+
+    /// Kills the server with SIGKILL (no chance to clean up).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // Child::kill sends SIGKILL on Unix
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Asserts a CLI run succeeded and returns its stdout.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a shell command (openssl and friends) in `dir`, asserting success.
+pub fn sh(dir: &Path, program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An openssl CA directory laid out like the seed tutorial's `rootca.conf`, signing with
+/// `ca_cert`/`ca_key` (files in `dir`). Returns the config file name.
+pub fn openssl_ca_config(dir: &Path, ca_cert: &str, ca_key: &str) -> String {
+    let ca_dir = dir.join(format!("{ca_cert}.db"));
+    std::fs::create_dir_all(ca_dir.join("newcerts")).unwrap();
+    std::fs::write(ca_dir.join("index.txt"), "").unwrap();
+    std::fs::write(ca_dir.join("serial"), "1000\n").unwrap();
+    let conf = format!(
+        "[ ca ]
+default_ca = CA_default
+[ CA_default ]
+dir = {db}
+database = $dir/index.txt
+new_certs_dir = $dir/newcerts
+serial = $dir/serial
+certificate = {cert}
+private_key = {key}
+default_md = sha256
+default_days = 30
+policy = policy_loose
+unique_subject = no
+[ policy_loose ]
+countryName = optional
+stateOrProvinceName = optional
+localityName = optional
+organizationName = optional
+organizationalUnitName = optional
+commonName = supplied
+emailAddress = optional
+[ client_ext ]
+basicConstraints = CA:FALSE
+nsCertType = client, email
+nsComment = \"OpenSSL Generated Client Certificate\"
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid,issuer
+keyUsage = critical, nonRepudiation, digitalSignature, keyEncipherment
+extendedKeyUsage = clientAuth, emailProtection
+",
+        db = ca_dir.display(),
+        cert = dir.join(ca_cert).display(),
+        key = dir.join(ca_key).display(),
+    );
+    let name = format!("{ca_cert}.conf");
+    std::fs::write(dir.join(&name), conf).unwrap();
+    name
+}
+
+/// Makes a verification certificate exactly as the seed's steps 8-9: `openssl req -new -key pop.key`
+/// with CN = code, then `openssl ca -config ... -extensions client_ext`. Returns the file name.
+pub fn openssl_verification_cert(dir: &Path, conf: &str, code: &str, out: &str) -> String {
+    let key = format!("{out}.key");
+    sh(
+        dir,
+        "openssl",
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            &key,
+        ],
+    );
+    let csr = format!("{out}.csr");
+    sh(
+        dir,
+        "openssl",
+        &[
+            "req",
+            "-new",
+            "-key",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={code}"),
+        ],
+    );
+    sh(
+        dir,
+        "openssl",
+        &[
+            "ca",
+            "-batch",
+            "-config",
+            conf,
+            "-in",
+            &csr,
+            "-out",
+            out,
+            "-extensions",
+            "client_ext",
+        ],
+    );
+    out.to_string()
+}
