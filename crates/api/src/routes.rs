@@ -319,3 +319,26 @@ async fn not_found(
         format!("no such route: {}", uri.path()),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::OPENAPI_JSON;
+
+    #[test]
+    fn openapi_document_lists_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).expect("valid JSON");
+        let paths = doc["paths"].as_object().expect("paths");
+        let source = include_str!("routes.rs");
+        let start = source.find("pub fn router").expect("router");
+        let table = &source[start..start + source[start..].find(".fallback(").expect("fallback")];
+        let mut seen = 0;
+        for literal in table.split('"').skip(1).step_by(2) {
+            if literal.starts_with('/') {
+                seen += 1;
+                assert!(paths.contains_key(literal), "{literal} is not in openapi.json");
+            }
+        }
+        assert_eq!(seen, paths.len(), "openapi.json lists a path the router does not serve");
+        assert!(paths.len() >= 7);
+    }
+}
