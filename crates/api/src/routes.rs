@@ -76,36 +76,34 @@ fn if_match(headers: &HeaderMap) -> Option<IfMatch> {
         .and_then(IfMatch::parse)
 }
 
-/// Authenticates the request and runs `op` on a blocking thread.
-async fn run<T, F>(state: &AppState, headers: &HeaderMap, op: F) -> Result<T, ApiError>
+/// Authenticates the request. Runs inline: it is an in-memory policy lookup and one HMAC per key.
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let header = match headers.get(axum::http::header::AUTHORIZATION) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::from(HubError::Unauthorized(
+                "the Authorization header is not ASCII text".into(),
+            ))
+        })?),
+    };
+    state.hub.authenticate(header).map_err(|e| {
+        // The reason names no secret: token contents are never logged.
+        tracing::warn!(reason = %e, "request refused: unauthorized");
+        ApiError::from(e)
+    })
+}
+
+/// Runs a service-layer call on a blocking thread (the store is synchronous SQLite).
+async fn blocking<T, F>(state: &AppState, op: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce(&Hub, &Principal) -> Result<T, HubError> + Send + 'static,
+    F: FnOnce(&Hub) -> Result<T, HubError> + Send + 'static,
 {
-    let authorization = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .map(|v| v.to_str().map(str::to_owned));
     let hub = state.hub.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let header = match authorization {
-            Some(Ok(h)) => Some(h),
-            Some(Err(_)) => {
-                return Err(HubError::Unauthorized(
-                    "the Authorization header is not ASCII text".into(),
-                ))
-            }
-            None => None,
-        };
-        let who = hub.authenticate(header.as_deref())?;
-        op(&hub, &who)
-    })
-    .await
-    .map_err(|e| ApiError::new("ServerError", format!("request task failed: {e}")))?;
-    if let Err(HubError::Unauthorized(reason)) = &result {
-        // The reason names no secret: token contents are never logged.
-        tracing::warn!(%reason, "request refused: unauthorized");
-    }
-    result.map_err(ApiError::from)
+    tokio::task::spawn_blocking(move || op(&hub))
+        .await
+        .map_err(|e| ApiError::new("ServerError", format!("request task failed: {e}")))?
+        .map_err(ApiError::from)
 }
 
 fn with_etag(mut response: Response, etag: &str) -> Response {
@@ -123,7 +121,8 @@ async fn list_certificates(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let views = run(&state, &headers, |hub, who| hub.list_certificates(who)).await?;
+    let who = authenticate(&state, &headers)?;
+    let views = blocking(&state, move |hub| hub.list_certificates(&who)).await?;
     let value: Vec<Value> = views
         .iter()
         .map(|v| certificate_description(v, &resource_id(&v.name)))
@@ -136,10 +135,8 @@ async fn get_certificate(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let view = run(&state, &headers, move |hub, who| {
-        hub.get_certificate(who, &name)
-    })
-    .await?;
+    let who = authenticate(&state, &headers)?;
+    let view = blocking(&state, move |hub| hub.get_certificate(&who, &name)).await?;
     let body = certificate_description(&view, &resource_id(&view.name));
     Ok(with_etag(Json(body).into_response(), &view.etag))
 }
@@ -151,7 +148,7 @@ async fn put_certificate(
     body: Body,
 ) -> Result<Response, ApiError> {
     // Authenticate before reading the body, so an anonymous caller cannot make us parse anything.
-    run(&state, &headers, |_, _| Ok(())).await?;
+    let who = authenticate(&state, &headers)?;
     let parsed: PutBody = read_json(body, state.limits.max_request_bytes).await?;
     let fields = parsed.properties.unwrap_or(parsed.legacy);
     let certificate = fields.certificate.ok_or_else(|| {
@@ -165,8 +162,8 @@ async fn put_certificate(
         is_verified: fields.is_verified,
     };
     let precondition = if_match(&headers);
-    let (view, created) = run(&state, &headers, move |hub, who| {
-        hub.put_certificate(who, &name, &request, precondition.as_ref())
+    let (view, created) = blocking(&state, move |hub| {
+        hub.put_certificate(&who, &name, &request, precondition.as_ref())
     })
     .await?;
     let status = if created {
@@ -184,8 +181,9 @@ async fn delete_certificate(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let precondition = if_match(&headers);
-    run(&state, &headers, move |hub, who| {
-        hub.delete_certificate(who, &name, precondition.as_ref())
+    let who = authenticate(&state, &headers)?;
+    blocking(&state, move |hub| {
+        hub.delete_certificate(&who, &name, precondition.as_ref())
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -197,8 +195,9 @@ async fn generate_code(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let precondition = if_match(&headers);
-    let (view, code, _expires) = run(&state, &headers, move |hub, who| {
-        hub.generate_verification_code(who, &name, precondition.as_ref())
+    let who = authenticate(&state, &headers)?;
+    let (view, code, _expires) = blocking(&state, move |hub| {
+        hub.generate_verification_code(&who, &name, precondition.as_ref())
     })
     .await?;
     let mut body = certificate_description(&view, &resource_id(&view.name));
@@ -212,7 +211,7 @@ async fn verify_certificate(
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    run(&state, &headers, |_, _| Ok(())).await?;
+    let who = authenticate(&state, &headers)?;
     let parsed: VerifyBody = read_json(body, state.limits.max_request_bytes).await?;
     let certificate = parsed.certificate.ok_or_else(|| {
         ApiError::new(
@@ -221,8 +220,8 @@ async fn verify_certificate(
         )
     })?;
     let precondition = if_match(&headers);
-    let view = run(&state, &headers, move |hub, who| {
-        hub.verify_certificate(who, &name, precondition.as_ref(), &certificate)
+    let view = blocking(&state, move |hub| {
+        hub.verify_certificate(&who, &name, precondition.as_ref(), &certificate)
     })
     .await?;
     let body = certificate_description(&view, &resource_id(&view.name));
@@ -241,9 +240,10 @@ async fn audit_log(
     headers: HeaderMap,
     Query(params): Query<AuditParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let entries = run(&state, &headers, move |hub, who| {
+    let who = authenticate(&state, &headers)?;
+    let entries = blocking(&state, move |hub| {
         hub.audit_log(
-            who,
+            &who,
             params.target.as_deref(),
             params.before,
             params.limit.unwrap_or(100),
@@ -273,7 +273,8 @@ async fn list_policies(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let policies = run(&state, &headers, |hub, who| hub.list_policies(who)).await?;
+    let who = authenticate(&state, &headers)?;
+    let policies = blocking(&state, move |hub| hub.list_policies(&who)).await?;
     let value: Vec<Value> = policies
         .iter()
         .map(|(name, rights)| json!({ "keyName": name, "rights": rights.join(", ") }))
@@ -286,10 +287,8 @@ async fn policy_keys(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = run(&state, &headers, move |hub, who| {
-        hub.policy_keys(who, &name)
-    })
-    .await?;
+    let who = authenticate(&state, &headers)?;
+    let p = blocking(&state, move |hub| hub.policy_keys(&who, &name)).await?;
     Ok(Json(json!({
         "keyName": p.name,
         "primaryKey": p.primary_key,
@@ -299,7 +298,7 @@ async fn policy_keys(
 }
 
 async fn openapi(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    run(&state, &headers, |_, _| Ok(())).await?;
+    authenticate(&state, &headers)?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         OPENAPI_JSON,
@@ -313,7 +312,7 @@ async fn not_found(
     uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
     // Unknown paths are refused as unauthorized first, so the route table is not probeable.
-    run(&state, &headers, |_, _| Ok(())).await?;
+    authenticate(&state, &headers)?;
     Err(ApiError::new(
         "RouteNotFound",
         format!("no such route: {}", uri.path()),
@@ -335,10 +334,17 @@ mod tests {
         for literal in table.split('"').skip(1).step_by(2) {
             if literal.starts_with('/') {
                 seen += 1;
-                assert!(paths.contains_key(literal), "{literal} is not in openapi.json");
+                assert!(
+                    paths.contains_key(literal),
+                    "{literal} is not in openapi.json"
+                );
             }
         }
-        assert_eq!(seen, paths.len(), "openapi.json lists a path the router does not serve");
+        assert_eq!(
+            seen,
+            paths.len(),
+            "openapi.json lists a path the router does not serve"
+        );
         assert!(paths.len() >= 7);
     }
 }

@@ -180,7 +180,7 @@ fn parse_pem(text: &str) -> Result<Vec<u8>, InputError> {
 
 fn parse_der_exact(der: &[u8]) -> Result<Vec<u8>, InputError> {
     match x509_parser::parse_x509_certificate(der) {
-        Ok((rest, _)) if rest.is_empty() => Ok(der.to_vec()),
+        Ok(([], _)) => Ok(der.to_vec()),
         Ok((rest, _)) => {
             // A second DER certificate appended is "two certificates", anything else is trailing data.
             if rest.first() == Some(&0x30) && x509_parser::parse_x509_certificate(rest).is_ok() {
