@@ -11,6 +11,7 @@
 //! - [`body`]: bounded request bodies.
 
 pub mod body;
+pub mod devices;
 pub mod error;
 pub mod routes;
 pub mod server;

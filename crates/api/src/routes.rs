@@ -34,9 +34,9 @@ impl Default for ApiLimits {
 }
 
 #[derive(Clone)]
-struct AppState {
-    hub: Hub,
-    limits: Arc<ApiLimits>,
+pub(crate) struct AppState {
+    pub(crate) hub: Hub,
+    pub(crate) limits: Arc<ApiLimits>,
 }
 
 /// The OpenAPI document of this API.
@@ -61,6 +61,20 @@ pub fn router(hub: Hub, limits: ApiLimits) -> Router {
             post(generate_code),
         )
         .route("/certificates/{name}/verify", post(verify_certificate))
+        .route("/devices", get(crate::devices::list_devices))
+        .route(
+            "/devices/{id}",
+            get(crate::devices::get_device)
+                .put(crate::devices::put_device)
+                .delete(crate::devices::delete_device),
+        )
+        .route(
+            "/devices/{id}/messages/devicebound",
+            get(crate::devices::list_c2d).post(crate::devices::send_c2d),
+        )
+        .route("/messages", get(crate::devices::read_messages))
+        .route("/messages/stream", get(crate::devices::stream_messages))
+        .route("/connections", get(crate::devices::connections))
         .route("/audit", get(audit_log))
         .route("/policies", get(list_policies))
         .route("/policies/{name}/listKeys", post(policy_keys))
@@ -69,7 +83,7 @@ pub fn router(hub: Hub, limits: ApiLimits) -> Router {
         .with_state(state)
 }
 
-fn if_match(headers: &HeaderMap) -> Option<IfMatch> {
+pub(crate) fn if_match(headers: &HeaderMap) -> Option<IfMatch> {
     headers
         .get(axum::http::header::IF_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -77,7 +91,7 @@ fn if_match(headers: &HeaderMap) -> Option<IfMatch> {
 }
 
 /// Authenticates the request. Runs inline: it is an in-memory policy lookup and one HMAC per key.
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+pub(crate) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let header = match headers.get(axum::http::header::AUTHORIZATION) {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
@@ -94,7 +108,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiE
 }
 
 /// Runs a service-layer call on a blocking thread (the store is synchronous SQLite).
-async fn blocking<T, F>(state: &AppState, op: F) -> Result<T, ApiError>
+pub(crate) async fn blocking<T, F>(state: &AppState, op: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&Hub) -> Result<T, HubError> + Send + 'static,

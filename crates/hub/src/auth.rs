@@ -167,7 +167,7 @@ impl Hub {
         let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         token.check(&policy.name, &key_refs, self.now())?;
         let resource = token.resource();
-        if !self.is_hub_resource(&resource) {
+        if !self.is_hub_host(&resource) {
             return Err(HubError::Unauthorized(
                 iothub_pki::sas::SasError::WrongResource {
                     found: resource,
@@ -182,9 +182,9 @@ impl Hub {
         })
     }
 
-    /// Whether a decoded token resource names this hub: one of its host names, with or without a
-    /// port, compared without regard to case.
-    fn is_hub_resource(&self, resource: &str) -> bool {
+    /// Whether `resource` names this hub: one of its host names, with or without a port,
+    /// compared without regard to case.
+    pub(crate) fn is_hub_host(&self, resource: &str) -> bool {
         let host = strip_port(resource);
         self.config
             .host_names

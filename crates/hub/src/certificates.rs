@@ -262,6 +262,7 @@ impl Hub {
             .store
             .write_ca(&record, expect, &audit)
             .map_err(|e| Self::store_error(name, &info.thumbprint_sha1, e, if_match))?;
+        self.trust_changed();
         Ok((self.view(&stored)?, created))
     }
 
@@ -286,7 +287,9 @@ impl Hub {
             );
             self.store
                 .delete_ca(name, Some(record.etag), &audit)
-                .map_err(|e| Self::store_error(name, &record.thumbprint, e, if_match))
+                .map_err(|e| Self::store_error(name, &record.thumbprint, e, if_match))?;
+            self.trust_changed();
+            Ok(())
         };
         run().or_else(|e| self.refuse(who, ACTION, name, e))
     }
@@ -389,6 +392,7 @@ impl Hub {
                 .store
                 .write_ca(&updated, Expect::Etag(record.etag), &audit)
                 .map_err(|e| Self::store_error(name, &record.thumbprint, e, if_match))?;
+            self.trust_changed();
             self.view(&stored)
         };
         run().or_else(|e| self.refuse(who, ACTION, name, e))

@@ -45,12 +45,19 @@ pub const ALL_CODES: &[ErrorCode] = &[
     code(400066, "CertificateExpired"),
     code(400067, "CertificatePemInvalid"),
     code(400068, "ProofSignatureAlgorithmRefused"),
+    code(400070, "DeviceIdInvalid"),
+    code(400071, "DeviceAuthenticationInvalid"),
+    code(400072, "MessageTooLarge"),
     code(401002, "IotHubUnauthorizedAccess"),
     code(403001, "IotHubForbidden"),
+    code(403004, "DeviceMaximumQueueDepthExceeded"),
     code(403050, "CertificateLimitReached"),
+    code(403051, "DeviceLimitReached"),
     code(404000, "RouteNotFound"),
+    code(404001, "DeviceNotFound"),
     code(404050, "CertificateNotFound"),
     code(404051, "PolicyNotFound"),
+    code(409001, "DeviceAlreadyExists"),
     code(409050, "CertificateThumbprintExists"),
     code(412001, "PreconditionFailed"),
     code(412002, "CertificateExists"),
@@ -112,6 +119,26 @@ pub enum HubError {
         "the hub already holds its limit of {0} CA certificates; delete one or raise --ca-limit"
     )]
     LimitReached(u64),
+    #[error(transparent)]
+    DeviceId(#[from] iothub_pki::device::DeviceIdError),
+    #[error("{0}")]
+    DeviceAuthInvalid(String),
+    #[error("device '{0}' is not registered")]
+    DeviceNotFound(String),
+    #[error("device '{0}' already exists; to update it, send its etag (or \"*\") in If-Match")]
+    DeviceExists(String),
+    #[error("Invalid ETag supplied for device '{name}': If-Match is '{given}' but the current etag is '{current}'")]
+    DeviceEtagMismatch {
+        name: String,
+        given: String,
+        current: String,
+    },
+    #[error("the hub already holds its limit of {0} devices; delete one or raise --device-limit")]
+    DeviceLimitReached(u64),
+    #[error("device '{device}' already has {limit} cloud-to-device messages queued; wait for it to receive them or for them to expire")]
+    QueueFull { device: String, limit: u64 },
+    #[error("the message is {size} bytes; at most {max} bytes are accepted")]
+    MessageTooLarge { size: usize, max: usize },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -135,6 +162,14 @@ impl HubError {
             HubError::Exists(_) => by_name("CertificateExists"),
             HubError::DuplicateThumbprint { .. } => by_name("CertificateThumbprintExists"),
             HubError::LimitReached(_) => by_name("CertificateLimitReached"),
+            HubError::DeviceId(_) => by_name("DeviceIdInvalid"),
+            HubError::DeviceAuthInvalid(_) => by_name("DeviceAuthenticationInvalid"),
+            HubError::DeviceNotFound(_) => by_name("DeviceNotFound"),
+            HubError::DeviceExists(_) => by_name("DeviceAlreadyExists"),
+            HubError::DeviceEtagMismatch { .. } => by_name("PreconditionFailed"),
+            HubError::DeviceLimitReached(_) => by_name("DeviceLimitReached"),
+            HubError::QueueFull { .. } => by_name("DeviceMaximumQueueDepthExceeded"),
+            HubError::MessageTooLarge { .. } => by_name("MessageTooLarge"),
             HubError::Internal(_) => by_name("ServerError"),
         }
     }

@@ -6,17 +6,28 @@
 //! thread: the store is SQLite, and the rules are pure CPU work from `iothub-pki`.
 
 pub mod auth;
+pub mod c2d;
 pub mod certificates;
 pub mod clock;
+pub mod devices;
 pub mod error;
+pub mod sessions;
+pub mod telemetry;
+pub mod trust;
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+
+use arc_swap::ArcSwap;
+use iothub_pki::device::TrustIndex;
 
 pub use auth::{IfMatch, Principal, Right};
+pub use c2d::C2dSend;
 pub use certificates::{CaView, PutCertificate};
 pub use clock::{Clock, SystemClock};
+pub use devices::{DeviceAuth, DeviceView, PutDevice};
 pub use error::{ErrorCode, HubError};
 use iothub_store::{PolicyRecord, Store};
+pub use sessions::{Admission, AuthMethod, ConnectRequest, Refusal, SessionInfo, SessionSignal};
 
 /// Settings of the service layer (the binary maps flags, environment and TOML onto these).
 #[derive(Debug, Clone)]
@@ -31,6 +42,17 @@ pub struct HubConfig {
     pub max_certificate_bytes: usize,
     /// Host names (and IP literals) by which clients reach the hub; SAS tokens must name one.
     pub host_names: Vec<String>,
+    /// How many devices the hub holds at most.
+    pub device_limit: u64,
+    /// Cloud-to-device: queued messages per device, default and maximum time to live, body size.
+    pub c2d_max_pending: u32,
+    pub c2d_ttl_secs: i64,
+    pub c2d_max_ttl_secs: i64,
+    pub c2d_max_bytes: usize,
+    /// How long device-to-cloud messages are kept, in seconds.
+    pub telemetry_retention_secs: i64,
+    /// How many recent connection refusals are kept in memory.
+    pub refusals_kept: usize,
 }
 
 impl Default for HubConfig {
@@ -41,6 +63,13 @@ impl Default for HubConfig {
             allow_verify_on_upload: false,
             max_certificate_bytes: iothub_pki::DEFAULT_MAX_CERTIFICATE_BYTES,
             host_names: vec!["localhost".into()],
+            device_limit: 1_000_000,
+            c2d_max_pending: 50,
+            c2d_ttl_secs: 3600,
+            c2d_max_ttl_secs: 48 * 3600,
+            c2d_max_bytes: 64 * 1024,
+            telemetry_retention_secs: 7 * 24 * 3600,
+            refusals_kept: 1000,
         }
     }
 }
@@ -54,6 +83,11 @@ pub struct Hub {
     /// Policies are read on every request; they change only through the service layer, which
     /// refreshes this copy.
     pub(crate) policies: Arc<RwLock<Vec<PolicyRecord>>>,
+    /// The trust snapshot (registered CAs by subject), swapped on every CA change.
+    pub(crate) trust: Arc<ArcSwap<TrustIndex>>,
+    pub(crate) sessions: Arc<Mutex<sessions::Sessions>>,
+    pub(crate) telemetry: Arc<telemetry::TelemetryWriter>,
+    pub(crate) last_offset: Arc<tokio::sync::watch::Sender<i64>>,
 }
 
 impl Hub {
@@ -64,12 +98,21 @@ impl Hub {
         clock: Arc<dyn Clock>,
     ) -> Result<Hub, HubError> {
         let policies = store.list_policies()?;
-        Ok(Hub {
+        let (last_offset, _) = tokio::sync::watch::channel(store.last_message_offset()?);
+        let last_offset = Arc::new(last_offset);
+        let telemetry = telemetry::TelemetryWriter::start(store.clone(), (*last_offset).clone());
+        let hub = Hub {
             store,
             config: Arc::new(config),
             clock,
             policies: Arc::new(RwLock::new(policies)),
-        })
+            trust: Arc::new(ArcSwap::from_pointee(TrustIndex::default())),
+            sessions: Arc::new(Mutex::new(sessions::Sessions::default())),
+            telemetry: Arc::new(telemetry),
+            last_offset,
+        };
+        hub.rebuild_trust()?;
+        Ok(hub)
     }
 
     pub fn config(&self) -> &HubConfig {

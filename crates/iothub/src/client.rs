@@ -151,10 +151,23 @@ fn tls_config(ca_path: &Path) -> Result<rustls::ClientConfig> {
 
 impl ApiClient {
     pub fn connect(target: &HubTarget) -> Result<ApiClient> {
+        Self::connect_with_timeout(target, Some(std::time::Duration::from_secs(60)))
+    }
+
+    /// A client whose requests may last `timeout` (None: no limit, for following a stream).
+    pub fn connect_with_timeout(
+        target: &HubTarget,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<ApiClient> {
         let conn = target.connection()?;
-        let http = Client::builder()
-            .tls_backend_preconfigured(tls_config(&target.ca_path())?)
-            .timeout(std::time::Duration::from_secs(60))
+        let mut builder =
+            Client::builder().tls_backend_preconfigured(tls_config(&target.ca_path())?);
+        builder = match timeout {
+            Some(t) => builder.timeout(t),
+            None => builder.timeout(None),
+        };
+        let http = builder
+            .connect_timeout(std::time::Duration::from_secs(15))
             .build()
             .context("cannot build the HTTPS client")?;
         Ok(ApiClient {
@@ -168,6 +181,33 @@ impl ApiClient {
         self.http
             .request(method, format!("{}{}", self.base, path))
             .header("Authorization", &self.token)
+    }
+
+    /// Opens a streaming GET (server-sent events); refusals are returned as errors.
+    pub fn open_stream(&self, path: &str) -> Result<reqwest::blocking::Response> {
+        let resp = self
+            .request(Method::GET, path)
+            .header("Accept", "text/event-stream")
+            .send()
+            .with_context(|| format!("cannot reach the hub at {}", self.base))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let json: Value = resp.json().unwrap_or(Value::Null);
+        let field = |k: &str| {
+            json.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        Err(ApiRefusal {
+            status: status.as_u16(),
+            code: field("code"),
+            name: field("errorName"),
+            message: field("message"),
+        }
+        .into())
     }
 
     /// Sends a request and returns the JSON body (Null for an empty one), or the refusal.

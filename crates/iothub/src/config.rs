@@ -50,6 +50,21 @@ pub struct ServeArgs {
     /// Most HTTPS connections served at once [default: 1024].
     #[arg(long, env = "IOTHUB_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Most device (MQTT) connections served at once [default: 10000].
+    #[arg(long, env = "IOTHUB_MAX_DEVICE_CONNECTIONS")]
+    pub max_device_connections: Option<usize>,
+    /// Largest device-to-cloud message payload, in bytes [default: 262144].
+    #[arg(long, env = "IOTHUB_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Maximum number of devices [default: 1000000].
+    #[arg(long, env = "IOTHUB_DEVICE_LIMIT")]
+    pub device_limit: Option<u64>,
+    /// Cloud-to-device messages queued per device at most [default: 50].
+    #[arg(long, env = "IOTHUB_C2D_MAX_PENDING")]
+    pub c2d_max_pending: Option<u32>,
+    /// How long device-to-cloud messages are kept: seconds, or with s, m, h or d [default: 7d].
+    #[arg(long, env = "IOTHUB_TELEMETRY_RETENTION", value_name = "DURATION")]
+    pub telemetry_retention: Option<String>,
 }
 
 /// The TOML file: the same settings, all optional; unknown keys are an error.
@@ -67,6 +82,11 @@ struct FileConfig {
     max_request_bytes: Option<usize>,
     max_certificate_bytes: Option<usize>,
     max_connections: Option<usize>,
+    max_device_connections: Option<usize>,
+    max_message_bytes: Option<usize>,
+    device_limit: Option<u64>,
+    c2d_max_pending: Option<u32>,
+    telemetry_retention: Option<toml::Value>,
 }
 
 /// The resolved configuration of `serve`.
@@ -83,10 +103,20 @@ pub struct ServeConfig {
     pub max_request_bytes: usize,
     pub max_certificate_bytes: usize,
     pub max_connections: usize,
+    pub max_device_connections: usize,
+    pub max_message_bytes: usize,
+    pub device_limit: u64,
+    pub c2d_max_pending: u32,
+    pub telemetry_retention_secs: i64,
 }
 
 /// Parses `3600`, `90s`, `30m`, `1h` into seconds (1 second to 30 days).
 pub fn parse_duration(text: &str) -> Result<i64> {
+    parse_duration_max(text, 30 * 24 * 3600)
+}
+
+/// Parses a duration with units s, m, h or d, from 1 second to `max` seconds.
+pub fn parse_duration_max(text: &str, max: i64) -> Result<i64> {
     let t = text.trim();
     let (number, unit) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c),
@@ -100,10 +130,14 @@ pub fn parse_duration(text: &str) -> Result<i64> {
         's' => n,
         'm' => n.saturating_mul(60),
         'h' => n.saturating_mul(3600),
+        'd' if max > 30 * 24 * 3600 => n.saturating_mul(86400),
         other => bail!("'{text}' has the unit '{other}'; expected s, m or h"),
     };
-    if !(1..=30 * 24 * 3600).contains(&secs) {
-        bail!("'{text}' is {secs} seconds; expected 1 second to 30 days");
+    if !(1..=max).contains(&secs) {
+        bail!(
+            "'{text}' is {secs} seconds; expected 1 second to {} days",
+            max / 86400
+        );
     }
     Ok(secs)
 }
@@ -128,6 +162,13 @@ impl ServeConfig {
             (None, Some(toml::Value::String(s))) => parse_duration(s).context("code_lifetime")?,
             (None, Some(other)) => bail!("code_lifetime in the configuration file is {other:?}; expected a number of seconds or a string such as \"1h\""),
             (None, None) => iothub_pki::pop::DEFAULT_CODE_LIFETIME_SECS,
+        };
+        let telemetry_retention = match (&args.telemetry_retention, &file.telemetry_retention) {
+            (Some(flag), _) => parse_duration_max(flag, 3650 * 86400).context("--telemetry-retention")?,
+            (None, Some(toml::Value::Integer(n))) => parse_duration_max(&n.to_string(), 3650 * 86400).context("telemetry_retention")?,
+            (None, Some(toml::Value::String(s))) => parse_duration_max(s, 3650 * 86400).context("telemetry_retention")?,
+            (None, Some(other)) => bail!("telemetry_retention in the configuration file is {other:?}; expected seconds or a string such as \"7d\""),
+            (None, None) => 7 * 86400,
         };
         let hostnames = if !args.hostnames.is_empty() {
             args.hostnames.clone()
@@ -184,6 +225,17 @@ impl ServeConfig {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(1024),
+            max_device_connections: args
+                .max_device_connections
+                .or(file.max_device_connections)
+                .unwrap_or(10_000),
+            max_message_bytes: args
+                .max_message_bytes
+                .or(file.max_message_bytes)
+                .unwrap_or(256 * 1024),
+            device_limit: args.device_limit.or(file.device_limit).unwrap_or(1_000_000),
+            c2d_max_pending: args.c2d_max_pending.or(file.c2d_max_pending).unwrap_or(50),
+            telemetry_retention_secs: telemetry_retention,
         };
         if config.ca_limit == 0 {
             bail!("--ca-limit must be at least 1");
@@ -203,6 +255,24 @@ impl ServeConfig {
         }
         if config.max_connections == 0 {
             bail!("--max-connections must be at least 1");
+        }
+        if config.max_device_connections == 0 {
+            bail!("--max-device-connections must be at least 1");
+        }
+        if !(1..=16 * 1024 * 1024).contains(&config.max_message_bytes) {
+            bail!(
+                "--max-message-bytes is {}; expected 1 to 16777216",
+                config.max_message_bytes
+            );
+        }
+        if config.device_limit == 0 {
+            bail!("--device-limit must be at least 1");
+        }
+        if !(1..=10_000).contains(&config.c2d_max_pending) {
+            bail!(
+                "--c2d-max-pending is {}; expected 1 to 10000",
+                config.c2d_max_pending
+            );
         }
         if iothub_pki::pop::validate_ca_name(&config.name).is_err() {
             bail!(

@@ -4,6 +4,7 @@
 mod cli;
 mod client;
 mod config;
+mod device_cli;
 mod files;
 mod pki_cmd;
 mod serve;
@@ -54,6 +55,16 @@ enum Command {
     /// CA certificates and proof of possession.
     #[command(subcommand)]
     Cert(cli::CertCommand),
+    /// Devices: register, list, enable/disable, delete, import.
+    #[command(subcommand)]
+    Device(device_cli::DeviceCommand),
+    /// Cloud-to-device messages.
+    #[command(subcommand)]
+    C2d(device_cli::C2dCommand),
+    /// Follow device-to-cloud messages (telemetry).
+    Monitor(device_cli::MonitorArgs),
+    /// Connected devices and recent connection refusals with their reasons.
+    Connections,
     /// The audit log, newest first.
     Audit(cli::AuditArgs),
     /// Print the owner connection string of the local hub (or of --policy).
@@ -89,6 +100,10 @@ fn main() -> ExitCode {
         }
         Command::Cert(cmd) => cli::cert(&target, cli.output, cmd),
         Command::Audit(args) => cli::audit(&target, cli.output, args),
+        Command::Device(cmd) => device_cli::device(&target, cli.output, cmd),
+        Command::C2d(cmd) => device_cli::c2d(&target, cli.output, cmd),
+        Command::Monitor(args) => device_cli::monitor(&target, cli.output, args),
+        Command::Connections => device_cli::connections(&target, cli.output),
         Command::ConnectionString(args) => cli::connection_string(&target, cli.output, args),
         Command::SasToken(args) => cli::sas_token(&target, cli.output, args),
         Command::Pki(cmd) => pki_cmd::run(cli.output, cmd),

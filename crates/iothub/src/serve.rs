@@ -69,8 +69,14 @@ fn load_or_create_tls_ca(tls_dir: &Path) -> Result<CaIssuer> {
         .with_context(|| format!("the hub TLS CA in {} is unusable", tls_dir.display()))
 }
 
-/// Issues the server certificate for `names` and builds the rustls configuration.
-fn server_tls(tls_dir: &Path, names: &[String]) -> Result<Arc<rustls::ServerConfig>> {
+/// The hub's TLS identity: a server certificate for `names` (re-issued at every start, so that
+/// its SANs follow the configuration) and its key.
+struct ServerIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+fn server_identity(tls_dir: &Path, names: &[String]) -> Result<ServerIdentity> {
     let ca = load_or_create_tls_ca(tls_dir)?;
     let now = OffsetDateTime::now_utc();
     let leaf = gen::make_leaf(
@@ -86,11 +92,16 @@ fn server_tls(tls_dir: &Path, names: &[String]) -> Result<Arc<rustls::ServerConf
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes()).collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes())?;
+    Ok(ServerIdentity { chain, key })
+}
+
+/// The HTTPS API's rustls configuration.
+fn api_tls(identity: &ServerIdentity) -> Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -146,16 +157,27 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             allow_verify_on_upload: config.allow_verify_on_upload,
             max_certificate_bytes: config.max_certificate_bytes,
             host_names: names.clone(),
+            device_limit: config.device_limit,
+            c2d_max_pending: config.c2d_max_pending,
+            telemetry_retention_secs: config.telemetry_retention_secs,
+            ..HubConfig::default()
         },
         Arc::new(SystemClock),
     )?;
     let new_owner = hub.ensure_default_policies()?;
-    let tls = server_tls(&tls_dir, &names)?;
+    let identity = server_identity(&tls_dir, &names)?;
+    let tls = api_tls(&identity)?;
+    let device_tls =
+        iothub_gateway::server_config(identity.chain.clone(), identity.key.clone_key())?;
 
     let listener = tokio::net::TcpListener::bind(config.https)
         .await
         .with_context(|| format!("cannot listen on {} (--https)", config.https))?;
     let https_addr: SocketAddr = listener.local_addr()?;
+    let mqtt_listener = tokio::net::TcpListener::bind(config.mqtt)
+        .await
+        .with_context(|| format!("cannot listen on {} (--mqtt)", config.mqtt))?;
+    let mqtt_addr: SocketAddr = mqtt_listener.local_addr()?;
 
     let owner = hub.owner_policy()?;
     let conn_str = connection_string(
@@ -181,19 +203,50 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         "hub TLS CA certificate: {}",
         data.join(HUB_CA_FILE).display()
     );
+    println!("mqtt listening on {mqtt_addr}");
     println!("https listening on {https_addr}");
-    tracing::info!(%https_addr, hub = %config.name, "iothub serving");
-    // Devices (MQTT/TLS) are not served yet: the address is accepted now so that configurations
-    // written today keep working when the gateway lands.
-    tracing::debug!(mqtt = %config.mqtt, "MQTT address configured (no MQTT listener in this build)");
+    tracing::info!(%https_addr, %mqtt_addr, hub = %config.name, "iothub serving");
 
+    // One shutdown signal for every listener.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let gateway = tokio::spawn(iothub_gateway::serve(
+        mqtt_listener,
+        device_tls,
+        hub.clone(),
+        iothub_gateway::GatewayLimits {
+            max_connections: config.max_device_connections,
+            max_message_bytes: config.max_message_bytes,
+            ..Default::default()
+        },
+        stopped(stop_rx.clone()),
+    ));
+    let pruner = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                let hub = hub.clone();
+                match tokio::task::spawn_blocking(move || hub.prune_telemetry()).await {
+                    Ok(Ok(n)) if n > 0 => {
+                        tracing::info!(pruned = n, "telemetry past retention deleted")
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "telemetry pruning failed"),
+                    _ => {}
+                }
+            }
+        })
+    };
     let router = iothub_api::router(
         hub,
         iothub_api::ApiLimits {
             max_request_bytes: config.max_request_bytes,
         },
     );
-    iothub_api::serve_tls(
+    let api = tokio::spawn(iothub_api::serve_tls(
         listener,
         tls,
         router,
@@ -201,9 +254,14 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             max_connections: config.max_connections,
             ..Default::default()
         },
-        shutdown_signal(),
-    )
-    .await;
+        stopped(stop_rx),
+    ));
+    shutdown_signal().await;
+    println!("iothub stopping: no new connections; closing sessions");
+    let _ = stop_tx.send(true);
+    pruner.abort();
+    let _ = api.await;
+    let _ = gateway.await;
     println!("iothub stopped");
     Ok(())
 }

@@ -99,6 +99,72 @@ pub struct PolicyRecord {
     pub rights: Vec<String>,
 }
 
+/// A registered device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub device_id: String,
+    pub generation_id: String,
+    pub etag: u64,
+    /// "enabled" or "disabled".
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub status_updated: i64,
+    /// "certificateAuthority", "selfSigned", "sas" or "none".
+    pub auth_type: String,
+    pub primary_thumbprint: Option<String>,
+    pub secondary_thumbprint: Option<String>,
+    pub primary_key: Option<String>,
+    pub secondary_key: Option<String>,
+    pub created: i64,
+    pub updated: i64,
+}
+
+/// Connection facts of a device, kept apart from the record so that they never change its etag.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceActivity {
+    pub last_activity: Option<i64>,
+    pub last_connected: Option<i64>,
+    pub last_refusal: Option<String>,
+    pub last_refusal_time: Option<i64>,
+}
+
+/// A device-to-cloud message to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub device_id: String,
+    pub module_id: Option<String>,
+    pub enqueued: i64,
+    /// JSON object of system properties (`$.mid` etc.), as text.
+    pub system_properties: String,
+    /// JSON object of application properties, as text.
+    pub properties: String,
+    pub body: Vec<u8>,
+}
+
+/// A stored device-to-cloud message with its offset (monotonic, starting at 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub offset: i64,
+    pub message: NewMessage,
+}
+
+/// A cloud-to-device message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct C2dRecord {
+    pub id: i64,
+    pub device_id: String,
+    pub message_id: String,
+    /// JSON object of properties, as text.
+    pub properties: String,
+    pub body: Vec<u8>,
+    pub created: i64,
+    pub expiry: i64,
+    /// "queued", "delivered" or "expired".
+    pub state: String,
+    pub delivered_at: Option<i64>,
+    pub delivery_count: i64,
+}
+
 /// Why a store call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -138,4 +204,59 @@ pub trait Store: Send + Sync + 'static {
     fn list_policies(&self) -> Result<Vec<PolicyRecord>, StoreError>;
     /// Inserts a policy unless one of that name exists; returns whether it was inserted.
     fn insert_policy_if_absent(&self, policy: &PolicyRecord) -> Result<bool, StoreError>;
+
+    fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError>;
+    /// Devices ordered by id, after `after` (exclusive), at most `limit`.
+    fn list_devices(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeviceRecord>, StoreError>;
+    /// Creates or replaces a device under `expect`, assigning a new etag, with `audit`.
+    fn write_device(
+        &self,
+        record: &DeviceRecord,
+        expect: Expect,
+        audit: &NewAudit,
+    ) -> Result<DeviceRecord, StoreError>;
+    /// Deletes a device (and its queued cloud-to-device messages) if its etag matches.
+    fn delete_device(
+        &self,
+        device_id: &str,
+        etag: Option<u64>,
+        audit: &NewAudit,
+    ) -> Result<(), StoreError>;
+    fn get_device_activity(&self, device_id: &str) -> Result<DeviceActivity, StoreError>;
+    /// Records connection facts; a None field is left as it is.
+    fn update_device_activity(
+        &self,
+        device_id: &str,
+        update: &DeviceActivity,
+    ) -> Result<(), StoreError>;
+
+    /// Appends messages in one transaction (durable when it returns); returns their offsets.
+    fn append_messages(&self, messages: &[NewMessage]) -> Result<Vec<i64>, StoreError>;
+    /// Messages with offset >= `from`, optionally of one device, at most `limit`.
+    fn read_messages(
+        &self,
+        from: i64,
+        device_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+    /// The highest offset stored (0 when none).
+    fn last_message_offset(&self) -> Result<i64, StoreError>;
+    /// Deletes messages enqueued before `before`; returns how many.
+    fn prune_messages(&self, before: i64) -> Result<u64, StoreError>;
+
+    /// Queues a cloud-to-device message unless the device has `max_pending` queued already.
+    fn enqueue_c2d(&self, record: &C2dRecord, max_pending: u32) -> Result<C2dRecord, StoreError>;
+    /// Messages of a device, newest first, at most `limit`.
+    fn list_c2d(&self, device_id: &str, limit: u32) -> Result<Vec<C2dRecord>, StoreError>;
+    /// Queued messages of a device not expired at `now`, oldest first; expired queued ones are
+    /// marked "expired" on the way.
+    fn pending_c2d(&self, device_id: &str, now: i64) -> Result<Vec<C2dRecord>, StoreError>;
+    /// Marks a message delivered (the device acknowledged it).
+    fn mark_c2d_delivered(&self, id: i64, at: i64) -> Result<(), StoreError>;
+    /// Counts a delivery attempt.
+    fn count_c2d_attempt(&self, id: i64) -> Result<(), StoreError>;
 }

@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::{
-    AuditEntry, AuditQuery, CaRecord, CodeRecord, Expect, NewAudit, PolicyRecord, Store, StoreError,
+    AuditEntry, AuditQuery, C2dRecord, CaRecord, CodeRecord, DeviceActivity, DeviceRecord, Expect,
+    NewAudit, NewMessage, PolicyRecord, Store, StoreError, StoredMessage,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -45,6 +46,53 @@ const MIGRATIONS: &[&str] = &[
         secondary_key TEXT NOT NULL,
         rights TEXT NOT NULL
      );",
+    // 2: devices (record + activity), device-to-cloud messages, cloud-to-device queue.
+    "CREATE TABLE device (
+        device_id TEXT PRIMARY KEY NOT NULL,
+        generation_id TEXT NOT NULL,
+        etag INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        status_reason TEXT,
+        status_updated INTEGER NOT NULL,
+        auth_type TEXT NOT NULL,
+        primary_thumbprint TEXT,
+        secondary_thumbprint TEXT,
+        primary_key TEXT,
+        secondary_key TEXT,
+        created INTEGER NOT NULL,
+        updated INTEGER NOT NULL
+     );
+     CREATE TABLE device_activity (
+        device_id TEXT PRIMARY KEY NOT NULL,
+        last_activity INTEGER,
+        last_connected INTEGER,
+        last_refusal TEXT,
+        last_refusal_time INTEGER
+     );
+     CREATE TABLE message (
+        offset INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id TEXT NOT NULL,
+        module_id TEXT,
+        enqueued INTEGER NOT NULL,
+        system_properties TEXT NOT NULL,
+        properties TEXT NOT NULL,
+        body BLOB NOT NULL
+     );
+     CREATE INDEX message_device ON message (device_id, offset);
+     CREATE INDEX message_enqueued ON message (enqueued);
+     CREATE TABLE c2d (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        properties TEXT NOT NULL,
+        body BLOB NOT NULL,
+        created INTEGER NOT NULL,
+        expiry INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        delivered_at INTEGER,
+        delivery_count INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE INDEX c2d_device ON c2d (device_id, state, id);",
 ];
 
 /// The SQLite store.
@@ -150,6 +198,69 @@ fn next_etag(conn: &Connection) -> Result<u64, StoreError> {
     .map_err(backend)
 }
 
+const DEVICE_COLUMNS: &str = "device_id, generation_id, etag, status, status_reason, status_updated, auth_type, primary_thumbprint, secondary_thumbprint, primary_key, secondary_key, created, updated";
+
+fn device_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    Ok(DeviceRecord {
+        device_id: row.get(0)?,
+        generation_id: row.get(1)?,
+        etag: row.get::<_, i64>(2)? as u64,
+        status: row.get(3)?,
+        status_reason: row.get(4)?,
+        status_updated: row.get(5)?,
+        auth_type: row.get(6)?,
+        primary_thumbprint: row.get(7)?,
+        secondary_thumbprint: row.get(8)?,
+        primary_key: row.get(9)?,
+        secondary_key: row.get(10)?,
+        created: row.get(11)?,
+        updated: row.get(12)?,
+    })
+}
+
+const C2D_COLUMNS: &str =
+    "id, device_id, message_id, properties, body, created, expiry, state, delivered_at, delivery_count";
+
+fn c2d_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<C2dRecord> {
+    Ok(C2dRecord {
+        id: row.get(0)?,
+        device_id: row.get(1)?,
+        message_id: row.get(2)?,
+        properties: row.get(3)?,
+        body: row.get(4)?,
+        created: row.get(5)?,
+        expiry: row.get(6)?,
+        state: row.get(7)?,
+        delivered_at: row.get(8)?,
+        delivery_count: row.get(9)?,
+    })
+}
+
+/// Checks a write precondition against the current etag of a row (None: no row).
+fn check_expect(
+    tx: &rusqlite::Transaction<'_>,
+    expect: Expect,
+    current: Option<i64>,
+    count_sql: &str,
+) -> Result<(), StoreError> {
+    match (expect, current) {
+        (Expect::Absent { .. }, Some(_)) => Err(StoreError::AlreadyExists),
+        (Expect::Absent { limit }, None) => {
+            let count: i64 = tx.query_row(count_sql, [], |r| r.get(0)).map_err(backend)?;
+            if count as u64 >= limit {
+                Err(StoreError::LimitReached { limit })
+            } else {
+                Ok(())
+            }
+        }
+        (Expect::Etag(_), None) => Err(StoreError::NotFound),
+        (Expect::Etag(want), Some(have)) if want != have as u64 => Err(StoreError::EtagMismatch {
+            current: have as u64,
+        }),
+        (Expect::Etag(_), Some(_)) => Ok(()),
+    }
+}
+
 impl Store for SqliteStore {
     fn get_ca(&self, name: &str) -> Result<Option<CaRecord>, StoreError> {
         let conn = self.lock()?;
@@ -191,24 +302,7 @@ impl Store for SqliteStore {
             )
             .optional()
             .map_err(backend)?;
-        match (expect, current) {
-            (Expect::Absent { .. }, Some(_)) => return Err(StoreError::AlreadyExists),
-            (Expect::Absent { limit }, None) => {
-                let count: i64 = tx
-                    .query_row("SELECT COUNT(*) FROM ca_certificate", [], |r| r.get(0))
-                    .map_err(backend)?;
-                if count as u64 >= limit {
-                    return Err(StoreError::LimitReached { limit });
-                }
-            }
-            (Expect::Etag(_), None) => return Err(StoreError::NotFound),
-            (Expect::Etag(want), Some(have)) if want != have as u64 => {
-                return Err(StoreError::EtagMismatch {
-                    current: have as u64,
-                })
-            }
-            (Expect::Etag(_), Some(_)) => {}
-        }
+        check_expect(&tx, expect, current, "SELECT COUNT(*) FROM ca_certificate")?;
         let other: Option<String> = tx
             .query_row(
                 "SELECT name FROM ca_certificate WHERE thumbprint = ?1 AND name <> ?2",
@@ -343,6 +437,335 @@ impl Store for SqliteStore {
             )
             .map_err(backend)?;
         Ok(n == 1)
+    }
+    fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        let conn = self.lock()?;
+        conn.query_row(
+            &format!("SELECT {DEVICE_COLUMNS} FROM device WHERE device_id = ?1"),
+            [device_id],
+            device_from_row,
+        )
+        .optional()
+        .map_err(backend)
+    }
+
+    fn list_devices(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {DEVICE_COLUMNS} FROM device WHERE (?1 IS NULL OR device_id > ?1) ORDER BY device_id LIMIT ?2"
+            ))
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![after, limit], device_from_row)
+            .map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn write_device(
+        &self,
+        record: &DeviceRecord,
+        expect: Expect,
+        audit: &NewAudit,
+    ) -> Result<DeviceRecord, StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let current: Option<i64> = tx
+            .query_row(
+                "SELECT etag FROM device WHERE device_id = ?1",
+                [&record.device_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        check_expect(&tx, expect, current, "SELECT COUNT(*) FROM device")?;
+        let etag = next_etag(&tx)?;
+        tx.execute(
+            &format!("INSERT OR REPLACE INTO device ({DEVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+            params![
+                record.device_id,
+                record.generation_id,
+                etag as i64,
+                record.status,
+                record.status_reason,
+                record.status_updated,
+                record.auth_type,
+                record.primary_thumbprint,
+                record.secondary_thumbprint,
+                record.primary_key,
+                record.secondary_key,
+                record.created,
+                record.updated
+            ],
+        )
+        .map_err(backend)?;
+        insert_audit(&tx, audit)?;
+        tx.commit().map_err(backend)?;
+        Ok(DeviceRecord {
+            etag,
+            ..record.clone()
+        })
+    }
+
+    fn delete_device(
+        &self,
+        device_id: &str,
+        etag: Option<u64>,
+        audit: &NewAudit,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let current: Option<i64> = tx
+            .query_row(
+                "SELECT etag FROM device WHERE device_id = ?1",
+                [device_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        match (current, etag) {
+            (None, _) => return Err(StoreError::NotFound),
+            (Some(have), Some(want)) if have as u64 != want => {
+                return Err(StoreError::EtagMismatch {
+                    current: have as u64,
+                })
+            }
+            _ => {}
+        }
+        tx.execute("DELETE FROM device WHERE device_id = ?1", [device_id])
+            .map_err(backend)?;
+        tx.execute(
+            "DELETE FROM device_activity WHERE device_id = ?1",
+            [device_id],
+        )
+        .map_err(backend)?;
+        tx.execute("DELETE FROM c2d WHERE device_id = ?1", [device_id])
+            .map_err(backend)?;
+        insert_audit(&tx, audit)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn get_device_activity(&self, device_id: &str) -> Result<DeviceActivity, StoreError> {
+        let conn = self.lock()?;
+        Ok(conn
+            .query_row(
+                "SELECT last_activity, last_connected, last_refusal, last_refusal_time FROM device_activity WHERE device_id = ?1",
+                [device_id],
+                |r| {
+                    Ok(DeviceActivity {
+                        last_activity: r.get(0)?,
+                        last_connected: r.get(1)?,
+                        last_refusal: r.get(2)?,
+                        last_refusal_time: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)?
+            .unwrap_or_default())
+    }
+
+    fn update_device_activity(
+        &self,
+        device_id: &str,
+        u: &DeviceActivity,
+    ) -> Result<(), StoreError> {
+        let conn = self.lock()?;
+        conn.execute(
+            "INSERT INTO device_activity (device_id, last_activity, last_connected, last_refusal, last_refusal_time)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(device_id) DO UPDATE SET
+               last_activity = COALESCE(excluded.last_activity, last_activity),
+               last_connected = COALESCE(excluded.last_connected, last_connected),
+               last_refusal = COALESCE(excluded.last_refusal, last_refusal),
+               last_refusal_time = COALESCE(excluded.last_refusal_time, last_refusal_time)",
+            params![device_id, u.last_activity, u.last_connected, u.last_refusal, u.last_refusal_time],
+        )
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    fn append_messages(&self, messages: &[NewMessage]) -> Result<Vec<i64>, StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let mut offsets = Vec::with_capacity(messages.len());
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO message (device_id, module_id, enqueued, system_properties, properties, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(backend)?;
+            for m in messages {
+                stmt.execute(params![
+                    m.device_id,
+                    m.module_id,
+                    m.enqueued,
+                    m.system_properties,
+                    m.properties,
+                    m.body
+                ])
+                .map_err(backend)?;
+                offsets.push(tx.last_insert_rowid());
+            }
+        }
+        tx.commit().map_err(backend)?;
+        Ok(offsets)
+    }
+
+    fn read_messages(
+        &self,
+        from: i64,
+        device_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT offset, device_id, module_id, enqueued, system_properties, properties, body FROM message
+                 WHERE offset >= ?1 AND (?2 IS NULL OR device_id = ?2) ORDER BY offset LIMIT ?3",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![from, device_id, limit], |r| {
+                Ok(StoredMessage {
+                    offset: r.get(0)?,
+                    message: NewMessage {
+                        device_id: r.get(1)?,
+                        module_id: r.get(2)?,
+                        enqueued: r.get(3)?,
+                        system_properties: r.get(4)?,
+                        properties: r.get(5)?,
+                        body: r.get(6)?,
+                    },
+                })
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn last_message_offset(&self) -> Result<i64, StoreError> {
+        let conn = self.lock()?;
+        // AUTOINCREMENT keeps offsets monotonic even after pruning: read the sequence.
+        conn.query_row(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'message'), 0)",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(backend)
+    }
+
+    fn prune_messages(&self, before: i64) -> Result<u64, StoreError> {
+        let conn = self.lock()?;
+        conn.execute("DELETE FROM message WHERE enqueued < ?1", [before])
+            .map(|n| n as u64)
+            .map_err(backend)
+    }
+
+    fn enqueue_c2d(&self, record: &C2dRecord, max_pending: u32) -> Result<C2dRecord, StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let exists: Option<i64> = tx
+            .query_row(
+                "SELECT 1 FROM device WHERE device_id = ?1",
+                [&record.device_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let pending: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM c2d WHERE device_id = ?1 AND state = 'queued' AND expiry > ?2",
+                params![record.device_id, record.created],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
+        if pending as u64 >= max_pending as u64 {
+            return Err(StoreError::LimitReached {
+                limit: max_pending as u64,
+            });
+        }
+        tx.execute(
+            "INSERT INTO c2d (device_id, message_id, properties, body, created, expiry, state, delivered_at, delivery_count)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', NULL, 0)",
+            params![record.device_id, record.message_id, record.properties, record.body, record.created, record.expiry],
+        )
+        .map_err(backend)?;
+        let id = tx.last_insert_rowid();
+        tx.commit().map_err(backend)?;
+        Ok(C2dRecord {
+            id,
+            state: "queued".into(),
+            delivered_at: None,
+            delivery_count: 0,
+            ..record.clone()
+        })
+    }
+
+    fn list_c2d(&self, device_id: &str, limit: u32) -> Result<Vec<C2dRecord>, StoreError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {C2D_COLUMNS} FROM c2d WHERE device_id = ?1 ORDER BY id DESC LIMIT ?2"
+            ))
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![device_id, limit], c2d_from_row)
+            .map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn pending_c2d(&self, device_id: &str, now: i64) -> Result<Vec<C2dRecord>, StoreError> {
+        let conn = self.lock()?;
+        conn.execute(
+            "UPDATE c2d SET state = 'expired' WHERE device_id = ?1 AND state = 'queued' AND expiry <= ?2",
+            params![device_id, now],
+        )
+        .map_err(backend)?;
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {C2D_COLUMNS} FROM c2d WHERE device_id = ?1 AND state = 'queued' ORDER BY id"
+            ))
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![device_id], c2d_from_row)
+            .map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn mark_c2d_delivered(&self, id: i64, at: i64) -> Result<(), StoreError> {
+        let conn = self.lock()?;
+        conn.execute(
+            "UPDATE c2d SET state = 'delivered', delivered_at = ?2 WHERE id = ?1 AND state = 'queued'",
+            params![id, at],
+        )
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    fn count_c2d_attempt(&self, id: i64) -> Result<(), StoreError> {
+        let conn = self.lock()?;
+        conn.execute(
+            "UPDATE c2d SET delivery_count = delivery_count + 1 WHERE id = ?1",
+            [id],
+        )
+        .map_err(backend)?;
+        Ok(())
     }
 }
 

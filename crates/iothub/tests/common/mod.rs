@@ -16,6 +16,8 @@ pub struct TestHub {
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub port: u16,
+    /// The MQTT (device) port.
+    pub mqtt_port: u16,
     pub first_stdout: Vec<String>,
 }
 
@@ -41,8 +43,11 @@ impl TestHub {
         let mut cmd = Command::new(BIN);
         cmd.arg("--data")
             .arg(dir.join("data"))
-            .args(["serve", "--https", "127.0.0.1:0"])
-            .args(extra)
+            .args(["serve", "--https", "127.0.0.1:0"]);
+        if !extra.contains(&"--mqtt") {
+            cmd.args(["--mqtt", "127.0.0.1:0"]);
+        }
+        cmd.args(extra)
             .env("IOTHUB_LOG", "warn")
             .env_remove("IOTHUB_CONNECTION_STRING")
             .stdout(Stdio::piped())
@@ -58,9 +63,17 @@ impl TestHub {
             }
         });
         let mut lines = Vec::new();
+        let mut mqtt_port = 0;
         let port = loop {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(line) => {
+                    if let Some(p) = line
+                        .strip_prefix("mqtt listening on ")
+                        .and_then(|a| a.rsplit(':').next())
+                        .and_then(|p| p.parse::<u16>().ok())
+                    {
+                        mqtt_port = p;
+                    }
                     let port = line
                         .strip_prefix("https listening on ")
                         .and_then(|a| a.rsplit(':').next())
@@ -81,6 +94,7 @@ impl TestHub {
             dir: dir.to_path_buf(),
             _tmp: None,
             port,
+            mqtt_port,
             first_stdout: lines,
         }
     }

@@ -1,0 +1,391 @@
+//! Device-side routes: the registry in Azure IoT Hub's device shape (`/devices/{id}`, as the
+//! azure-iot-hub SDK calls it: PUT answers 200, DELETE 204, quoted etags and `"*"` accepted),
+//! cloud-to-device messages, device-to-cloud messages (read by offset, or followed live as
+//! server-sent events), and connections (live sessions and recent refusals).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use iothub_hub::{C2dSend, DeviceView, PutDevice};
+use iothub_store::{C2dRecord, StoredMessage};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::body::read_json;
+use crate::error::ApiError;
+use crate::routes::{authenticate, blocking, if_match, AppState};
+use crate::shapes::rfc1123;
+
+/// ISO 8601 with Azure's "never" value.
+fn iso(t: Option<i64>) -> String {
+    t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "0001-01-01T00:00:00Z".into())
+}
+
+/// Azure's Device JSON (azure-compat.md 3.3) plus iothub's connection facts.
+pub fn device_json(v: &DeviceView) -> Value {
+    let r = &v.record;
+    json!({
+        "deviceId": r.device_id,
+        "generationId": r.generation_id,
+        "etag": v.etag,
+        "connectionState": if v.connected { "Connected" } else { "Disconnected" },
+        "status": r.status,
+        "statusReason": r.status_reason,
+        "connectionStateUpdatedTime": iso(v.activity.last_activity),
+        "statusUpdatedTime": iso(Some(r.status_updated)),
+        "lastActivityTime": iso(v.activity.last_activity),
+        "cloudToDeviceMessageCount": v.c2d_queued,
+        "authentication": {
+            "type": r.auth_type,
+            "symmetricKey": { "primaryKey": r.primary_key, "secondaryKey": r.secondary_key },
+            "x509Thumbprint": { "primaryThumbprint": r.primary_thumbprint, "secondaryThumbprint": r.secondary_thumbprint },
+        },
+        "capabilities": { "iotEdge": false },
+        "deviceScope": null,
+        "parentScopes": [],
+        "lastConnectedTime": v.activity.last_connected.map(|t| iso(Some(t))),
+        "lastRefusal": v.activity.last_refusal,
+        "lastRefusalTime": v.activity.last_refusal_time.map(|t| iso(Some(t))),
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeviceBody {
+    status: Option<String>,
+    status_reason: Option<String>,
+    authentication: Option<AuthBody>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthBody {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    symmetric_key: Option<KeysBody>,
+    x509_thumbprint: Option<ThumbprintsBody>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeysBody {
+    primary_key: Option<String>,
+    secondary_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ThumbprintsBody {
+    primary_thumbprint: Option<String>,
+    secondary_thumbprint: Option<String>,
+}
+
+fn with_etag(mut response: Response, etag: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
+        response.headers_mut().insert(axum::http::header::ETAG, v);
+    }
+    response
+}
+
+pub(crate) async fn get_device(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    let v = blocking(&state, move |hub| hub.get_device(&who, &id)).await?;
+    Ok(with_etag(Json(device_json(&v)).into_response(), &v.etag))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListParams {
+    top: Option<u32>,
+    after: Option<String>,
+}
+
+pub(crate) async fn list_devices(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    let after = params.after.or_else(|| {
+        headers
+            .get("x-ms-continuation")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    let top = params.top.unwrap_or(100).clamp(1, 1000);
+    let views = blocking(&state, move |hub| {
+        hub.list_devices(&who, after.as_deref(), top)
+    })
+    .await?;
+    let body: Vec<Value> = views.iter().map(device_json).collect();
+    let mut response = Json(body).into_response();
+    // A full page may have a next one: its continuation is the last id of this page.
+    if views.len() == top as usize {
+        if let Some(last) = views.last() {
+            if let Ok(v) = HeaderValue::from_str(&last.record.device_id) {
+                response.headers_mut().insert("x-ms-continuation", v);
+            }
+        }
+    }
+    Ok(response)
+}
+
+pub(crate) async fn put_device(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    let parsed: DeviceBody = read_json(body, state.limits.max_request_bytes).await?;
+    let auth = parsed.authentication.unwrap_or_default();
+    let keys = auth.symmetric_key.unwrap_or_default();
+    let thumbs = auth.x509_thumbprint.unwrap_or_default();
+    let request = PutDevice {
+        status: parsed.status,
+        status_reason: parsed.status_reason,
+        auth_type: auth.kind,
+        primary_thumbprint: thumbs.primary_thumbprint,
+        secondary_thumbprint: thumbs.secondary_thumbprint,
+        primary_key: keys.primary_key,
+        secondary_key: keys.secondary_key,
+    };
+    let precondition = if_match(&headers);
+    let (v, _created) = blocking(&state, move |hub| {
+        hub.put_device(&who, &id, &request, precondition.as_ref())
+    })
+    .await?;
+    // azure-iot-hub accepts only 200 for a create as for an update.
+    Ok(with_etag(Json(device_json(&v)).into_response(), &v.etag))
+}
+
+pub(crate) async fn delete_device(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    let precondition = if_match(&headers);
+    blocking(&state, move |hub| {
+        hub.delete_device(&who, &id, precondition.as_ref())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn c2d_json(m: &C2dRecord) -> Value {
+    let props: Value = serde_json::from_str(&m.properties).unwrap_or_default();
+    json!({
+        "id": m.id,
+        "deviceId": m.device_id,
+        "messageId": m.message_id,
+        "state": m.state,
+        "created": rfc1123(m.created),
+        "expiryTimeUtc": rfc1123(m.expiry),
+        "deliveredTime": m.delivered_at.map(rfc1123),
+        "deliveryCount": m.delivery_count,
+        "systemProperties": props["system"],
+        "properties": props["application"],
+        "body": String::from_utf8(m.body.clone()).ok(),
+        "bodyBase64": base64::engine::general_purpose::STANDARD.encode(&m.body),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct C2dBody {
+    body: Option<String>,
+    body_base64: Option<String>,
+    #[serde(default)]
+    properties: serde_json::Map<String, Value>,
+    message_id: Option<String>,
+    correlation_id: Option<String>,
+    content_type: Option<String>,
+    content_encoding: Option<String>,
+    ttl_seconds: Option<i64>,
+}
+
+pub(crate) async fn send_c2d(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    let parsed: C2dBody = read_json(body, state.limits.max_request_bytes).await?;
+    let bytes = match (parsed.body, parsed.body_base64) {
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|e| {
+                ApiError::new("ArgumentInvalid", format!("bodyBase64 is not base64: {e}"))
+            })?,
+        _ => {
+            return Err(ApiError::new(
+                "ArgumentInvalid",
+                "give exactly one of 'body' (text) and 'bodyBase64'",
+            ))
+        }
+    };
+    let mut properties = Vec::new();
+    for (k, v) in parsed.properties {
+        match v {
+            Value::String(s) => properties.push((k, s)),
+            other => properties.push((k, other.to_string())),
+        }
+    }
+    let msg = C2dSend {
+        body: bytes,
+        properties,
+        message_id: parsed.message_id,
+        correlation_id: parsed.correlation_id,
+        content_type: parsed.content_type,
+        content_encoding: parsed.content_encoding,
+        ttl_secs: parsed.ttl_seconds,
+    };
+    let record = blocking(&state, move |hub| hub.send_c2d(&who, &id, &msg)).await?;
+    Ok((StatusCode::CREATED, Json(c2d_json(&record))).into_response())
+}
+
+pub(crate) async fn list_c2d(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    let list = blocking(&state, move |hub| hub.list_c2d(&who, &id, 100)).await?;
+    Ok(Json(
+        json!({ "value": list.iter().map(c2d_json).collect::<Vec<_>>() }),
+    ))
+}
+
+/// A device-to-cloud message as `az iot hub monitor-events` shows events, plus its offset.
+pub fn message_json(m: &StoredMessage) -> Value {
+    let msg = &m.message;
+    let mut system: serde_json::Map<String, Value> =
+        serde_json::from_str(&msg.system_properties).unwrap_or_default();
+    system.insert(
+        "iothub-connection-device-id".into(),
+        msg.device_id.clone().into(),
+    );
+    system.insert("iothub-enqueuedtime".into(), iso(Some(msg.enqueued)).into());
+    let properties: Value = serde_json::from_str(&msg.properties).unwrap_or_default();
+    json!({
+        "offset": m.offset,
+        "deviceId": msg.device_id,
+        "moduleId": msg.module_id,
+        "enqueuedTime": iso(Some(msg.enqueued)),
+        "properties": properties,
+        "systemProperties": system,
+        "body": String::from_utf8(msg.body.clone()).ok(),
+        "bodyBase64": base64::engine::general_purpose::STANDARD.encode(&msg.body),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MessageParams {
+    from: Option<i64>,
+    device_id: Option<String>,
+    limit: Option<u32>,
+}
+
+pub(crate) async fn read_messages(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(p): Query<MessageParams>,
+) -> Result<Json<Value>, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    let from = p.from.unwrap_or(1);
+    let limit = p.limit.unwrap_or(100);
+    let (list, last) = blocking(&state, move |hub| {
+        let list = hub.read_messages(&who, from, p.device_id.as_deref(), limit)?;
+        Ok((list, hub.last_message_offset()))
+    })
+    .await?;
+    let next = list.last().map(|m| m.offset + 1).unwrap_or(from.max(1));
+    Ok(Json(json!({
+        "value": list.iter().map(message_json).collect::<Vec<_>>(),
+        "nextOffset": next,
+        "lastOffset": last,
+    })))
+}
+
+/// Follows messages live as server-sent events (`id:` is the offset). `from` defaults to the next
+/// message to arrive; `from=1` replays everything retained first.
+pub(crate) async fn stream_messages(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(p): Query<MessageParams>,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    // The right is checked once, up front, with the same rule as reads.
+    let check = who.clone();
+    blocking(&state, move |hub| {
+        hub.read_messages(&check, i64::MAX, None, 1)
+    })
+    .await?;
+    let hub = state.hub.clone();
+    let watch = hub.watch_messages();
+    let start = p.from.unwrap_or_else(|| hub.last_message_offset() + 1);
+    let device = p.device_id.clone();
+    let stream = futures_util::stream::unfold(
+        (hub, who, watch, start, device, Vec::<StoredMessage>::new()),
+        |(hub, who, mut watch, mut next, device, mut buffered)| async move {
+            loop {
+                if let Some(m) = buffered.pop() {
+                    let event = Event::default()
+                        .id(m.offset.to_string())
+                        .data(message_json(&m).to_string());
+                    return Some((Ok(event), (hub, who, watch, next, device, buffered)));
+                }
+                let (h, w, d) = (hub.clone(), who.clone(), device.clone());
+                let batch = tokio::task::spawn_blocking(move || {
+                    h.read_messages(&w, next, d.as_deref(), 256)
+                })
+                .await
+                .ok()?
+                .ok()?;
+                if let Some(last) = batch.last() {
+                    next = last.offset + 1;
+                    buffered = batch.into_iter().rev().collect();
+                    continue;
+                }
+                // Nothing new: wait for the next commit (or a minute, to re-check).
+                let _ = tokio::time::timeout(Duration::from_secs(60), watch.changed()).await;
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+pub(crate) async fn connections(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    let (live, refusals) = blocking(&state, move |hub| hub.connections(&who)).await?;
+    Ok(Json(json!({
+        "live": live.iter().map(|s| json!({
+            "deviceId": s.device_id, "remote": s.remote, "since": rfc1123(s.since), "authentication": s.auth,
+        })).collect::<Vec<_>>(),
+        "refusals": refusals.iter().map(|r| json!({
+            "time": rfc1123(r.time), "timeUnix": r.time, "clientId": r.client_id, "remote": r.remote, "reason": r.reason,
+        })).collect::<Vec<_>>(),
+    })))
+}

@@ -1,0 +1,19 @@
+//! The MQTT/TLS gateway through which devices connect, send telemetry and receive cloud-to-device
+//! messages, in Azure IoT Hub's MQTT dialect.
+//!
+//! Why thin: the gateway owns sockets, TLS and MQTT framing; every decision (who is admitted,
+//! which session to close, where a message goes) is a call to the service layer (`iothub-hub`).
+//!
+//! - [`tls`]: the rustls server configuration: asks for (does not require) a client certificate,
+//!   checks only that the client holds the certificate's key, and never resumes sessions, so that
+//!   every connection presents its chain for the decision at CONNECT.
+//! - [`server`]: the accept loop, connection limits, periodic revalidation, graceful shutdown.
+//! - [`session`]: one device connection: CONNECT, then telemetry, subscriptions, C2D delivery,
+//!   keep-alive, and closing when the hub says so.
+
+pub mod server;
+pub mod session;
+pub mod tls;
+
+pub use server::{serve, GatewayLimits};
+pub use tls::server_config;

@@ -1,0 +1,95 @@
+//! The accept loop of the MQTT/TLS listener: a bound on concurrent connections, handshake and
+//! CONNECT timeouts, a periodic revalidation of live sessions (certificates that expire while
+//! connected), and a graceful shutdown that stops accepting and closes every session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use iothub_hub::Hub;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+/// Limits of the device gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayLimits {
+    /// Device connections served at once.
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake and then for the CONNECT packet.
+    pub handshake_timeout: Duration,
+    /// Largest telemetry payload, in bytes (Azure: 256 KiB).
+    pub max_message_bytes: usize,
+    /// Keep-alive values above this (seconds) are capped (Azure: 1177 for clients).
+    pub max_keep_alive: u16,
+    /// How often live sessions are re-checked for certificates that expired meanwhile.
+    pub revalidate_every: Duration,
+}
+
+impl Default for GatewayLimits {
+    fn default() -> Self {
+        GatewayLimits {
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            max_message_bytes: 256 * 1024,
+            max_keep_alive: 1177,
+            revalidate_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves devices on `listener` until `shutdown` completes, then closes every session.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    hub: Hub,
+    limits: GatewayLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let limits = Arc::new(limits);
+    let mut tasks = JoinSet::new();
+    let mut revalidate = tokio::time::interval(limits.revalidate_every);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = revalidate.tick() => {
+                let hub = hub.clone();
+                tokio::task::spawn_blocking(move || hub.revalidate_sessions());
+            }
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, limit = limits.max_connections, "connection refused: the gateway is at its connection limit");
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let (acceptor, hub, limits, stop) = (acceptor.clone(), hub.clone(), limits.clone(), stop_rx.clone());
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    crate::session::run(stream, peer, acceptor, hub, limits, stop).await;
+                });
+                // Reap finished tasks so the set does not grow without bound.
+                while tasks.try_join_next().is_some() {}
+            }
+        }
+    }
+    // Graceful shutdown: no new connections; every session closes after its in-flight work
+    // (acknowledged messages are already durable).
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+}

@@ -1,0 +1,533 @@
+//! One device connection, from TLS handshake to close.
+//!
+//! CONNECT is authenticated by the hub (chain or thumbprint or SAS token, device registered and
+//! enabled); any refusal is CONNACK 5 plus the recorded reason. Then the loop serves telemetry
+//! (QoS 0 and 1; QoS 1 acknowledged only once the message is durable), subscriptions, C2D delivery
+//! (QoS 1, kept queued until PUBACK), PINGREQ, and closes on DISCONNECT, keep-alive expiry, a
+//! protocol violation, or a signal from the hub (trust or device changed, replaced by a newer
+//! connection, shutdown). Every close for cause is recorded with its reason.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use iothub_hub::{ConnectRequest, Hub, SessionSignal};
+use iothub_mqtt::codec::{self, ConnAck, Packet, Publish, SubAck};
+use iothub_mqtt::topics::{self, DeviceTopic};
+use iothub_store::NewMessage;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::server::GatewayLimits;
+
+/// Why a session ended.
+enum End {
+    /// The device disconnected cleanly or the socket closed.
+    Normal(String),
+    /// Closed for cause: recorded as a refusal with this reason.
+    Cause(String),
+}
+
+struct Conn {
+    stream: TlsStream<TcpStream>,
+    buf: BytesMut,
+    max_packet: usize,
+}
+
+impl Conn {
+    /// Reads one packet (None: the peer closed the connection).
+    async fn read_packet(&mut self) -> Result<Option<Packet>, String> {
+        loop {
+            match codec::decode(&mut self.buf, self.max_packet) {
+                Ok(Some(p)) => return Ok(Some(p)),
+                Ok(None) => {}
+                Err(e) => return Err(format!("protocol error: {e}")),
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| format!("read failed: {e}"))?;
+            if n == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn write_packet(&mut self, packet: &Packet) -> Result<(), String> {
+        let mut out = BytesMut::new();
+        codec::encode(packet, &mut out).map_err(|e| format!("cannot encode a packet: {e}"))?;
+        tokio::time::timeout(Duration::from_secs(30), self.stream.write_all(&out))
+            .await
+            .map_err(|_| "the device did not read for 30 s".to_string())?
+            .map_err(|e| format!("write failed: {e}"))
+    }
+}
+
+pub(crate) async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    hub: Hub,
+    limits: Arc<GatewayLimits>,
+    stop: watch::Receiver<bool>,
+) {
+    let remote = peer.to_string();
+    let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            hub.record_refusal("", &remote, &format!("TLS handshake failed: {e}"));
+            return;
+        }
+        Err(_) => {
+            hub.record_refusal("", &remote, "TLS handshake timed out");
+            return;
+        }
+    };
+    let chain: Vec<Vec<u8>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
+        .unwrap_or_default();
+    let mut conn = Conn {
+        stream: tls,
+        buf: BytesMut::with_capacity(4096),
+        max_packet: limits.max_message_bytes + 64 * 1024,
+    };
+
+    // CONNECT must come first, within the handshake timeout.
+    let connect = match tokio::time::timeout(limits.handshake_timeout, conn.read_packet()).await {
+        Ok(Ok(Some(Packet::Connect(c)))) => c,
+        Ok(Ok(Some(other))) => {
+            hub.record_refusal(
+                "",
+                &remote,
+                &format!("the first packet was {}, not CONNECT", packet_name(&other)),
+            );
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Err(reason)) => {
+            hub.record_refusal("", &remote, &reason);
+            return;
+        }
+        Err(_) => {
+            hub.record_refusal("", &remote, "no CONNECT within the timeout");
+            return;
+        }
+    };
+    if connect.protocol_level != 4 {
+        let _ = conn
+            .write_packet(&Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: codec::CONNACK_UNACCEPTABLE_PROTOCOL,
+            }))
+            .await;
+        hub.record_refusal(
+            &connect.client_id,
+            &remote,
+            &format!(
+                "MQTT protocol level {} is not 4 (MQTT 3.1.1)",
+                connect.protocol_level
+            ),
+        );
+        return;
+    }
+    let request = ConnectRequest {
+        client_id: connect.client_id.clone(),
+        username: connect.username.clone(),
+        password: connect.password.clone(),
+        chain,
+        remote: remote.clone(),
+    };
+    let decision = {
+        let (hub, request) = (hub.clone(), request.clone());
+        tokio::task::spawn_blocking(move || hub.authenticate_device(&request))
+            .await
+            .unwrap_or_else(|e| Err(format!("authentication task failed: {e}")))
+    };
+    let method = match decision {
+        Ok(m) => m,
+        Err(reason) => {
+            let _ = conn
+                .write_packet(&Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    code: codec::CONNACK_NOT_AUTHORIZED,
+                }))
+                .await;
+            let _ = conn.stream.shutdown().await;
+            hub.record_refusal(&connect.client_id, &remote, &reason);
+            return;
+        }
+    };
+    let admission = {
+        let (hub, request) = (hub.clone(), request.clone());
+        match tokio::task::spawn_blocking(move || hub.open_session(&request, method)).await {
+            Ok(a) => a,
+            Err(_) => return,
+        }
+    };
+    if conn
+        .write_packet(&Packet::ConnAck(ConnAck {
+            session_present: false,
+            code: codec::CONNACK_ACCEPTED,
+        }))
+        .await
+        .is_err()
+    {
+        hub.close_session(
+            &admission.device_id,
+            admission.session_id,
+            "could not send CONNACK",
+        );
+        return;
+    }
+
+    let keep_alive = connect.keep_alive.min(limits.max_keep_alive);
+    let mut state = SessionState {
+        device_id: admission.device_id.clone(),
+        c2d_subscribed: false,
+        inflight: HashMap::new(),
+        next_pkid: 1,
+        last_touch: Instant::now(),
+    };
+    let mut signals = admission.signals;
+    let end = serve_session(
+        &mut conn,
+        &hub,
+        &limits,
+        keep_alive,
+        &mut state,
+        &mut signals,
+        stop,
+    )
+    .await;
+    let _ = conn.stream.shutdown().await;
+    let (reason, cause) = match &end {
+        End::Normal(r) => (r.clone(), false),
+        End::Cause(r) => (r.clone(), true),
+    };
+    if cause {
+        hub.record_refusal(&admission.device_id, &remote, &reason);
+        // The Will message (if any) is forwarded as telemetry when the session did not end cleanly.
+        if let Some(will) = &connect.will {
+            if let Ok(DeviceTopic::Telemetry { bag, .. }) =
+                topics::device_may_publish(&admission.device_id, &will.topic)
+            {
+                if let Ok(message) =
+                    telemetry_message(&admission.device_id, bag, &will.payload, will.retain, true)
+                {
+                    let _ = hub.store_telemetry(message).await;
+                }
+            }
+        }
+    }
+    let hub2 = hub.clone();
+    let (device, session_id) = (admission.device_id.clone(), admission.session_id);
+    let _ =
+        tokio::task::spawn_blocking(move || hub2.close_session(&device, session_id, &reason)).await;
+}
+
+struct SessionState {
+    device_id: String,
+    c2d_subscribed: bool,
+    /// Packet id -> C2D message id, for messages published and not yet acknowledged.
+    inflight: HashMap<u16, i64>,
+    next_pkid: u16,
+    last_touch: Instant,
+}
+
+fn packet_name(p: &Packet) -> &'static str {
+    match p {
+        Packet::Connect(_) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Subscribe(_) => "SUBSCRIBE",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::PingReq => "PINGREQ",
+        Packet::PingResp => "PINGRESP",
+        Packet::Disconnect => "DISCONNECT",
+    }
+}
+
+/// Builds the stored form of a telemetry message from its property bag.
+fn telemetry_message(
+    device_id: &str,
+    bag: &str,
+    payload: &[u8],
+    retain: bool,
+    will: bool,
+) -> Result<NewMessage, String> {
+    let parsed =
+        topics::parse_property_bag(bag).map_err(|e| format!("invalid property bag: {e}"))?;
+    let mut system = serde_json::Map::new();
+    for (k, v) in parsed.system {
+        system.insert(k, v.map(Into::into).unwrap_or(serde_json::Value::Null));
+    }
+    let mut custom = serde_json::Map::new();
+    for (k, v) in parsed.custom {
+        custom.insert(k, v.map(Into::into).unwrap_or(serde_json::Value::Null));
+    }
+    if retain {
+        custom.insert("mqtt-retain".into(), "true".into());
+    }
+    if will {
+        custom.insert("iothub-MessageType".into(), "Will".into());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Ok(NewMessage {
+        device_id: device_id.to_string(),
+        module_id: None,
+        enqueued: now,
+        system_properties: serde_json::Value::Object(system).to_string(),
+        properties: serde_json::Value::Object(custom).to_string(),
+        body: payload.to_vec(),
+    })
+}
+
+async fn serve_session(
+    conn: &mut Conn,
+    hub: &Hub,
+    limits: &GatewayLimits,
+    keep_alive: u16,
+    state: &mut SessionState,
+    signals: &mut tokio::sync::mpsc::UnboundedReceiver<SessionSignal>,
+    mut stop: watch::Receiver<bool>,
+) -> End {
+    // MQTT 3.1.1: the server closes after 1.5 times the keep-alive without a packet.
+    let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    let mut deadline = grace.map(|g| Instant::now() + g);
+    loop {
+        // Packets already buffered are served before waiting on anything else.
+        let packet = match codec::decode(&mut conn.buf, conn.max_packet) {
+            Ok(Some(p)) => Some(p),
+            Ok(None) => None,
+            Err(e) => return End::Cause(format!("protocol error: {e}")),
+        };
+        let packet = match packet {
+            Some(p) => p,
+            None => {
+                let sleep = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    read = conn.stream.read_buf(&mut conn.buf) => match read {
+                        Ok(0) => return End::Normal("the device closed the connection".into()),
+                        Ok(_) => continue,
+                        Err(e) => return End::Normal(format!("connection lost: {e}")),
+                    },
+                    signal = signals.recv() => match signal {
+                        Some(SessionSignal::Close(reason)) => return End::Cause(reason),
+                        Some(SessionSignal::C2dAvailable) => {
+                            if let Err(e) = deliver_c2d(conn, hub, state).await {
+                                return End::Cause(e);
+                            }
+                            continue;
+                        }
+                        None => return End::Cause("the hub ended the session".into()),
+                    },
+                    _ = stop.changed() => return End::Normal("the hub is shutting down".into()),
+                    _ = sleep => return End::Cause(format!(
+                        "keep-alive expired: no packet for 1.5 x {keep_alive} s"
+                    )),
+                }
+            }
+        };
+        deadline = grace.map(|g| Instant::now() + g);
+        if state.last_touch.elapsed() > Duration::from_secs(10) {
+            state.last_touch = Instant::now();
+            let (hub, id) = (hub.clone(), state.device_id.clone());
+            tokio::task::spawn_blocking(move || hub.touch_device(&id));
+        }
+        match packet {
+            Packet::Publish(p) => {
+                if let Err(reason) = handle_publish(conn, hub, limits, state, p).await {
+                    return End::Cause(reason);
+                }
+            }
+            Packet::PubAck(pkid) => {
+                if let Some(id) = state.inflight.remove(&pkid) {
+                    let hub = hub.clone();
+                    let _ = tokio::task::spawn_blocking(move || hub.c2d_delivered(id)).await;
+                }
+            }
+            Packet::Subscribe(s) => {
+                let mut codes = Vec::with_capacity(s.filters.len());
+                for (filter, qos) in &s.filters {
+                    if let Err(e) = topics::device_may_subscribe(&state.device_id, filter) {
+                        return End::Cause(format!("subscription refused: {e}"));
+                    }
+                    if filter.starts_with("devices/") {
+                        state.c2d_subscribed = true;
+                    }
+                    codes.push((*qos).min(1));
+                }
+                if let Err(e) = conn
+                    .write_packet(&Packet::SubAck(SubAck {
+                        pkid: s.pkid,
+                        return_codes: codes,
+                    }))
+                    .await
+                {
+                    return End::Normal(e);
+                }
+                if state.c2d_subscribed {
+                    if let Err(e) = deliver_c2d(conn, hub, state).await {
+                        return End::Cause(e);
+                    }
+                }
+            }
+            Packet::Unsubscribe(u) => {
+                if u.filters.iter().any(|f| f.starts_with("devices/")) {
+                    state.c2d_subscribed = false;
+                }
+                if let Err(e) = conn.write_packet(&Packet::UnsubAck(u.pkid)).await {
+                    return End::Normal(e);
+                }
+            }
+            Packet::PingReq => {
+                if let Err(e) = conn.write_packet(&Packet::PingResp).await {
+                    return End::Normal(e);
+                }
+            }
+            Packet::Disconnect => return End::Normal("the device disconnected".into()),
+            Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
+                return End::Cause("QoS 2 is not supported: the hub grants QoS 0 and 1 only".into())
+            }
+            other => {
+                return End::Cause(format!("unexpected {} from a device", packet_name(&other)))
+            }
+        }
+    }
+}
+
+async fn handle_publish(
+    conn: &mut Conn,
+    hub: &Hub,
+    limits: &GatewayLimits,
+    state: &mut SessionState,
+    p: Publish,
+) -> Result<(), String> {
+    if p.qos == 2 {
+        return Err("QoS 2 PUBLISH refused: the hub supports QoS 0 and 1".into());
+    }
+    if p.payload.len() > limits.max_message_bytes {
+        return Err(format!(
+            "the message is {} bytes; at most {} bytes are accepted",
+            p.payload.len(),
+            limits.max_message_bytes
+        ));
+    }
+    let bag =
+        match topics::device_may_publish(&state.device_id, &p.topic).map_err(|e| e.to_string())? {
+            DeviceTopic::Telemetry {
+                bag,
+                module_id: None,
+                ..
+            } => bag.to_string(),
+            DeviceTopic::Telemetry {
+                module_id: Some(_), ..
+            } => return Err("module telemetry is not supported yet".into()),
+            _ => {
+                return Err(format!(
+                    "'{}' is not supported yet (device twins and direct methods arrive later)",
+                    p.topic
+                ))
+            }
+        };
+    let message = telemetry_message(&state.device_id, &bag, &p.payload, p.retain, false)?;
+    let stored = hub.store_telemetry(message);
+    if p.qos == 1 {
+        // Acknowledge only what is durable.
+        match stored.await {
+            Ok(Ok(_offset)) => conn.write_packet(&Packet::PubAck(p.pkid)).await?,
+            Ok(Err(e)) => return Err(format!("the message could not be stored: {e}")),
+            Err(_) => return Err("the message could not be stored".into()),
+        }
+    }
+    Ok(())
+}
+
+/// Publishes queued cloud-to-device messages not yet in flight in this session.
+async fn deliver_c2d(conn: &mut Conn, hub: &Hub, state: &mut SessionState) -> Result<(), String> {
+    if !state.c2d_subscribed {
+        return Ok(());
+    }
+    let pending = {
+        let (hub, id) = (hub.clone(), state.device_id.clone());
+        tokio::task::spawn_blocking(move || hub.pending_c2d(&id))
+            .await
+            .map_err(|e| format!("delivery task failed: {e}"))?
+            .map_err(|e| format!("cannot read queued messages: {e}"))?
+    };
+    for m in pending {
+        if state.inflight.values().any(|id| *id == m.id) {
+            continue;
+        }
+        let pkid = next_pkid(state);
+        let props: serde_json::Value = serde_json::from_str(&m.properties).unwrap_or_default();
+        let mut system = vec![
+            ("$.mid".to_string(), Some(m.message_id.clone())),
+            (
+                "$.to".to_string(),
+                Some(format!("/devices/{}/messages/deviceBound", m.device_id)),
+            ),
+        ];
+        if let Some(obj) = props["system"].as_object() {
+            for (k, v) in obj {
+                system.push((k.clone(), v.as_str().map(str::to_owned)));
+            }
+        }
+        let custom: Vec<(String, Option<String>)> = props["application"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let topic = topics::c2d_topic(&m.device_id, &topics::encode_property_bag(&system, &custom));
+        let publish = Packet::Publish(Publish {
+            dup: false,
+            qos: 1,
+            retain: false,
+            topic,
+            pkid,
+            payload: m.body.clone().into(),
+        });
+        conn.write_packet(&publish).await?;
+        state.inflight.insert(pkid, m.id);
+        let hub = hub.clone();
+        tokio::task::spawn_blocking(move || hub.c2d_attempted(m.id));
+    }
+    Ok(())
+}
+
+fn next_pkid(state: &mut SessionState) -> u16 {
+    loop {
+        let id = state.next_pkid;
+        state.next_pkid = state.next_pkid.checked_add(1).unwrap_or(1);
+        if !state.inflight.contains_key(&id) {
+            return id;
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! The device registry: create, read, list (paged), update, enable/disable, delete, in Azure IoT
+//! Hub's model (`deviceId`, `etag`, `status`, `authentication{type, x509Thumbprint, symmetricKey}`).
+//!
+//! Every change that can affect a connected device (disabled, deleted, authentication changed)
+//! is handed to the session registry at once, which closes the sessions it no longer admits.
+
+use iothub_pki::device::{normalize_thumbprint, validate_device_id};
+use iothub_store::{DeviceActivity, DeviceRecord, Expect, NewAudit, StoreError};
+
+use crate::auth::{encode_etag, IfMatch, Principal, Right};
+use crate::{Hub, HubError};
+
+/// How a device authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceAuth {
+    /// An X.509 certificate chaining to a Verified CA, with CN = device id.
+    CertificateAuthority,
+    /// An X.509 certificate whose thumbprint (SHA-1 or SHA-256) is registered.
+    SelfSigned {
+        primary: String,
+        secondary: Option<String>,
+    },
+    /// A SAS token signed with one of the device's symmetric keys (base64).
+    Sas { primary: String, secondary: String },
+}
+
+impl DeviceAuth {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            DeviceAuth::CertificateAuthority => "certificateAuthority",
+            DeviceAuth::SelfSigned { .. } => "selfSigned",
+            DeviceAuth::Sas { .. } => "sas",
+        }
+    }
+}
+
+/// A create-or-update request, as the Azure device JSON carries it.
+#[derive(Debug, Clone, Default)]
+pub struct PutDevice {
+    /// "enabled" (default) or "disabled".
+    pub status: Option<String>,
+    pub status_reason: Option<String>,
+    /// "certificateAuthority", "selfSigned" or "sas" (default "sas", as Azure).
+    pub auth_type: Option<String>,
+    pub primary_thumbprint: Option<String>,
+    pub secondary_thumbprint: Option<String>,
+    pub primary_key: Option<String>,
+    pub secondary_key: Option<String>,
+}
+
+/// What a caller sees of a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceView {
+    pub record: DeviceRecord,
+    pub etag: String,
+    pub connected: bool,
+    pub activity: DeviceActivity,
+    pub c2d_queued: u64,
+}
+
+fn target(id: &str) -> String {
+    format!("device/{id}")
+}
+
+fn validate_key(name: &str, key: &str) -> Result<String, HubError> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(key.trim())
+        .map_err(|_| HubError::DeviceAuthInvalid(format!("{name} is not base64")))?;
+    if !(16..=64).contains(&raw.len()) {
+        return Err(HubError::DeviceAuthInvalid(format!(
+            "{name} is {} bytes; expected 16 to 64 bytes, base64-encoded",
+            raw.len()
+        )));
+    }
+    Ok(key.trim().to_string())
+}
+
+fn new_key() -> Result<String, HubError> {
+    iothub_pki::sas::generate_key()
+        .map_err(|_| HubError::Internal("the system random source failed".into()))
+}
+
+impl PutDevice {
+    /// Resolves the requested authentication, generating SAS keys that were not given.
+    fn auth(&self) -> Result<DeviceAuth, HubError> {
+        match self.auth_type.as_deref().unwrap_or("sas") {
+            "certificateAuthority" => Ok(DeviceAuth::CertificateAuthority),
+            "selfSigned" => {
+                let primary = self.primary_thumbprint.as_deref().ok_or_else(|| {
+                    HubError::DeviceAuthInvalid(
+                        "selfSigned authentication needs x509Thumbprint.primaryThumbprint".into(),
+                    )
+                })?;
+                let primary = normalize_thumbprint(primary).map_err(HubError::DeviceAuthInvalid)?;
+                let secondary = match self.secondary_thumbprint.as_deref() {
+                    Some(s) if !s.is_empty() => Some(normalize_thumbprint(s).map_err(HubError::DeviceAuthInvalid)?),
+                    _ => None,
+                };
+                Ok(DeviceAuth::SelfSigned { primary, secondary })
+            }
+            "sas" => {
+                let primary = match &self.primary_key {
+                    Some(k) if !k.is_empty() => validate_key("symmetricKey.primaryKey", k)?,
+                    _ => new_key()?,
+                };
+                let secondary = match &self.secondary_key {
+                    Some(k) if !k.is_empty() => validate_key("symmetricKey.secondaryKey", k)?,
+                    _ => new_key()?,
+                };
+                Ok(DeviceAuth::Sas { primary, secondary })
+            }
+            other => Err(HubError::DeviceAuthInvalid(format!(
+                "authentication type '{other}' is not supported; expected certificateAuthority, selfSigned or sas"
+            ))),
+        }
+    }
+}
+
+/// The authentication of a stored device.
+pub fn record_auth(r: &DeviceRecord) -> Option<DeviceAuth> {
+    match r.auth_type.as_str() {
+        "certificateAuthority" => Some(DeviceAuth::CertificateAuthority),
+        "selfSigned" => Some(DeviceAuth::SelfSigned {
+            primary: r.primary_thumbprint.clone().unwrap_or_default(),
+            secondary: r.secondary_thumbprint.clone(),
+        }),
+        "sas" => Some(DeviceAuth::Sas {
+            primary: r.primary_key.clone().unwrap_or_default(),
+            secondary: r.secondary_key.clone().unwrap_or_default(),
+        }),
+        _ => None,
+    }
+}
+
+impl Hub {
+    pub(crate) fn device_view(&self, record: DeviceRecord) -> Result<DeviceView, HubError> {
+        let activity = self.store.get_device_activity(&record.device_id)?;
+        let connected = self.is_connected(&record.device_id);
+        let c2d_queued = self.store.pending_c2d(&record.device_id, self.now())?.len() as u64;
+        Ok(DeviceView {
+            etag: encode_etag(record.etag),
+            record,
+            connected,
+            activity,
+            c2d_queued,
+        })
+    }
+
+    fn device_audit(
+        &self,
+        who: &Principal,
+        action: &str,
+        id: &str,
+        outcome: &Result<String, HubError>,
+    ) -> NewAudit {
+        NewAudit {
+            time: self.now(),
+            actor: who.policy.clone(),
+            action: action.to_string(),
+            target: target(id),
+            success: outcome.is_ok(),
+            code: outcome.as_ref().err().map(|e| e.code().number.to_string()),
+            detail: match outcome {
+                Ok(d) => d.clone(),
+                Err(e) => e.to_string(),
+            },
+        }
+    }
+
+    fn device_refuse<T>(
+        &self,
+        who: &Principal,
+        action: &str,
+        id: &str,
+        err: HubError,
+    ) -> Result<T, HubError> {
+        let entry = self.device_audit(who, action, id, &Err(err.clone()));
+        if let Err(e) = self.store.append_audit(&entry) {
+            tracing::error!(error = %e, "could not write an audit entry for a refusal");
+        }
+        Err(err)
+    }
+
+    fn device_store_error(id: &str, e: StoreError, given: Option<&IfMatch>) -> HubError {
+        match e {
+            StoreError::NotFound => HubError::DeviceNotFound(id.to_string()),
+            StoreError::AlreadyExists => HubError::DeviceExists(id.to_string()),
+            StoreError::EtagMismatch { current } => HubError::DeviceEtagMismatch {
+                name: id.to_string(),
+                given: given.map(IfMatch::shown).unwrap_or_default(),
+                current: encode_etag(current),
+            },
+            StoreError::LimitReached { limit } => HubError::DeviceLimitReached(limit),
+            other => HubError::Internal(other.to_string()),
+        }
+    }
+
+    /// One device.
+    pub fn get_device(&self, who: &Principal, id: &str) -> Result<DeviceView, HubError> {
+        who.require(Right::RegistryRead, "read devices")?;
+        validate_device_id(id)?;
+        let record = self
+            .store
+            .get_device(id)?
+            .ok_or_else(|| HubError::DeviceNotFound(id.to_string()))?;
+        self.device_view(record)
+    }
+
+    /// Devices by id, after `after`, at most `limit` (1 to 1000).
+    pub fn list_devices(
+        &self,
+        who: &Principal,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeviceView>, HubError> {
+        who.require(Right::RegistryRead, "list devices")?;
+        self.store
+            .list_devices(after, limit.clamp(1, 1000))?
+            .into_iter()
+            .map(|r| self.device_view(r))
+            .collect()
+    }
+
+    /// Creates (no If-Match) or updates (If-Match: etag or `*`) a device. Returns the view and
+    /// whether it was created.
+    pub fn put_device(
+        &self,
+        who: &Principal,
+        id: &str,
+        request: &PutDevice,
+        if_match: Option<&IfMatch>,
+    ) -> Result<(DeviceView, bool), HubError> {
+        const ACTION: &str = "device.put";
+        let run = || -> Result<(DeviceView, bool), HubError> {
+            who.require(Right::RegistryWrite, "add or update devices")?;
+            validate_device_id(id)?;
+            let status = match request.status.as_deref().unwrap_or("enabled") {
+                s @ ("enabled" | "disabled") => s.to_string(),
+                other => {
+                    return Err(HubError::InvalidArgument(format!(
+                        "status '{other}' is invalid; expected 'enabled' or 'disabled'"
+                    )))
+                }
+            };
+            let auth = request.auth()?;
+            let now = self.now();
+            let existing = self.store.get_device(id)?;
+            let (created, expect, generation_id, created_at, status_updated) =
+                match (&existing, if_match) {
+                    (None, Some(_)) => return Err(HubError::DeviceNotFound(id.to_string())),
+                    (None, None) => {
+                        let generation: String = iothub_pki::pop::generate_code()
+                            .map_err(|_| {
+                                HubError::Internal("the system random source failed".into())
+                            })?
+                            .chars()
+                            .take(18)
+                            .collect();
+                        (
+                            true,
+                            Expect::Absent {
+                                limit: self.config.device_limit,
+                            },
+                            generation,
+                            now,
+                            now,
+                        )
+                    }
+                    (Some(_), None) => return Err(HubError::DeviceExists(id.to_string())),
+                    (Some(old), Some(m)) => {
+                        if !m.matches(old.etag) {
+                            return Err(HubError::DeviceEtagMismatch {
+                                name: id.to_string(),
+                                given: m.shown(),
+                                current: encode_etag(old.etag),
+                            });
+                        }
+                        let status_updated = if old.status == status {
+                            old.status_updated
+                        } else {
+                            now
+                        };
+                        (
+                            false,
+                            Expect::Etag(old.etag),
+                            old.generation_id.clone(),
+                            old.created,
+                            status_updated,
+                        )
+                    }
+                };
+            let (pt, st, pk, sk) = match &auth {
+                DeviceAuth::CertificateAuthority => (None, None, None, None),
+                DeviceAuth::SelfSigned { primary, secondary } => {
+                    (Some(primary.clone()), secondary.clone(), None, None)
+                }
+                DeviceAuth::Sas { primary, secondary } => {
+                    (None, None, Some(primary.clone()), Some(secondary.clone()))
+                }
+            };
+            let record = DeviceRecord {
+                device_id: id.to_string(),
+                generation_id,
+                etag: 0,
+                status: status.clone(),
+                status_reason: request.status_reason.clone(),
+                status_updated,
+                auth_type: auth.type_name().to_string(),
+                primary_thumbprint: pt,
+                secondary_thumbprint: st,
+                primary_key: pk,
+                secondary_key: sk,
+                created: created_at,
+                updated: now,
+            };
+            // Keys and thumbprints are not written to the audit log.
+            let detail = format!(
+                "{} device, {}, authentication {}",
+                if created { "created" } else { "updated" },
+                status,
+                auth.type_name()
+            );
+            let audit = self.device_audit(who, ACTION, id, &Ok(detail));
+            let stored = self
+                .store
+                .write_device(&record, expect, &audit)
+                .map_err(|e| Self::device_store_error(id, e, if_match))?;
+            if !created {
+                self.revalidate_device_sessions(id);
+            }
+            Ok((self.device_view(stored)?, created))
+        };
+        run().or_else(|e| self.device_refuse(who, ACTION, id, e))
+    }
+
+    /// Sets a device's status (enable or disable), keeping everything else.
+    pub fn set_device_status(
+        &self,
+        who: &Principal,
+        id: &str,
+        enabled: bool,
+        reason: Option<String>,
+    ) -> Result<DeviceView, HubError> {
+        let current = self.get_device(who, id)?;
+        let r = &current.record;
+        let request = PutDevice {
+            status: Some(if enabled { "enabled" } else { "disabled" }.to_string()),
+            status_reason: reason.or_else(|| r.status_reason.clone()),
+            auth_type: Some(r.auth_type.clone()),
+            primary_thumbprint: r.primary_thumbprint.clone(),
+            secondary_thumbprint: r.secondary_thumbprint.clone(),
+            primary_key: r.primary_key.clone(),
+            secondary_key: r.secondary_key.clone(),
+        };
+        let etag = IfMatch::Etag(current.etag.clone());
+        Ok(self.put_device(who, id, &request, Some(&etag))?.0)
+    }
+
+    /// Deletes a device; its sessions are closed at once.
+    pub fn delete_device(
+        &self,
+        who: &Principal,
+        id: &str,
+        if_match: Option<&IfMatch>,
+    ) -> Result<(), HubError> {
+        const ACTION: &str = "device.delete";
+        let run = || -> Result<(), HubError> {
+            who.require(Right::RegistryWrite, "delete devices")?;
+            validate_device_id(id)?;
+            let record = self
+                .store
+                .get_device(id)?
+                .ok_or_else(|| HubError::DeviceNotFound(id.to_string()))?;
+            if let Some(m) = if_match {
+                if !m.matches(record.etag) {
+                    return Err(HubError::DeviceEtagMismatch {
+                        name: id.to_string(),
+                        given: m.shown(),
+                        current: encode_etag(record.etag),
+                    });
+                }
+            }
+            let audit = self.device_audit(who, ACTION, id, &Ok("deleted device".into()));
+            self.store
+                .delete_device(id, Some(record.etag), &audit)
+                .map_err(|e| Self::device_store_error(id, e, if_match))?;
+            self.revalidate_device_sessions(id);
+            Ok(())
+        };
+        run().or_else(|e| self.device_refuse(who, ACTION, id, e))
+    }
+}

@@ -1,0 +1,420 @@
+//! Device sessions: authentication at MQTT CONNECT, the registry of live sessions (one per
+//! device), recent refusals with their exact reasons, and closing sessions the hub no longer admits.
+//!
+//! The gateway owns sockets; this module owns decisions. A session is registered with a channel the
+//! gateway listens on; the hub sends `Close(reason)` on it when trust or the device changes, and
+//! `C2dAvailable` when a cloud-to-device message is queued.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use base64::Engine as _;
+use iothub_pki::device::{validate_chain, validate_device_id};
+use iothub_pki::sas::SasToken;
+use iothub_pki::CertInfo;
+use iothub_store::DeviceActivity;
+use tokio::sync::mpsc;
+
+use crate::auth::{Principal, Right};
+use crate::devices::{record_auth, DeviceAuth};
+use crate::{Hub, HubError};
+
+/// What a device presented at CONNECT.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest {
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Vec<u8>>,
+    /// The TLS client certificate chain, leaf first (empty when none was presented).
+    pub chain: Vec<Vec<u8>>,
+    pub remote: String,
+}
+
+/// How an admitted device proved its identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMethod {
+    Ca { ca_name: String },
+    SelfSigned { thumbprint: String },
+    Sas,
+}
+
+impl std::fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthMethod::Ca { ca_name } => write!(f, "certificateAuthority via '{ca_name}'"),
+            AuthMethod::SelfSigned { thumbprint } => write!(f, "selfSigned {thumbprint}"),
+            AuthMethod::Sas => f.write_str("sas"),
+        }
+    }
+}
+
+/// A signal from the hub to a live session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionSignal {
+    /// Close the session, recording this reason.
+    Close(String),
+    /// Cloud-to-device messages are waiting.
+    C2dAvailable,
+}
+
+/// An admitted device session, as the gateway holds it.
+#[derive(Debug)]
+pub struct Admission {
+    pub device_id: String,
+    pub session_id: u64,
+    pub method: AuthMethod,
+    pub signals: mpsc::UnboundedReceiver<SessionSignal>,
+}
+
+struct SessionEntry {
+    session_id: u64,
+    method: AuthMethod,
+    chain: Vec<Vec<u8>>,
+    remote: String,
+    since: i64,
+    tx: mpsc::UnboundedSender<SessionSignal>,
+}
+
+/// A refused connection attempt.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Refusal {
+    pub time: i64,
+    pub client_id: String,
+    pub remote: String,
+    pub reason: String,
+}
+
+/// A live session, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SessionInfo {
+    pub device_id: String,
+    pub remote: String,
+    pub since: i64,
+    pub auth: String,
+}
+
+#[derive(Default)]
+pub(crate) struct Sessions {
+    live: HashMap<String, SessionEntry>,
+    refusals: VecDeque<Refusal>,
+}
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+fn username_device(username: &str) -> Option<(&str, &str)> {
+    // "{host}/{deviceId}/?api-version=..." (host may carry a port).
+    let mut parts = username.splitn(3, '/');
+    let host = parts.next()?;
+    let device = parts.next()?;
+    Some((host, device))
+}
+
+impl Hub {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn is_connected(&self, device_id: &str) -> bool {
+        self.sessions().live.contains_key(device_id)
+    }
+
+    /// Decides whether a CONNECT is admitted. Every refusal carries the precise reason, which the
+    /// caller records with [`Hub::record_refusal`].
+    pub fn authenticate_device(&self, req: &ConnectRequest) -> Result<AuthMethod, String> {
+        let id = req.client_id.as_str();
+        if id.contains('/') {
+            return Err(format!(
+                "client id '{id}' names a module; modules are not supported yet"
+            ));
+        }
+        validate_device_id(id).map_err(|e| format!("client id: {e}"))?;
+        match req.username.as_deref() {
+            None => return Err(format!("no username; expected '{{hub host}}/{id}/?api-version=...'")),
+            Some(u) => match username_device(u) {
+                Some((_, dev)) if dev == id => {}
+                Some((_, dev)) => {
+                    return Err(format!(
+                        "the username names device '{dev}' but the client id is '{id}'; expected '{{hub host}}/{id}/?api-version=...'"
+                    ))
+                }
+                None => return Err(format!("username '{u}' is not '{{hub host}}/{id}/?api-version=...'")),
+            },
+        }
+        let record = self
+            .store
+            .get_device(id)
+            .map_err(|e| format!("the registry is unavailable: {e}"))?
+            .ok_or_else(|| format!("device '{id}' is not registered"))?;
+        if record.status != "enabled" {
+            return Err(format!("device '{id}' is disabled"));
+        }
+        let now = self.now();
+        match record_auth(&record) {
+            Some(DeviceAuth::CertificateAuthority) => {
+                if req.chain.is_empty() {
+                    return Err(format!(
+                        "device '{id}' authenticates with certificateAuthority but presented no client certificate"
+                    ));
+                }
+                let ok =
+                    validate_chain(&req.chain, &self.trust(), now).map_err(|e| e.to_string())?;
+                match ok.leaf.common_names.as_slice() {
+                    [cn] if cn == id => Ok(AuthMethod::Ca {
+                        ca_name: ok.ca_name,
+                    }),
+                    [cn] => Err(format!("leaf CN '{cn}' is not the client id '{id}'")),
+                    [] => Err(format!(
+                        "the leaf certificate has no CN; expected CN '{id}'"
+                    )),
+                    many => Err(format!(
+                        "the leaf certificate has {} CNs; expected exactly one, '{id}'",
+                        many.len()
+                    )),
+                }
+            }
+            Some(DeviceAuth::SelfSigned { primary, secondary }) => {
+                let leaf = req.chain.first().ok_or_else(|| {
+                    format!("device '{id}' authenticates with selfSigned but presented no client certificate")
+                })?;
+                let info = CertInfo::from_der(leaf)
+                    .map_err(|e| format!("the client certificate cannot be read: {e}"))?;
+                let matches = |t: &str| t == info.thumbprint_sha1 || t == info.thumbprint_sha256;
+                if !(matches(&primary) || secondary.as_deref().is_some_and(matches)) {
+                    return Err(format!(
+                        "the client certificate's thumbprint {} matches neither registered thumbprint of device '{id}'",
+                        info.thumbprint_sha1
+                    ));
+                }
+                if !info.is_valid_at(now) {
+                    return Err(format!(
+                        "the client certificate is valid from {} to {}, not now",
+                        iothub_pki::pop::format_time(info.not_before),
+                        iothub_pki::pop::format_time(info.not_after)
+                    ));
+                }
+                Ok(AuthMethod::SelfSigned {
+                    thumbprint: info.thumbprint_sha1,
+                })
+            }
+            Some(DeviceAuth::Sas { primary, secondary }) => {
+                let password = req.password.as_deref().ok_or_else(|| {
+                    format!("device '{id}' authenticates with sas but sent no SAS token as its password")
+                })?;
+                let text = std::str::from_utf8(password)
+                    .map_err(|_| "the password is not UTF-8 text".to_string())?;
+                let token = SasToken::parse(text).map_err(|e| e.to_string())?;
+                let keys: Vec<Vec<u8>> = [primary, secondary]
+                    .iter()
+                    .filter_map(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
+                    .collect();
+                let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                token
+                    .check(&format!("device '{id}'"), &refs, now)
+                    .map_err(|e| e.to_string().replace("policy ", ""))?;
+                let resource = token.resource();
+                let expected_suffix = format!("/devices/{id}");
+                let host_ok = resource
+                    .strip_suffix(&expected_suffix)
+                    .is_some_and(|host| self.is_hub_host(host));
+                if !host_ok {
+                    return Err(format!(
+                        "the SAS token is for '{resource}', expected '{{hub host}}/devices/{id}'"
+                    ));
+                }
+                Ok(AuthMethod::Sas)
+            }
+            None => Err(format!(
+                "device '{id}' has authentication type '{}', which cannot connect",
+                record.auth_type
+            )),
+        }
+    }
+
+    /// Registers an admitted session; an older session of the same device is closed.
+    pub fn open_session(&self, req: &ConnectRequest, method: AuthMethod) -> Admission {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let session_id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        let now = self.now();
+        let entry = SessionEntry {
+            session_id,
+            method: method.clone(),
+            chain: req.chain.clone(),
+            remote: req.remote.clone(),
+            since: now,
+            tx,
+        };
+        if let Some(old) = self.sessions().live.insert(req.client_id.clone(), entry) {
+            let _ = old.tx.send(SessionSignal::Close(format!(
+                "a new connection of device '{}' from {} replaced this one",
+                req.client_id, req.remote
+            )));
+        }
+        let _ = self.store.update_device_activity(
+            &req.client_id,
+            &DeviceActivity {
+                last_activity: Some(now),
+                last_connected: Some(now),
+                ..Default::default()
+            },
+        );
+        tracing::info!(device = %req.client_id, remote = %req.remote, auth = %method, "device connected");
+        Admission {
+            device_id: req.client_id.clone(),
+            session_id,
+            method,
+            signals: rx,
+        }
+    }
+
+    /// Removes a session (if it is still the registered one for its device).
+    pub fn close_session(&self, device_id: &str, session_id: u64, reason: &str) {
+        let mut s = self.sessions();
+        if s.live
+            .get(device_id)
+            .is_some_and(|e| e.session_id == session_id)
+        {
+            s.live.remove(device_id);
+        }
+        drop(s);
+        let _ = self.store.update_device_activity(
+            device_id,
+            &DeviceActivity {
+                last_activity: Some(self.now()),
+                ..Default::default()
+            },
+        );
+        tracing::info!(device = %device_id, %reason, "device disconnected");
+    }
+
+    /// Records a refused or ended-for-cause connection. Never includes secrets.
+    pub fn record_refusal(&self, client_id: &str, remote: &str, reason: &str) {
+        let now = self.now();
+        tracing::warn!(client_id = %client_id, %remote, %reason, "device refused");
+        {
+            let mut s = self.sessions();
+            s.refusals.push_back(Refusal {
+                time: now,
+                client_id: client_id.chars().take(128).collect(),
+                remote: remote.to_string(),
+                reason: reason.to_string(),
+            });
+            while s.refusals.len() > self.config.refusals_kept {
+                s.refusals.pop_front();
+            }
+        }
+        if validate_device_id(client_id).is_ok() {
+            let _ = self.store.update_device_activity(
+                client_id,
+                &DeviceActivity {
+                    last_refusal: Some(reason.to_string()),
+                    last_refusal_time: Some(now),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
+    /// Live sessions and recent refusals (newest first).
+    pub fn connections(
+        &self,
+        who: &Principal,
+    ) -> Result<(Vec<SessionInfo>, Vec<Refusal>), HubError> {
+        who.require(Right::RegistryRead, "list connections")?;
+        let s = self.sessions();
+        let mut live: Vec<SessionInfo> = s
+            .live
+            .iter()
+            .map(|(id, e)| SessionInfo {
+                device_id: id.clone(),
+                remote: e.remote.clone(),
+                since: e.since,
+                auth: e.method.to_string(),
+            })
+            .collect();
+        live.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        let refusals = s.refusals.iter().rev().cloned().collect();
+        Ok((live, refusals))
+    }
+
+    /// Re-checks every certificate-authority session against the current trust snapshot and
+    /// closes those it no longer admits (CA deleted, replaced or no longer Verified, or expired).
+    pub fn revalidate_sessions(&self) {
+        let trust = self.trust();
+        let now = self.now();
+        let s = self.sessions();
+        for (id, e) in &s.live {
+            let verdict = match &e.method {
+                AuthMethod::Ca { .. } => validate_chain(&e.chain, &trust, now)
+                    .err()
+                    .map(|err| err.to_string()),
+                AuthMethod::SelfSigned { .. } => {
+                    match e.chain.first().map(|d| CertInfo::from_der(d)) {
+                        Some(Ok(info)) if info.is_valid_at(now) => None,
+                        _ => Some("the client certificate is no longer valid".to_string()),
+                    }
+                }
+                AuthMethod::Sas => None,
+            };
+            if let Some(reason) = verdict {
+                let _ = e.tx.send(SessionSignal::Close(format!(
+                    "device '{id}' is no longer admitted: {reason}"
+                )));
+            }
+        }
+    }
+
+    /// Re-checks the session of one device after its registry entry changed.
+    pub(crate) fn revalidate_device_sessions(&self, device_id: &str) {
+        let Some(method) = self
+            .sessions()
+            .live
+            .get(device_id)
+            .map(|e| e.method.clone())
+        else {
+            return;
+        };
+        let reason = match self.store.get_device(device_id) {
+            Ok(None) => Some(format!("device '{device_id}' was deleted")),
+            Ok(Some(r)) if r.status != "enabled" => {
+                Some(format!("device '{device_id}' was disabled"))
+            }
+            Ok(Some(r)) => {
+                let same_kind = matches!(
+                    (record_auth(&r), &method),
+                    (
+                        Some(DeviceAuth::CertificateAuthority),
+                        AuthMethod::Ca { .. }
+                    ) | (
+                        Some(DeviceAuth::SelfSigned { .. }),
+                        AuthMethod::SelfSigned { .. }
+                    ) | (Some(DeviceAuth::Sas { .. }), AuthMethod::Sas)
+                );
+                (!same_kind).then(|| format!("the authentication of device '{device_id}' changed"))
+            }
+            Err(e) => Some(format!("the registry is unavailable: {e}")),
+        };
+        if let Some(reason) = reason {
+            if let Some(e) = self.sessions().live.get(device_id) {
+                let _ = e.tx.send(SessionSignal::Close(reason));
+            }
+        }
+    }
+
+    /// Tells a device's live session that cloud-to-device messages wait.
+    pub(crate) fn wake_device(&self, device_id: &str) {
+        if let Some(e) = self.sessions().live.get(device_id) {
+            let _ = e.tx.send(SessionSignal::C2dAvailable);
+        }
+    }
+
+    /// Marks activity of a connected device (throttled by the caller).
+    pub fn touch_device(&self, device_id: &str) {
+        let _ = self.store.update_device_activity(
+            device_id,
+            &DeviceActivity {
+                last_activity: Some(self.now()),
+                ..Default::default()
+            },
+        );
+    }
+}

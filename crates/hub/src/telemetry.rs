@@ -1,0 +1,119 @@
+//! Device-to-cloud messages: every message is written durably before the device gets its PUBACK.
+//! A single writer thread commits messages in batches (one fsync for all messages waiting at that
+//! moment), so many devices publishing at once share commits instead of queueing behind each
+//! other's fsyncs. Readers get messages by offset; followers wait on a watch of the last offset.
+
+use std::sync::mpsc as std_mpsc;
+
+use iothub_store::{NewMessage, Store, StoredMessage};
+use tokio::sync::{oneshot, watch};
+
+use crate::auth::{Principal, Right};
+use crate::{Hub, HubError};
+
+/// At most this many messages go into one commit.
+const MAX_BATCH: usize = 512;
+
+type Reply = oneshot::Sender<Result<i64, HubError>>;
+
+/// The handle to the writer thread.
+pub(crate) struct TelemetryWriter {
+    tx: std::sync::Mutex<std_mpsc::Sender<(NewMessage, Reply)>>,
+}
+
+impl TelemetryWriter {
+    pub(crate) fn start(
+        store: std::sync::Arc<dyn Store>,
+        last: watch::Sender<i64>,
+    ) -> TelemetryWriter {
+        let (tx, rx) = std_mpsc::channel::<(NewMessage, Reply)>();
+        std::thread::Builder::new()
+            .name("telemetry-writer".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(m) => batch.push(m),
+                            Err(_) => break,
+                        }
+                    }
+                    let (messages, replies): (Vec<NewMessage>, Vec<Reply>) =
+                        batch.into_iter().unzip();
+                    match store.append_messages(&messages) {
+                        Ok(offsets) => {
+                            if let Some(max) = offsets.iter().max() {
+                                last.send_replace(*max);
+                            }
+                            for (reply, offset) in replies.into_iter().zip(offsets) {
+                                let _ = reply.send(Ok(offset));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "telemetry commit failed");
+                            for reply in replies {
+                                let _ = reply.send(Err(HubError::Internal(format!(
+                                    "the message was not stored: {e}"
+                                ))));
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("spawning the telemetry writer thread");
+        TelemetryWriter {
+            tx: std::sync::Mutex::new(tx),
+        }
+    }
+}
+
+impl Hub {
+    /// Queues a message for the durable write; the receiver yields its offset once committed.
+    pub fn store_telemetry(&self, message: NewMessage) -> oneshot::Receiver<Result<i64, HubError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self
+            .telemetry
+            .tx
+            .lock()
+            .map(|tx| tx.send((message, reply)))
+            .map_err(|_| ());
+        if !matches!(sent, Ok(Ok(()))) {
+            let (reply, rx) = oneshot::channel();
+            let _ = reply.send(Err(HubError::Internal(
+                "the telemetry writer stopped".into(),
+            )));
+            return rx;
+        }
+        rx
+    }
+
+    /// Messages from `from` on (offsets start at 1), optionally of one device.
+    pub fn read_messages(
+        &self,
+        who: &Principal,
+        from: i64,
+        device_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, HubError> {
+        who.require(Right::ServiceConnect, "read device-to-cloud messages")?;
+        Ok(self
+            .store
+            .read_messages(from.max(1), device_id, limit.clamp(1, 1000))?)
+    }
+
+    /// A watch of the last committed offset, for followers.
+    pub fn watch_messages(&self) -> watch::Receiver<i64> {
+        self.last_offset.subscribe()
+    }
+
+    /// The last committed offset.
+    pub fn last_message_offset(&self) -> i64 {
+        *self.last_offset.borrow()
+    }
+
+    /// Deletes messages older than the retention period; returns how many.
+    pub fn prune_telemetry(&self) -> Result<u64, HubError> {
+        let before = self.now() - self.config.telemetry_retention_secs;
+        Ok(self.store.prune_messages(before)?)
+    }
+}

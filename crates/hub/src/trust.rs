@@ -1,0 +1,48 @@
+//! Live trust: the set of registered CAs as an immutable in-memory snapshot, swapped atomically when
+//! a CA is created, replaced, verified or deleted. Device authentication reads it without a lock or
+//! a database query; after each swap every live certificate session is checked again and the ones
+//! the new trust set no longer admits are closed.
+
+use std::sync::Arc;
+
+use iothub_pki::device::{AnchorEntry, TrustIndex};
+use iothub_pki::CertInfo;
+
+use crate::{Hub, HubError};
+
+impl Hub {
+    /// The current trust snapshot.
+    pub fn trust(&self) -> Arc<TrustIndex> {
+        self.trust.load_full()
+    }
+
+    /// Rebuilds the trust snapshot from the store, then re-checks live sessions against it.
+    pub fn rebuild_trust(&self) -> Result<(), HubError> {
+        let entries: Vec<AnchorEntry> = self
+            .store
+            .list_cas()?
+            .into_iter()
+            .filter_map(|r| {
+                let info = CertInfo::from_der(&r.der).ok()?;
+                Some(AnchorEntry {
+                    ca_name: r.name,
+                    der: r.der,
+                    subject: info.subject,
+                    verified: r.is_verified,
+                    not_after: info.not_after,
+                })
+            })
+            .collect();
+        self.trust.store(Arc::new(TrustIndex::new(entries)));
+        self.revalidate_sessions();
+        Ok(())
+    }
+
+    /// Rebuilds trust after a CA change; a failure is logged (the change itself has landed, and the
+    /// periodic revalidation retries).
+    pub(crate) fn trust_changed(&self) {
+        if let Err(e) = self.rebuild_trust() {
+            tracing::error!(error = %e, "could not rebuild the trust snapshot");
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Device identity rules: which device ids are valid, how thumbprints are written, and whether a
+//! presented certificate chain leads to a registered CA, with a precise reason when it does not.
+//!
+//! Why pure: the MQTT gateway asks this at every CONNECT, and the answer decides who gets in. The
+//! trust set is passed in as a [`TrustIndex`] (a snapshot the service layer rebuilds when a CA
+//! changes), so the rule never touches the database and is tested exhaustively.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+
+use crate::cert::CertInfo;
+use crate::pop::format_time;
+
+/// Why a device id is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("device id '{shown}' is invalid: expected 1 to 128 ASCII letters, digits or any of - . + % _ # * ? ! ( ) , = @ $ ' ({problem})")]
+pub struct DeviceIdError {
+    pub shown: String,
+    pub problem: String,
+}
+
+/// Validates a device id as Azure IoT Hub allows them.
+pub fn validate_device_id(id: &str) -> Result<(), DeviceIdError> {
+    let shown: String = id
+        .chars()
+        .take(140)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    let problem = if id.is_empty() {
+        "it is empty".to_string()
+    } else if id.len() > 128 {
+        format!("it has {} characters", id.chars().count())
+    } else if let Some(c) = id.chars().find(|c| {
+        !(c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                '-' | '.'
+                    | '+'
+                    | '%'
+                    | '_'
+                    | '#'
+                    | '*'
+                    | '?'
+                    | '!'
+                    | '('
+                    | ')'
+                    | ','
+                    | '='
+                    | '@'
+                    | '$'
+                    | '\''
+            ))
+    }) {
+        format!("it contains {c:?}")
+    } else {
+        return Ok(());
+    };
+    Err(DeviceIdError { shown, problem })
+}
+
+/// Normalises a thumbprint: SHA-1 (40 hex) or SHA-256 (64 hex), without regard to case; colons and
+/// spaces (as `openssl x509 -fingerprint` prints them) are removed. Returns uppercase hex.
+pub fn normalize_thumbprint(text: &str) -> Result<String, String> {
+    let hex: String = text.chars().filter(|c| !matches!(c, ':' | ' ')).collect();
+    if !(hex.len() == 40 || hex.len() == 64) || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "thumbprint '{}' is invalid: expected 40 (SHA-1) or 64 (SHA-256) hex digits",
+            text.chars().take(80).collect::<String>()
+        ));
+    }
+    Ok(hex.to_ascii_uppercase())
+}
+
+/// A CA of the registry, as the trust index holds it.
+#[derive(Debug, Clone)]
+pub struct AnchorEntry {
+    pub ca_name: String,
+    pub der: Vec<u8>,
+    pub subject: String,
+    pub verified: bool,
+    pub not_after: i64,
+}
+
+/// The registered CAs indexed by the DER of their subject: a chain is checked against only the CAs
+/// whose subject equals an issuer it names, never by scanning them all.
+#[derive(Debug, Clone, Default)]
+pub struct TrustIndex {
+    by_subject: HashMap<Vec<u8>, Vec<AnchorEntry>>,
+    count: usize,
+}
+
+impl TrustIndex {
+    /// Builds the index; entries whose DER cannot be read are skipped (the registry only holds
+    /// parsed certificates).
+    pub fn new(entries: impl IntoIterator<Item = AnchorEntry>) -> TrustIndex {
+        let mut by_subject: HashMap<Vec<u8>, Vec<AnchorEntry>> = HashMap::new();
+        let mut count = 0;
+        for e in entries {
+            if let Ok(info) = CertInfo::from_der(&e.der) {
+                by_subject.entry(info.subject_raw).or_default().push(e);
+                count += 1;
+            }
+        }
+        TrustIndex { by_subject, count }
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn candidates(&self, issuer_raw: &[u8]) -> &[AnchorEntry] {
+        self.by_subject
+            .get(issuer_raw)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+}
+
+/// A chain that leads to a Verified CA.
+#[derive(Debug, Clone)]
+pub struct ChainOk {
+    /// The registered CA the chain ends at.
+    pub ca_name: String,
+    pub leaf: CertInfo,
+}
+
+/// Why a presented chain does not lead to a Verified CA.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("no client certificate was presented")]
+    NoCertificate,
+    #[error("the client certificate cannot be read: {0}")]
+    Unparsable(String),
+    #[error("no registered CA issued '{issuer}'{hint}")]
+    UnknownIssuer { issuer: String, hint: String },
+    #[error("chain ends at '{subject}' (certificate '{ca_name}') which is Unverified; prove possession of its key first")]
+    Unverified { ca_name: String, subject: String },
+    #[error("chain ends at '{subject}' (certificate '{ca_name}') which expired at {not_after}")]
+    CaExpired {
+        ca_name: String,
+        subject: String,
+        not_after: String,
+    },
+    #[error("the chain does not verify against registered CA '{ca_name}' ({subject}): {reason}")]
+    Invalid {
+        ca_name: String,
+        subject: String,
+        reason: String,
+    },
+}
+
+fn describe(e: &webpki::Error, now: i64) -> String {
+    use webpki::Error as E;
+    match e {
+        E::UnknownIssuer | E::InvalidSignatureForPublicKey => {
+            "a certificate names that CA as its issuer but was not signed with its key".into()
+        }
+        E::CertExpired { not_after, .. } => format!(
+            "a certificate of the chain expired at {} (now {})",
+            format_time(not_after.as_secs() as i64),
+            format_time(now)
+        ),
+        E::CertNotValidYet { not_before, .. } => format!(
+            "a certificate of the chain is not valid before {} (now {})",
+            format_time(not_before.as_secs() as i64),
+            format_time(now)
+        ),
+        E::RequiredEkuNotFoundContext(_) => {
+            "the leaf certificate has an extended key usage without clientAuth".into()
+        }
+        E::CaUsedAsEndEntity => {
+            "the leaf certificate is a CA certificate, not a device certificate".into()
+        }
+        E::EndEntityUsedAsCa => "an intermediate of the chain is not a CA certificate".into(),
+        E::PathLenConstraintViolated => "the chain is longer than a CA's path length allows".into(),
+        E::UnsupportedCertVersion => "a certificate of the chain is not X.509 v3".into(),
+        E::UnsupportedSignatureAlgorithmContext(_)
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
+            "a signature algorithm of the chain is not supported".into()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Checks that `chain` (leaf first, then any intermediates, as presented in the TLS handshake)
+/// leads to a Verified, unexpired CA of `index`, at time `now`, for client authentication (a leaf
+/// with an extended key usage must include clientAuth; a leaf without one is accepted, RFC 5280).
+pub fn validate_chain(
+    chain: &[Vec<u8>],
+    index: &TrustIndex,
+    now: i64,
+) -> Result<ChainOk, ChainError> {
+    let leaf_der = chain.first().ok_or(ChainError::NoCertificate)?;
+    let leaf = CertInfo::from_der(leaf_der).map_err(|e| ChainError::Unparsable(e.to_string()))?;
+    let mut infos = vec![leaf.clone()];
+    for der in &chain[1..] {
+        infos.push(CertInfo::from_der(der).map_err(|e| ChainError::Unparsable(e.to_string()))?);
+    }
+    // Candidates: registered CAs whose subject is the issuer of any presented certificate.
+    let mut candidates: Vec<&AnchorEntry> = Vec::new();
+    for info in &infos {
+        for c in index.candidates(&info.issuer_raw) {
+            if !candidates.iter().any(|k| k.ca_name == c.ca_name) {
+                candidates.push(c);
+            }
+        }
+    }
+    if candidates.is_empty() {
+        let top = infos.last().unwrap_or(&leaf);
+        let presented_issuer = infos.iter().any(|i| i.subject_raw == leaf.issuer_raw);
+        let hint = if !presented_issuer && !leaf.is_self_issued() {
+            format!("; if '{}' is an intermediate CA, send it in the chain after the leaf, or register and verify it", leaf.issuer)
+        } else {
+            String::new()
+        };
+        return Err(ChainError::UnknownIssuer {
+            issuer: top.issuer.clone(),
+            hint,
+        });
+    }
+
+    let leaf_cert = CertificateDer::from(leaf_der.as_slice());
+    let ee = webpki::EndEntityCert::try_from(&leaf_cert)
+        .map_err(|e| ChainError::Unparsable(format!("{e:?}")))?;
+    let intermediates: Vec<CertificateDer<'_>> = chain[1..]
+        .iter()
+        .map(|d| CertificateDer::from(d.as_slice()))
+        .collect();
+    let time = UnixTime::since_unix_epoch(Duration::from_secs(now.max(0) as u64));
+
+    // Try a set of candidates; on success, name the one the path ended at.
+    let attempt = |set: &[&AnchorEntry]| -> Result<String, webpki::Error> {
+        let ders: Vec<CertificateDer<'_>> = set
+            .iter()
+            .map(|c| CertificateDer::from(c.der.as_slice()))
+            .collect();
+        let anchors: Vec<TrustAnchor<'_>> = ders
+            .iter()
+            .filter_map(|d| webpki::anchor_from_trusted_cert(d).ok())
+            .collect();
+        let path = ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &intermediates,
+            time,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )?;
+        let anchor = path.anchor();
+        Ok(set
+            .iter()
+            .zip(anchors.iter())
+            .find(|(_, a)| {
+                a.subject == anchor.subject
+                    && a.subject_public_key_info == anchor.subject_public_key_info
+            })
+            .map(|(c, _)| c.ca_name.clone())
+            .unwrap_or_default())
+    };
+
+    let usable: Vec<&AnchorEntry> = candidates
+        .iter()
+        .copied()
+        .filter(|c| c.verified && c.not_after >= now)
+        .collect();
+    let first_error = if usable.is_empty() {
+        None
+    } else {
+        match attempt(&usable) {
+            Ok(ca_name) => return Ok(ChainOk { ca_name, leaf }),
+            Err(e) => Some(e),
+        }
+    };
+    // Not admitted: find the most useful reason.
+    let unverified: Vec<&AnchorEntry> =
+        candidates.iter().copied().filter(|c| !c.verified).collect();
+    if !unverified.is_empty() {
+        if let Ok(ca_name) = attempt(&unverified) {
+            let subject = unverified
+                .iter()
+                .find(|c| c.ca_name == ca_name)
+                .map(|c| c.subject.clone())
+                .unwrap_or_default();
+            return Err(ChainError::Unverified { ca_name, subject });
+        }
+    }
+    let expired: Vec<&AnchorEntry> = candidates
+        .iter()
+        .copied()
+        .filter(|c| c.verified && c.not_after < now)
+        .collect();
+    if let Some(c) = expired.first() {
+        if first_error.is_none() {
+            return Err(ChainError::CaExpired {
+                ca_name: c.ca_name.clone(),
+                subject: c.subject.clone(),
+                not_after: format_time(c.not_after),
+            });
+        }
+    }
+    let c = usable.first().or(candidates.first()).copied();
+    let (ca_name, subject) = c
+        .map(|c| (c.ca_name.clone(), c.subject.clone()))
+        .unwrap_or_default();
+    let reason = match &first_error {
+        Some(e) => describe(e, now),
+        None => match c {
+            Some(c) if !c.verified => "a certificate names that Unverified CA as its issuer but was not signed with its key".into(),
+            _ => "no usable CA".into(),
+        },
+    };
+    Err(ChainError::Invalid {
+        ca_name,
+        subject,
+        reason,
+    })
+}
