@@ -40,20 +40,35 @@ struct Conn {
     max_packet: usize,
 }
 
+/// Why reading a packet failed.
+enum ReadError {
+    Protocol(codec::DecodeError),
+    Io(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Protocol(e) => write!(f, "protocol error: {e}"),
+            ReadError::Io(e) => write!(f, "read failed: {e}"),
+        }
+    }
+}
+
 impl Conn {
     /// Reads one packet (None: the peer closed the connection).
-    async fn read_packet(&mut self) -> Result<Option<Packet>, String> {
+    async fn read_packet(&mut self) -> Result<Option<Packet>, ReadError> {
         loop {
             match codec::decode(&mut self.buf, self.max_packet) {
                 Ok(Some(p)) => return Ok(Some(p)),
                 Ok(None) => {}
-                Err(e) => return Err(format!("protocol error: {e}")),
+                Err(e) => return Err(ReadError::Protocol(e)),
             }
             let n = self
                 .stream
                 .read_buf(&mut self.buf)
                 .await
-                .map_err(|e| format!("read failed: {e}"))?;
+                .map_err(|e| ReadError::Io(e.to_string()))?;
             if n == 0 {
                 return Ok(None);
             }
@@ -109,13 +124,22 @@ pub(crate) async fn run(
             hub.record_refusal(
                 "",
                 &remote,
-                &format!("the first packet was {}, not CONNECT", packet_name(&other)),
+                &format!("the first packet was {}, not CONNECT", other.name()),
             );
             return;
         }
         Ok(Ok(None)) => return,
-        Ok(Err(reason)) => {
-            hub.record_refusal("", &remote, &reason);
+        Ok(Err(error)) => {
+            // An MQTT 5 (or other unknown level) CONNECT gets CONNACK 1 before the close.
+            if let ReadError::Protocol(codec::DecodeError::InvalidProtocol { .. }) = &error {
+                let _ = conn
+                    .write_packet(&Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        code: codec::CONNACK_UNACCEPTABLE_PROTOCOL,
+                    }))
+                    .await;
+            }
+            hub.record_refusal("", &remote, &error.to_string());
             return;
         }
         Err(_) => {
@@ -242,25 +266,6 @@ struct SessionState {
     inflight: HashMap<u16, i64>,
     next_pkid: u16,
     last_touch: Instant,
-}
-
-fn packet_name(p: &Packet) -> &'static str {
-    match p {
-        Packet::Connect(_) => "CONNECT",
-        Packet::ConnAck(_) => "CONNACK",
-        Packet::Publish(_) => "PUBLISH",
-        Packet::PubAck(_) => "PUBACK",
-        Packet::PubRec(_) => "PUBREC",
-        Packet::PubRel(_) => "PUBREL",
-        Packet::PubComp(_) => "PUBCOMP",
-        Packet::Subscribe(_) => "SUBSCRIBE",
-        Packet::SubAck(_) => "SUBACK",
-        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
-        Packet::UnsubAck(_) => "UNSUBACK",
-        Packet::PingReq => "PINGREQ",
-        Packet::PingResp => "PINGRESP",
-        Packet::Disconnect => "DISCONNECT",
-    }
 }
 
 /// Builds the stored form of a telemetry message from its property bag.
@@ -413,9 +418,7 @@ async fn serve_session(
             Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
                 return End::Cause("QoS 2 is not supported: the hub grants QoS 0 and 1 only".into())
             }
-            other => {
-                return End::Cause(format!("unexpected {} from a device", packet_name(&other)))
-            }
+            other => return End::Cause(format!("unexpected {} from a device", other.name())),
         }
     }
 }

@@ -71,13 +71,11 @@ impl Hub {
     /// Queues a message for the durable write; the receiver yields its offset once committed.
     pub fn store_telemetry(&self, message: NewMessage) -> oneshot::Receiver<Result<i64, HubError>> {
         let (reply, rx) = oneshot::channel();
-        let sent = self
-            .telemetry
-            .tx
-            .lock()
-            .map(|tx| tx.send((message, reply)))
-            .map_err(|_| ());
-        if !matches!(sent, Ok(Ok(()))) {
+        let sent = match self.telemetry.tx.lock() {
+            Ok(tx) => tx.send((message, reply)).is_ok(),
+            Err(_) => false,
+        };
+        if !sent {
             let (reply, rx) = oneshot::channel();
             let _ = reply.send(Err(HubError::Internal(
                 "the telemetry writer stopped".into(),

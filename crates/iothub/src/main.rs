@@ -4,8 +4,10 @@
 mod cli;
 mod client;
 mod config;
+mod demo;
 mod device_cli;
 mod files;
+mod mqtt_client;
 mod pki_cmd;
 mod serve;
 
@@ -71,6 +73,8 @@ enum Command {
     ConnectionString(cli::ConnectionStringArgs),
     /// Print a SharedAccessSignature token for a hub policy.
     SasToken(cli::SasTokenArgs),
+    /// Run the whole story against a temporary hub, step by step, with the equivalent commands.
+    Demo,
     /// Make test certificates: CAs, device certificates, verification certificates.
     #[command(subcommand)]
     Pki(pki_cmd::PkiCommand),
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
         Command::ConnectionString(args) => cli::connection_string(&target, cli.output, args),
         Command::SasToken(args) => cli::sas_token(&target, cli.output, args),
         Command::Pki(cmd) => pki_cmd::run(cli.output, cmd),
+        Command::Demo => demo::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// Publishes one message; returns (exit code, stderr).
+/// Publishes one message as `client` with the certificate `{stem}.pem` and key `{stem}.key`;
+/// returns (exit code, stderr).
 fn publish(
     hub: &TestHub,
     dir: &Path,
-    cert: &str,
-    key: &str,
+    stem: &str,
     client: &str,
     topic: &str,
     msg: &str,
@@ -34,7 +34,14 @@ fn publish(
             "--cafile",
         ])
         .arg(hub.data().join("tls/ca.pem"))
-        .args(["--cert", cert, "--key", key, "-i", client])
+        .args([
+            "--cert",
+            &format!("{stem}.pem"),
+            "--key",
+            &format!("{stem}.key"),
+            "-i",
+            client,
+        ])
         .args(["-u", &format!("localhost/{client}/?api-version=2021-04-12")])
         .args(["-t", topic, "-m", msg, "-q", qos])
         .output()
@@ -114,22 +121,12 @@ fn telemetry_and_cloud_to_device_round_trip() {
     ok(&hub.cli(&["device", "add", "sensor-1", "--auth", "ca"]));
     let topic = "devices/sensor-1/messages/events/%24.mid=m1&%24.ct=application%2Fjson&%24.ce=utf-8&a%20b=x%26y&alert=hot%2Fcold";
     let body = r#"{"t":21.5,"note":"é ✓"}"#;
-    let (code, err) = publish(
-        &hub,
-        &dir,
-        "sensor-1.pem",
-        "sensor-1.key",
-        "sensor-1",
-        topic,
-        body,
-        "1",
-    );
+    let (code, err) = publish(&hub, &dir, "sensor-1", "sensor-1", topic, body, "1");
     assert_eq!(code, 0, "{err}");
     let (code, err) = publish(
         &hub,
         &dir,
-        "sensor-1.pem",
-        "sensor-1.key",
+        "sensor-1",
         "sensor-1",
         &telemetry_topic("sensor-1"),
         "qos0",
@@ -246,16 +243,7 @@ fn every_refusal_is_recorded_with_its_reason() {
     let dir = hub.dir.clone();
     let cli = |args: &[&str]| ok(&hub.cli_in(&dir, args));
     let refused = |cert: &str, client: &str, want: &str| {
-        let (code, err) = publish(
-            &hub,
-            &dir,
-            &format!("{cert}.pem"),
-            &format!("{cert}.key"),
-            client,
-            &telemetry_topic(client),
-            "x",
-            "1",
-        );
+        let (code, err) = publish(&hub, &dir, cert, client, &telemetry_topic(client), "x", "1");
         assert_ne!(code, 0, "{client} was admitted");
         assert!(
             err.contains("not authorised"),
@@ -354,8 +342,7 @@ fn every_refusal_is_recorded_with_its_reason() {
     let (code, err) = publish(
         &hub,
         &dir,
-        "d-inter.pem",
-        "d-inter.key",
+        "d-inter",
         "d-inter",
         &telemetry_topic("d-inter"),
         "x",
@@ -384,8 +371,7 @@ fn every_refusal_is_recorded_with_its_reason() {
     let (_, _) = publish(
         &hub,
         &dir,
-        "good.pem",
-        "good.key",
+        "good",
         "good",
         &telemetry_topic("other"),
         "x",
@@ -399,8 +385,7 @@ fn every_refusal_is_recorded_with_its_reason() {
     let (_, _) = publish(
         &hub,
         &dir,
-        "good.pem",
-        "good.key",
+        "good",
         "good",
         &telemetry_topic("good"),
         "x",
@@ -485,6 +470,7 @@ fn trust_and_device_changes_close_live_sessions_within_a_second() {
     assert!(t.elapsed() < Duration::from_secs(2));
     assert!(refusal(&hub, "live-2").contains("disabled"));
     let _ = sub.kill();
+    let _ = sub.wait();
 
     // Deleting the CA closes the session, and the next connection is refused.
     let mut sub = subscriber(&hub, &dir, "live-1");
@@ -501,11 +487,11 @@ fn trust_and_device_changes_close_live_sessions_within_a_second() {
         "closed after {took:?}"
     );
     let _ = sub.kill();
+    let _ = sub.wait();
     let (code, _) = publish(
         &hub,
         &dir,
-        "live-1.pem",
-        "live-1.key",
+        "live-1",
         "live-1",
         &telemetry_topic("live-1"),
         "x",
@@ -614,6 +600,7 @@ fn acknowledged_telemetry_survives_sigkill() {
         acked.push(mid);
     }
     let _ = publisher.kill();
+    let _ = publisher.wait();
     let _ = writer.join();
 
     let hub = TestHub::start_in(tmp.path(), &[]);

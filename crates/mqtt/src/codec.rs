@@ -87,7 +87,8 @@ impl Packet {
 }
 
 /// CONNECT. `protocol_level` is 4 (`MQTT`) or 3 (`MQIsdp`); the protocol name follows from it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Its `Debug` output shows the password's length only: for SAS devices it is a bearer token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Connect {
     pub protocol_level: u8,
     pub client_id: String,
@@ -96,6 +97,24 @@ pub struct Connect {
     pub username: Option<String>,
     pub password: Option<Vec<u8>>,
     pub will: Option<Will>,
+}
+
+impl std::fmt::Debug for Connect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let password = self
+            .password
+            .as_ref()
+            .map(|p| format!("<{} bytes redacted>", p.len()));
+        f.debug_struct("Connect")
+            .field("protocol_level", &self.protocol_level)
+            .field("client_id", &self.client_id)
+            .field("clean_session", &self.clean_session)
+            .field("keep_alive", &self.keep_alive)
+            .field("username", &self.username)
+            .field("password", &password)
+            .field("will", &self.will)
+            .finish()
+    }
 }
 
 /// The Will message of a CONNECT.
@@ -152,11 +171,15 @@ pub struct Unsubscribe {
 pub enum DecodeError {
     #[error("reserved packet type {0}: expected a type from 1 (CONNECT) to 14 (DISCONNECT)")]
     ReservedPacketType(u8),
-    #[error("malformed remaining length: expected at most 4 bytes, found a continuation bit in the 4th")]
+    #[error(
+        "malformed remaining length: expected at most 4 bytes, found a continuation bit in the 4th"
+    )]
     MalformedRemainingLength,
     #[error("packet of {size} bytes exceeds the maximum of {max} bytes")]
     PacketTooLarge { size: usize, max: usize },
-    #[error("invalid fixed header flags for {packet}: expected {expected:#06b}, found {flags:#06b}")]
+    #[error(
+        "invalid fixed header flags for {packet}: expected {expected:#06b}, found {flags:#06b}"
+    )]
     InvalidFlags {
         packet: &'static str,
         expected: u8,
@@ -269,20 +292,18 @@ fn check_first_byte(first: u8) -> Result<(), DecodeError> {
     let kind = first >> 4;
     let flags = first & 0x0F;
     let expected = match kind {
-        CONNECT..=DISCONNECT => match kind {
-            PUBLISH => {
-                let qos = (flags >> 1) & 0b11;
-                if qos == 3 {
-                    return Err(DecodeError::InvalidQos(qos));
-                }
-                if qos == 0 && flags & 0b1000 != 0 {
-                    return Err(DecodeError::DupWithQos0);
-                }
-                return Ok(());
+        PUBLISH => {
+            let qos = (flags >> 1) & 0b11;
+            if qos == 3 {
+                return Err(DecodeError::InvalidQos(qos));
             }
-            PUBREL | SUBSCRIBE | UNSUBSCRIBE => 0b0010,
-            _ => 0,
-        },
+            if qos == 0 && flags & 0b1000 != 0 {
+                return Err(DecodeError::DupWithQos0);
+            }
+            return Ok(());
+        }
+        PUBREL | SUBSCRIBE | UNSUBSCRIBE => 0b0010,
+        CONNECT..=DISCONNECT => 0,
         _ => return Err(DecodeError::ReservedPacketType(kind)),
     };
     if flags != expected {
@@ -468,7 +489,9 @@ fn decode_body(first: u8, body: Bytes) -> Result<Packet, DecodeError> {
                 filters.push((filter, qos));
             }
             if filters.is_empty() {
-                return Err(DecodeError::EmptySubscription { packet: "SUBSCRIBE" });
+                return Err(DecodeError::EmptySubscription {
+                    packet: "SUBSCRIBE",
+                });
             }
             Packet::Subscribe(Subscribe { pkid, filters })
         }
@@ -702,7 +725,11 @@ fn body_len(packet: &Packet) -> Result<usize, EncodeError> {
             if p.qos == 0 && p.dup {
                 return Err(EncodeError::DupWithQos0);
             }
-            let id = if p.qos > 0 { pkid_len(name, p.pkid)? } else { 0 };
+            let id = if p.qos > 0 {
+                pkid_len(name, p.pkid)?
+            } else {
+                0
+            };
             // Saturating: a payload near usize::MAX is reported as too large, not overflowed.
             topic_len("topic name", &p.topic)?
                 .saturating_add(id)
@@ -772,7 +799,10 @@ fn put_field(out: &mut BytesMut, data: &[u8]) {
 fn write_body(packet: &Packet, out: &mut BytesMut) {
     match packet {
         Packet::Connect(c) => {
-            put_field(out, protocol_name(c.protocol_level).unwrap_or("MQTT").as_bytes());
+            put_field(
+                out,
+                protocol_name(c.protocol_level).unwrap_or("MQTT").as_bytes(),
+            );
             out.put_u8(c.protocol_level);
             let mut flags = 0u8;
             if c.clean_session {

@@ -155,7 +155,9 @@ impl<'a> DeviceTopic<'a> {
         }
         if let Some(rest) = topic.strip_prefix("$iothub/methods/res/") {
             let Some((status, query)) = rest.split_once('/') else {
-                return Err(malformed("expected $iothub/methods/res/{status}/?$rid={rid}"));
+                return Err(malformed(
+                    "expected $iothub/methods/res/{status}/?$rid={rid}",
+                ));
             };
             let status = percent_decode_str(status)
                 .decode_utf8()
@@ -273,10 +275,6 @@ fn unquote(text: &str) -> Result<String, TopicError> {
         })
 }
 
-fn quote(text: &str) -> impl std::fmt::Display + '_ {
-    utf8_percent_encode(text, QUOTE)
-}
-
 /// Encodes a property bag for a cloud-to-device topic: system properties first (`$.mid, $.cid,
 /// $.uid, $.ct, $.ce, $.exp, $.to`, then any others in the order given), then custom properties
 /// sorted by key; keys and values percent-encoded like Python's `quote(s, safe="")`.
@@ -299,10 +297,10 @@ pub fn encode_property_bag(
         if !out.is_empty() {
             out.push('&');
         }
-        out.push_str(&quote(key).to_string());
+        out.extend(utf8_percent_encode(key, QUOTE));
         if let Some(value) = value {
             out.push('=');
-            out.push_str(&quote(value).to_string());
+            out.extend(utf8_percent_encode(value, QUOTE));
         }
     }
     out
@@ -409,7 +407,9 @@ pub fn device_may_publish<'a>(
         DeviceTopic::Other => Err(TopicError::PublishRefused {
             device_id: device_id.to_owned(),
             topic: topic.to_owned(),
-            reason: format!("not an IoT Hub device topic; the known topics are {KNOWN_PUBLISH_TOPICS}"),
+            reason: format!(
+                "not an IoT Hub device topic; the known topics are {KNOWN_PUBLISH_TOPICS}"
+            ),
         }),
         parsed => Ok(parsed),
     }

@@ -71,10 +71,19 @@ fn consumes_exactly_one_packet() {
 
 #[test]
 fn reserved_packet_types() {
-    assert_eq!(decode_all(&[0x00, 0x00]), Err(DecodeError::ReservedPacketType(0)));
-    assert_eq!(decode_all(&[0xF0, 0x00]), Err(DecodeError::ReservedPacketType(15)));
+    assert_eq!(
+        decode_all(&[0x00, 0x00]),
+        Err(DecodeError::ReservedPacketType(0))
+    );
+    assert_eq!(
+        decode_all(&[0xF0, 0x00]),
+        Err(DecodeError::ReservedPacketType(15))
+    );
     // Detected from the first byte alone.
-    assert_eq!(decode_all(&[0xF0]), Err(DecodeError::ReservedPacketType(15)));
+    assert_eq!(
+        decode_all(&[0xF0]),
+        Err(DecodeError::ReservedPacketType(15))
+    );
 }
 
 #[test]
@@ -198,23 +207,40 @@ fn invalid_qos() {
     let mut body = vec![0, 1];
     body.extend_from_slice(&field(b"a/b"));
     body.push(3);
-    assert_eq!(decode_all(&frame(0x82, &body)), Err(DecodeError::InvalidQos(3)));
+    assert_eq!(
+        decode_all(&frame(0x82, &body)),
+        Err(DecodeError::InvalidQos(3))
+    );
     *body.last_mut().unwrap() = 0x41;
-    assert_eq!(decode_all(&frame(0x82, &body)), Err(DecodeError::InvalidQos(0x41)));
+    assert_eq!(
+        decode_all(&frame(0x82, &body)),
+        Err(DecodeError::InvalidQos(0x41))
+    );
     // CONNECT with will QoS 3.
     let body = connect_body(0b0001_1110, &[b"dev1", b"t", b"m"]);
-    assert_eq!(decode_all(&frame(0x10, &body)), Err(DecodeError::InvalidQos(3)));
+    assert_eq!(
+        decode_all(&frame(0x10, &body)),
+        Err(DecodeError::InvalidQos(3))
+    );
 }
 
 #[test]
 fn dup_with_qos_0() {
     let body = [&field(b"a")[..], b"x"].concat();
-    assert_eq!(decode_all(&frame(0x38, &body)), Err(DecodeError::DupWithQos0));
+    assert_eq!(
+        decode_all(&frame(0x38, &body)),
+        Err(DecodeError::DupWithQos0)
+    );
     // DUP with QoS 1 is fine.
     let body = [&field(b"a")[..], &[0, 9], b"x"].concat();
     assert!(matches!(
         decode_all(&frame(0x3A, &body)),
-        Ok(Some(Packet::Publish(Publish { dup: true, qos: 1, pkid: 9, .. })))
+        Ok(Some(Packet::Publish(Publish {
+            dup: true,
+            qos: 1,
+            pkid: 9,
+            ..
+        })))
     ));
 }
 
@@ -313,7 +339,12 @@ fn wildcard_in_topic_name() {
         })
     ));
     // Wildcards in filters are the business of the topic policy, not of the codec.
-    let body = [&[0, 1][..], &field(b"devices/a+b/messages/devicebound/#"), &[1]].concat();
+    let body = [
+        &[0, 1][..],
+        &field(b"devices/a+b/messages/devicebound/#"),
+        &[1],
+    ]
+    .concat();
     assert!(matches!(
         decode_all(&frame(0x82, &body)),
         Ok(Some(Packet::Subscribe(_)))
@@ -844,4 +875,21 @@ fn encoder_allows_wildcards_in_device_ids() {
 fn packet_names() {
     assert_eq!(Packet::PubRel(1).name(), "PUBREL");
     assert_eq!(Packet::Disconnect.name(), "DISCONNECT");
+}
+
+#[test]
+fn connect_debug_redacts_the_password() {
+    let connect = Connect {
+        protocol_level: 4,
+        client_id: "dev1".into(),
+        clean_session: false,
+        keep_alive: 60,
+        username: Some("hub/dev1/?api-version=2019-10-01".into()),
+        password: Some(b"SharedAccessSignature sr=hub&sig=secret".to_vec()),
+        will: None,
+    };
+    let shown = format!("{connect:?}");
+    assert!(!shown.contains("secret"), "{shown}");
+    assert!(shown.contains("<39 bytes redacted>"), "{shown}");
+    assert!(shown.contains("dev1"));
 }
