@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::body::read_json;
 use crate::error::ApiError;
-use crate::routes::{authenticate, blocking, if_match, AppState};
+use crate::routes::{audited, authenticate, blocking, if_match, AppState};
 use crate::shapes::rfc1123;
 
 /// ISO 8601 with Azure's "never" value.
@@ -152,7 +152,8 @@ pub(crate) async fn put_device(
     body: Body,
 ) -> Result<Response, ApiError> {
     let who = authenticate(&state, &headers)?;
-    let parsed: DeviceBody = read_json(body, state.limits.max_request_bytes).await?;
+    let parsed = read_json::<DeviceBody>(body, state.limits.max_request_bytes).await;
+    let parsed = audited(&state, &who, "device.put", format!("device/{id}"), parsed).await?;
     let auth = parsed.authentication.unwrap_or_default();
     let keys = auth.symmetric_key.unwrap_or_default();
     let thumbs = auth.x509_thumbprint.unwrap_or_default();
@@ -227,21 +228,26 @@ pub(crate) async fn send_c2d(
     body: Body,
 ) -> Result<Response, ApiError> {
     let who = authenticate(&state, &headers)?;
-    let parsed: C2dBody = read_json(body, state.limits.max_request_bytes).await?;
-    let bytes = match (parsed.body, parsed.body_base64) {
-        (Some(text), None) => text.into_bytes(),
-        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .map_err(|e| {
-                ApiError::new("ArgumentInvalid", format!("bodyBase64 is not base64: {e}"))
-            })?,
-        _ => {
-            return Err(ApiError::new(
-                "ArgumentInvalid",
-                "give exactly one of 'body' (text) and 'bodyBase64'",
-            ))
-        }
-    };
+    let parsed = async {
+        let parsed: C2dBody = read_json(body, state.limits.max_request_bytes).await?;
+        let bytes = match (&parsed.body, &parsed.body_base64) {
+            (Some(text), None) => text.clone().into_bytes(),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| {
+                    ApiError::new("ArgumentInvalid", format!("bodyBase64 is not base64: {e}"))
+                })?,
+            _ => {
+                return Err(ApiError::new(
+                    "ArgumentInvalid",
+                    "give exactly one of 'body' (text) and 'bodyBase64'",
+                ))
+            }
+        };
+        Ok((parsed, bytes))
+    }
+    .await;
+    let (parsed, bytes) = audited(&state, &who, "c2d.send", format!("device/{id}"), parsed).await?;
     let mut properties = Vec::new();
     for (k, v) in parsed.properties {
         match v {

@@ -80,6 +80,7 @@ pub fn router(hub: Hub, limits: ApiLimits) -> Router {
         .route("/policies/{name}/listKeys", post(policy_keys))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -105,6 +106,30 @@ pub(crate) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Prin
         tracing::warn!(reason = %e, "request refused: unauthorized");
         ApiError::from(e)
     })
+}
+
+/// Audits a refusal made here, before the service call (malformed or oversized body), then
+/// returns it: every refused operation of an identified caller is on record.
+pub(crate) async fn audited<T>(
+    state: &AppState,
+    who: &Principal,
+    action: &'static str,
+    target: String,
+    result: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    if let Err(e) = &result {
+        let (hub, who, code, message) = (
+            state.hub.clone(),
+            who.clone(),
+            e.code.number,
+            e.message.clone(),
+        );
+        let _ = tokio::task::spawn_blocking(move || {
+            hub.audit_refusal(&who, action, &target, code, &message)
+        })
+        .await;
+    }
+    result
 }
 
 /// Runs a service-layer call on a blocking thread (the store is synchronous SQLite).
@@ -163,17 +188,29 @@ async fn put_certificate(
 ) -> Result<Response, ApiError> {
     // Authenticate before reading the body, so an anonymous caller cannot make us parse anything.
     let who = authenticate(&state, &headers)?;
-    let parsed: PutBody = read_json(body, state.limits.max_request_bytes).await?;
-    let fields = parsed.properties.unwrap_or(parsed.legacy);
-    let certificate = fields.certificate.ok_or_else(|| {
-        ApiError::new(
-            "ArgumentInvalid",
-            "the body must carry properties.certificate: the CA certificate as PEM text or base64 of DER",
-        )
-    })?;
+    let parsed = async {
+        let parsed: PutBody = read_json(body, state.limits.max_request_bytes).await?;
+        let fields = parsed.properties.unwrap_or(parsed.legacy);
+        let certificate = fields.certificate.ok_or_else(|| {
+            ApiError::new(
+                "ArgumentInvalid",
+                "the body must carry properties.certificate: the CA certificate as PEM text or base64 of DER",
+            )
+        })?;
+        Ok((certificate, fields.is_verified))
+    }
+    .await;
+    let (certificate, is_verified) = audited(
+        &state,
+        &who,
+        "certificate.put",
+        format!("certificate/{name}"),
+        parsed,
+    )
+    .await?;
     let request = PutCertificate {
         certificate,
-        is_verified: fields.is_verified,
+        is_verified,
     };
     let precondition = if_match(&headers);
     let (view, created) = blocking(&state, move |hub| {
@@ -226,13 +263,24 @@ async fn verify_certificate(
     body: Body,
 ) -> Result<Response, ApiError> {
     let who = authenticate(&state, &headers)?;
-    let parsed: VerifyBody = read_json(body, state.limits.max_request_bytes).await?;
-    let certificate = parsed.certificate.ok_or_else(|| {
-        ApiError::new(
-            "ArgumentInvalid",
-            "the body must carry 'certificate': the verification certificate as PEM text or base64 of DER",
-        )
-    })?;
+    let parsed = async {
+        let parsed: VerifyBody = read_json(body, state.limits.max_request_bytes).await?;
+        parsed.certificate.ok_or_else(|| {
+            ApiError::new(
+                "ArgumentInvalid",
+                "the body must carry 'certificate': the verification certificate as PEM text or base64 of DER",
+            )
+        })
+    }
+    .await;
+    let certificate = audited(
+        &state,
+        &who,
+        "certificate.verify",
+        format!("certificate/{name}"),
+        parsed,
+    )
+    .await?;
     let precondition = if_match(&headers);
     let view = blocking(&state, move |hub| {
         hub.verify_certificate(&who, &name, precondition.as_ref(), &certificate)
@@ -318,6 +366,20 @@ async fn openapi(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
         OPENAPI_JSON,
     )
         .into_response())
+}
+
+async fn method_not_allowed(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    // Authenticated first: an anonymous caller cannot tell known paths from unknown ones.
+    authenticate(&state, &headers)?;
+    Err(ApiError::new(
+        "MethodNotAllowed",
+        format!("{method} is not supported on {}", uri.path()),
+    ))
 }
 
 async fn not_found(

@@ -219,9 +219,67 @@ impl Hub {
         Ok(created_owner)
     }
 
+    /// Refuses with a precise reason unless `who` holds `right`; every refusal is audited (an
+    /// identified credential tried something it may not do), reads included.
+    pub fn authorize(
+        &self,
+        who: &Principal,
+        right: Right,
+        action: &str,
+        target: &str,
+    ) -> Result<(), HubError> {
+        match who.require(right, action) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let entry = iothub_store::NewAudit {
+                    time: self.now(),
+                    actor: who.policy.clone(),
+                    action: "authorization".into(),
+                    target: target.to_string(),
+                    success: false,
+                    code: Some(e.code().number.to_string()),
+                    detail: e.to_string(),
+                };
+                if let Err(store) = self.store.append_audit(&entry) {
+                    tracing::error!(error = %store, "could not audit a refused authorization");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Audits a refusal decided by an adapter before the service call (a malformed or oversized
+    /// request body), so that every refused operation by an identified caller is on record.
+    pub fn audit_refusal(
+        &self,
+        who: &Principal,
+        action: &str,
+        target: &str,
+        code: u32,
+        message: &str,
+    ) {
+        let entry = iothub_store::NewAudit {
+            time: self.now(),
+            actor: who.policy.clone(),
+            action: action.to_string(),
+            target: target.to_string(),
+            success: false,
+            code: Some(code.to_string()),
+            detail: message.to_string(),
+        };
+        if let Err(e) = self.store.append_audit(&entry) {
+            tracing::error!(error = %e, "could not write an audit entry for a refusal");
+        }
+    }
+
     /// The policies without their keys.
     pub fn list_policies(&self, who: &Principal) -> Result<Vec<(String, Vec<String>)>, HubError> {
-        who.require(Right::RegistryRead, "list shared access policies")?;
+        self.authorize(
+            who,
+            Right::RegistryRead,
+            "list shared access policies",
+            "policies",
+        )?;
         Ok(self
             .policies
             .read()
@@ -234,7 +292,12 @@ impl Hub {
     /// A policy with its keys; only a caller holding every right (an owner) may read keys.
     pub fn policy_keys(&self, who: &Principal, name: &str) -> Result<PolicyRecord, HubError> {
         for right in Right::ALL {
-            who.require(right, "read shared access policy keys")?;
+            self.authorize(
+                who,
+                right,
+                "read shared access policy keys",
+                &format!("policy/{name}"),
+            )?;
         }
         self.policies
             .read()

@@ -31,7 +31,12 @@ impl Hub {
         device_id: &str,
         msg: &C2dSend,
     ) -> Result<C2dRecord, HubError> {
-        who.require(Right::ServiceConnect, "send cloud-to-device messages")?;
+        self.authorize(
+            who,
+            Right::ServiceConnect,
+            "send cloud-to-device messages",
+            &format!("device/{device_id}"),
+        )?;
         validate_device_id(device_id)?;
         let max = self.config.c2d_max_bytes;
         if msg.body.len() > max {
@@ -110,7 +115,12 @@ impl Hub {
         device_id: &str,
         limit: u32,
     ) -> Result<Vec<C2dRecord>, HubError> {
-        who.require(Right::ServiceConnect, "read cloud-to-device messages")?;
+        self.authorize(
+            who,
+            Right::ServiceConnect,
+            "read cloud-to-device messages",
+            &format!("device/{device_id}"),
+        )?;
         validate_device_id(device_id)?;
         if self.store.get_device(device_id)?.is_none() {
             return Err(HubError::DeviceNotFound(device_id.to_string()));

@@ -145,7 +145,12 @@ impl Hub {
 
     /// Lists every CA certificate, by name.
     pub fn list_certificates(&self, who: &Principal) -> Result<Vec<CaView>, HubError> {
-        who.require(Right::RegistryRead, "list certificates")?;
+        self.authorize(
+            who,
+            Right::RegistryRead,
+            "list certificates",
+            "certificates",
+        )?;
         self.store
             .list_cas()?
             .iter()
@@ -155,7 +160,7 @@ impl Hub {
 
     /// One CA certificate.
     pub fn get_certificate(&self, who: &Principal, name: &str) -> Result<CaView, HubError> {
-        who.require(Right::RegistryRead, "read certificates")?;
+        self.authorize(who, Right::RegistryRead, "read certificates", &target(name))?;
         pop::validate_ca_name(name)?;
         self.view(&self.load(name)?)
     }
@@ -170,10 +175,13 @@ impl Hub {
         if_match: Option<&IfMatch>,
     ) -> Result<(CaView, bool), HubError> {
         const ACTION: &str = "certificate.put";
-        let run = || {
-            who.require(Right::RegistryWrite, "add or replace certificates")?;
-            self.put_inner(who, name, request, if_match)
-        };
+        self.authorize(
+            who,
+            Right::RegistryWrite,
+            "add or replace certificates",
+            &target(name),
+        )?;
+        let run = || self.put_inner(who, name, request, if_match);
         match run() {
             Ok(done) => Ok(done),
             Err(e) => self.refuse(who, ACTION, name, e),
@@ -274,8 +282,13 @@ impl Hub {
         if_match: Option<&IfMatch>,
     ) -> Result<(), HubError> {
         const ACTION: &str = "certificate.delete";
+        self.authorize(
+            who,
+            Right::RegistryWrite,
+            "delete certificates",
+            &target(name),
+        )?;
         let run = || -> Result<(), HubError> {
-            who.require(Right::RegistryWrite, "delete certificates")?;
             pop::validate_ca_name(name)?;
             let record = self.load(name)?;
             Self::check_if_match(&record, if_match)?;
@@ -303,8 +316,13 @@ impl Hub {
         if_match: Option<&IfMatch>,
     ) -> Result<(CaView, String, i64), HubError> {
         const ACTION: &str = "certificate.generateVerificationCode";
+        self.authorize(
+            who,
+            Right::RegistryWrite,
+            "generate verification codes",
+            &target(name),
+        )?;
         let run = || -> Result<(CaView, String, i64), HubError> {
-            who.require(Right::RegistryWrite, "generate verification codes")?;
             pop::validate_ca_name(name)?;
             let record = self.load(name)?;
             Self::check_if_match(&record, if_match)?;
@@ -349,8 +367,13 @@ impl Hub {
         verification_certificate: &str,
     ) -> Result<CaView, HubError> {
         const ACTION: &str = "certificate.verify";
+        self.authorize(
+            who,
+            Right::RegistryWrite,
+            "verify certificates",
+            &target(name),
+        )?;
         let run = || -> Result<CaView, HubError> {
-            who.require(Right::RegistryWrite, "verify certificates")?;
             pop::validate_ca_name(name)?;
             let record = self.load(name)?;
             Self::check_if_match(&record, if_match)?;
@@ -406,7 +429,7 @@ impl Hub {
         before: Option<i64>,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, HubError> {
-        who.require(Right::RegistryRead, "read the audit log")?;
+        self.authorize(who, Right::RegistryRead, "read the audit log", "audit")?;
         Ok(self.store.list_audit(&AuditQuery {
             target: target.map(str::to_owned),
             before,

@@ -137,7 +137,9 @@ impl Hub {
     pub(crate) fn device_view(&self, record: DeviceRecord) -> Result<DeviceView, HubError> {
         let activity = self.store.get_device_activity(&record.device_id)?;
         let connected = self.is_connected(&record.device_id);
-        let c2d_queued = self.store.pending_c2d(&record.device_id, self.now())?.len() as u64;
+        let c2d_queued = self
+            .store
+            .count_pending_c2d(&record.device_id, self.now())?;
         Ok(DeviceView {
             etag: encode_etag(record.etag),
             record,
@@ -198,7 +200,7 @@ impl Hub {
 
     /// One device.
     pub fn get_device(&self, who: &Principal, id: &str) -> Result<DeviceView, HubError> {
-        who.require(Right::RegistryRead, "read devices")?;
+        self.authorize(who, Right::RegistryRead, "read devices", &target(id))?;
         validate_device_id(id)?;
         let record = self
             .store
@@ -214,7 +216,7 @@ impl Hub {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<DeviceView>, HubError> {
-        who.require(Right::RegistryRead, "list devices")?;
+        self.authorize(who, Right::RegistryRead, "list devices", "devices")?;
         self.store
             .list_devices(after, limit.clamp(1, 1000))?
             .into_iter()
@@ -232,8 +234,13 @@ impl Hub {
         if_match: Option<&IfMatch>,
     ) -> Result<(DeviceView, bool), HubError> {
         const ACTION: &str = "device.put";
+        self.authorize(
+            who,
+            Right::RegistryWrite,
+            "add or update devices",
+            &target(id),
+        )?;
         let run = || -> Result<(DeviceView, bool), HubError> {
-            who.require(Right::RegistryWrite, "add or update devices")?;
             validate_device_id(id)?;
             let status = match request.status.as_deref().unwrap_or("enabled") {
                 s @ ("enabled" | "disabled") => s.to_string(),
@@ -365,8 +372,8 @@ impl Hub {
         if_match: Option<&IfMatch>,
     ) -> Result<(), HubError> {
         const ACTION: &str = "device.delete";
+        self.authorize(who, Right::RegistryWrite, "delete devices", &target(id))?;
         let run = || -> Result<(), HubError> {
-            who.require(Right::RegistryWrite, "delete devices")?;
             validate_device_id(id)?;
             let record = self
                 .store

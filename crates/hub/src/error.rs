@@ -57,6 +57,7 @@ pub const ALL_CODES: &[ErrorCode] = &[
     code(404001, "DeviceNotFound"),
     code(404050, "CertificateNotFound"),
     code(404051, "PolicyNotFound"),
+    code(405001, "MethodNotAllowed"),
     code(409001, "DeviceAlreadyExists"),
     code(409050, "CertificateThumbprintExists"),
     code(412001, "PreconditionFailed"),

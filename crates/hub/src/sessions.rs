@@ -319,7 +319,7 @@ impl Hub {
         &self,
         who: &Principal,
     ) -> Result<(Vec<SessionInfo>, Vec<Refusal>), HubError> {
-        who.require(Right::RegistryRead, "list connections")?;
+        self.authorize(who, Right::RegistryRead, "list connections", "connections")?;
         let s = self.sessions();
         let mut live: Vec<SessionInfo> = s
             .live

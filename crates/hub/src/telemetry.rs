@@ -93,7 +93,12 @@ impl Hub {
         device_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, HubError> {
-        who.require(Right::ServiceConnect, "read device-to-cloud messages")?;
+        self.authorize(
+            who,
+            Right::ServiceConnect,
+            "read device-to-cloud messages",
+            "messages",
+        )?;
         Ok(self
             .store
             .read_messages(from.max(1), device_id, limit.clamp(1, 1000))?)

@@ -255,6 +255,8 @@ pub trait Store: Send + Sync + 'static {
     /// Queued messages of a device not expired at `now`, oldest first; expired queued ones are
     /// marked "expired" on the way.
     fn pending_c2d(&self, device_id: &str, now: i64) -> Result<Vec<C2dRecord>, StoreError>;
+    /// How many messages of a device are queued and not expired at `now` (read-only).
+    fn count_pending_c2d(&self, device_id: &str, now: i64) -> Result<u64, StoreError>;
     /// Marks a message delivered (the device acknowledged it).
     fn mark_c2d_delivered(&self, id: i64, at: i64) -> Result<(), StoreError>;
     /// Counts a delivery attempt.

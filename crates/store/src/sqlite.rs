@@ -748,6 +748,17 @@ impl Store for SqliteStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(backend)
     }
 
+    fn count_pending_c2d(&self, device_id: &str, now: i64) -> Result<u64, StoreError> {
+        let conn = self.lock()?;
+        conn.query_row(
+            "SELECT COUNT(*) FROM c2d WHERE device_id = ?1 AND state = 'queued' AND expiry > ?2",
+            params![device_id, now],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n as u64)
+        .map_err(backend)
+    }
+
     fn mark_c2d_delivered(&self, id: i64, at: i64) -> Result<(), StoreError> {
         let conn = self.lock()?;
         conn.execute(
@@ -912,5 +923,138 @@ mod tests {
             })
             .unwrap();
         assert_eq!(rest.len(), 1);
+    }
+
+    fn device(id: &str) -> DeviceRecord {
+        DeviceRecord {
+            device_id: id.into(),
+            generation_id: "g".into(),
+            etag: 0,
+            status: "enabled".into(),
+            status_reason: None,
+            status_updated: 1,
+            auth_type: "certificateAuthority".into(),
+            primary_thumbprint: None,
+            secondary_thumbprint: None,
+            primary_key: None,
+            secondary_key: None,
+            created: 1,
+            updated: 1,
+        }
+    }
+
+    fn msg(device: &str, enqueued: i64) -> NewMessage {
+        NewMessage {
+            device_id: device.into(),
+            module_id: None,
+            enqueued,
+            system_properties: "{}".into(),
+            properties: "{}".into(),
+            body: b"x".to_vec(),
+        }
+    }
+
+    #[test]
+    fn message_offsets_stay_monotonic_across_pruning() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        assert_eq!(s.last_message_offset().unwrap(), 0);
+        let first = s
+            .append_messages(&[msg("a", 10), msg("b", 20), msg("a", 30)])
+            .unwrap();
+        assert_eq!(first, [1, 2, 3]);
+        assert_eq!(s.read_messages(1, Some("a"), 10).unwrap().len(), 2);
+        assert_eq!(s.read_messages(3, None, 10).unwrap()[0].offset, 3);
+        assert_eq!(s.prune_messages(25).unwrap(), 2);
+        assert_eq!(s.read_messages(1, None, 10).unwrap().len(), 1);
+        // Pruning everything must not let offsets restart: consumers hold offsets.
+        assert_eq!(s.prune_messages(100).unwrap(), 1);
+        assert_eq!(s.last_message_offset().unwrap(), 3);
+        assert_eq!(s.append_messages(&[msg("a", 40)]).unwrap(), [4]);
+    }
+
+    #[test]
+    fn c2d_queue_limit_expiry_and_delivery() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let c2d = |expiry: i64| C2dRecord {
+            id: 0,
+            device_id: "d".into(),
+            message_id: "m".into(),
+            properties: "{}".into(),
+            body: vec![],
+            created: 100,
+            expiry,
+            state: "queued".into(),
+            delivered_at: None,
+            delivery_count: 0,
+        };
+        assert_eq!(s.enqueue_c2d(&c2d(200), 2), Err(StoreError::NotFound));
+        s.write_device(&device("d"), Expect::Absent { limit: 10 }, &audit("c"))
+            .unwrap();
+        let a = s.enqueue_c2d(&c2d(200), 2).unwrap();
+        let b = s.enqueue_c2d(&c2d(150), 2).unwrap();
+        assert_eq!(
+            s.enqueue_c2d(&c2d(300), 2),
+            Err(StoreError::LimitReached { limit: 2 })
+        );
+        assert_eq!(s.count_pending_c2d("d", 100).unwrap(), 2);
+        // At 160, b has expired: it is marked so and no longer pending (nor counted).
+        let pending = s.pending_c2d("d", 160).unwrap();
+        assert_eq!(pending.iter().map(|m| m.id).collect::<Vec<_>>(), [a.id]);
+        assert_eq!(s.count_pending_c2d("d", 160).unwrap(), 1);
+        s.count_c2d_attempt(a.id).unwrap();
+        s.mark_c2d_delivered(a.id, 170).unwrap();
+        let list = s.list_c2d("d", 10).unwrap();
+        let state = |id| list.iter().find(|m| m.id == id).unwrap().clone();
+        assert_eq!(state(a.id).state, "delivered");
+        assert_eq!(state(a.id).delivery_count, 1);
+        assert_eq!(state(b.id).state, "expired");
+        // Deleting the device removes its queue and activity.
+        s.update_device_activity(
+            "d",
+            &DeviceActivity {
+                last_refusal: Some("r".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        s.delete_device("d", None, &audit("d")).unwrap();
+        assert!(s.list_c2d("d", 10).unwrap().is_empty());
+        assert_eq!(
+            s.get_device_activity("d").unwrap(),
+            DeviceActivity::default()
+        );
+    }
+
+    #[test]
+    fn device_activity_updates_merge() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        s.update_device_activity(
+            "d",
+            &DeviceActivity {
+                last_connected: Some(5),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        s.update_device_activity(
+            "d",
+            &DeviceActivity {
+                last_refusal: Some("why".into()),
+                last_refusal_time: Some(6),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let a = s.get_device_activity("d").unwrap();
+        assert_eq!(a.last_connected, Some(5));
+        assert_eq!(a.last_refusal.as_deref(), Some("why"));
+        let page = {
+            for id in ["b", "a", "c"] {
+                s.write_device(&device(id), Expect::Absent { limit: 10 }, &audit("c"))
+                    .unwrap();
+            }
+            s.list_devices(Some("a"), 1).unwrap()
+        };
+        assert_eq!(page[0].device_id, "b");
     }
 }

@@ -48,7 +48,7 @@ impl TestHub {
             cmd.args(["--mqtt", "127.0.0.1:0"]);
         }
         cmd.args(extra)
-            .env("IOTHUB_LOG", "warn")
+            .env("IOTHUB_LOG", "error")
             .env_remove("IOTHUB_CONNECTION_STRING")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -178,7 +178,7 @@ impl TestHub {
             .arg(self.data())
             .args(args)
             .env_remove("IOTHUB_CONNECTION_STRING")
-            .env("IOTHUB_LOG", "warn")
+            .env("IOTHUB_LOG", "error")
             .output()
             .expect("run iothub CLI")
     }
