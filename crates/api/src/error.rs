@@ -12,6 +12,8 @@ use iothub_hub::HubError;
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// Render `code` as a JSON number (the DPS management SDK types it so).
+    pub numeric: bool,
 }
 
 impl ApiError {
@@ -19,6 +21,7 @@ impl ApiError {
         ApiError {
             code: by_name(name),
             message: message.into(),
+            numeric: false,
         }
     }
 }
@@ -28,6 +31,7 @@ impl From<HubError> for ApiError {
         ApiError {
             code: e.code(),
             message: e.to_string(),
+            numeric: false,
         }
     }
 }
@@ -40,7 +44,7 @@ impl IntoResponse for ApiError {
             tracing::error!(code = self.code.number, message = %self.message, "request failed");
         }
         let body = serde_json::json!({
-            "code": self.code.number.to_string(),
+            "code": if self.numeric { serde_json::json!(self.code.number) } else { serde_json::json!(self.code.number.to_string()) },
             "httpStatusCode": status.canonical_reason().unwrap_or("Error").replace(' ', ""),
             "message": self.message,
             "details": null,

@@ -10,6 +10,7 @@
 //! - [`error`]: JSON error bodies with stable codes.
 //! - [`body`]: bounded request bodies.
 
+pub mod azure;
 pub mod body;
 pub mod devices;
 pub mod error;

@@ -14,6 +14,7 @@ use iothub_hub::{Hub, HubError, IfMatch, Principal, PutCertificate};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::azure;
 use crate::body::read_json;
 use crate::error::ApiError;
 use crate::shapes::{certificate_description, rfc1123, PutBody, VerifyBody};
@@ -75,6 +76,40 @@ pub fn router(hub: Hub, limits: ApiLimits) -> Router {
         .route("/messages", get(crate::devices::read_messages))
         .route("/messages/stream", get(crate::devices::stream_messages))
         .route("/connections", get(crate::devices::connections))
+        .route("/twins/{id}", get(azure::get_twin).patch(azure::patch_twin).put(azure::replace_twin))
+        .route("/twins/{id}/methods", post(azure::invoke_method))
+        .route(
+            "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Devices/IotHubs/{resource}/certificates",
+            get(azure::hub_list),
+        )
+        .route(
+            "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Devices/IotHubs/{resource}/certificates/{name}",
+            get(azure::hub_get).put(azure::hub_put).delete(azure::hub_delete),
+        )
+        .route(
+            "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Devices/IotHubs/{resource}/certificates/{name}/generateVerificationCode",
+            post(azure::hub_generate),
+        )
+        .route(
+            "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Devices/IotHubs/{resource}/certificates/{name}/verify",
+            post(azure::hub_verify),
+        )
+        .route(
+            "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Devices/provisioningServices/{resource}/certificates",
+            get(azure::dps_list),
+        )
+        .route(
+            "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Devices/provisioningServices/{resource}/certificates/{name}",
+            get(azure::dps_get).put(azure::dps_put).delete(azure::dps_delete),
+        )
+        .route(
+            "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Devices/provisioningServices/{resource}/certificates/{name}/generateVerificationCode",
+            post(azure::dps_generate),
+        )
+        .route(
+            "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Devices/provisioningServices/{resource}/certificates/{name}/verify",
+            post(azure::dps_verify),
+        )
         .route("/audit", get(audit_log))
         .route("/policies", get(list_policies))
         .route("/policies/{name}/listKeys", post(policy_keys))
@@ -101,6 +136,8 @@ pub(crate) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Prin
             ))
         })?),
     };
+    // The management SDKs send the same hub token as an OAuth bearer token.
+    let header = header.map(|h| h.strip_prefix("Bearer ").unwrap_or(h));
     state.hub.authenticate(header).map_err(|e| {
         // The reason names no secret: token contents are never logged.
         tracing::warn!(reason = %e, "request refused: unauthorized");

@@ -217,7 +217,9 @@ pub(crate) async fn run(
     let keep_alive = connect.keep_alive.min(limits.max_keep_alive);
     let mut state = SessionState {
         device_id: admission.device_id.clone(),
+        session_id: admission.session_id,
         c2d_subscribed: false,
+        desired_subscribed: false,
         inflight: HashMap::new(),
         next_pkid: 1,
         last_touch: Instant::now(),
@@ -261,7 +263,10 @@ pub(crate) async fn run(
 
 struct SessionState {
     device_id: String,
+    session_id: u64,
     c2d_subscribed: bool,
+    /// Subscribed to `$iothub/twin/PATCH/properties/desired/#`.
+    desired_subscribed: bool,
     /// Packet id -> C2D message id, for messages published and not yet acknowledged.
     inflight: HashMap<u16, i64>,
     next_pkid: u16,
@@ -348,6 +353,26 @@ async fn serve_session(
                             }
                             continue;
                         }
+                        Some(SessionSignal::DesiredPatch(patch)) => {
+                            if state.desired_subscribed {
+                                let version = serde_json::from_str::<serde_json::Value>(&patch)
+                                    .ok()
+                                    .and_then(|v| v["$version"].as_i64())
+                                    .unwrap_or_default();
+                                let topic = format!("$iothub/twin/PATCH/properties/desired/?$version={version}");
+                                if let Err(e) = publish_qos0(conn, topic, patch.into_bytes()).await {
+                                    return End::Normal(e);
+                                }
+                            }
+                            continue;
+                        }
+                        Some(SessionSignal::MethodRequest { rid, name, payload }) => {
+                            let topic = format!("$iothub/methods/POST/{name}/?$rid={rid}");
+                            if let Err(e) = publish_qos0(conn, topic, payload).await {
+                                return End::Normal(e);
+                            }
+                            continue;
+                        }
                         None => return End::Cause("the hub ended the session".into()),
                     },
                     _ = stop.changed() => return End::Normal("the hub is shutting down".into()),
@@ -383,6 +408,15 @@ async fn serve_session(
                     }
                     if filter.starts_with("devices/") {
                         state.c2d_subscribed = true;
+                    } else if filter.starts_with("$iothub/twin/PATCH/properties/desired") {
+                        state.desired_subscribed = true;
+                    } else if filter.starts_with("$iothub/methods/POST") {
+                        let (hub, id, sid) =
+                            (hub.clone(), state.device_id.clone(), state.session_id);
+                        let _ = tokio::task::spawn_blocking(move || {
+                            hub.set_methods_subscribed(&id, sid, true)
+                        })
+                        .await;
                     }
                     codes.push((*qos).min(1));
                 }
@@ -402,8 +436,19 @@ async fn serve_session(
                 }
             }
             Packet::Unsubscribe(u) => {
-                if u.filters.iter().any(|f| f.starts_with("devices/")) {
-                    state.c2d_subscribed = false;
+                for f in &u.filters {
+                    if f.starts_with("devices/") {
+                        state.c2d_subscribed = false;
+                    } else if f.starts_with("$iothub/twin/PATCH/properties/desired") {
+                        state.desired_subscribed = false;
+                    } else if f.starts_with("$iothub/methods/POST") {
+                        let (hub, id, sid) =
+                            (hub.clone(), state.device_id.clone(), state.session_id);
+                        let _ = tokio::task::spawn_blocking(move || {
+                            hub.set_methods_subscribed(&id, sid, false)
+                        })
+                        .await;
+                    }
                 }
                 if let Err(e) = conn.write_packet(&Packet::UnsubAck(u.pkid)).await {
                     return End::Normal(e);
@@ -450,12 +495,50 @@ async fn handle_publish(
             DeviceTopic::Telemetry {
                 module_id: Some(_), ..
             } => return Err("module telemetry is not supported yet".into()),
-            _ => {
-                return Err(format!(
-                    "'{}' is not supported yet (device twins and direct methods arrive later)",
-                    p.topic
-                ))
+            DeviceTopic::TwinGet { rid } => {
+                let (hub2, id) = (hub.clone(), state.device_id.clone());
+                let twin = tokio::task::spawn_blocking(move || hub2.twin_for_device(&id))
+                    .await
+                    .map_err(|e| format!("twin task failed: {e}"))?;
+                let (status, body) = match twin {
+                    Ok(v) => (200, v.to_string().into_bytes()),
+                    Err(e) => (e.code().status, Vec::new()),
+                };
+                ack(conn, &p).await?;
+                return publish_qos0(conn, format!("$iothub/twin/res/{status}/?$rid={rid}"), body)
+                    .await;
             }
+            DeviceTopic::TwinPatchReported { rid } => {
+                let outcome = match serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                    Ok(patch) => {
+                        let (hub2, id) = (hub.clone(), state.device_id.clone());
+                        tokio::task::spawn_blocking(move || hub2.patch_reported(&id, &patch))
+                            .await
+                            .map_err(|e| format!("twin task failed: {e}"))?
+                    }
+                    Err(e) => Err(iothub_hub::HubError::TwinInvalid(format!(
+                        "the reported patch is not JSON: {e}"
+                    ))),
+                };
+                ack(conn, &p).await?;
+                let topic = match outcome {
+                    Ok(version) => format!("$iothub/twin/res/204/?$rid={rid}&$version={version}"),
+                    Err(e) => format!("$iothub/twin/res/{}/?$rid={rid}", e.code().status),
+                };
+                return publish_qos0(conn, topic, Vec::new()).await;
+            }
+            DeviceTopic::MethodResponse { status, rid } => {
+                if let Ok(rid) = rid.parse::<u64>() {
+                    let (hub2, id, payload) =
+                        (hub.clone(), state.device_id.clone(), p.payload.to_vec());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        hub2.method_response(&id, rid, status, &payload)
+                    })
+                    .await;
+                }
+                return ack(conn, &p).await;
+            }
+            DeviceTopic::Other => return Err(format!("'{}' is not a topic of this hub", p.topic)),
         };
     let message = telemetry_message(&state.device_id, &bag, &p.payload, p.retain, false)?;
     let stored = hub.store_telemetry(message);
@@ -468,6 +551,27 @@ async fn handle_publish(
         }
     }
     Ok(())
+}
+
+/// Acknowledges a QoS 1 PUBLISH (nothing to do for QoS 0).
+async fn ack(conn: &mut Conn, p: &Publish) -> Result<(), String> {
+    if p.qos == 1 {
+        conn.write_packet(&Packet::PubAck(p.pkid)).await?;
+    }
+    Ok(())
+}
+
+/// Publishes to the device at QoS 0 (twin responses, desired patches, method requests, as Azure).
+async fn publish_qos0(conn: &mut Conn, topic: String, payload: Vec<u8>) -> Result<(), String> {
+    conn.write_packet(&Packet::Publish(Publish {
+        dup: false,
+        qos: 0,
+        retain: false,
+        topic,
+        pkid: 0,
+        payload: payload.into(),
+    }))
+    .await
 }
 
 /// Publishes queued cloud-to-device messages not yet in flight in this session.

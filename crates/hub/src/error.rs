@@ -48,6 +48,7 @@ pub const ALL_CODES: &[ErrorCode] = &[
     code(400070, "DeviceIdInvalid"),
     code(400071, "DeviceAuthenticationInvalid"),
     code(400072, "MessageTooLarge"),
+    code(400073, "TwinInvalid"),
     code(401002, "IotHubUnauthorizedAccess"),
     code(403001, "IotHubForbidden"),
     code(403004, "DeviceMaximumQueueDepthExceeded"),
@@ -55,6 +56,7 @@ pub const ALL_CODES: &[ErrorCode] = &[
     code(403051, "DeviceLimitReached"),
     code(404000, "RouteNotFound"),
     code(404001, "DeviceNotFound"),
+    code(404103, "DeviceNotOnline"),
     code(404050, "CertificateNotFound"),
     code(404051, "PolicyNotFound"),
     code(405001, "MethodNotAllowed"),
@@ -64,6 +66,7 @@ pub const ALL_CODES: &[ErrorCode] = &[
     code(412002, "CertificateExists"),
     code(413001, "RequestTooLarge"),
     code(500001, "ServerError"),
+    code(504101, "GatewayTimeout"),
 ];
 
 /// Looks up a code by name. Every name used by the hub is in [`ALL_CODES`] (a unit test checks it).
@@ -140,6 +143,16 @@ pub enum HubError {
     QueueFull { device: String, limit: u64 },
     #[error("the message is {size} bytes; at most {max} bytes are accepted")]
     MessageTooLarge { size: usize, max: usize },
+    #[error("{0}")]
+    TwinInvalid(String),
+    #[error("device '{0}' is not online (not connected, or not subscribed to direct methods)")]
+    DeviceNotOnline(String),
+    #[error("device '{device}' did not answer method '{method}' within {seconds} s")]
+    MethodTimeout {
+        device: String,
+        method: String,
+        seconds: u64,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -171,6 +184,9 @@ impl HubError {
             HubError::DeviceLimitReached(_) => by_name("DeviceLimitReached"),
             HubError::QueueFull { .. } => by_name("DeviceMaximumQueueDepthExceeded"),
             HubError::MessageTooLarge { .. } => by_name("MessageTooLarge"),
+            HubError::TwinInvalid(_) => by_name("TwinInvalid"),
+            HubError::DeviceNotOnline(_) => by_name("DeviceNotOnline"),
+            HubError::MethodTimeout { .. } => by_name("GatewayTimeout"),
             HubError::Internal(_) => by_name("ServerError"),
         }
     }

@@ -11,9 +11,11 @@ pub mod certificates;
 pub mod clock;
 pub mod devices;
 pub mod error;
+pub mod methods;
 pub mod sessions;
 pub mod telemetry;
 pub mod trust;
+pub mod twins;
 
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -53,6 +55,8 @@ pub struct HubConfig {
     pub telemetry_retention_secs: i64,
     /// How many recent connection refusals are kept in memory.
     pub refusals_kept: usize,
+    /// The hub's name: Azure-shaped management routes answer only for it.
+    pub hub_name: String,
 }
 
 impl Default for HubConfig {
@@ -70,6 +74,7 @@ impl Default for HubConfig {
             c2d_max_bytes: 64 * 1024,
             telemetry_retention_secs: 7 * 24 * 3600,
             refusals_kept: 1000,
+            hub_name: "iothub".into(),
         }
     }
 }
@@ -88,6 +93,8 @@ pub struct Hub {
     pub(crate) sessions: Arc<Mutex<sessions::Sessions>>,
     pub(crate) telemetry: Arc<telemetry::TelemetryWriter>,
     pub(crate) last_offset: Arc<tokio::sync::watch::Sender<i64>>,
+    /// Direct-method calls waiting for their device's answer, by request id.
+    pub(crate) methods: Arc<Mutex<methods::PendingCalls>>,
 }
 
 impl Hub {
@@ -110,6 +117,7 @@ impl Hub {
             sessions: Arc::new(Mutex::new(sessions::Sessions::default())),
             telemetry: Arc::new(telemetry),
             last_offset,
+            methods: Arc::new(Mutex::new(std::collections::HashMap::new())),
         };
         hub.rebuild_trust()?;
         Ok(hub)

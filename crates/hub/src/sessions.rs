@@ -55,6 +55,14 @@ pub enum SessionSignal {
     Close(String),
     /// Cloud-to-device messages are waiting.
     C2dAvailable,
+    /// Desired properties changed: publish this patch (JSON with `$version`).
+    DesiredPatch(String),
+    /// A direct-method call to deliver.
+    MethodRequest {
+        rid: u64,
+        name: String,
+        payload: Vec<u8>,
+    },
 }
 
 /// An admitted device session, as the gateway holds it.
@@ -73,6 +81,8 @@ struct SessionEntry {
     remote: String,
     since: i64,
     tx: mpsc::UnboundedSender<SessionSignal>,
+    /// Subscribed to `$iothub/methods/POST/#`.
+    methods: bool,
 }
 
 /// A refused connection attempt.
@@ -242,6 +252,7 @@ impl Hub {
             remote: req.remote.clone(),
             since: now,
             tx,
+            methods: false,
         };
         if let Some(old) = self.sessions().live.insert(req.client_id.clone(), entry) {
             let _ = old.tx.send(SessionSignal::Close(format!(
@@ -402,9 +413,30 @@ impl Hub {
 
     /// Tells a device's live session that cloud-to-device messages wait.
     pub(crate) fn wake_device(&self, device_id: &str) {
+        self.signal_device(device_id, SessionSignal::C2dAvailable);
+    }
+
+    /// Sends a signal to a device's live session, if it has one.
+    pub(crate) fn signal_device(&self, device_id: &str, signal: SessionSignal) {
         if let Some(e) = self.sessions().live.get(device_id) {
-            let _ = e.tx.send(SessionSignal::C2dAvailable);
+            let _ = e.tx.send(signal);
         }
+    }
+
+    /// Records that a session subscribed to direct methods.
+    pub fn set_methods_subscribed(&self, device_id: &str, session_id: u64, subscribed: bool) {
+        if let Some(e) = self.sessions().live.get_mut(device_id) {
+            if e.session_id == session_id {
+                e.methods = subscribed;
+            }
+        }
+    }
+
+    pub(crate) fn session_subscribed_to_methods(&self, device_id: &str) -> bool {
+        self.sessions()
+            .live
+            .get(device_id)
+            .is_some_and(|e| e.methods)
     }
 
     /// Marks activity of a connected device (throttled by the caller).

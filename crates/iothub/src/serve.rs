@@ -160,6 +160,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             device_limit: config.device_limit,
             c2d_max_pending: config.c2d_max_pending,
             telemetry_retention_secs: config.telemetry_retention_secs,
+            hub_name: config.name.clone(),
             ..HubConfig::default()
         },
         Arc::new(SystemClock),

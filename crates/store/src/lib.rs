@@ -165,6 +165,37 @@ pub struct C2dRecord {
     pub delivery_count: i64,
 }
 
+/// A device twin: JSON documents stored as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TwinRecord {
+    pub device_id: String,
+    pub etag: u64,
+    pub tags: String,
+    pub desired: String,
+    pub desired_metadata: String,
+    pub desired_version: i64,
+    pub reported: String,
+    pub reported_metadata: String,
+    pub reported_version: i64,
+}
+
+impl TwinRecord {
+    /// The twin of a device that has none stored yet.
+    pub fn empty(device_id: &str) -> TwinRecord {
+        TwinRecord {
+            device_id: device_id.to_string(),
+            etag: 0,
+            tags: "{}".into(),
+            desired: "{}".into(),
+            desired_metadata: "{}".into(),
+            desired_version: 1,
+            reported: "{}".into(),
+            reported_metadata: "{}".into(),
+            reported_version: 1,
+        }
+    }
+}
+
 /// Why a store call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -261,4 +292,13 @@ pub trait Store: Send + Sync + 'static {
     fn mark_c2d_delivered(&self, id: i64, at: i64) -> Result<(), StoreError>;
     /// Counts a delivery attempt.
     fn count_c2d_attempt(&self, id: i64) -> Result<(), StoreError>;
+
+    /// The twin of a device (an empty one if none was written); NotFound if the device does not exist.
+    fn get_twin(&self, device_id: &str) -> Result<TwinRecord, StoreError>;
+    /// Writes a twin if its current etag is `expected` (any when None); assigns a new etag.
+    fn write_twin(
+        &self,
+        twin: &TwinRecord,
+        expected: Option<u64>,
+    ) -> Result<TwinRecord, StoreError>;
 }

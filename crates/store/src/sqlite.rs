@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::{
     AuditEntry, AuditQuery, C2dRecord, CaRecord, CodeRecord, DeviceActivity, DeviceRecord, Expect,
-    NewAudit, NewMessage, PolicyRecord, Store, StoreError, StoredMessage,
+    NewAudit, NewMessage, PolicyRecord, Store, StoreError, StoredMessage, TwinRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -93,6 +93,18 @@ const MIGRATIONS: &[&str] = &[
         delivery_count INTEGER NOT NULL DEFAULT 0
      );
      CREATE INDEX c2d_device ON c2d (device_id, state, id);",
+    // 3: device twins.
+    "CREATE TABLE twin (
+        device_id TEXT PRIMARY KEY NOT NULL,
+        etag INTEGER NOT NULL,
+        tags TEXT NOT NULL,
+        desired TEXT NOT NULL,
+        desired_metadata TEXT NOT NULL,
+        desired_version INTEGER NOT NULL,
+        reported TEXT NOT NULL,
+        reported_metadata TEXT NOT NULL,
+        reported_version INTEGER NOT NULL
+     );",
 ];
 
 /// The SQLite store.
@@ -549,6 +561,8 @@ impl Store for SqliteStore {
         .map_err(backend)?;
         tx.execute("DELETE FROM c2d WHERE device_id = ?1", [device_id])
             .map_err(backend)?;
+        tx.execute("DELETE FROM twin WHERE device_id = ?1", [device_id])
+            .map_err(backend)?;
         insert_audit(&tx, audit)?;
         tx.commit().map_err(backend)
     }
@@ -777,6 +791,94 @@ impl Store for SqliteStore {
         )
         .map_err(backend)?;
         Ok(())
+    }
+
+    fn get_twin(&self, device_id: &str) -> Result<TwinRecord, StoreError> {
+        let conn = self.lock()?;
+        let exists: Option<i64> = conn
+            .query_row(
+                "SELECT 1 FROM device WHERE device_id = ?1",
+                [device_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        Ok(conn
+            .query_row(
+                "SELECT etag, tags, desired, desired_metadata, desired_version, reported, reported_metadata, reported_version
+                 FROM twin WHERE device_id = ?1",
+                [device_id],
+                |r| {
+                    Ok(TwinRecord {
+                        device_id: device_id.to_string(),
+                        etag: r.get::<_, i64>(0)? as u64,
+                        tags: r.get(1)?,
+                        desired: r.get(2)?,
+                        desired_metadata: r.get(3)?,
+                        desired_version: r.get(4)?,
+                        reported: r.get(5)?,
+                        reported_metadata: r.get(6)?,
+                        reported_version: r.get(7)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)?
+            .unwrap_or_else(|| TwinRecord::empty(device_id)))
+    }
+
+    fn write_twin(&self, t: &TwinRecord, expected: Option<u64>) -> Result<TwinRecord, StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let exists: Option<i64> = tx
+            .query_row(
+                "SELECT 1 FROM device WHERE device_id = ?1",
+                [&t.device_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let current: u64 = tx
+            .query_row(
+                "SELECT etag FROM twin WHERE device_id = ?1",
+                [&t.device_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map_err(backend)?
+            .unwrap_or(0) as u64;
+        if let Some(want) = expected {
+            if want != current {
+                return Err(StoreError::EtagMismatch { current });
+            }
+        }
+        let etag = next_etag(&tx)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO twin (device_id, etag, tags, desired, desired_metadata, desired_version, reported, reported_metadata, reported_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                t.device_id,
+                etag as i64,
+                t.tags,
+                t.desired,
+                t.desired_metadata,
+                t.desired_version,
+                t.reported,
+                t.reported_metadata,
+                t.reported_version
+            ],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(TwinRecord { etag, ..t.clone() })
     }
 }
 

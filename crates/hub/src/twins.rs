@@ -1,0 +1,372 @@
+//! Device twins, as Azure IoT Hub keeps them: `tags` (service only), `properties.desired` (service
+//! writes, device reads and is notified) and `properties.reported` (device writes), each section
+//! with `$version` and `$metadata` (`$lastUpdated` per property), a twin etag, and a size limit of
+//! 32 KiB per section. Patches merge (JSON merge patch: `null` deletes a key). A desired change
+//! reaches the device's live session at once; a reconnecting device catches up with a twin GET.
+
+use serde_json::{json, Map, Value};
+
+use iothub_pki::device::validate_device_id;
+use iothub_store::{StoreError, TwinRecord};
+
+use crate::auth::{encode_etag, IfMatch, Principal, Right};
+use crate::sessions::SessionSignal;
+use crate::{Hub, HubError};
+
+/// The largest section (tags, desired or reported), serialized, as Azure allows.
+pub const MAX_SECTION_BYTES: usize = 32 * 1024;
+/// The deepest nesting of a twin document Azure allows.
+pub const MAX_DEPTH: usize = 10;
+
+fn parse(text: &str) -> Map<String, Value> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Applies a JSON merge patch to `target`; `$`-prefixed keys of the patch are ignored. Returns the
+/// top-level keys that changed.
+fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) -> Vec<String> {
+    let mut changed = Vec::new();
+    for (k, v) in patch {
+        if k.starts_with('$') {
+            continue;
+        }
+        match v {
+            Value::Null => {
+                if target.remove(k).is_some() {
+                    changed.push(k.clone());
+                }
+            }
+            Value::Object(p) => {
+                let entry = target
+                    .entry(k.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if !entry.is_object() {
+                    *entry = Value::Object(Map::new());
+                }
+                if let Value::Object(t) = entry {
+                    merge(t, p);
+                }
+                changed.push(k.clone());
+            }
+            other => {
+                if target.get(k) != Some(other) {
+                    target.insert(k.clone(), other.clone());
+                    changed.push(k.clone());
+                }
+            }
+        }
+    }
+    changed
+}
+
+fn check_section(name: &str, section: &Map<String, Value>) -> Result<(), HubError> {
+    let text = serde_json::to_string(section).unwrap_or_default();
+    if text.len() > MAX_SECTION_BYTES {
+        return Err(HubError::TwinInvalid(format!(
+            "the twin's {name} would be {} bytes; at most {MAX_SECTION_BYTES} bytes are allowed",
+            text.len()
+        )));
+    }
+    let d = depth(&Value::Object(section.clone()));
+    if d > MAX_DEPTH {
+        return Err(HubError::TwinInvalid(format!(
+            "the twin's {name} is nested {d} levels deep; at most {MAX_DEPTH} are allowed"
+        )));
+    }
+    Ok(())
+}
+
+fn touch_metadata(
+    meta: &mut Map<String, Value>,
+    keys: &[String],
+    section: &Map<String, Value>,
+    version: i64,
+    now: &str,
+) {
+    for k in keys {
+        if section.contains_key(k) {
+            meta.insert(
+                k.clone(),
+                json!({ "$lastUpdated": now, "$lastUpdatedVersion": version }),
+            );
+        } else {
+            meta.remove(k);
+        }
+    }
+    meta.insert("$lastUpdated".into(), Value::String(now.to_string()));
+}
+
+fn section_with_meta(section: &str, meta: &str, version: i64) -> Value {
+    let mut m = parse(section);
+    m.insert("$metadata".into(), Value::Object(parse(meta)));
+    m.insert("$version".into(), json!(version));
+    Value::Object(m)
+}
+
+fn iso(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+impl Hub {
+    fn twin_store_error(id: &str, e: StoreError, given: Option<&IfMatch>) -> HubError {
+        match e {
+            StoreError::NotFound => HubError::DeviceNotFound(id.to_string()),
+            StoreError::EtagMismatch { current } => HubError::DeviceEtagMismatch {
+                name: format!("twin of {id}"),
+                given: given.map(IfMatch::shown).unwrap_or_default(),
+                current: encode_etag(current),
+            },
+            other => HubError::Internal(other.to_string()),
+        }
+    }
+
+    /// The twin document as Azure's service API returns it.
+    fn twin_json(&self, t: &TwinRecord) -> Result<Value, HubError> {
+        let device = self
+            .store
+            .get_device(&t.device_id)?
+            .ok_or_else(|| HubError::DeviceNotFound(t.device_id.clone()))?;
+        let activity = self.store.get_device_activity(&t.device_id)?;
+        let connected = self.is_connected(&t.device_id);
+        Ok(json!({
+            "deviceId": t.device_id,
+            "moduleId": null,
+            "etag": encode_etag(t.etag),
+            "deviceEtag": encode_etag(device.etag),
+            "version": t.desired_version + t.reported_version,
+            "status": device.status,
+            "statusReason": device.status_reason,
+            "statusUpdateTime": iso(device.status_updated),
+            "connectionState": if connected { "Connected" } else { "Disconnected" },
+            "lastActivityTime": activity.last_activity.map(iso).unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
+            "cloudToDeviceMessageCount": self.store.count_pending_c2d(&t.device_id, self.now())?,
+            "authenticationType": device.auth_type,
+            "x509Thumbprint": { "primaryThumbprint": device.primary_thumbprint, "secondaryThumbprint": device.secondary_thumbprint },
+            "capabilities": { "iotEdge": false },
+            "tags": Value::Object(parse(&t.tags)),
+            "properties": {
+                "desired": section_with_meta(&t.desired, &t.desired_metadata, t.desired_version),
+                "reported": section_with_meta(&t.reported, &t.reported_metadata, t.reported_version),
+            }
+        }))
+    }
+
+    /// The twin of a device (service side).
+    pub fn get_twin(&self, who: &Principal, id: &str) -> Result<Value, HubError> {
+        self.authorize(
+            who,
+            Right::RegistryRead,
+            "read twins",
+            &format!("device/{id}"),
+        )?;
+        validate_device_id(id)?;
+        let t = self
+            .store
+            .get_twin(id)
+            .map_err(|e| Self::twin_store_error(id, e, None))?;
+        self.twin_json(&t)
+    }
+
+    /// Updates tags and desired properties: merged (`replace` false, PATCH) or replaced (PUT).
+    pub fn update_twin(
+        &self,
+        who: &Principal,
+        id: &str,
+        body: &Value,
+        if_match: Option<&IfMatch>,
+        replace: bool,
+    ) -> Result<Value, HubError> {
+        self.authorize(
+            who,
+            Right::RegistryWrite,
+            "update twins",
+            &format!("device/{id}"),
+        )?;
+        validate_device_id(id)?;
+        let body = body
+            .as_object()
+            .ok_or_else(|| HubError::TwinInvalid("the twin must be a JSON object".into()))?;
+        if let Some(Value::Object(p)) = body.get("properties") {
+            if p.contains_key("reported") {
+                return Err(HubError::TwinInvalid(
+                    "reported properties are written by the device, not by the service".into(),
+                ));
+            }
+        }
+        let current = self
+            .store
+            .get_twin(id)
+            .map_err(|e| Self::twin_store_error(id, e, if_match))?;
+        let expected = match if_match {
+            Some(IfMatch::Etag(given)) => match crate::auth::decode_etag(given) {
+                Some(e) => Some(e),
+                None => {
+                    return Err(HubError::DeviceEtagMismatch {
+                        name: format!("twin of {id}"),
+                        given: given.clone(),
+                        current: encode_etag(current.etag),
+                    })
+                }
+            },
+            _ => Some(current.etag),
+        };
+        let now = iso(self.now());
+        let mut tags = if replace {
+            Map::new()
+        } else {
+            parse(&current.tags)
+        };
+        let mut desired = if replace {
+            Map::new()
+        } else {
+            parse(&current.desired)
+        };
+        let old_desired = parse(&current.desired);
+        if let Some(Value::Object(t)) = body.get("tags") {
+            merge(&mut tags, t);
+        }
+        let patch = body
+            .get("properties")
+            .and_then(|p| p.get("desired"))
+            .and_then(Value::as_object);
+        if let Some(p) = patch {
+            merge(&mut desired, p);
+        }
+        check_section("tags", &tags)?;
+        check_section("desired properties", &desired)?;
+        let desired_changed = desired != old_desired;
+        let mut twin = current.clone();
+        twin.tags = Value::Object(tags).to_string();
+        if desired_changed {
+            let mut meta = parse(&current.desired_metadata);
+            let keys: Vec<String> = desired.keys().chain(old_desired.keys()).cloned().collect();
+            twin.desired_version = current.desired_version + 1;
+            touch_metadata(&mut meta, &keys, &desired, twin.desired_version, &now);
+            twin.desired_metadata = Value::Object(meta).to_string();
+            twin.desired = Value::Object(desired.clone()).to_string();
+        }
+        let stored = self
+            .store
+            .write_twin(&twin, expected)
+            .map_err(|e| Self::twin_store_error(id, e, if_match))?;
+        if desired_changed {
+            // The device receives what changed (a replace sends the whole new desired document).
+            let mut notice = if replace {
+                desired
+            } else {
+                patch
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(k, _)| !k.starts_with('$'))
+                    .collect()
+            };
+            notice.insert("$version".into(), json!(stored.desired_version));
+            self.signal_device(
+                id,
+                SessionSignal::DesiredPatch(Value::Object(notice).to_string()),
+            );
+        }
+        self.twin_json(&stored)
+    }
+
+    /// The twin as a device's GET sees it: `{"desired": {...}, "reported": {...}}` with versions.
+    pub fn twin_for_device(&self, id: &str) -> Result<Value, HubError> {
+        let t = self
+            .store
+            .get_twin(id)
+            .map_err(|e| Self::twin_store_error(id, e, None))?;
+        let mut desired = parse(&t.desired);
+        desired.insert("$version".into(), json!(t.desired_version));
+        let mut reported = parse(&t.reported);
+        reported.insert("$version".into(), json!(t.reported_version));
+        Ok(json!({ "desired": desired, "reported": reported }))
+    }
+
+    /// Merges a device's reported-properties patch; returns the new reported version.
+    pub fn patch_reported(&self, id: &str, patch: &Value) -> Result<i64, HubError> {
+        let patch = patch.as_object().ok_or_else(|| {
+            HubError::TwinInvalid("a reported-properties patch must be a JSON object".into())
+        })?;
+        // Retried on a concurrent write: the device's patch must not be lost.
+        for _ in 0..5 {
+            let current = self
+                .store
+                .get_twin(id)
+                .map_err(|e| Self::twin_store_error(id, e, None))?;
+            let mut reported = parse(&current.reported);
+            let old = reported.clone();
+            let keys = merge(&mut reported, patch);
+            check_section("reported properties", &reported)?;
+            let mut twin = current.clone();
+            if reported != old {
+                twin.reported_version = current.reported_version + 1;
+                let mut meta = parse(&current.reported_metadata);
+                touch_metadata(
+                    &mut meta,
+                    &keys,
+                    &reported,
+                    twin.reported_version,
+                    &iso(self.now()),
+                );
+                twin.reported_metadata = Value::Object(meta).to_string();
+                twin.reported = Value::Object(reported).to_string();
+            }
+            match self.store.write_twin(&twin, Some(current.etag)) {
+                Ok(stored) => return Ok(stored.reported_version),
+                Err(StoreError::EtagMismatch { .. }) => continue,
+                Err(e) => return Err(Self::twin_store_error(id, e, None)),
+            }
+        }
+        Err(HubError::Internal(
+            "the twin kept changing; try again".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_semantics() {
+        let mut t: Map<String, Value> =
+            serde_json::from_str(r#"{"a":1,"b":{"c":2,"d":3},"e":4}"#).unwrap();
+        let p: Map<String, Value> =
+            serde_json::from_str(r#"{"a":null,"b":{"c":null,"x":5},"e":4,"$version":9}"#).unwrap();
+        let changed = merge(&mut t, &p);
+        assert_eq!(
+            Value::Object(t),
+            serde_json::json!({"b":{"d":3,"x":5},"e":4})
+        );
+        assert_eq!(changed, ["a", "b"]);
+    }
+
+    #[test]
+    fn limits() {
+        let big: Map<String, Value> = [("k".to_string(), Value::String("x".repeat(40_000)))]
+            .into_iter()
+            .collect();
+        assert!(check_section("desired", &big).is_err());
+        let mut deep = json!(1);
+        for _ in 0..12 {
+            deep = json!({ "n": deep });
+        }
+        assert!(check_section("desired", deep.as_object().unwrap()).is_err());
+        assert!(check_section("desired", &Map::new()).is_ok());
+    }
+}
