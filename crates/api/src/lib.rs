@@ -14,9 +14,11 @@ pub mod azure;
 pub mod body;
 pub mod devices;
 pub mod error;
+pub mod portal;
 pub mod routes;
 pub mod server;
 pub mod shapes;
 
+pub use portal::{PortalLimits, PortalState};
 pub use routes::{router, ApiLimits};
 pub use server::{serve_tls, ServerLimits};

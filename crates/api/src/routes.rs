@@ -38,16 +38,18 @@ impl Default for ApiLimits {
 pub(crate) struct AppState {
     pub(crate) hub: Hub,
     pub(crate) limits: Arc<ApiLimits>,
+    pub(crate) portal: Arc<crate::portal::PortalState>,
 }
 
 /// The OpenAPI document of this API.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
-/// Builds the router over `hub`.
-pub fn router(hub: Hub, limits: ApiLimits) -> Router {
+/// Builds the router over `hub`; `portal` holds the portal's login links and sessions.
+pub fn router(hub: Hub, limits: ApiLimits, portal: Arc<crate::portal::PortalState>) -> Router {
     let state = AppState {
         hub,
         limits: Arc::new(limits),
+        portal,
     };
     Router::new()
         .route("/certificates", get(list_certificates))
@@ -114,8 +116,19 @@ pub fn router(hub: Hub, limits: ApiLimits) -> Router {
         .route("/policies", get(list_policies))
         .route("/policies/{name}/listKeys", post(policy_keys))
         .route("/openapi.json", get(openapi))
+        .route("/portal-links", post(crate::portal::create_link))
+        .route("/portal", get(crate::portal::page))
+        .route("/portal/certificates", get(crate::portal::page))
+        .route("/portal/devices", get(crate::portal::page))
+        .route("/portal/connections", get(crate::portal::page))
+        .route("/portal/login", get(crate::portal::login))
+        .route("/portal/logout", post(crate::portal::logout))
+        .route("/portal/signed-out", get(crate::portal::signed_out))
+        .route("/portal/static/app.js", get(crate::portal::app_js))
+        .route("/portal/static/app.css", get(crate::portal::app_css))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::portal::csrf_guard))
         .with_state(state)
 }
 
@@ -129,6 +142,15 @@ pub(crate) fn if_match(headers: &HeaderMap) -> Option<IfMatch> {
 /// Authenticates the request. Runs inline: it is an in-memory policy lookup and one HMAC per key.
 pub(crate) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let header = match headers.get(axum::http::header::AUTHORIZATION) {
+        // A browser of the portal: its session stands for the owner who opened the login link
+        // (CSRF is enforced for it by `portal::csrf_guard` on every state-changing request).
+        None if crate::portal::session_cookie(headers).is_some() => {
+            return crate::portal::session_principal(state, headers).ok_or_else(|| {
+                ApiError::from(HubError::Unauthorized(
+                    "the portal session has ended; open a new login link".into(),
+                ))
+            })
+        }
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
             ApiError::from(HubError::Unauthorized(

@@ -51,6 +51,7 @@ pub const ALL_CODES: &[ErrorCode] = &[
     code(400073, "TwinInvalid"),
     code(401002, "IotHubUnauthorizedAccess"),
     code(403001, "IotHubForbidden"),
+    code(403002, "CsrfRejected"),
     code(403004, "DeviceMaximumQueueDepthExceeded"),
     code(403050, "CertificateLimitReached"),
     code(403051, "DeviceLimitReached"),

@@ -416,3 +416,21 @@ pub fn sas_token(target: &HubTarget, output: Output, args: SasTokenArgs) -> Resu
         }
     }
 }
+
+/// `portal-link`: asks the hub for a single-use login link (owner credential required).
+pub fn portal_link(target: &HubTarget, output: Output) -> Result<()> {
+    let api = ApiClient::connect(target)?;
+    let v = api.call(Method::POST, "/portal-links", None, None)?;
+    let host = target.connection()?.host_name;
+    let url = format!("https://{host}{}", text(&v["path"]));
+    match output {
+        Output::Json => {
+            print_json(&json!({ "url": url, "expiresInSeconds": v["expiresInSeconds"] }))
+        }
+        Output::Text => {
+            println!("{url}");
+            eprintln!("single use, valid for {} s", text(&v["expiresInSeconds"]));
+            Ok(())
+        }
+    }
+}

@@ -62,6 +62,9 @@ pub struct ServeArgs {
     /// Cloud-to-device messages queued per device at most [default: 50].
     #[arg(long, env = "IOTHUB_C2D_MAX_PENDING")]
     pub c2d_max_pending: Option<u32>,
+    /// How long a portal login link stays usable [default: 15m].
+    #[arg(long, env = "IOTHUB_PORTAL_LINK_LIFETIME", value_name = "DURATION")]
+    pub portal_link_lifetime: Option<String>,
     /// How long device-to-cloud messages are kept: seconds, or with s, m, h or d [default: 7d].
     #[arg(long, env = "IOTHUB_TELEMETRY_RETENTION", value_name = "DURATION")]
     pub telemetry_retention: Option<String>,
@@ -87,6 +90,7 @@ struct FileConfig {
     device_limit: Option<u64>,
     c2d_max_pending: Option<u32>,
     telemetry_retention: Option<toml::Value>,
+    portal_link_lifetime: Option<String>,
 }
 
 /// The resolved configuration of `serve`.
@@ -108,6 +112,7 @@ pub struct ServeConfig {
     pub device_limit: u64,
     pub c2d_max_pending: u32,
     pub telemetry_retention_secs: i64,
+    pub portal_link_lifetime_secs: i64,
 }
 
 /// Parses `3600`, `90s`, `30m`, `1h` into seconds (1 second to 30 days).
@@ -236,6 +241,16 @@ impl ServeConfig {
             device_limit: args.device_limit.or(file.device_limit).unwrap_or(1_000_000),
             c2d_max_pending: args.c2d_max_pending.or(file.c2d_max_pending).unwrap_or(50),
             telemetry_retention_secs: telemetry_retention,
+            portal_link_lifetime_secs: match args
+                .portal_link_lifetime
+                .as_ref()
+                .or(file.portal_link_lifetime.as_ref())
+            {
+                Some(text) => {
+                    parse_duration_max(text, 24 * 3600).context("--portal-link-lifetime")?
+                }
+                None => 15 * 60,
+            },
         };
         if config.ca_limit == 0 {
             bail!("--ca-limit must be at least 1");

@@ -71,6 +71,8 @@ enum Command {
     Audit(cli::AuditArgs),
     /// Print the owner connection string of the local hub (or of --policy).
     ConnectionString(cli::ConnectionStringArgs),
+    /// Print a fresh single-use login link for the web portal.
+    PortalLink,
     /// Print a SharedAccessSignature token for a hub policy.
     SasToken(cli::SasTokenArgs),
     /// Run the whole story against a temporary hub, step by step, with the equivalent commands.
@@ -111,6 +113,7 @@ fn main() -> ExitCode {
         Command::Connections => device_cli::connections(&target, cli.output),
         Command::ConnectionString(args) => cli::connection_string(&target, cli.output, args),
         Command::SasToken(args) => cli::sas_token(&target, cli.output, args),
+        Command::PortalLink => cli::portal_link(&target, cli.output),
         Command::Pki(cmd) => pki_cmd::run(cli.output, cmd),
         Command::Demo => demo::run(),
     };

@@ -204,6 +204,21 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         "hub TLS CA certificate: {}",
         data.join(HUB_CA_FILE).display()
     );
+    let portal = Arc::new(iothub_api::PortalState::new(iothub_api::PortalLimits {
+        link_lifetime: std::time::Duration::from_secs(config.portal_link_lifetime_secs as u64),
+        ..Default::default()
+    }));
+    let link = portal.new_link_token();
+    let port_part = if https_addr.port() == 443 {
+        String::new()
+    } else {
+        format!(":{}", https_addr.port())
+    };
+    println!(
+        "portal (single-use login link, valid {} s; 'iothub portal-link' makes another):\n  https://{}{port_part}/portal/login?token={link}",
+        config.portal_link_lifetime_secs,
+        connect_host(&config)
+    );
     println!("mqtt listening on {mqtt_addr}");
     println!("https listening on {https_addr}");
     tracing::info!(%https_addr, %mqtt_addr, hub = %config.name, "iothub serving");
@@ -246,6 +261,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         iothub_api::ApiLimits {
             max_request_bytes: config.max_request_bytes,
         },
+        portal,
     );
     let api = tokio::spawn(iothub_api::serve_tls(
         listener,
