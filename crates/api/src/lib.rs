@@ -14,6 +14,7 @@ pub mod azure;
 pub mod body;
 pub mod devices;
 pub mod error;
+pub mod limiter;
 pub mod portal;
 pub mod routes;
 pub mod server;

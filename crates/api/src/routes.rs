@@ -24,12 +24,15 @@ use crate::shapes::{certificate_description, rfc1123, PutBody, VerifyBody};
 pub struct ApiLimits {
     /// The largest request body read, in bytes.
     pub max_request_bytes: usize,
+    /// Failed authentications per client address per minute before it gets 429.
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for ApiLimits {
     fn default() -> Self {
         ApiLimits {
             max_request_bytes: 256 * 1024,
+            auth_failures_per_minute: 300,
         }
     }
 }
@@ -39,6 +42,7 @@ pub(crate) struct AppState {
     pub(crate) hub: Hub,
     pub(crate) limits: Arc<ApiLimits>,
     pub(crate) portal: Arc<crate::portal::PortalState>,
+    pub(crate) auth_limiter: Arc<crate::limiter::AuthFailureLimiter>,
 }
 
 /// The OpenAPI document of this API.
@@ -48,6 +52,9 @@ pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 pub fn router(hub: Hub, limits: ApiLimits, portal: Arc<crate::portal::PortalState>) -> Router {
     let state = AppState {
         hub,
+        auth_limiter: Arc::new(crate::limiter::AuthFailureLimiter::new(
+            limits.auth_failures_per_minute,
+        )),
         limits: Arc::new(limits),
         portal,
     };
@@ -129,6 +136,7 @@ pub fn router(hub: Hub, limits: ApiLimits, portal: Arc<crate::portal::PortalStat
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::portal::csrf_guard))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::limiter::limit_auth_failures))
         .with_state(state)
 }
 

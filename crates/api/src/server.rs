@@ -77,7 +77,9 @@ pub async fn serve_tls(
                     return;
                 }
             };
-            let service = TowerToHyperService::new(router);
+            let service = TowerToHyperService::new(
+                router.layer(axum::Extension(crate::limiter::PeerAddr(peer))),
+            );
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

@@ -24,6 +24,8 @@ pub struct GatewayLimits {
     pub max_keep_alive: u16,
     /// How often live sessions are re-checked for certificates that expired meanwhile.
     pub revalidate_every: Duration,
+    /// Cloud-to-device messages published to one device and not yet acknowledged, at most.
+    pub max_inflight: usize,
 }
 
 impl Default for GatewayLimits {
@@ -34,6 +36,7 @@ impl Default for GatewayLimits {
             max_message_bytes: 256 * 1024,
             max_keep_alive: 1177,
             revalidate_every: Duration::from_secs(10),
+            max_inflight: 10,
         }
     }
 }

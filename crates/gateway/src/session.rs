@@ -220,6 +220,8 @@ pub(crate) async fn run(
         session_id: admission.session_id,
         c2d_subscribed: false,
         desired_subscribed: false,
+        max_inflight: limits.max_inflight.max(1),
+        c2d_more: false,
         inflight: HashMap::new(),
         next_pkid: 1,
         last_touch: Instant::now(),
@@ -267,6 +269,9 @@ struct SessionState {
     c2d_subscribed: bool,
     /// Subscribed to `$iothub/twin/PATCH/properties/desired/#`.
     desired_subscribed: bool,
+    max_inflight: usize,
+    /// The last delivery stopped at the in-flight limit: more messages wait.
+    c2d_more: bool,
     /// Packet id -> C2D message id, for messages published and not yet acknowledged.
     inflight: HashMap<u16, i64>,
     next_pkid: u16,
@@ -396,8 +401,14 @@ async fn serve_session(
             }
             Packet::PubAck(pkid) => {
                 if let Some(id) = state.inflight.remove(&pkid) {
-                    let hub = hub.clone();
-                    let _ = tokio::task::spawn_blocking(move || hub.c2d_delivered(id)).await;
+                    let hub2 = hub.clone();
+                    let _ = tokio::task::spawn_blocking(move || hub2.c2d_delivered(id)).await;
+                    // A slot is free: send what waits beyond the in-flight limit.
+                    if state.c2d_more {
+                        if let Err(e) = deliver_c2d(conn, hub, state).await {
+                            return End::Cause(e);
+                        }
+                    }
                 }
             }
             Packet::Subscribe(s) => {
@@ -586,7 +597,13 @@ async fn deliver_c2d(conn: &mut Conn, hub: &Hub, state: &mut SessionState) -> Re
             .map_err(|e| format!("delivery task failed: {e}"))?
             .map_err(|e| format!("cannot read queued messages: {e}"))?
     };
+    state.c2d_more = false;
     for m in pending {
+        if state.inflight.len() >= state.max_inflight {
+            // The rest follows as the device acknowledges (see PUBACK handling).
+            state.c2d_more = true;
+            break;
+        }
         if state.inflight.values().any(|id| *id == m.id) {
             continue;
         }

@@ -66,6 +66,7 @@ pub const ALL_CODES: &[ErrorCode] = &[
     code(412001, "PreconditionFailed"),
     code(412002, "CertificateExists"),
     code(413001, "RequestTooLarge"),
+    code(429001, "ThrottlingException"),
     code(500001, "ServerError"),
     code(504101, "GatewayTimeout"),
 ];

@@ -57,6 +57,8 @@ pub struct HubConfig {
     pub refusals_kept: usize,
     /// The hub's name: Azure-shaped management routes answer only for it.
     pub hub_name: String,
+    /// The most certificates a device may present in its chain.
+    pub max_chain_len: usize,
 }
 
 impl Default for HubConfig {
@@ -75,6 +77,7 @@ impl Default for HubConfig {
             telemetry_retention_secs: 7 * 24 * 3600,
             refusals_kept: 1000,
             hub_name: "iothub".into(),
+            max_chain_len: iothub_pki::device::DEFAULT_MAX_CHAIN_LEN,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
-use iothub_pki::device::{validate_chain, validate_device_id};
+use iothub_pki::device::{validate_chain_bounded, validate_device_id};
 use iothub_pki::sas::SasToken;
 use iothub_pki::CertInfo;
 use iothub_store::DeviceActivity;
@@ -166,8 +166,13 @@ impl Hub {
                         "device '{id}' authenticates with certificateAuthority but presented no client certificate"
                     ));
                 }
-                let ok =
-                    validate_chain(&req.chain, &self.trust(), now).map_err(|e| e.to_string())?;
+                let ok = validate_chain_bounded(
+                    &req.chain,
+                    &self.trust(),
+                    now,
+                    self.config.max_chain_len,
+                )
+                .map_err(|e| e.to_string())?;
                 match ok.leaf.common_names.as_slice() {
                     [cn] if cn == id => Ok(AuthMethod::Ca {
                         ca_name: ok.ca_name,
@@ -355,9 +360,11 @@ impl Hub {
         let s = self.sessions();
         for (id, e) in &s.live {
             let verdict = match &e.method {
-                AuthMethod::Ca { .. } => validate_chain(&e.chain, &trust, now)
-                    .err()
-                    .map(|err| err.to_string()),
+                AuthMethod::Ca { .. } => {
+                    validate_chain_bounded(&e.chain, &trust, now, self.config.max_chain_len)
+                        .err()
+                        .map(|err| err.to_string())
+                }
                 AuthMethod::SelfSigned { .. } => {
                     match e.chain.first().map(|d| CertInfo::from_der(d)) {
                         Some(Ok(info)) if info.is_valid_at(now) => None,

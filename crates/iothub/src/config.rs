@@ -62,6 +62,19 @@ pub struct ServeArgs {
     /// Cloud-to-device messages queued per device at most [default: 50].
     #[arg(long, env = "IOTHUB_C2D_MAX_PENDING")]
     pub c2d_max_pending: Option<u32>,
+    /// Failed authentications per client address per minute before it is refused with 429
+    /// [default: 300].
+    #[arg(long, env = "IOTHUB_AUTH_FAILURE_LIMIT")]
+    pub auth_failure_limit: Option<u32>,
+    /// Time allowed for a TLS handshake, and then for the first request or CONNECT [default: 10s].
+    #[arg(long, env = "IOTHUB_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
+    pub handshake_timeout: Option<String>,
+    /// The most certificates a device may present in its chain [default: 8].
+    #[arg(long, env = "IOTHUB_MAX_CHAIN_LENGTH")]
+    pub max_chain_length: Option<usize>,
+    /// Cloud-to-device messages in flight (unacknowledged) per device [default: 10].
+    #[arg(long, env = "IOTHUB_MAX_INFLIGHT")]
+    pub max_inflight: Option<usize>,
     /// How long a portal login link stays usable [default: 15m].
     #[arg(long, env = "IOTHUB_PORTAL_LINK_LIFETIME", value_name = "DURATION")]
     pub portal_link_lifetime: Option<String>,
@@ -91,6 +104,10 @@ struct FileConfig {
     c2d_max_pending: Option<u32>,
     telemetry_retention: Option<toml::Value>,
     portal_link_lifetime: Option<String>,
+    auth_failure_limit: Option<u32>,
+    handshake_timeout: Option<String>,
+    max_chain_length: Option<usize>,
+    max_inflight: Option<usize>,
 }
 
 /// The resolved configuration of `serve`.
@@ -113,6 +130,10 @@ pub struct ServeConfig {
     pub c2d_max_pending: u32,
     pub telemetry_retention_secs: i64,
     pub portal_link_lifetime_secs: i64,
+    pub auth_failure_limit: u32,
+    pub handshake_timeout_secs: i64,
+    pub max_chain_length: usize,
+    pub max_inflight: usize,
 }
 
 /// Parses `3600`, `90s`, `30m`, `1h` into seconds (1 second to 30 days).
@@ -241,6 +262,20 @@ impl ServeConfig {
             device_limit: args.device_limit.or(file.device_limit).unwrap_or(1_000_000),
             c2d_max_pending: args.c2d_max_pending.or(file.c2d_max_pending).unwrap_or(50),
             telemetry_retention_secs: telemetry_retention,
+            auth_failure_limit: args
+                .auth_failure_limit
+                .or(file.auth_failure_limit)
+                .unwrap_or(300),
+            handshake_timeout_secs: match args
+                .handshake_timeout
+                .as_ref()
+                .or(file.handshake_timeout.as_ref())
+            {
+                Some(text) => parse_duration_max(text, 300).context("--handshake-timeout")?,
+                None => 10,
+            },
+            max_chain_length: args.max_chain_length.or(file.max_chain_length).unwrap_or(8),
+            max_inflight: args.max_inflight.or(file.max_inflight).unwrap_or(10),
             portal_link_lifetime_secs: match args
                 .portal_link_lifetime
                 .as_ref()
@@ -278,6 +313,21 @@ impl ServeConfig {
             bail!(
                 "--max-message-bytes is {}; expected 1 to 16777216",
                 config.max_message_bytes
+            );
+        }
+        if config.auth_failure_limit == 0 {
+            bail!("--auth-failure-limit must be at least 1");
+        }
+        if !(1..=32).contains(&config.max_chain_length) {
+            bail!(
+                "--max-chain-length is {}; expected 1 to 32",
+                config.max_chain_length
+            );
+        }
+        if !(1..=1000).contains(&config.max_inflight) {
+            bail!(
+                "--max-inflight is {}; expected 1 to 1000",
+                config.max_inflight
             );
         }
         if config.device_limit == 0 {

@@ -52,8 +52,8 @@ pub enum Output {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the hub: HTTPS API (and, later, MQTT for devices).
-    Serve(config::ServeArgs),
+    /// Run the hub: HTTPS API and portal, MQTT/TLS for devices.
+    Serve(Box<config::ServeArgs>),
     /// CA certificates and proof of possession.
     #[command(subcommand)]
     Cert(cli::CertCommand),
@@ -98,7 +98,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => {
-            config::ServeConfig::resolve(Some(&cli.data), &args).and_then(|config| {
+            config::ServeConfig::resolve(Some(&cli.data), args.as_ref()).and_then(|config| {
                 tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
                     .build()?

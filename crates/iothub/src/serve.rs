@@ -161,6 +161,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             c2d_max_pending: config.c2d_max_pending,
             telemetry_retention_secs: config.telemetry_retention_secs,
             hub_name: config.name.clone(),
+            max_chain_len: config.max_chain_length,
             ..HubConfig::default()
         },
         Arc::new(SystemClock),
@@ -235,6 +236,8 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         iothub_gateway::GatewayLimits {
             max_connections: config.max_device_connections,
             max_message_bytes: config.max_message_bytes,
+            max_inflight: config.max_inflight,
+            handshake_timeout: std::time::Duration::from_secs(config.handshake_timeout_secs as u64),
             ..Default::default()
         },
         stopped(stop_rx.clone()),
@@ -260,6 +263,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         hub,
         iothub_api::ApiLimits {
             max_request_bytes: config.max_request_bytes,
+            auth_failures_per_minute: config.auth_failure_limit,
         },
         portal,
     );
@@ -269,7 +273,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         router,
         iothub_api::ServerLimits {
             max_connections: config.max_connections,
-            ..Default::default()
+            handshake_timeout: std::time::Duration::from_secs(config.handshake_timeout_secs as u64),
         },
         stopped(stop_rx),
     ));

@@ -131,11 +131,16 @@ pub struct ChainOk {
     pub leaf: CertInfo,
 }
 
+/// The default bound on the number of certificates a device may present.
+pub const DEFAULT_MAX_CHAIN_LEN: usize = 8;
+
 /// Why a presented chain does not lead to a Verified CA.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
     #[error("no client certificate was presented")]
     NoCertificate,
+    #[error("the client presented {len} certificates; at most {max} are accepted")]
+    TooLong { len: usize, max: usize },
     #[error("the client certificate cannot be read: {0}")]
     Unparsable(String),
     #[error("no registered CA issued '{issuer}'{hint}")]
@@ -197,6 +202,22 @@ pub fn validate_chain(
     index: &TrustIndex,
     now: i64,
 ) -> Result<ChainOk, ChainError> {
+    validate_chain_bounded(chain, index, now, DEFAULT_MAX_CHAIN_LEN)
+}
+
+/// [`validate_chain`] with an explicit bound on the chain length, checked before any parsing.
+pub fn validate_chain_bounded(
+    chain: &[Vec<u8>],
+    index: &TrustIndex,
+    now: i64,
+    max_len: usize,
+) -> Result<ChainOk, ChainError> {
+    if chain.len() > max_len {
+        return Err(ChainError::TooLong {
+            len: chain.len(),
+            max: max_len,
+        });
+    }
     let leaf_der = chain.first().ok_or(ChainError::NoCertificate)?;
     let leaf = CertInfo::from_der(leaf_der).map_err(|e| ChainError::Unparsable(e.to_string()))?;
     let mut infos = vec![leaf.clone()];

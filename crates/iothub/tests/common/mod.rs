@@ -47,6 +47,10 @@ impl TestHub {
         if !extra.contains(&"--mqtt") {
             cmd.args(["--mqtt", "127.0.0.1:0"]);
         }
+        // Functional suites send many refused requests on purpose; the limit has its own test.
+        if !extra.contains(&"--auth-failure-limit") {
+            cmd.args(["--auth-failure-limit", "1000000"]);
+        }
         cmd.args(extra)
             .env("IOTHUB_LOG", "error")
             .env_remove("IOTHUB_CONNECTION_STRING")
