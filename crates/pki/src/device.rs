@@ -89,6 +89,9 @@ pub struct AnchorEntry {
 #[derive(Debug, Clone, Default)]
 pub struct TrustIndex {
     by_subject: HashMap<Vec<u8>, Vec<AnchorEntry>>,
+    /// basicConstraints path lengths of the CAs that have one, by CA name: webpki's trust anchors
+    /// carry no basicConstraints, so the limit a registered CA sets below itself is enforced here.
+    path_lens: HashMap<String, u32>,
     count: usize,
 }
 
@@ -97,14 +100,22 @@ impl TrustIndex {
     /// parsed certificates).
     pub fn new(entries: impl IntoIterator<Item = AnchorEntry>) -> TrustIndex {
         let mut by_subject: HashMap<Vec<u8>, Vec<AnchorEntry>> = HashMap::new();
+        let mut path_lens = HashMap::new();
         let mut count = 0;
         for e in entries {
             if let Ok(info) = CertInfo::from_der(&e.der) {
+                if let Some(Some(len)) = info.ca {
+                    path_lens.insert(e.ca_name.clone(), len);
+                }
                 by_subject.entry(info.subject_raw).or_default().push(e);
                 count += 1;
             }
         }
-        TrustIndex { by_subject, count }
+        TrustIndex {
+            by_subject,
+            path_lens,
+            count,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -266,6 +277,24 @@ pub fn validate_chain_bounded(
             .iter()
             .filter_map(|d| webpki::anchor_from_trusted_cert(d).ok())
             .collect();
+        // A path is acceptable only if the number of intermediates below the anchor respects
+        // the anchor's own path length (webpki checks the intermediates' constraints itself).
+        let name_of = |anchor: &TrustAnchor<'_>| {
+            set.iter()
+                .zip(anchors.iter())
+                .find(|(_, a)| {
+                    a.subject == anchor.subject
+                        && a.subject_public_key_info == anchor.subject_public_key_info
+                })
+                .map(|(c, _)| c.ca_name.clone())
+        };
+        let within_path_len = |path: &webpki::VerifiedPath<'_>| -> Result<(), webpki::Error> {
+            let below = path.intermediate_certificates().count();
+            match name_of(path.anchor()).and_then(|n| index.path_lens.get(&n).copied()) {
+                Some(max) if below > max as usize => Err(webpki::Error::PathLenConstraintViolated),
+                _ => Ok(()),
+            }
+        };
         let path = ee.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
             &anchors,
@@ -273,7 +302,7 @@ pub fn validate_chain_bounded(
             time,
             webpki::KeyUsage::client_auth(),
             None,
-            None,
+            Some(&within_path_len),
         )?;
         let anchor = path.anchor();
         Ok(set
@@ -343,4 +372,68 @@ pub fn validate_chain_bounded(
         subject,
         reason,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+
+    fn params(cn: &str, ca: Option<BasicConstraints>) -> CertificateParams {
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+        p.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+        match ca {
+            Some(bc) => {
+                p.is_ca = IsCa::Ca(bc);
+                p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+            }
+            None => {
+                p.is_ca = IsCa::ExplicitNoCa;
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn a_registered_ca_path_length_is_enforced() {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let root_key = KeyPair::generate().unwrap();
+        let root_params = params("root", Some(BasicConstraints::Constrained(0)));
+        let root = root_params.self_signed(&root_key).unwrap();
+        let root_issuer = Issuer::new(root_params, root_key);
+        let inter_key = KeyPair::generate().unwrap();
+        let inter_params = params("inter", Some(BasicConstraints::Unconstrained));
+        let inter = inter_params.signed_by(&inter_key, &root_issuer).unwrap();
+        let inter_issuer = Issuer::new(inter_params, inter_key);
+        let leaf = params("dev", None)
+            .signed_by(&KeyPair::generate().unwrap(), &inter_issuer)
+            .unwrap();
+        let direct = params("dev2", None)
+            .signed_by(&KeyPair::generate().unwrap(), &root_issuer)
+            .unwrap();
+        let index = TrustIndex::new([AnchorEntry {
+            ca_name: "root".into(),
+            der: root.der().to_vec(),
+            subject: "CN=root".into(),
+            verified: true,
+            not_after: i64::MAX,
+        }]);
+        let err =
+            validate_chain(&[leaf.der().to_vec(), inter.der().to_vec()], &index, now).unwrap_err();
+        assert!(err.to_string().contains("path length"), "{err}");
+        let ok = validate_chain(&[direct.der().to_vec()], &index, now).unwrap();
+        assert_eq!(ok.ca_name, "root");
+        // More certificates than the bound are refused before any parsing.
+        let long = vec![vec![0u8; 4]; 9];
+        assert_eq!(
+            validate_chain(&long, &index, now).unwrap_err(),
+            ChainError::TooLong { len: 9, max: 8 }
+        );
+    }
 }
