@@ -7,10 +7,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
 use common::*;
 
@@ -89,60 +87,15 @@ impl Lab<'_> {
         .unwrap();
     }
 
-    /// A device that presents `{stem}.pem` (with whatever it holds) and `{stem}.key` over rustls,
-    /// sends CONNECT as `client`, and returns the CONNACK code, or the TLS error.
+    /// Presents `{stem}.pem` and `{stem}.key` as `client`; the CONNACK code or the TLS error.
     fn connect(&self, stem: &str, client: &str) -> Result<u8, String> {
-        use rustls_pki_types::pem::PemObject;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-        let ca = std::fs::read(self.hub.data().join("tls/ca.pem")).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&ca) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(
-            &std::fs::read(self.dir.join(format!("{stem}.pem"))).unwrap(),
+        RawDevice::connect(
+            self.hub,
+            &self.dir.join(format!("{stem}.pem")),
+            &self.dir.join(format!("{stem}.key")),
+            client,
         )
-        .map(|c| c.unwrap())
-        .collect();
-        let key = PrivateKeyDer::from_pem_slice(
-            &std::fs::read(self.dir.join(format!("{stem}.key"))).unwrap(),
-        )
-        .unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| format!("client cannot use its key: {e}"))?;
-        let conn = rustls::ClientConnection::new(
-            Arc::new(config),
-            ServerName::try_from("localhost").unwrap(),
-        )
-        .unwrap();
-        let tcp = std::net::TcpStream::connect(("127.0.0.1", self.hub.mqtt_port)).unwrap();
-        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        let mut tls = rustls::StreamOwned::new(conn, tcp);
-        let mut out = bytes::BytesMut::new();
-        iothub_mqtt::codec::encode(
-            &iothub_mqtt::codec::Packet::Connect(iothub_mqtt::codec::Connect {
-                protocol_level: 4,
-                client_id: client.into(),
-                clean_session: false,
-                keep_alive: 60,
-                username: Some(format!("localhost/{client}/?api-version=2021-04-12")),
-                password: None,
-                will: None,
-            }),
-            &mut out,
-        )
-        .unwrap();
-        tls.write_all(&out).map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 4];
-        tls.read_exact(&mut buf).map_err(|e| e.to_string())?;
-        Ok(buf[3])
+        .map(|(_, code)| code)
     }
 
     /// Connects as `client` with `{stem}.pem`/`{stem}.key`; asserts refusal with `want` recorded.

@@ -424,3 +424,75 @@ fn no_secret_reaches_the_logs() {
         assert!(!logs.contains(&secret), "the {what} appears in the logs");
     }
 }
+
+#[test]
+fn cloud_to_device_messages_in_flight_are_bounded_per_device() {
+    let hub = TestHub::start(&["--max-inflight", "2"]);
+    let dir = hub.dir.clone();
+    ok(&hub.cli_in(&dir, &["pki", "ca", "root"]));
+    ok(&hub.cli_in(&dir, &["cert", "add", "root", "root.pem"]));
+    ok(&hub.cli_in(&dir, &["cert", "prove", "root", "--key", "root.key"]));
+    ok(&hub.cli_in(
+        &dir,
+        &[
+            "pki",
+            "device",
+            "slow",
+            "--ca-cert",
+            "root.pem",
+            "--ca-key",
+            "root.key",
+        ],
+    ));
+    ok(&hub.cli(&["device", "add", "slow"]));
+    for i in 0..5 {
+        ok(&hub.cli(&["c2d", "send", "slow", &format!("m{i}")]));
+    }
+    let (mut d, code) =
+        RawDevice::connect(&hub, &dir.join("slow.pem"), &dir.join("slow.key"), "slow").unwrap();
+    assert_eq!(code, 0);
+    d.send(&iothub_mqtt::codec::Packet::Subscribe(
+        iothub_mqtt::codec::Subscribe {
+            pkid: 1,
+            filters: vec![("devices/slow/messages/devicebound/#".into(), 1)],
+        },
+    ))
+    .unwrap();
+    // Without acknowledging, the device receives exactly two messages.
+    let mut got = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) && got.len() < 5 {
+        match d.recv() {
+            Ok(iothub_mqtt::codec::Packet::Publish(p)) => got.push(p),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+        if got.len() == 2 {
+            // Give the hub a moment to (wrongly) send a third.
+            std::thread::sleep(Duration::from_millis(500));
+            break;
+        }
+    }
+    assert_eq!(got.len(), 2, "two in flight at most");
+    // Each acknowledgement lets one more through, until all five arrived.
+    let mut bodies: Vec<String> = got
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect();
+    let mut pending: Vec<u16> = got.iter().map(|p| p.pkid).collect();
+    while bodies.len() < 5 {
+        let pkid = pending.remove(0);
+        d.send(&iothub_mqtt::codec::Packet::PubAck(pkid)).unwrap();
+        loop {
+            match d.recv().unwrap() {
+                iothub_mqtt::codec::Packet::Publish(p) => {
+                    bodies.push(String::from_utf8_lossy(&p.payload).into_owned());
+                    pending.push(p.pkid);
+                    break;
+                }
+                _ => continue,
+            }
+        }
+    }
+    assert_eq!(bodies, ["m0", "m1", "m2", "m3", "m4"]);
+}

@@ -160,6 +160,16 @@ impl SqliteStore {
         })
     }
 
+    /// SQLite's own consistency check of the whole database: `["ok"]` when sound.
+    pub fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock()?;
+        let mut stmt = conn.prepare("PRAGMA integrity_check").map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
         self.conn
             .lock()

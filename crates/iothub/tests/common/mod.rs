@@ -187,6 +187,11 @@ impl TestHub {
             .expect("run iothub CLI")
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     /// Kills the server with SIGKILL (no chance to clean up).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -326,4 +331,123 @@ pub fn openssl_verification_cert(dir: &Path, conf: &str, code: &str, out: &str) 
         ],
     );
     out.to_string()
+}
+
+/// A raw MQTT device over rustls (blocking): presents whatever certificate file it is given, and
+/// sends and reads packets with the hub's own codec. For tests that need control a stock client
+/// does not give (withholding PUBACKs, presenting weak certificates, churning connections).
+pub struct RawDevice {
+    tls: rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    buf: bytes::BytesMut,
+}
+
+impl RawDevice {
+    /// Connects with `cert_pem` (leaf, then chain) and `key_pem` as `client`; returns the device
+    /// and the CONNACK code, or the TLS/IO error.
+    pub fn connect(
+        hub: &TestHub,
+        cert_pem: &Path,
+        key_pem: &Path,
+        client: &str,
+    ) -> Result<(RawDevice, u8), String> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let ca = std::fs::read(hub.data().join("tls/ca.pem")).map_err(|e| e.to_string())?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&ca) {
+            roots
+                .add(c.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(&std::fs::read(cert_pem).map_err(|e| e.to_string())?)
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&std::fs::read(key_pem).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("client cannot use its key: {e}"))?;
+        let conn = rustls::ClientConnection::new(
+            std::sync::Arc::new(config),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .map_err(|e| e.to_string())?;
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", hub.mqtt_port))
+            .map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        let mut device = RawDevice {
+            tls: rustls::StreamOwned::new(conn, tcp),
+            buf: bytes::BytesMut::new(),
+        };
+        device.send(&iothub_mqtt::codec::Packet::Connect(
+            iothub_mqtt::codec::Connect {
+                protocol_level: 4,
+                client_id: client.into(),
+                clean_session: false,
+                keep_alive: 60,
+                username: Some(format!("localhost/{client}/?api-version=2021-04-12")),
+                password: None,
+                will: None,
+            },
+        ))?;
+        match device.recv()? {
+            iothub_mqtt::codec::Packet::ConnAck(a) => Ok((device, a.code)),
+            other => Err(format!("expected CONNACK, got {other:?}")),
+        }
+    }
+
+    pub fn send(&mut self, packet: &iothub_mqtt::codec::Packet) -> Result<(), String> {
+        use std::io::Write;
+        let mut out = bytes::BytesMut::new();
+        iothub_mqtt::codec::encode(packet, &mut out).map_err(|e| e.to_string())?;
+        self.tls.write_all(&out).map_err(|e| e.to_string())
+    }
+
+    /// Reads the next packet (errors on close or after the 10 s read timeout).
+    pub fn recv(&mut self) -> Result<iothub_mqtt::codec::Packet, String> {
+        use std::io::Read;
+        loop {
+            if let Some(p) =
+                iothub_mqtt::codec::decode(&mut self.buf, 1 << 20).map_err(|e| e.to_string())?
+            {
+                return Ok(p);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.tls.read(&mut chunk).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("the hub closed the connection".into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Publishes at QoS 1 and waits for the PUBACK.
+    pub fn publish(&mut self, topic: &str, payload: &[u8], pkid: u16) -> Result<(), String> {
+        self.send(&iothub_mqtt::codec::Packet::Publish(
+            iothub_mqtt::codec::Publish {
+                dup: false,
+                qos: 1,
+                retain: false,
+                topic: topic.into(),
+                pkid,
+                payload: payload.to_vec().into(),
+            },
+        ))?;
+        match self.recv()? {
+            iothub_mqtt::codec::Packet::PubAck(id) if id == pkid => Ok(()),
+            other => Err(format!("expected PUBACK {pkid}, got {other:?}")),
+        }
+    }
+
+    pub fn disconnect(mut self) {
+        let _ = self.send(&iothub_mqtt::codec::Packet::Disconnect);
+    }
 }
