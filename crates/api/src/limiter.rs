@@ -78,6 +78,14 @@ pub(crate) async fn limit_auth_failures(
             return r;
         }
     }
+    // Any api-version is accepted (SDK generations send different dates); it is logged.
+    if let Some(version) = request
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("api-version=")))
+    {
+        tracing::debug!(api_version = %version, path = %request.uri().path(), "api-version");
+    }
     let response = next.run(request).await;
     if let (Some(ip), StatusCode::UNAUTHORIZED) = (ip, response.status()) {
         state.auth_limiter.record_failure(ip);

@@ -97,14 +97,13 @@ fn main() -> ExitCode {
         hub_ca: cli.hub_ca.clone(),
     };
     let result = match cli.command {
-        Command::Serve(args) => {
-            config::ServeConfig::resolve(Some(&cli.data), args.as_ref()).and_then(|config| {
+        Command::Serve(args) => config::ServeConfig::resolve(Some(&cli.data), args.as_ref())
+            .and_then(|config| {
                 tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
                     .build()?
                     .block_on(serve::run(config))
-            })
-        }
+            }),
         Command::Cert(cmd) => cli::cert(&target, cli.output, cmd),
         Command::Audit(args) => cli::audit(&target, cli.output, args),
         Command::Device(cmd) => device_cli::device(&target, cli.output, cmd),

@@ -22,6 +22,15 @@ use crate::config::ServeConfig;
 use crate::files::{create_private_dir, write_atomic};
 
 pub const CONNECTION_STRING_FILE: &str = "connection-string";
+
+/// Prints a status line to stdout, ignoring failures: the hub must keep serving (and never panic)
+/// when nobody reads its stdout any more, as under a supervisor that closed it.
+macro_rules! status {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
 pub const HUB_CA_FILE: &str = "tls/ca.pem";
 
 /// The system's host name, if it has one.
@@ -195,13 +204,13 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     )?;
     if new_owner.is_some() {
         // Shown once, on first start; afterwards it is in the file (mode 0600) only.
-        println!(
+        status!(
             "owner connection string (shown once; kept in {}):",
             data.join(CONNECTION_STRING_FILE).display()
         );
-        println!("  {conn_str}");
+        status!("  {conn_str}");
     }
-    println!(
+    status!(
         "hub TLS CA certificate: {}",
         data.join(HUB_CA_FILE).display()
     );
@@ -215,13 +224,13 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     } else {
         format!(":{}", https_addr.port())
     };
-    println!(
+    status!(
         "portal (single-use login link, valid {} s; 'iothub portal-link' makes another):\n  https://{}{port_part}/portal/login?token={link}",
         config.portal_link_lifetime_secs,
         connect_host(&config)
     );
-    println!("mqtt listening on {mqtt_addr}");
-    println!("https listening on {https_addr}");
+    status!("mqtt listening on {mqtt_addr}");
+    status!("https listening on {https_addr}");
     tracing::info!(%https_addr, %mqtt_addr, hub = %config.name, "iothub serving");
 
     // One shutdown signal for every listener.
@@ -278,12 +287,12 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         stopped(stop_rx),
     ));
     shutdown_signal().await;
-    println!("iothub stopping: no new connections; closing sessions");
+    status!("iothub stopping: no new connections; closing sessions");
     let _ = stop_tx.send(true);
     pruner.abort();
     let _ = api.await;
     let _ = gateway.await;
-    println!("iothub stopped");
+    status!("iothub stopped");
     Ok(())
 }
 

@@ -401,6 +401,33 @@ mod tests {
     }
 
     #[test]
+    fn device_ids_and_thumbprints() {
+        for ok in [
+            "sensor-1",
+            "a",
+            &"x".repeat(128),
+            "-.+%_#*?!(),=@$'",
+            "UPPER.lower",
+        ] {
+            assert!(validate_device_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", &"x".repeat(129), "a/b", "bad id", "é", "tab\t", "nul\0"] {
+            let e = validate_device_id(bad).unwrap_err();
+            assert!(e.to_string().contains("expected 1 to 128"), "{e}");
+        }
+        let sha1 = "97388663832d0393c9246cab4fba2c8677185a25";
+        assert_eq!(
+            normalize_thumbprint(sha1).unwrap(),
+            sha1.to_ascii_uppercase()
+        );
+        let colons = "AB:".repeat(31) + "AB";
+        assert_eq!(normalize_thumbprint(&colons).unwrap(), "AB".repeat(32));
+        for bad in ["", "XYZ", &"A".repeat(41), &"G".repeat(40)] {
+            assert!(normalize_thumbprint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_registered_ca_path_length_is_enforced() {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let root_key = KeyPair::generate().unwrap();

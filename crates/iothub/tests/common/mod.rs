@@ -60,10 +60,9 @@ impl TestHub {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            // Keep reading after the address is known: the hub's stdout must stay drained.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                let _ = tx.send(line);
             }
         });
         let mut lines = Vec::new();
@@ -190,6 +189,22 @@ impl TestHub {
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Waits for the server to exit by itself (after a signal sent elsewhere); its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Kills the server with SIGKILL (no chance to clean up).
@@ -350,6 +365,17 @@ impl RawDevice {
         key_pem: &Path,
         client: &str,
     ) -> Result<(RawDevice, u8), String> {
+        Self::connect_keep_alive(hub, cert_pem, key_pem, client, 60)
+    }
+
+    /// As [`RawDevice::connect`], with the CONNECT's keep-alive in seconds.
+    pub fn connect_keep_alive(
+        hub: &TestHub,
+        cert_pem: &Path,
+        key_pem: &Path,
+        client: &str,
+        keep_alive: u16,
+    ) -> Result<(RawDevice, u8), String> {
         use rustls_pki_types::pem::PemObject;
         use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
         let ca = std::fs::read(hub.data().join("tls/ca.pem")).map_err(|e| e.to_string())?;
@@ -392,7 +418,7 @@ impl RawDevice {
                 protocol_level: 4,
                 client_id: client.into(),
                 clean_session: false,
-                keep_alive: 60,
+                keep_alive,
                 username: Some(format!("localhost/{client}/?api-version=2021-04-12")),
                 password: None,
                 will: None,
