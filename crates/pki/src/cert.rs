@@ -121,10 +121,10 @@ impl CertInfo {
         let common_names = cert
             .subject()
             .iter_common_name()
+            // Decoded as the subject shows it (BMPString and UniversalString too); a CN that is no
+            // text at all is kept as hex, which no code or device id can equal.
             .map(|cn| {
-                cn.as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|_| hex::encode_upper(cn.as_slice()))
+                crate::dn::attribute_text(cn).unwrap_or_else(|| hex::encode_upper(cn.as_slice()))
             })
             .collect();
         Ok(CertInfo {

@@ -42,16 +42,33 @@ fn short_name(oid: &str) -> Option<&'static str> {
     })
 }
 
-fn render_attribute(attr: &AttributeTypeAndValue<'_>) -> String {
-    let oid = attr.attr_type().to_id_string();
+/// The text of a string-valued attribute (UTF8String, PrintableString, IA5String, T61String,
+/// BMPString, UniversalString), or None for other encodings or invalid text.
+pub fn attribute_text(attr: &AttributeTypeAndValue<'_>) -> Option<String> {
     let value = attr.attr_value();
-    let text = match value.header.tag() {
+    match value.header.tag() {
         Tag::Utf8String | Tag::PrintableString | Tag::Ia5String | Tag::T61String => {
             std::str::from_utf8(value.data).ok().map(str::to_owned)
         }
         Tag::BmpString => decode_utf16be(value.data),
+        Tag::UniversalString => decode_utf32be(value.data),
         _ => None,
-    };
+    }
+}
+
+fn decode_utf32be(data: &[u8]) -> Option<String> {
+    if data.len() % 4 != 0 {
+        return None;
+    }
+    data.chunks_exact(4)
+        .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+        .collect()
+}
+
+fn render_attribute(attr: &AttributeTypeAndValue<'_>) -> String {
+    let oid = attr.attr_type().to_id_string();
+    let value = attr.attr_value();
+    let text = attribute_text(attr);
     match (short_name(&oid), text) {
         (Some(short), Some(text)) => format!("{short}={}", escape_value(&text)),
         (short, _) => {

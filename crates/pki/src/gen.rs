@@ -122,10 +122,31 @@ impl CaIssuer {
         }
         let issuer = Issuer::from_ca_cert_der(&der.clone().into(), key)
             .map_err(|e| GenError::BadIssuer(e.to_string()))?;
-        Ok(CaIssuer {
+        let ca = CaIssuer {
             issuer,
             cert_pem: chain.iter().map(|d| crate::input::der_to_pem(d)).collect(),
-        })
+        };
+        // rcgen rebuilds the issuer name keeping one value per attribute type: a CA whose subject
+        // repeats one (two DC or OU values, say) would be named wrongly in everything it signs.
+        // Sign a probe and compare the name it carries with the CA's subject, byte for byte.
+        let probe = make_verification_cert(
+            "probe",
+            &ca,
+            OffsetDateTime::now_utc(),
+            Duration::minutes(1),
+        )?;
+        let probe_der =
+            crate::input::parse_certificate_input(probe.cert_pem.as_bytes(), usize::MAX)
+                .map_err(|e| GenError::BadIssuer(e.to_string()))?;
+        let (_, probe_cert) = x509_parser::parse_x509_certificate(&probe_der)
+            .map_err(|e| GenError::BadIssuer(e.to_string()))?;
+        if probe_cert.issuer().as_raw() != cert.subject().as_raw() {
+            return Err(GenError::BadIssuer(format!(
+                "its subject '{}' cannot be reproduced exactly by the built-in signer (an attribute type appears more than once); make the certificate with openssl instead",
+                crate::dn::rfc4514(cert.subject())
+            )));
+        }
+        Ok(ca)
     }
 
     /// The CA certificate followed by its chain, PEM.

@@ -58,14 +58,15 @@ pub fn parse_certificate_input(input: &[u8], max_len: usize) -> Result<Vec<u8>, 
 }
 
 fn parse_inner(input: &[u8], depth: u8) -> Result<Vec<u8>, InputError> {
+    // DER: a certificate is a SEQUENCE (0x30). It is recognised before any trimming: its last
+    // bytes (a signature) may well be 0x09-0x0D or 0x20, which are white space to text. PEM and
+    // base64 text never start with 0x30 ('0' is 0x30 too, but base64 of DER starts with 'M').
+    if input.first() == Some(&0x30) && !looks_like_text(input) {
+        return parse_der_exact(input);
+    }
     let trimmed = trim_ascii(input);
     if trimmed.is_empty() {
         return Err(InputError::Empty);
-    }
-    // DER: a certificate is a SEQUENCE (0x30). PEM and base64 text never start with 0x30 ('0' is 0x30
-    // too, but base64 of a DER certificate always starts with 'M').
-    if trimmed[0] == 0x30 && !looks_like_text(trimmed) {
-        return parse_der_exact(trimmed);
     }
     let text = std::str::from_utf8(trimmed).map_err(|_| InputError::NotACertificate {
         detail: "neither DER (it does not start with an ASN.1 SEQUENCE) nor UTF-8 text".into(),

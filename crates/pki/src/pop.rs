@@ -269,7 +269,11 @@ pub fn verify_proof(
             })
         }
     };
-    if !constant_time_eq(cn.to_ascii_uppercase().as_bytes(), live_code.as_bytes()) {
+    // Hex compared without regard to case: both sides upper-cased, whatever the stored code's case.
+    if !constant_time_eq(
+        cn.to_ascii_uppercase().as_bytes(),
+        live_code.to_ascii_uppercase().as_bytes(),
+    ) {
         return Err(ProofError::CnMismatch {
             found: cn.chars().take(96).collect(),
             expected_prefix: live_code.chars().take(8).collect(),
