@@ -110,7 +110,7 @@ impl Hub {
         let policies = store.list_policies()?;
         let (last_offset, _) = tokio::sync::watch::channel(store.last_message_offset()?);
         let last_offset = Arc::new(last_offset);
-        let telemetry = telemetry::TelemetryWriter::start(store.clone(), (*last_offset).clone());
+        let telemetry = telemetry::TelemetryWriter::start(store.clone(), (*last_offset).clone())?;
         let hub = Hub {
             store,
             config: Arc::new(config),

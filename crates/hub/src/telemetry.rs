@@ -25,7 +25,7 @@ impl TelemetryWriter {
     pub(crate) fn start(
         store: std::sync::Arc<dyn Store>,
         last: watch::Sender<i64>,
-    ) -> TelemetryWriter {
+    ) -> Result<TelemetryWriter, HubError> {
         let (tx, rx) = std_mpsc::channel::<(NewMessage, Reply)>();
         std::thread::Builder::new()
             .name("telemetry-writer".into())
@@ -60,10 +60,12 @@ impl TelemetryWriter {
                     }
                 }
             })
-            .expect("spawning the telemetry writer thread");
-        TelemetryWriter {
+            .map_err(|e| {
+                HubError::Internal(format!("cannot start the telemetry writer thread: {e}"))
+            })?;
+        Ok(TelemetryWriter {
             tx: std::sync::Mutex::new(tx),
-        }
+        })
     }
 }
 
