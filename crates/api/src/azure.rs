@@ -13,14 +13,17 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use iothub_hub::{CaView, HubError, PutCertificate};
+use iothub_hub::{CaView, HubError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::body::read_json;
 use crate::error::ApiError;
-use crate::routes::{audited, authenticate, blocking, if_match, AppState};
-use crate::shapes::{certificate_description, PutBody, VerifyBody};
+use crate::routes::{
+    audited, authenticate, blocking, if_match, read_put_certificate, read_verification_certificate,
+    AppState,
+};
+use crate::shapes::certificate_description;
 
 // ----- twins and direct methods ------------------------------------------------------------------
 
@@ -220,29 +223,7 @@ async fn arm_put(
     let who = authenticate(&state, &headers)?;
     check_resource(&state, &p)?;
     let name = cert_name(&p);
-    let parsed = async {
-        let parsed: PutBody = read_json(body, state.limits.max_request_bytes).await?;
-        let fields = parsed.properties.unwrap_or(parsed.legacy);
-        let certificate = fields.certificate.ok_or_else(|| {
-            ApiError::new(
-                "ArgumentInvalid",
-                "the body must carry properties.certificate",
-            )
-        })?;
-        Ok(PutCertificate {
-            certificate,
-            is_verified: fields.is_verified,
-        })
-    }
-    .await;
-    let request = audited(
-        &state,
-        &who,
-        "certificate.put",
-        format!("certificate/{name}"),
-        parsed,
-    )
-    .await?;
+    let request = read_put_certificate(&state, &who, &name, body).await?;
     let precondition = if_match(&headers);
     let (v, created) = blocking(&state, move |hub| {
         hub.put_certificate(&who, &name, &request, precondition.as_ref())
@@ -305,21 +286,7 @@ async fn arm_verify(
     let who = authenticate(&state, &headers)?;
     check_resource(&state, &p)?;
     let name = cert_name(&p);
-    let parsed = async {
-        let parsed: VerifyBody = read_json(body, state.limits.max_request_bytes).await?;
-        parsed
-            .certificate
-            .ok_or_else(|| ApiError::new("ArgumentInvalid", "the body must carry 'certificate'"))
-    }
-    .await;
-    let certificate = audited(
-        &state,
-        &who,
-        "certificate.verify",
-        format!("certificate/{name}"),
-        parsed,
-    )
-    .await?;
+    let certificate = read_verification_certificate(&state, &who, &name, body).await?;
     let precondition = if_match(&headers);
     let v = blocking(&state, move |hub| {
         hub.verify_certificate(&who, &name, precondition.as_ref(), &certificate)

@@ -212,6 +212,66 @@ where
         .map_err(ApiError::from)
 }
 
+/// Reads a certificate create-or-replace body (current or legacy shape) for `name`; a refusal is
+/// audited. Shared by the native and the management-plane routes.
+pub(crate) async fn read_put_certificate(
+    state: &AppState,
+    who: &Principal,
+    name: &str,
+    body: Body,
+) -> Result<PutCertificate, ApiError> {
+    let parsed = async {
+        let parsed: PutBody = read_json(body, state.limits.max_request_bytes).await?;
+        let fields = parsed.properties.unwrap_or(parsed.legacy);
+        let certificate = fields.certificate.ok_or_else(|| {
+            ApiError::new(
+                "ArgumentInvalid",
+                "the body must carry properties.certificate: the CA certificate as PEM text or base64 of DER",
+            )
+        })?;
+        Ok(PutCertificate {
+            certificate,
+            is_verified: fields.is_verified,
+        })
+    }
+    .await;
+    audited(
+        state,
+        who,
+        "certificate.put",
+        format!("certificate/{name}"),
+        parsed,
+    )
+    .await
+}
+
+/// Reads a verify body (`{"certificate": ...}`) for `name`; a refusal is audited.
+pub(crate) async fn read_verification_certificate(
+    state: &AppState,
+    who: &Principal,
+    name: &str,
+    body: Body,
+) -> Result<String, ApiError> {
+    let parsed = async {
+        let parsed: VerifyBody = read_json(body, state.limits.max_request_bytes).await?;
+        parsed.certificate.ok_or_else(|| {
+            ApiError::new(
+                "ArgumentInvalid",
+                "the body must carry 'certificate': the verification certificate as PEM text or base64 of DER",
+            )
+        })
+    }
+    .await;
+    audited(
+        state,
+        who,
+        "certificate.verify",
+        format!("certificate/{name}"),
+        parsed,
+    )
+    .await
+}
+
 fn with_etag(mut response: Response, etag: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
         response.headers_mut().insert(axum::http::header::ETAG, v);
@@ -255,30 +315,7 @@ async fn put_certificate(
 ) -> Result<Response, ApiError> {
     // Authenticate before reading the body, so an anonymous caller cannot make us parse anything.
     let who = authenticate(&state, &headers)?;
-    let parsed = async {
-        let parsed: PutBody = read_json(body, state.limits.max_request_bytes).await?;
-        let fields = parsed.properties.unwrap_or(parsed.legacy);
-        let certificate = fields.certificate.ok_or_else(|| {
-            ApiError::new(
-                "ArgumentInvalid",
-                "the body must carry properties.certificate: the CA certificate as PEM text or base64 of DER",
-            )
-        })?;
-        Ok((certificate, fields.is_verified))
-    }
-    .await;
-    let (certificate, is_verified) = audited(
-        &state,
-        &who,
-        "certificate.put",
-        format!("certificate/{name}"),
-        parsed,
-    )
-    .await?;
-    let request = PutCertificate {
-        certificate,
-        is_verified,
-    };
+    let request = read_put_certificate(&state, &who, &name, body).await?;
     let precondition = if_match(&headers);
     let (view, created) = blocking(&state, move |hub| {
         hub.put_certificate(&who, &name, &request, precondition.as_ref())
@@ -330,24 +367,7 @@ async fn verify_certificate(
     body: Body,
 ) -> Result<Response, ApiError> {
     let who = authenticate(&state, &headers)?;
-    let parsed = async {
-        let parsed: VerifyBody = read_json(body, state.limits.max_request_bytes).await?;
-        parsed.certificate.ok_or_else(|| {
-            ApiError::new(
-                "ArgumentInvalid",
-                "the body must carry 'certificate': the verification certificate as PEM text or base64 of DER",
-            )
-        })
-    }
-    .await;
-    let certificate = audited(
-        &state,
-        &who,
-        "certificate.verify",
-        format!("certificate/{name}"),
-        parsed,
-    )
-    .await?;
+    let certificate = read_verification_certificate(&state, &who, &name, body).await?;
     let precondition = if_match(&headers);
     let view = blocking(&state, move |hub| {
         hub.verify_certificate(&who, &name, precondition.as_ref(), &certificate)

@@ -230,21 +230,7 @@ impl Hub {
     ) -> Result<(), HubError> {
         match who.require(right, action) {
             Ok(()) => Ok(()),
-            Err(e) => {
-                let entry = iothub_store::NewAudit {
-                    time: self.now(),
-                    actor: who.policy.clone(),
-                    action: "authorization".into(),
-                    target: target.to_string(),
-                    success: false,
-                    code: Some(e.code().number.to_string()),
-                    detail: e.to_string(),
-                };
-                if let Err(store) = self.store.append_audit(&entry) {
-                    tracing::error!(error = %store, "could not audit a refused authorization");
-                }
-                Err(e)
-            }
+            Err(e) => self.refuse(who, "authorization", target, e),
         }
     }
 
@@ -258,15 +244,9 @@ impl Hub {
         code: u32,
         message: &str,
     ) {
-        let entry = iothub_store::NewAudit {
-            time: self.now(),
-            actor: who.policy.clone(),
-            action: action.to_string(),
-            target: target.to_string(),
-            success: false,
-            code: Some(code.to_string()),
-            detail: message.to_string(),
-        };
+        let mut entry = self.audit_entry(who, action, target, &Ok(message.to_string()));
+        entry.success = false;
+        entry.code = Some(code.to_string());
         if let Err(e) = self.store.append_audit(&entry) {
             tracing::error!(error = %e, "could not write an audit entry for a refusal");
         }

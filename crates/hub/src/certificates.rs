@@ -6,7 +6,7 @@
 
 use iothub_pki::pop::{self, CodeState};
 use iothub_pki::CertInfo;
-use iothub_store::{AuditEntry, AuditQuery, CaRecord, CodeRecord, Expect, NewAudit, StoreError};
+use iothub_store::{AuditEntry, AuditQuery, CaRecord, CodeRecord, Expect, StoreError};
 
 use crate::auth::{encode_etag, IfMatch, Principal, Right};
 use crate::{Hub, HubError};
@@ -64,43 +64,6 @@ impl Hub {
             updated: record.updated,
             verification_code_expiry,
         })
-    }
-
-    fn audit_entry(
-        &self,
-        who: &Principal,
-        action: &str,
-        name: &str,
-        outcome: &Result<String, HubError>,
-    ) -> NewAudit {
-        NewAudit {
-            time: self.now(),
-            actor: who.policy.clone(),
-            action: action.to_string(),
-            target: target(name),
-            success: outcome.is_ok(),
-            code: outcome.as_ref().err().map(|e| e.code().number.to_string()),
-            detail: match outcome {
-                Ok(detail) => detail.clone(),
-                Err(e) => e.to_string(),
-            },
-        }
-    }
-
-    /// Records a refusal in the audit log, then returns it. If the audit write itself fails, the
-    /// refusal is still returned (and the failure logged): the caller's answer must not change.
-    fn refuse<T>(
-        &self,
-        who: &Principal,
-        action: &str,
-        name: &str,
-        err: HubError,
-    ) -> Result<T, HubError> {
-        let entry = self.audit_entry(who, action, name, &Err(err.clone()));
-        if let Err(e) = self.store.append_audit(&entry) {
-            tracing::error!(error = %e, "could not write an audit entry for a refusal");
-        }
-        Err(err)
     }
 
     fn load(&self, name: &str) -> Result<CaRecord, HubError> {
@@ -184,7 +147,7 @@ impl Hub {
         let run = || self.put_inner(who, name, request, if_match);
         match run() {
             Ok(done) => Ok(done),
-            Err(e) => self.refuse(who, ACTION, name, e),
+            Err(e) => self.refuse(who, ACTION, &target(name), e),
         }
     }
 
@@ -265,7 +228,7 @@ impl Hub {
                 "Unverified"
             }
         );
-        let audit = self.audit_entry(who, "certificate.put", name, &Ok(detail));
+        let audit = self.audit_entry(who, "certificate.put", &target(name), &Ok(detail));
         let stored = self
             .store
             .write_ca(&record, expect, &audit)
@@ -295,7 +258,7 @@ impl Hub {
             let audit = self.audit_entry(
                 who,
                 ACTION,
-                name,
+                &target(name),
                 &Ok(format!("deleted (thumbprint {})", record.thumbprint)),
             );
             self.store
@@ -304,7 +267,7 @@ impl Hub {
             self.trust_changed();
             Ok(())
         };
-        run().or_else(|e| self.refuse(who, ACTION, name, e))
+        run().or_else(|e| self.refuse(who, ACTION, &target(name), e))
     }
 
     /// Generates a fresh verification code for a CA, replacing any earlier one. Returns the view,
@@ -342,7 +305,7 @@ impl Hub {
             let audit = self.audit_entry(
                 who,
                 ACTION,
-                name,
+                &target(name),
                 &Ok(format!(
                     "verification code generated, live until {}",
                     pop::format_time(expires_at)
@@ -354,7 +317,7 @@ impl Hub {
                 .map_err(|e| Self::store_error(name, &record.thumbprint, e, if_match))?;
             Ok((self.view(&stored)?, code, expires_at))
         };
-        run().or_else(|e| self.refuse(who, ACTION, name, e))
+        run().or_else(|e| self.refuse(who, ACTION, &target(name), e))
     }
 
     /// Verifies proof of possession with a verification certificate. On success the CA is Verified
@@ -405,7 +368,7 @@ impl Hub {
             let audit = self.audit_entry(
                 who,
                 ACTION,
-                name,
+                &target(name),
                 &Ok(format!(
                     "Verified: proof of possession by verification certificate {} (thumbprint {})",
                     proof.subject, proof.thumbprint_sha1
@@ -418,7 +381,7 @@ impl Hub {
             self.trust_changed();
             self.view(&stored)
         };
-        run().or_else(|e| self.refuse(who, ACTION, name, e))
+        run().or_else(|e| self.refuse(who, ACTION, &target(name), e))
     }
 
     /// The audit log, newest first.

@@ -5,7 +5,7 @@
 //! is handed to the session registry at once, which closes the sessions it no longer admits.
 
 use iothub_pki::device::{normalize_thumbprint, validate_device_id};
-use iothub_store::{DeviceActivity, DeviceRecord, Expect, NewAudit, StoreError};
+use iothub_store::{DeviceActivity, DeviceRecord, Expect, StoreError};
 
 use crate::auth::{encode_etag, IfMatch, Principal, Right};
 use crate::{Hub, HubError};
@@ -147,41 +147,6 @@ impl Hub {
             activity,
             c2d_queued,
         })
-    }
-
-    fn device_audit(
-        &self,
-        who: &Principal,
-        action: &str,
-        id: &str,
-        outcome: &Result<String, HubError>,
-    ) -> NewAudit {
-        NewAudit {
-            time: self.now(),
-            actor: who.policy.clone(),
-            action: action.to_string(),
-            target: target(id),
-            success: outcome.is_ok(),
-            code: outcome.as_ref().err().map(|e| e.code().number.to_string()),
-            detail: match outcome {
-                Ok(d) => d.clone(),
-                Err(e) => e.to_string(),
-            },
-        }
-    }
-
-    fn device_refuse<T>(
-        &self,
-        who: &Principal,
-        action: &str,
-        id: &str,
-        err: HubError,
-    ) -> Result<T, HubError> {
-        let entry = self.device_audit(who, action, id, &Err(err.clone()));
-        if let Err(e) = self.store.append_audit(&entry) {
-            tracing::error!(error = %e, "could not write an audit entry for a refusal");
-        }
-        Err(err)
     }
 
     fn device_store_error(id: &str, e: StoreError, given: Option<&IfMatch>) -> HubError {
@@ -328,7 +293,7 @@ impl Hub {
                 status,
                 auth.type_name()
             );
-            let audit = self.device_audit(who, ACTION, id, &Ok(detail));
+            let audit = self.audit_entry(who, ACTION, &target(id), &Ok(detail));
             let stored = self
                 .store
                 .write_device(&record, expect, &audit)
@@ -338,7 +303,7 @@ impl Hub {
             }
             Ok((self.device_view(stored)?, created))
         };
-        run().or_else(|e| self.device_refuse(who, ACTION, id, e))
+        run().or_else(|e| self.refuse(who, ACTION, &target(id), e))
     }
 
     /// Sets a device's status (enable or disable), keeping everything else.
@@ -388,13 +353,13 @@ impl Hub {
                     });
                 }
             }
-            let audit = self.device_audit(who, ACTION, id, &Ok("deleted device".into()));
+            let audit = self.audit_entry(who, ACTION, &target(id), &Ok("deleted device".into()));
             self.store
                 .delete_device(id, Some(record.etag), &audit)
                 .map_err(|e| Self::device_store_error(id, e, if_match))?;
             self.revalidate_device_sessions(id);
             Ok(())
         };
-        run().or_else(|e| self.device_refuse(who, ACTION, id, e))
+        run().or_else(|e| self.refuse(who, ACTION, &target(id), e))
     }
 }

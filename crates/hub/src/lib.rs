@@ -5,6 +5,7 @@
 //! of [`Hub`]; no adapter repeats a rule. Everything here is synchronous and runs on a blocking
 //! thread: the store is SQLite, and the rules are pure CPU work from `iothub-pki`.
 
+pub mod audit;
 pub mod auth;
 pub mod c2d;
 pub mod certificates;
