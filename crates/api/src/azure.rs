@@ -166,6 +166,14 @@ fn arm_id(plane: Plane, p: &ArmPath, name: &str) -> String {
 fn describe(plane: Plane, p: &ArmPath, v: &CaView) -> Value {
     let mut d = certificate_description(v, &arm_id(plane, p, &v.name));
     d["type"] = Value::String(plane.resource_type().into());
+    if plane == Plane::Dps {
+        // The DPS SDK types `certificate` as bytes with a base64 wire format (it sends base64 of
+        // the PEM text): answer in kind, so that it reads back the PEM it uploaded.
+        use base64::Engine as _;
+        let pem = v.info.pem();
+        d["properties"]["certificate"] =
+            Value::String(base64::engine::general_purpose::STANDARD.encode(pem.as_bytes()));
+    }
     d
 }
 

@@ -127,7 +127,11 @@ pub(crate) async fn list_devices(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     });
-    let top = params.top.unwrap_or(100).clamp(1, 1000);
+    // As Azure: up to 1000, and any value outside 1-1000 counts as 1000.
+    let top = match params.top {
+        Some(t) if (1..=1000).contains(&t) => t,
+        _ => 1000,
+    };
     let views = blocking(&state, move |hub| {
         hub.list_devices(&who, after.as_deref(), top)
     })

@@ -191,16 +191,19 @@ pub(crate) async fn run(
             return;
         }
     };
+    let clean_session = connect.clean_session;
     let admission = {
         let (hub, request) = (hub.clone(), request.clone());
-        match tokio::task::spawn_blocking(move || hub.open_session(&request, method)).await {
+        match tokio::task::spawn_blocking(move || hub.open_session(&request, method, clean_session))
+            .await
+        {
             Ok(a) => a,
             Err(_) => return,
         }
     };
     if conn
         .write_packet(&Packet::ConnAck(ConnAck {
-            session_present: false,
+            session_present: admission.resumed.is_some(),
             code: codec::CONNACK_ACCEPTED,
         }))
         .await
@@ -215,11 +218,14 @@ pub(crate) async fn run(
     }
 
     let keep_alive = connect.keep_alive.min(limits.max_keep_alive);
+    let resumed = admission.resumed.unwrap_or_default();
     let mut state = SessionState {
         device_id: admission.device_id.clone(),
         session_id: admission.session_id,
-        c2d_subscribed: false,
-        desired_subscribed: false,
+        persistent: !clean_session,
+        c2d_subscribed: resumed.c2d,
+        desired_subscribed: resumed.desired,
+        methods_subscribed: resumed.methods,
         max_inflight: limits.max_inflight.max(1),
         c2d_more: false,
         inflight: HashMap::new(),
@@ -227,6 +233,12 @@ pub(crate) async fn run(
         last_touch: Instant::now(),
     };
     let mut signals = admission.signals;
+    // A resumed session was subscribed to C2D: what waits is delivered now, as after SUBSCRIBE.
+    if state.c2d_subscribed {
+        if let Err(e) = deliver_c2d(&mut conn, &hub, &mut state).await {
+            hub.record_refusal(&admission.device_id, &remote, &e);
+        }
+    }
     let end = serve_session(
         &mut conn,
         &hub,
@@ -266,7 +278,11 @@ pub(crate) async fn run(
 struct SessionState {
     device_id: String,
     session_id: u64,
+    /// CleanSession=0: subscriptions are kept for the device's next connection.
+    persistent: bool,
     c2d_subscribed: bool,
+    /// Subscribed to `$iothub/methods/POST/#`.
+    methods_subscribed: bool,
     /// Subscribed to `$iothub/twin/PATCH/properties/desired/#`.
     desired_subscribed: bool,
     max_inflight: usize,
@@ -422,15 +438,11 @@ async fn serve_session(
                     } else if filter.starts_with("$iothub/twin/PATCH/properties/desired") {
                         state.desired_subscribed = true;
                     } else if filter.starts_with("$iothub/methods/POST") {
-                        let (hub, id, sid) =
-                            (hub.clone(), state.device_id.clone(), state.session_id);
-                        let _ = tokio::task::spawn_blocking(move || {
-                            hub.set_methods_subscribed(&id, sid, true)
-                        })
-                        .await;
+                        state.methods_subscribed = true;
                     }
                     codes.push((*qos).min(1));
                 }
+                report_subscriptions(hub, state).await;
                 if let Err(e) = conn
                     .write_packet(&Packet::SubAck(SubAck {
                         pkid: s.pkid,
@@ -453,14 +465,10 @@ async fn serve_session(
                     } else if f.starts_with("$iothub/twin/PATCH/properties/desired") {
                         state.desired_subscribed = false;
                     } else if f.starts_with("$iothub/methods/POST") {
-                        let (hub, id, sid) =
-                            (hub.clone(), state.device_id.clone(), state.session_id);
-                        let _ = tokio::task::spawn_blocking(move || {
-                            hub.set_methods_subscribed(&id, sid, false)
-                        })
-                        .await;
+                        state.methods_subscribed = false;
                     }
                 }
+                report_subscriptions(hub, state).await;
                 if let Err(e) = conn.write_packet(&Packet::UnsubAck(u.pkid)).await {
                     return End::Normal(e);
                 }
@@ -562,6 +570,25 @@ async fn handle_publish(
         }
     }
     Ok(())
+}
+
+/// Tells the hub what the session is subscribed to (direct methods are routed to subscribed
+/// sessions; with CleanSession=0 the set is restored on the device's next connection).
+async fn report_subscriptions(hub: &Hub, state: &SessionState) {
+    let subs = iothub_hub::Subscriptions {
+        c2d: state.c2d_subscribed,
+        desired: state.desired_subscribed,
+        methods: state.methods_subscribed,
+    };
+    let (hub, id, sid, persistent) = (
+        hub.clone(),
+        state.device_id.clone(),
+        state.session_id,
+        state.persistent,
+    );
+    let _ =
+        tokio::task::spawn_blocking(move || hub.remember_subscriptions(&id, sid, subs, persistent))
+            .await;
 }
 
 /// Acknowledges a QoS 1 PUBLISH (nothing to do for QoS 0).

@@ -135,7 +135,7 @@ pub fn record_auth(r: &DeviceRecord) -> Option<DeviceAuth> {
 
 impl Hub {
     pub(crate) fn device_view(&self, record: DeviceRecord) -> Result<DeviceView, HubError> {
-        let activity = self.store.get_device_activity(&record.device_id)?;
+        let activity = self.device_activity(&record.device_id)?;
         let connected = self.is_connected(&record.device_id);
         let c2d_queued = self
             .store
@@ -357,6 +357,8 @@ impl Hub {
             self.store
                 .delete_device(id, Some(record.etag), &audit)
                 .map_err(|e| Self::device_store_error(id, e, if_match))?;
+            self.forget_activity(id);
+            self.forget_session_state(id);
             self.revalidate_device_sessions(id);
             Ok(())
         };

@@ -5,6 +5,7 @@
 //! of [`Hub`]; no adapter repeats a rule. Everything here is synchronous and runs on a blocking
 //! thread: the store is SQLite, and the rules are pure CPU work from `iothub-pki`.
 
+pub mod activity;
 pub mod audit;
 pub mod auth;
 pub mod c2d;
@@ -30,7 +31,9 @@ pub use clock::{Clock, SystemClock};
 pub use devices::{DeviceAuth, DeviceView, PutDevice};
 pub use error::{ErrorCode, HubError};
 use iothub_store::{PolicyRecord, Store};
-pub use sessions::{Admission, AuthMethod, ConnectRequest, Refusal, SessionInfo, SessionSignal};
+pub use sessions::{
+    Admission, AuthMethod, ConnectRequest, Refusal, SessionInfo, SessionSignal, Subscriptions,
+};
 
 /// Settings of the service layer (the binary maps flags, environment and TOML onto these).
 #[derive(Debug, Clone)]
@@ -99,6 +102,8 @@ pub struct Hub {
     pub(crate) last_offset: Arc<tokio::sync::watch::Sender<i64>>,
     /// Direct-method calls waiting for their device's answer, by request id.
     pub(crate) methods: Arc<Mutex<methods::PendingCalls>>,
+    /// Device connection facts waiting to be written (see `activity`).
+    pub(crate) activity: Arc<activity::ActivityBuffer>,
 }
 
 impl Hub {
@@ -112,6 +117,7 @@ impl Hub {
         let (last_offset, _) = tokio::sync::watch::channel(store.last_message_offset()?);
         let last_offset = Arc::new(last_offset);
         let telemetry = telemetry::TelemetryWriter::start(store.clone(), (*last_offset).clone())?;
+        let activity = activity::ActivityBuffer::start(store.clone())?;
         let hub = Hub {
             store,
             config: Arc::new(config),
@@ -122,6 +128,7 @@ impl Hub {
             telemetry: Arc::new(telemetry),
             last_offset,
             methods: Arc::new(Mutex::new(std::collections::HashMap::new())),
+            activity,
         };
         hub.rebuild_trust()?;
         Ok(hub)

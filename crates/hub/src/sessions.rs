@@ -65,6 +65,18 @@ pub enum SessionSignal {
     },
 }
 
+/// What a device has subscribed to, kept across connections while it uses CleanSession=0
+/// (the Azure device SDK subscribes once and relies on the session to persist).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Subscriptions {
+    /// `devices/{id}/messages/devicebound/#`
+    pub c2d: bool,
+    /// `$iothub/twin/PATCH/properties/desired/#`
+    pub desired: bool,
+    /// `$iothub/methods/POST/#`
+    pub methods: bool,
+}
+
 /// An admitted device session, as the gateway holds it.
 #[derive(Debug)]
 pub struct Admission {
@@ -72,6 +84,9 @@ pub struct Admission {
     pub session_id: u64,
     pub method: AuthMethod,
     pub signals: mpsc::UnboundedReceiver<SessionSignal>,
+    /// The subscriptions of the device's persistent session, if it resumed one (CONNACK
+    /// session present = 1).
+    pub resumed: Option<Subscriptions>,
 }
 
 struct SessionEntry {
@@ -106,6 +121,8 @@ pub struct SessionInfo {
 #[derive(Default)]
 pub(crate) struct Sessions {
     live: HashMap<String, SessionEntry>,
+    /// Subscriptions of devices using CleanSession=0, kept in memory between their connections.
+    persistent: HashMap<String, Subscriptions>,
     refusals: VecDeque<Refusal>,
 }
 
@@ -224,8 +241,8 @@ impl Hub {
                     .collect();
                 let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
                 token
-                    .check(&format!("device '{id}'"), &refs, now)
-                    .map_err(|e| e.to_string().replace("policy ", ""))?;
+                    .check(id, &refs, now)
+                    .map_err(|e| e.to_string().replace("policy '", "device '"))?;
                 let resource = token.resource();
                 let expected_suffix = format!("/devices/{id}");
                 let host_ok = resource
@@ -246,7 +263,12 @@ impl Hub {
     }
 
     /// Registers an admitted session; an older session of the same device is closed.
-    pub fn open_session(&self, req: &ConnectRequest, method: AuthMethod) -> Admission {
+    pub fn open_session(
+        &self,
+        req: &ConnectRequest,
+        method: AuthMethod,
+        clean_session: bool,
+    ) -> Admission {
         let (tx, rx) = mpsc::unbounded_channel();
         let session_id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         let now = self.now();
@@ -259,15 +281,26 @@ impl Hub {
             tx,
             methods: false,
         };
-        if let Some(old) = self.sessions().live.insert(req.client_id.clone(), entry) {
+        let mut sessions = self.sessions();
+        let resumed = if clean_session {
+            sessions.persistent.remove(&req.client_id);
+            None
+        } else {
+            sessions.persistent.get(&req.client_id).copied()
+        };
+        let mut entry = entry;
+        entry.methods = resumed.is_some_and(|r| r.methods);
+        let previous = sessions.live.insert(req.client_id.clone(), entry);
+        drop(sessions);
+        if let Some(old) = previous {
             let _ = old.tx.send(SessionSignal::Close(format!(
                 "a new connection of device '{}' from {} replaced this one",
                 req.client_id, req.remote
             )));
         }
-        let _ = self.store.update_device_activity(
+        self.record_activity(
             &req.client_id,
-            &DeviceActivity {
+            DeviceActivity {
                 last_activity: Some(now),
                 last_connected: Some(now),
                 ..Default::default()
@@ -279,7 +312,32 @@ impl Hub {
             session_id,
             method,
             signals: rx,
+            resumed,
         }
+    }
+
+    /// Records a session's current subscriptions: for routing direct methods, and, when the
+    /// device uses CleanSession=0, to restore them on its next connection.
+    pub fn remember_subscriptions(
+        &self,
+        device_id: &str,
+        session_id: u64,
+        subs: Subscriptions,
+        persistent: bool,
+    ) {
+        let mut sessions = self.sessions();
+        match sessions.live.get_mut(device_id) {
+            Some(e) if e.session_id == session_id => e.methods = subs.methods,
+            _ => return,
+        }
+        if persistent {
+            sessions.persistent.insert(device_id.to_string(), subs);
+        }
+    }
+
+    /// Forgets the persistent session of a deleted device.
+    pub(crate) fn forget_session_state(&self, device_id: &str) {
+        self.sessions().persistent.remove(device_id);
     }
 
     /// Removes a session (if it is still the registered one for its device).
@@ -292,9 +350,9 @@ impl Hub {
             s.live.remove(device_id);
         }
         drop(s);
-        let _ = self.store.update_device_activity(
+        self.record_activity(
             device_id,
-            &DeviceActivity {
+            DeviceActivity {
                 last_activity: Some(self.now()),
                 ..Default::default()
             },
@@ -319,9 +377,9 @@ impl Hub {
             }
         }
         if validate_device_id(client_id).is_ok() {
-            let _ = self.store.update_device_activity(
+            self.record_activity(
                 client_id,
-                &DeviceActivity {
+                DeviceActivity {
                     last_refusal: Some(reason.to_string()),
                     last_refusal_time: Some(now),
                     ..Default::default()
@@ -430,15 +488,6 @@ impl Hub {
         }
     }
 
-    /// Records that a session subscribed to direct methods.
-    pub fn set_methods_subscribed(&self, device_id: &str, session_id: u64, subscribed: bool) {
-        if let Some(e) = self.sessions().live.get_mut(device_id) {
-            if e.session_id == session_id {
-                e.methods = subscribed;
-            }
-        }
-    }
-
     pub(crate) fn session_subscribed_to_methods(&self, device_id: &str) -> bool {
         self.sessions()
             .live
@@ -448,9 +497,9 @@ impl Hub {
 
     /// Marks activity of a connected device (throttled by the caller).
     pub fn touch_device(&self, device_id: &str) {
-        let _ = self.store.update_device_activity(
+        self.record_activity(
             device_id,
-            &DeviceActivity {
+            DeviceActivity {
                 last_activity: Some(self.now()),
                 ..Default::default()
             },

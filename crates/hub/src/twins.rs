@@ -140,7 +140,7 @@ impl Hub {
             .store
             .get_device(&t.device_id)?
             .ok_or_else(|| HubError::DeviceNotFound(t.device_id.clone()))?;
-        let activity = self.store.get_device_activity(&t.device_id)?;
+        let activity = self.device_activity(&t.device_id)?;
         let connected = self.is_connected(&t.device_id);
         Ok(json!({
             "deviceId": t.device_id,
@@ -169,7 +169,7 @@ impl Hub {
     pub fn get_twin(&self, who: &Principal, id: &str) -> Result<Value, HubError> {
         self.authorize(
             who,
-            Right::RegistryRead,
+            Right::ServiceConnect,
             "read twins",
             &format!("device/{id}"),
         )?;
@@ -192,7 +192,7 @@ impl Hub {
     ) -> Result<Value, HubError> {
         self.authorize(
             who,
-            Right::RegistryWrite,
+            Right::ServiceConnect,
             "update twins",
             &format!("device/{id}"),
         )?;

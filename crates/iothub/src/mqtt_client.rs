@@ -54,6 +54,9 @@ impl MqttClient {
         let tcp = TcpStream::connect(addr)
             .await
             .with_context(|| format!("cannot reach {addr}"))?;
+        // Small request/response packets: without this, Nagle's algorithm holds CONNECT back
+        // until the server's (delayed) ACK, about 40 ms per connect.
+        tcp.set_nodelay(true)?;
         let name = ServerName::try_from(server_name.to_string())?;
         let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, tcp)

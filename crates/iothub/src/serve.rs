@@ -268,6 +268,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             }
         })
     };
+    let flush_hub = hub.clone();
     let router = iothub_api::router(
         hub,
         iothub_api::ApiLimits {
@@ -292,6 +293,8 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     pruner.abort();
     let _ = api.await;
     let _ = gateway.await;
+    // Connection facts still pending (last activity, last refusal) are written before exit.
+    flush_hub.flush_activity();
     status!("iothub stopped");
     Ok(())
 }

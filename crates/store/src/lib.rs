@@ -264,6 +264,12 @@ pub trait Store: Send + Sync + 'static {
         device_id: &str,
         update: &DeviceActivity,
     ) -> Result<(), StoreError>;
+    /// Records the connection facts of many devices in one transaction; devices that no longer
+    /// exist are skipped.
+    fn update_device_activities(
+        &self,
+        updates: &[(String, DeviceActivity)],
+    ) -> Result<(), StoreError>;
 
     /// Appends messages in one transaction (durable when it returns); returns their offsets.
     fn append_messages(&self, messages: &[NewMessage]) -> Result<Vec<i64>, StoreError>;

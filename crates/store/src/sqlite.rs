@@ -617,6 +617,40 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn update_device_activities(
+        &self,
+        updates: &[(String, DeviceActivity)],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO device_activity (device_id, last_activity, last_connected, last_refusal, last_refusal_time)
+                     SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM device WHERE device_id = ?1)
+                     ON CONFLICT(device_id) DO UPDATE SET
+                       last_activity = COALESCE(excluded.last_activity, last_activity),
+                       last_connected = COALESCE(excluded.last_connected, last_connected),
+                       last_refusal = COALESCE(excluded.last_refusal, last_refusal),
+                       last_refusal_time = COALESCE(excluded.last_refusal_time, last_refusal_time)",
+                )
+                .map_err(backend)?;
+            for (id, u) in updates {
+                stmt.execute(params![
+                    id,
+                    u.last_activity,
+                    u.last_connected,
+                    u.last_refusal,
+                    u.last_refusal_time
+                ])
+                .map_err(backend)?;
+            }
+        }
+        tx.commit().map_err(backend)
+    }
+
     fn append_messages(&self, messages: &[NewMessage]) -> Result<Vec<i64>, StoreError> {
         let mut conn = self.lock()?;
         let tx = conn
