@@ -258,6 +258,33 @@ fn c2d_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<C2dRecord> {
     })
 }
 
+/// The etag of the row `key` of `table` (keyed by `column`), if it exists.
+fn current_etag(
+    tx: &rusqlite::Transaction<'_>,
+    table: &str,
+    column: &str,
+    key: &str,
+) -> Result<Option<i64>, StoreError> {
+    tx.query_row(
+        &format!("SELECT etag FROM {table} WHERE {column} = ?1"),
+        [key],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(backend)
+}
+
+/// The precondition of a delete: the row exists and, when given, its etag is `want`.
+fn check_delete(current: Option<i64>, want: Option<u64>) -> Result<(), StoreError> {
+    match (current, want) {
+        (None, _) => Err(StoreError::NotFound),
+        (Some(have), Some(want)) if have as u64 != want => Err(StoreError::EtagMismatch {
+            current: have as u64,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a write precondition against the current etag of a row (None: no row).
 fn check_expect(
     tx: &rusqlite::Transaction<'_>,
@@ -316,14 +343,7 @@ impl Store for SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
-        let current: Option<i64> = tx
-            .query_row(
-                "SELECT etag FROM ca_certificate WHERE name = ?1",
-                [&record.name],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(backend)?;
+        let current = current_etag(&tx, "ca_certificate", "name", &record.name)?;
         check_expect(&tx, expect, current, "SELECT COUNT(*) FROM ca_certificate")?;
         let other: Option<String> = tx
             .query_row(
@@ -371,23 +391,8 @@ impl Store for SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
-        let current: Option<i64> = tx
-            .query_row(
-                "SELECT etag FROM ca_certificate WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(backend)?;
-        match (current, etag) {
-            (None, _) => return Err(StoreError::NotFound),
-            (Some(have), Some(want)) if have as u64 != want => {
-                return Err(StoreError::EtagMismatch {
-                    current: have as u64,
-                })
-            }
-            _ => {}
-        }
+        let current = current_etag(&tx, "ca_certificate", "name", name)?;
+        check_delete(current, etag)?;
         tx.execute("DELETE FROM ca_certificate WHERE name = ?1", [name])
             .map_err(backend)?;
         insert_audit(&tx, audit)?;
@@ -498,14 +503,7 @@ impl Store for SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
-        let current: Option<i64> = tx
-            .query_row(
-                "SELECT etag FROM device WHERE device_id = ?1",
-                [&record.device_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(backend)?;
+        let current = current_etag(&tx, "device", "device_id", &record.device_id)?;
         check_expect(&tx, expect, current, "SELECT COUNT(*) FROM device")?;
         let etag = next_etag(&tx)?;
         tx.execute(
@@ -545,23 +543,8 @@ impl Store for SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
-        let current: Option<i64> = tx
-            .query_row(
-                "SELECT etag FROM device WHERE device_id = ?1",
-                [device_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(backend)?;
-        match (current, etag) {
-            (None, _) => return Err(StoreError::NotFound),
-            (Some(have), Some(want)) if have as u64 != want => {
-                return Err(StoreError::EtagMismatch {
-                    current: have as u64,
-                })
-            }
-            _ => {}
-        }
+        let current = current_etag(&tx, "device", "device_id", device_id)?;
+        check_delete(current, etag)?;
         tx.execute("DELETE FROM device WHERE device_id = ?1", [device_id])
             .map_err(backend)?;
         tx.execute(
