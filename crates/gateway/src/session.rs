@@ -38,6 +38,20 @@ struct Conn {
     stream: TlsStream<TcpStream>,
     buf: BytesMut,
     max_packet: usize,
+    /// The configured `--max-message-bytes`, named when a packet is refused for its size.
+    max_message: usize,
+}
+
+/// Why a packet could not be decoded, naming the configured message limit (the packet limit is
+/// that plus room for the topic and properties, which is not a number the operator set).
+fn protocol_error_text(e: &codec::DecodeError, max_message: usize) -> String {
+    match e {
+        codec::DecodeError::PacketTooLarge { size, .. } => format!(
+            "protocol error: a packet of {size} bytes exceeds the limit (messages up to \
+             {max_message} bytes, --max-message-bytes, plus 64 KiB for topic and properties)"
+        ),
+        other => format!("protocol error: {other}"),
+    }
 }
 
 /// Why reading a packet failed.
@@ -115,6 +129,7 @@ pub(crate) async fn run(
         stream: tls,
         buf: BytesMut::with_capacity(4096),
         max_packet: limits.max_message_bytes + 64 * 1024,
+        max_message: limits.max_message_bytes,
     };
 
     // CONNECT must come first, within the handshake timeout.
@@ -139,7 +154,11 @@ pub(crate) async fn run(
                     }))
                     .await;
             }
-            hub.record_refusal("", &remote, &error.to_string());
+            let reason = match &error {
+                ReadError::Protocol(e) => protocol_error_text(e, conn.max_message),
+                ReadError::Io(_) => error.to_string(),
+            };
+            hub.record_refusal("", &remote, &reason);
             return;
         }
         Err(_) => {
@@ -349,7 +368,7 @@ async fn serve_session(
         let packet = match codec::decode(&mut conn.buf, conn.max_packet) {
             Ok(Some(p)) => Some(p),
             Ok(None) => None,
-            Err(e) => return End::Cause(format!("protocol error: {e}")),
+            Err(e) => return End::Cause(protocol_error_text(&e, conn.max_message)),
         };
         let packet = match packet {
             Some(p) => p,
@@ -658,7 +677,8 @@ async fn deliver_c2d(conn: &mut Conn, hub: &Hub, state: &mut SessionState) -> Re
             .unwrap_or_default();
         let topic = topics::c2d_topic(&m.device_id, &topics::encode_property_bag(&system, &custom));
         let publish = Packet::Publish(Publish {
-            dup: false,
+            // Sent before (an earlier session, or a resumed one): MQTT-3.3.1-1 wants DUP set.
+            dup: m.delivery_count > 0,
             qos: 1,
             retain: false,
             topic,

@@ -97,6 +97,11 @@ pub struct Hub {
     pub(crate) policies: Arc<RwLock<Vec<PolicyRecord>>>,
     /// The trust snapshot (registered CAs by subject), swapped on every CA change.
     pub(crate) trust: Arc<ArcSwap<TrustIndex>>,
+    /// Orders trust rebuilds: each takes a ticket before it reads the CAs, and a snapshot is
+    /// stored only if no rebuild with a later ticket has stored one. Without this two concurrent
+    /// rebuilds can finish out of order and a stale snapshot (one that still holds a deleted CA)
+    /// wins. (Next ticket, newest stored ticket.)
+    pub(crate) trust_tickets: Arc<(std::sync::atomic::AtomicU64, Mutex<u64>)>,
     pub(crate) sessions: Arc<Mutex<sessions::Sessions>>,
     pub(crate) telemetry: Arc<telemetry::TelemetryWriter>,
     pub(crate) last_offset: Arc<tokio::sync::watch::Sender<i64>>,
@@ -124,6 +129,7 @@ impl Hub {
             clock,
             policies: Arc::new(RwLock::new(policies)),
             trust: Arc::new(ArcSwap::from_pointee(TrustIndex::default())),
+            trust_tickets: Arc::new((std::sync::atomic::AtomicU64::new(1), Mutex::new(0))),
             sessions: Arc::new(Mutex::new(sessions::Sessions::default())),
             telemetry: Arc::new(telemetry),
             last_offset,

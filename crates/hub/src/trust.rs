@@ -18,6 +18,10 @@ impl Hub {
 
     /// Rebuilds the trust snapshot from the store, then re-checks live sessions against it.
     pub fn rebuild_trust(&self) -> Result<(), HubError> {
+        // A ticket taken after this caller's change landed: whatever snapshot finally stays has a
+        // ticket at least this high, so it was read after the change (see `Hub::trust_tickets`).
+        let (next_ticket, newest_stored) = &*self.trust_tickets;
+        let ticket = next_ticket.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let entries: Vec<AnchorEntry> = self
             .store
             .list_cas()?
@@ -33,7 +37,18 @@ impl Hub {
                 })
             })
             .collect();
-        self.trust.store(Arc::new(TrustIndex::new(entries)));
+        let index = Arc::new(TrustIndex::new(entries));
+        {
+            let mut newest = newest_stored
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if *newest > ticket {
+                // A later rebuild already stored a snapshot read after this one's.
+                return Ok(());
+            }
+            *newest = ticket;
+            self.trust.store(index);
+        }
         self.revalidate_sessions();
         Ok(())
     }

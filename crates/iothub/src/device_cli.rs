@@ -285,11 +285,18 @@ fn read_import(file: &PathBuf) -> Result<Vec<Value>> {
             .with_context(|| format!("{} is not a JSON array of devices", file.display()))?;
         return Ok(v);
     }
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<String> = lines
-        .next()
-        .map(|h| h.split(',').map(|c| c.trim().to_string()).collect())
-        .unwrap_or_default();
+    // RFC 4180 (quoted fields, commas inside quotes) and Excel's "CSV UTF-8", which starts with a
+    // byte order mark.
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_reader(text.trim_start_matches('\u{feff}').as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .with_context(|| format!("{}: cannot read the CSV header", file.display()))?
+        .iter()
+        .map(str::to_string)
+        .collect();
     let col = |name: &str| header.iter().position(|h| h.eq_ignore_ascii_case(name));
     let id_col = col("deviceId").with_context(|| {
         format!(
@@ -298,15 +305,19 @@ fn read_import(file: &PathBuf) -> Result<Vec<Value>> {
         )
     })?;
     let mut out = Vec::new();
-    for (n, line) in lines.enumerate() {
-        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+    for record in reader.records() {
+        let record = record.with_context(|| format!("{}: not valid CSV", file.display()))?;
+        let line = record.position().map_or(0, |p| p.line());
+        if record.iter().all(str::is_empty) {
+            continue;
+        }
         let get = |c: Option<usize>| {
-            c.and_then(|i| cells.get(i))
+            c.and_then(|i| record.get(i))
                 .filter(|s| !s.is_empty())
                 .map(|s| s.to_string())
         };
         let id = get(Some(id_col))
-            .with_context(|| format!("{} line {}: no deviceId", file.display(), n + 2))?;
+            .with_context(|| format!("{} line {line}: no deviceId", file.display()))?;
         let auth = get(col("authType")).unwrap_or_else(|| "certificateAuthority".into());
         out.push(json!({
             "deviceId": id,

@@ -206,7 +206,15 @@ fn sigkill_during_mixed_load_loses_no_acknowledged_write() {
             std::thread::sleep(Duration::from_millis(2));
         }
     });
-    // Kill at a random moment between 0.5 s and 2 s into the load.
+    // The load must be under way before the kill (a loaded machine can take a while to start
+    // the publisher): wait for the first acknowledged write of each kind.
+    let started = std::time::Instant::now();
+    while (acked.lock().unwrap().is_empty() || telemetry_acked.lock().unwrap().is_empty())
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Then kill at a random moment between 0.5 s and 2 s later.
     let jitter = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
