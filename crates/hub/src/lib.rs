@@ -63,6 +63,9 @@ pub struct HubConfig {
     pub hub_name: String,
     /// The most certificates a device may present in its chain.
     pub max_chain_len: usize,
+    /// How many validated device chains are remembered for the current trust snapshot
+    /// (0: validate every chain in full at every CONNECT).
+    pub chain_cache_entries: usize,
 }
 
 impl Default for HubConfig {
@@ -82,6 +85,7 @@ impl Default for HubConfig {
             refusals_kept: 1000,
             hub_name: "iothub".into(),
             max_chain_len: iothub_pki::device::DEFAULT_MAX_CHAIN_LEN,
+            chain_cache_entries: 100_000,
         }
     }
 }
@@ -102,6 +106,8 @@ pub struct Hub {
     /// rebuilds can finish out of order and a stale snapshot (one that still holds a deleted CA)
     /// wins. (Next ticket, newest stored ticket.)
     pub(crate) trust_tickets: Arc<(std::sync::atomic::AtomicU64, Mutex<u64>)>,
+    /// Device chains validated against the snapshot held beside them (see `trust`).
+    pub(crate) chain_cache: Arc<Mutex<(Arc<TrustIndex>, iothub_pki::chain_cache::ChainCache)>>,
     pub(crate) sessions: Arc<Mutex<sessions::Sessions>>,
     pub(crate) telemetry: Arc<telemetry::TelemetryWriter>,
     pub(crate) last_offset: Arc<tokio::sync::watch::Sender<i64>>,
@@ -123,6 +129,7 @@ impl Hub {
         let last_offset = Arc::new(last_offset);
         let telemetry = telemetry::TelemetryWriter::start(store.clone(), (*last_offset).clone())?;
         let activity = activity::ActivityBuffer::start(store.clone())?;
+        let chain_cache_entries = config.chain_cache_entries;
         let hub = Hub {
             store,
             config: Arc::new(config),
@@ -130,6 +137,10 @@ impl Hub {
             policies: Arc::new(RwLock::new(policies)),
             trust: Arc::new(ArcSwap::from_pointee(TrustIndex::default())),
             trust_tickets: Arc::new((std::sync::atomic::AtomicU64::new(1), Mutex::new(0))),
+            chain_cache: Arc::new(Mutex::new((
+                Arc::new(TrustIndex::default()),
+                iothub_pki::chain_cache::ChainCache::new(chain_cache_entries),
+            ))),
             sessions: Arc::new(Mutex::new(sessions::Sessions::default())),
             telemetry: Arc::new(telemetry),
             last_offset,

@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
-use iothub_pki::device::{validate_chain_bounded, validate_device_id};
+use iothub_pki::device::validate_device_id;
 use iothub_pki::sas::SasToken;
 use iothub_pki::CertInfo;
 use iothub_store::DeviceActivity;
@@ -183,14 +183,10 @@ impl Hub {
                         "device '{id}' authenticates with certificateAuthority but presented no client certificate"
                     ));
                 }
-                let ok = validate_chain_bounded(
-                    &req.chain,
-                    &self.trust(),
-                    now,
-                    self.config.max_chain_len,
-                )
-                .map_err(|e| e.to_string())?;
-                match ok.leaf.common_names.as_slice() {
+                let ok = self
+                    .validate_device_chain(&req.chain, now)
+                    .map_err(|e| e.to_string())?;
+                match ok.leaf_common_names.as_slice() {
                     [cn] if cn == id => Ok(AuthMethod::Ca {
                         ca_name: ok.ca_name,
                     }),
@@ -413,16 +409,14 @@ impl Hub {
     /// Re-checks every certificate-authority session against the current trust snapshot and
     /// closes those it no longer admits (CA deleted, replaced or no longer Verified, or expired).
     pub fn revalidate_sessions(&self) {
-        let trust = self.trust();
         let now = self.now();
         let s = self.sessions();
         for (id, e) in &s.live {
             let verdict = match &e.method {
-                AuthMethod::Ca { .. } => {
-                    validate_chain_bounded(&e.chain, &trust, now, self.config.max_chain_len)
-                        .err()
-                        .map(|err| err.to_string())
-                }
+                AuthMethod::Ca { .. } => self
+                    .validate_device_chain(&e.chain, now)
+                    .err()
+                    .map(|err| err.to_string()),
                 AuthMethod::SelfSigned { .. } => {
                     match e.chain.first().map(|d| CertInfo::from_der(d)) {
                         Some(Ok(info)) if info.is_valid_at(now) => None,

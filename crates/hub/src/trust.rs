@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use iothub_pki::device::{AnchorEntry, TrustIndex};
+use iothub_pki::chain_cache::{chain_key, VerifiedChain};
+use iothub_pki::device::{validate_chain_bounded, AnchorEntry, ChainError, TrustIndex};
 use iothub_pki::CertInfo;
 
 use crate::{Hub, HubError};
@@ -14,6 +15,46 @@ impl Hub {
     /// The current trust snapshot.
     pub fn trust(&self) -> Arc<TrustIndex> {
         self.trust.load_full()
+    }
+
+    /// Validates a device's chain against the current trust snapshot, remembering successes for
+    /// as long as that snapshot stays current (see `iothub_pki::chain_cache`).
+    pub fn validate_device_chain(
+        &self,
+        chain: &[Vec<u8>],
+        now: i64,
+    ) -> Result<VerifiedChain, ChainError> {
+        let trust = self.trust();
+        let key = chain_key(chain);
+        {
+            let mut cache = self
+                .chain_cache
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !Arc::ptr_eq(&cache.0, &trust) {
+                // Trust changed: no earlier verdict stands. (Holding the Arc keeps its address
+                // from being reused by a later snapshot.)
+                cache.0 = trust.clone();
+                cache.1.clear();
+            }
+            if let Some(hit) = cache.1.get(&key, now) {
+                return Ok(hit.clone());
+            }
+        }
+        let verdict = VerifiedChain::from(&validate_chain_bounded(
+            chain,
+            &trust,
+            now,
+            self.config.max_chain_len,
+        )?);
+        let mut cache = self
+            .chain_cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if Arc::ptr_eq(&cache.0, &trust) {
+            cache.1.insert(key, verdict.clone());
+        }
+        Ok(verdict)
     }
 
     /// Rebuilds the trust snapshot from the store, then re-checks live sessions against it.

@@ -255,3 +255,45 @@ fn a_concurrent_rebuild_does_not_hide_a_verification() {
         "CA 'ca' is Verified in the registry but its devices are refused: {verdict:?}"
     );
 }
+
+/// The cache of validated chains follows trust: a chain admitted once is refused as soon as its
+/// CA is deleted, and admitted again once the CA is back and verified; with the cache off the
+/// verdicts are the same.
+#[test]
+fn validated_chains_are_forgotten_when_trust_changes() {
+    for entries in [100_000, 0] {
+        let store = Arc::new(GatedStore {
+            inner: SqliteStore::open_in_memory().unwrap(),
+            armed: AtomicBool::new(false),
+            gate: Mutex::new(None),
+        });
+        let config = HubConfig {
+            chain_cache_entries: entries,
+            ..HubConfig::default()
+        };
+        let env = Env::over(store, config, real_now());
+        let ca = root("Cached Root", KeyKind::EcP256);
+        register_verified(&env, "cached", &ca);
+        let chain = vec![ca.leaf_der("dev-1")];
+        let first = env.hub.validate_device_chain(&chain, env.now()).unwrap();
+        assert_eq!(first.ca_name, "cached");
+        assert_eq!(first.leaf_common_names, ["dev-1"]);
+        // A second look (from the cache when it is on) gives the same verdict.
+        assert_eq!(
+            env.hub.validate_device_chain(&chain, env.now()).unwrap(),
+            first
+        );
+        env.hub.delete_certificate(&sys(), "cached", None).unwrap();
+        let refused = env.hub.validate_device_chain(&chain, env.now());
+        assert!(refused.is_err(), "cache {entries}: {refused:?}");
+        register_verified(&env, "cached", &ca);
+        assert_eq!(
+            env.hub.validate_device_chain(&chain, env.now()).unwrap(),
+            first,
+            "cache {entries}"
+        );
+        // Outside the chain's validity a cached verdict does not stand.
+        let late = first.valid_until + 1;
+        assert!(env.hub.validate_device_chain(&chain, late).is_err());
+    }
+}

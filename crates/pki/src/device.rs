@@ -140,6 +140,10 @@ pub struct ChainOk {
     /// The registered CA the chain ends at.
     pub ca_name: String,
     pub leaf: CertInfo,
+    /// The verdict holds only while every presented certificate and the CA are valid: from the
+    /// latest `notBefore` to the earliest `notAfter` (Unix seconds).
+    pub valid_from: i64,
+    pub valid_until: i64,
 }
 
 /// The default bound on the number of certificates a device may present.
@@ -325,7 +329,25 @@ pub fn validate_chain_bounded(
         None
     } else {
         match attempt(&usable) {
-            Ok(ca_name) => return Ok(ChainOk { ca_name, leaf }),
+            Ok(ca_name) => {
+                let ca_not_after = usable
+                    .iter()
+                    .find(|c| c.ca_name == ca_name)
+                    .map_or(i64::MAX, |c| c.not_after);
+                let valid_from = infos.iter().map(|i| i.not_before).max().unwrap_or(now);
+                let valid_until = infos
+                    .iter()
+                    .map(|i| i.not_after)
+                    .min()
+                    .unwrap_or(now)
+                    .min(ca_not_after);
+                return Ok(ChainOk {
+                    ca_name,
+                    leaf,
+                    valid_from,
+                    valid_until,
+                });
+            }
             Err(e) => Some(e),
         }
     };

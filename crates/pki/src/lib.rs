@@ -13,6 +13,7 @@
 //! - [`gen`]: certificate and key generation for test PKIs and the one-step `cert prove`.
 
 pub mod cert;
+pub mod chain_cache;
 pub mod device;
 pub mod dn;
 pub mod gen;

@@ -1,0 +1,143 @@
+//! Verdicts on device chains already validated against one trust snapshot, so a device that
+//! connects again (a reconnect, a resumed TLS session) costs a hash and a map lookup instead of
+//! parsing and two signature checks.
+//!
+//! Invariants: an entry is only ever a *success* (refusals are always worked out in full, with
+//! their reason); it is used only between the chain's `valid_from` and `valid_until`; and the
+//! owner clears the cache whenever the trust snapshot changes (see `hub::trust`), so a deleted
+//! or unverified CA admits no one from the next CONNECT on. The key is SHA-256 over every
+//! presented certificate, each length-prefixed, so two different chains never share an entry.
+
+use std::collections::HashMap;
+
+use crate::device::ChainOk;
+
+/// What a cached verdict keeps: only what CONNECT needs (held per device, so kept small).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedChain {
+    pub ca_name: String,
+    pub leaf_common_names: Vec<String>,
+    pub valid_from: i64,
+    pub valid_until: i64,
+}
+
+impl From<&ChainOk> for VerifiedChain {
+    fn from(ok: &ChainOk) -> Self {
+        VerifiedChain {
+            ca_name: ok.ca_name.clone(),
+            leaf_common_names: ok.leaf.common_names.clone(),
+            valid_from: ok.valid_from,
+            valid_until: ok.valid_until,
+        }
+    }
+}
+
+/// The cache key of a presented chain.
+pub type ChainKey = [u8; 32];
+
+/// SHA-256 over the presented certificates, each prefixed with its length.
+pub fn chain_key(chain: &[Vec<u8>]) -> ChainKey {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for der in chain {
+        ctx.update(&(der.len() as u64).to_be_bytes());
+        ctx.update(der);
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(ctx.finish().as_ref());
+    key
+}
+
+/// Successful chain validations, at most `capacity` of them (when full, it starts over: the
+/// cost of a miss is one full validation, never a wrong verdict).
+#[derive(Debug, Default)]
+pub struct ChainCache {
+    capacity: usize,
+    entries: HashMap<ChainKey, VerifiedChain>,
+}
+
+impl ChainCache {
+    pub fn new(capacity: usize) -> ChainCache {
+        ChainCache {
+            capacity,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// The cached verdict for `key`, if there is one and it holds at `now`.
+    pub fn get(&self, key: &ChainKey, now: i64) -> Option<&VerifiedChain> {
+        self.entries
+            .get(key)
+            .filter(|v| v.valid_from <= now && now <= v.valid_until)
+    }
+
+    pub fn insert(&mut self, key: ChainKey, verdict: VerifiedChain) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
+            self.entries.clear();
+        }
+        self.entries.insert(key, verdict);
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(from: i64, until: i64) -> VerifiedChain {
+        VerifiedChain {
+            ca_name: "root".into(),
+            leaf_common_names: vec!["dev".into()],
+            valid_from: from,
+            valid_until: until,
+        }
+    }
+
+    #[test]
+    fn keys_differ_for_different_chains_and_splits() {
+        let a = chain_key(&[vec![1, 2], vec![3]]);
+        let b = chain_key(&[vec![1], vec![2, 3]]);
+        let c = chain_key(&[vec![1, 2, 3]]);
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(b, c);
+        assert_eq!(a, chain_key(&[vec![1, 2], vec![3]]));
+    }
+
+    #[test]
+    fn a_verdict_is_used_only_inside_its_validity_window() {
+        let mut cache = ChainCache::new(10);
+        let key = chain_key(&[vec![9]]);
+        cache.insert(key, verdict(100, 200));
+        assert!(cache.get(&key, 99).is_none());
+        assert!(cache.get(&key, 100).is_some());
+        assert!(cache.get(&key, 200).is_some());
+        assert!(cache.get(&key, 201).is_none());
+    }
+
+    #[test]
+    fn a_full_cache_starts_over_and_capacity_zero_caches_nothing() {
+        let mut cache = ChainCache::new(2);
+        for i in 0..3u8 {
+            cache.insert(chain_key(&[vec![i]]), verdict(0, 10));
+        }
+        assert_eq!(cache.len(), 1);
+        assert!(cache.get(&chain_key(&[vec![2]]), 5).is_some());
+        let mut none = ChainCache::new(0);
+        none.insert(chain_key(&[vec![1]]), verdict(0, 10));
+        assert!(none.is_empty());
+    }
+}
