@@ -26,6 +26,9 @@ pub struct GatewayLimits {
     pub revalidate_every: Duration,
     /// Cloud-to-device messages published to one device and not yet acknowledged, at most.
     pub max_inflight: usize,
+    /// QoS 1 messages from one device whose commit (and so PUBACK) is pending, at most: the
+    /// session reads on while they are stored, up to this many.
+    pub max_unacked_telemetry: usize,
 }
 
 impl Default for GatewayLimits {
@@ -37,6 +40,7 @@ impl Default for GatewayLimits {
             max_keep_alive: 1177,
             revalidate_every: Duration::from_secs(10),
             max_inflight: 10,
+            max_unacked_telemetry: 64,
         }
     }
 }

@@ -7,7 +7,7 @@
 //! protocol violation, or a signal from the hub (trust or device changed, replaced by a newer
 //! connection, shutdown). Every close for cause is recorded with its reason.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,7 +92,11 @@ impl Conn {
     async fn write_packet(&mut self, packet: &Packet) -> Result<(), String> {
         let mut out = BytesMut::new();
         codec::encode(packet, &mut out).map_err(|e| format!("cannot encode a packet: {e}"))?;
-        tokio::time::timeout(Duration::from_secs(30), self.stream.write_all(&out))
+        self.write_bytes(&out).await
+    }
+
+    async fn write_bytes(&mut self, out: &[u8]) -> Result<(), String> {
+        tokio::time::timeout(Duration::from_secs(30), self.stream.write_all(out))
             .await
             .map_err(|_| "the device did not read for 30 s".to_string())?
             .map_err(|e| format!("write failed: {e}"))
@@ -190,14 +194,19 @@ pub(crate) async fn run(
         chain,
         remote: remote.clone(),
     };
+    // One trip to the blocking pool for both steps (each reads the store).
+    let clean_session = connect.clean_session;
     let decision = {
-        let (hub, request) = (hub.clone(), request.clone());
-        tokio::task::spawn_blocking(move || hub.authenticate_device(&request))
-            .await
-            .unwrap_or_else(|e| Err(format!("authentication task failed: {e}")))
+        let hub = hub.clone();
+        tokio::task::spawn_blocking(move || {
+            hub.authenticate_device(&request)
+                .map(|method| hub.open_session(&request, method, clean_session))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("authentication task failed: {e}")))
     };
-    let method = match decision {
-        Ok(m) => m,
+    let admission = match decision {
+        Ok(admission) => admission,
         Err(reason) => {
             let _ = conn
                 .write_packet(&Packet::ConnAck(ConnAck {
@@ -208,16 +217,6 @@ pub(crate) async fn run(
             let _ = conn.stream.shutdown().await;
             hub.record_refusal(&connect.client_id, &remote, &reason);
             return;
-        }
-    };
-    let clean_session = connect.clean_session;
-    let admission = {
-        let (hub, request) = (hub.clone(), request.clone());
-        match tokio::task::spawn_blocking(move || hub.open_session(&request, method, clean_session))
-            .await
-        {
-            Ok(a) => a,
-            Err(_) => return,
         }
     };
     if conn
@@ -246,6 +245,8 @@ pub(crate) async fn run(
         desired_subscribed: resumed.desired,
         methods_subscribed: resumed.methods,
         max_inflight: limits.max_inflight.max(1),
+        unacked: VecDeque::new(),
+        max_unacked: limits.max_unacked_telemetry.max(1),
         c2d_more: false,
         inflight: HashMap::new(),
         next_pkid: 1,
@@ -311,6 +312,61 @@ struct SessionState {
     inflight: HashMap<u16, i64>,
     next_pkid: u16,
     last_touch: Instant,
+    /// QoS 1 telemetry received and handed to the writer, oldest first: the PUBACK of each goes
+    /// out when its commit lands, in the order the messages came (MQTT-4.6.0-2).
+    unacked: VecDeque<(u16, StoreReceipt)>,
+    max_unacked: usize,
+}
+
+type StoreReceipt = tokio::sync::oneshot::Receiver<Result<i64, iothub_hub::HubError>>;
+
+/// Sends the PUBACK of every pending message whose commit has landed, oldest first, stopping at
+/// the first still being written. All go out in one write.
+async fn ack_stored(conn: &mut Conn, state: &mut SessionState) -> Result<(), String> {
+    let mut out = BytesMut::new();
+    while let Some((pkid, receipt)) = state.unacked.front_mut() {
+        match receipt.try_recv() {
+            Ok(Ok(_offset)) => {
+                let pkid = *pkid;
+                state.unacked.pop_front();
+                codec::encode(&Packet::PubAck(pkid), &mut out)
+                    .map_err(|e| format!("cannot encode a packet: {e}"))?;
+            }
+            Ok(Err(e)) => return Err(format!("the message could not be stored: {e}")),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => break,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                return Err("the message could not be stored".into())
+            }
+        }
+    }
+    if out.is_empty() {
+        return Ok(());
+    }
+    conn.write_bytes(&out).await
+}
+
+/// Waits until every pending message is stored and acknowledged: before any other answer to the
+/// device, so acknowledgements keep the order of the packets they answer.
+async fn ack_all_stored(conn: &mut Conn, state: &mut SessionState) -> Result<(), String> {
+    while let Some((_, receipt)) = state.unacked.front_mut() {
+        wait_stored(receipt).await?;
+        ack_stored(conn, state).await?;
+    }
+    Ok(())
+}
+
+/// Waits for one commit (without consuming the receipt: `ack_stored` reads it).
+async fn wait_stored(receipt: &mut StoreReceipt) -> Result<(), String> {
+    // A oneshot receiver cannot be peeked: poll it and keep the result in a fresh channel.
+    let result = (&mut *receipt).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let _ = tx.send(result.unwrap_or_else(|_| {
+        Err(iothub_hub::HubError::Internal(
+            "the telemetry writer stopped".into(),
+        ))
+    }));
+    *receipt = rx;
+    Ok(())
 }
 
 /// Builds the stored form of a telemetry message from its property bag.
@@ -364,6 +420,9 @@ async fn serve_session(
     let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let mut deadline = grace.map(|g| Instant::now() + g);
     loop {
+        if let Err(e) = ack_stored(conn, state).await {
+            return End::Cause(e);
+        }
         // Packets already buffered are served before waiting on anything else.
         let packet = match codec::decode(&mut conn.buf, conn.max_packet) {
             Ok(Some(p)) => Some(p),
@@ -379,12 +438,20 @@ async fn serve_session(
                         None => std::future::pending().await,
                     }
                 };
+                let oldest_stored = async {
+                    match state.unacked.front_mut() {
+                        Some((_, receipt)) => wait_stored(receipt).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     read = conn.stream.read_buf(&mut conn.buf) => match read {
                         Ok(0) => return End::Normal("the device closed the connection".into()),
                         Ok(_) => continue,
                         Err(e) => return End::Normal(format!("connection lost: {e}")),
                     },
+                    // The oldest pending message is stored: the loop's top acknowledges it.
+                    _ = oldest_stored => continue,
                     signal = signals.recv() => match signal {
                         Some(SessionSignal::Close(reason)) => return End::Cause(reason),
                         Some(SessionSignal::C2dAvailable) => {
@@ -427,6 +494,14 @@ async fn serve_session(
             state.last_touch = Instant::now();
             let (hub, id) = (hub.clone(), state.device_id.clone());
             tokio::task::spawn_blocking(move || hub.touch_device(&id));
+        }
+        if !matches!(
+            packet,
+            Packet::Publish(_) | Packet::PubAck(_) | Packet::PingReq
+        ) {
+            if let Err(e) = ack_all_stored(conn, state).await {
+                return End::Cause(e);
+            }
         }
         match packet {
             Packet::Publish(p) => {
@@ -523,70 +598,77 @@ async fn handle_publish(
             limits.max_message_bytes
         ));
     }
-    let bag =
-        match topics::device_may_publish(&state.device_id, &p.topic).map_err(|e| e.to_string())? {
-            DeviceTopic::Telemetry {
-                bag,
-                module_id: None,
-                ..
-            } => bag.to_string(),
-            DeviceTopic::Telemetry {
-                module_id: Some(_), ..
-            } => return Err("module telemetry is not supported yet".into()),
-            DeviceTopic::TwinGet { rid } => {
-                let (hub2, id) = (hub.clone(), state.device_id.clone());
-                let twin = tokio::task::spawn_blocking(move || hub2.twin_for_device(&id))
-                    .await
-                    .map_err(|e| format!("twin task failed: {e}"))?;
-                let (status, body) = match twin {
-                    Ok(v) => (200, v.to_string().into_bytes()),
-                    Err(e) => (e.code().status, Vec::new()),
-                };
-                ack(conn, &p).await?;
-                return publish_qos0(conn, format!("$iothub/twin/res/{status}/?$rid={rid}"), body)
-                    .await;
-            }
-            DeviceTopic::TwinPatchReported { rid } => {
-                let outcome = match serde_json::from_slice::<serde_json::Value>(&p.payload) {
-                    Ok(patch) => {
-                        let (hub2, id) = (hub.clone(), state.device_id.clone());
-                        tokio::task::spawn_blocking(move || hub2.patch_reported(&id, &patch))
-                            .await
-                            .map_err(|e| format!("twin task failed: {e}"))?
-                    }
-                    Err(e) => Err(iothub_hub::HubError::TwinInvalid(format!(
-                        "the reported patch is not JSON: {e}"
-                    ))),
-                };
-                ack(conn, &p).await?;
-                let topic = match outcome {
-                    Ok(version) => format!("$iothub/twin/res/204/?$rid={rid}&$version={version}"),
-                    Err(e) => format!("$iothub/twin/res/{}/?$rid={rid}", e.code().status),
-                };
-                return publish_qos0(conn, topic, Vec::new()).await;
-            }
-            DeviceTopic::MethodResponse { status, rid } => {
-                if let Ok(rid) = rid.parse::<u64>() {
-                    let (hub2, id, payload) =
-                        (hub.clone(), state.device_id.clone(), p.payload.to_vec());
-                    let _ = tokio::task::spawn_blocking(move || {
-                        hub2.method_response(&id, rid, status, &payload)
-                    })
-                    .await;
+    let topic =
+        topics::device_may_publish(&state.device_id, &p.topic).map_err(|e| e.to_string())?;
+    if !matches!(topic, DeviceTopic::Telemetry { .. }) {
+        // Twin and method traffic is answered at once: earlier telemetry is acknowledged first.
+        ack_all_stored(conn, state).await?;
+    }
+    let bag = match topic {
+        DeviceTopic::Telemetry {
+            bag,
+            module_id: None,
+            ..
+        } => bag.to_string(),
+        DeviceTopic::Telemetry {
+            module_id: Some(_), ..
+        } => return Err("module telemetry is not supported yet".into()),
+        DeviceTopic::TwinGet { rid } => {
+            let (hub2, id) = (hub.clone(), state.device_id.clone());
+            let twin = tokio::task::spawn_blocking(move || hub2.twin_for_device(&id))
+                .await
+                .map_err(|e| format!("twin task failed: {e}"))?;
+            let (status, body) = match twin {
+                Ok(v) => (200, v.to_string().into_bytes()),
+                Err(e) => (e.code().status, Vec::new()),
+            };
+            ack(conn, &p).await?;
+            return publish_qos0(conn, format!("$iothub/twin/res/{status}/?$rid={rid}"), body)
+                .await;
+        }
+        DeviceTopic::TwinPatchReported { rid } => {
+            let outcome = match serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                Ok(patch) => {
+                    let (hub2, id) = (hub.clone(), state.device_id.clone());
+                    tokio::task::spawn_blocking(move || hub2.patch_reported(&id, &patch))
+                        .await
+                        .map_err(|e| format!("twin task failed: {e}"))?
                 }
-                return ack(conn, &p).await;
+                Err(e) => Err(iothub_hub::HubError::TwinInvalid(format!(
+                    "the reported patch is not JSON: {e}"
+                ))),
+            };
+            ack(conn, &p).await?;
+            let topic = match outcome {
+                Ok(version) => format!("$iothub/twin/res/204/?$rid={rid}&$version={version}"),
+                Err(e) => format!("$iothub/twin/res/{}/?$rid={rid}", e.code().status),
+            };
+            return publish_qos0(conn, topic, Vec::new()).await;
+        }
+        DeviceTopic::MethodResponse { status, rid } => {
+            if let Ok(rid) = rid.parse::<u64>() {
+                let (hub2, id, payload) =
+                    (hub.clone(), state.device_id.clone(), p.payload.to_vec());
+                let _ = tokio::task::spawn_blocking(move || {
+                    hub2.method_response(&id, rid, status, &payload)
+                })
+                .await;
             }
-            DeviceTopic::Other => return Err(format!("'{}' is not a topic of this hub", p.topic)),
-        };
+            return ack(conn, &p).await;
+        }
+        DeviceTopic::Other => return Err(format!("'{}' is not a topic of this hub", p.topic)),
+    };
     let message = telemetry_message(&state.device_id, &bag, &p.payload, p.retain, false)?;
     let stored = hub.store_telemetry(message);
     if p.qos == 1 {
-        // Acknowledge only what is durable.
-        match stored.await {
-            Ok(Ok(_offset)) => conn.write_packet(&Packet::PubAck(p.pkid)).await?,
-            Ok(Err(e)) => return Err(format!("the message could not be stored: {e}")),
-            Err(_) => return Err("the message could not be stored".into()),
+        // Acknowledge only what is durable; meanwhile read on (see `SessionState::unacked`).
+        while state.unacked.len() >= state.max_unacked {
+            if let Some((_, receipt)) = state.unacked.front_mut() {
+                wait_stored(receipt).await?;
+            }
+            ack_stored(conn, state).await?;
         }
+        state.unacked.push_back((p.pkid, stored));
     }
     Ok(())
 }

@@ -75,6 +75,15 @@ pub struct ServeArgs {
     /// Cloud-to-device messages in flight (unacknowledged) per device [default: 10].
     #[arg(long, env = "IOTHUB_MAX_INFLIGHT")]
     pub max_inflight: Option<usize>,
+    /// QoS 1 messages from one device being stored at once: their PUBACKs wait for the commit,
+    /// and the device's next messages are read meanwhile; beyond this the hub stops reading from
+    /// the device until the oldest is stored [default: 64].
+    #[arg(long, env = "IOTHUB_MAX_UNACKED_TELEMETRY")]
+    pub max_unacked_telemetry: Option<usize>,
+    /// Validated device chains remembered until trust changes, so a reconnecting device skips
+    /// the signature checks; 0 validates every chain in full at every CONNECT [default: 100000].
+    #[arg(long, env = "IOTHUB_CHAIN_CACHE_ENTRIES")]
+    pub chain_cache_entries: Option<usize>,
     /// How long a portal login link stays usable [default: 15m].
     #[arg(long, env = "IOTHUB_PORTAL_LINK_LIFETIME", value_name = "DURATION")]
     pub portal_link_lifetime: Option<String>,
@@ -108,6 +117,8 @@ struct FileConfig {
     handshake_timeout: Option<String>,
     max_chain_length: Option<usize>,
     max_inflight: Option<usize>,
+    max_unacked_telemetry: Option<usize>,
+    chain_cache_entries: Option<usize>,
 }
 
 /// The resolved configuration of `serve`.
@@ -134,6 +145,8 @@ pub struct ServeConfig {
     pub handshake_timeout_secs: i64,
     pub max_chain_length: usize,
     pub max_inflight: usize,
+    pub max_unacked_telemetry: usize,
+    pub chain_cache_entries: usize,
 }
 
 /// Parses `3600`, `90s`, `30m`, `1h` into seconds (1 second to 30 days).
@@ -276,6 +289,14 @@ impl ServeConfig {
             },
             max_chain_length: args.max_chain_length.or(file.max_chain_length).unwrap_or(8),
             max_inflight: args.max_inflight.or(file.max_inflight).unwrap_or(10),
+            max_unacked_telemetry: args
+                .max_unacked_telemetry
+                .or(file.max_unacked_telemetry)
+                .unwrap_or(64),
+            chain_cache_entries: args
+                .chain_cache_entries
+                .or(file.chain_cache_entries)
+                .unwrap_or(100_000),
             portal_link_lifetime_secs: match args
                 .portal_link_lifetime
                 .as_ref()
@@ -328,6 +349,18 @@ impl ServeConfig {
             bail!(
                 "--max-inflight is {}; expected 1 to 1000",
                 config.max_inflight
+            );
+        }
+        if !(1..=10_000).contains(&config.max_unacked_telemetry) {
+            bail!(
+                "--max-unacked-telemetry is {}; expected 1 to 10000",
+                config.max_unacked_telemetry
+            );
+        }
+        if config.chain_cache_entries > 10_000_000 {
+            bail!(
+                "--chain-cache-entries is {}; expected 0 to 10000000",
+                config.chain_cache_entries
             );
         }
         if config.device_limit == 0 {
@@ -386,5 +419,42 @@ mod tests {
         std::fs::write(&path, "no_such_key = 1\n").unwrap();
         let err = ServeConfig::resolve(None, &args).unwrap_err();
         assert!(format!("{err:#}").contains("no_such_key"), "{err:#}");
+    }
+
+    #[test]
+    fn pipeline_and_chain_cache_limits_are_checked() {
+        let resolve = |args: ServeArgs| ServeConfig::resolve(None, &args);
+        let c = resolve(ServeArgs::default()).unwrap();
+        assert_eq!(
+            (c.max_unacked_telemetry, c.chain_cache_entries),
+            (64, 100_000)
+        );
+        for bad in [0, 10_001] {
+            let err = resolve(ServeArgs {
+                max_unacked_telemetry: Some(bad),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(
+                format!("{err:#}").contains("--max-unacked-telemetry is"),
+                "{err:#}"
+            );
+        }
+        let err = resolve(ServeArgs {
+            chain_cache_entries: Some(10_000_001),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("--chain-cache-entries is"),
+            "{err:#}"
+        );
+        let c = resolve(ServeArgs {
+            chain_cache_entries: Some(0),
+            max_unacked_telemetry: Some(1),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((c.max_unacked_telemetry, c.chain_cache_entries), (1, 0));
     }
 }

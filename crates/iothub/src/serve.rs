@@ -171,6 +171,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             telemetry_retention_secs: config.telemetry_retention_secs,
             hub_name: config.name.clone(),
             max_chain_len: config.max_chain_length,
+            chain_cache_entries: config.chain_cache_entries,
             ..HubConfig::default()
         },
         Arc::new(SystemClock),
@@ -246,6 +247,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             max_connections: config.max_device_connections,
             max_message_bytes: config.max_message_bytes,
             max_inflight: config.max_inflight,
+            max_unacked_telemetry: config.max_unacked_telemetry,
             handshake_timeout: std::time::Duration::from_secs(config.handshake_timeout_secs as u64),
             ..Default::default()
         },
