@@ -467,13 +467,19 @@ impl Store for SqliteStore {
     }
     fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
         let conn = self.lock()?;
-        conn.query_row(
-            &format!("SELECT {DEVICE_COLUMNS} FROM device WHERE device_id = ?1"),
-            [device_id],
-            device_from_row,
-        )
-        .optional()
-        .map_err(backend)
+        // On every device CONNECT: a cached statement (parsing it cost more than the lookup).
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {DEVICE_COLUMNS} FROM device WHERE device_id = ?1"
+            ))
+            .map_err(backend)?;
+        let device = stmt
+            .query_row([device_id], device_from_row)
+            .optional()
+            .map_err(backend);
+        // The statement borrows the connection guard: it goes back to the cache first.
+        drop(stmt);
+        device
     }
 
     fn list_devices(
