@@ -39,6 +39,22 @@ pub enum BenchCommand {
     Telemetry(Target),
     /// Hold K connections open and report the server's memory per connection.
     Idle(Target),
+    /// The crypto floor of one server-side mutual-TLS 1.3 handshake with the provider iothub
+    /// ships (aws-lc-rs): 1 ECDSA P-256 sign + 3 verifies + 1 X25519 key exchange.
+    Floor {
+        /// Seconds to spend on each primitive.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+    },
+    /// Register N extra CAs in the hub (the one `--data`/`--hub` points at), each with real
+    /// proof of possession through the HTTPS API: the registry size a connect storm then runs at.
+    Cas {
+        #[arg(long)]
+        count: usize,
+        /// Parallel API clients.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -63,6 +79,12 @@ pub struct Target {
     /// Message size in bytes (telemetry).
     #[arg(long, default_value_t = 256)]
     size: usize,
+    /// QoS 1 messages each device keeps in flight (telemetry; 1 = one at a time).
+    #[arg(long, default_value_t = 1)]
+    inflight: usize,
+    /// Resume TLS sessions (connect): each identity keeps the tickets the broker sent it.
+    #[arg(long)]
+    resume: bool,
     /// The broker's process id, to measure its CPU time and memory from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -134,8 +156,10 @@ fn report(t: &Target, mut v: Value) -> Result<()> {
     Ok(())
 }
 
-pub fn run(cmd: BenchCommand) -> Result<()> {
+pub fn run(cmd: BenchCommand, hub: &crate::client::HubTarget) -> Result<()> {
     match cmd {
+        BenchCommand::Floor { seconds } => floor(seconds),
+        BenchCommand::Cas { count, parallel } => register_cas(hub, count, parallel),
         BenchCommand::Identities { dir, count, rsa } => identities(&dir, count, rsa),
         BenchCommand::Connect(t) => runtime()?.block_on(connect_storm(t)),
         BenchCommand::Telemetry(t) => runtime()?.block_on(telemetry(t)),
@@ -198,8 +222,54 @@ fn identities(dir: &Path, count: usize, rsa: bool) -> Result<()> {
     Ok(())
 }
 
-async fn connect_once(t: &Target, ca: &[u8], id: &Identity) -> Result<MqttClient> {
-    match MqttClient::connect(t.addr, &t.server_name, ca, &id.chain, &id.key, &id.id).await? {
+/// TLS client configurations, one per identity, built once: building one parses PEM and keys,
+/// which would otherwise load the generator, not the broker.
+struct ClientConfigs {
+    ca: Vec<u8>,
+    resume: bool,
+    built: std::collections::HashMap<usize, Arc<rustls::ClientConfig>>,
+}
+
+impl ClientConfigs {
+    fn new(ca: Vec<u8>, resume: bool) -> ClientConfigs {
+        ClientConfigs {
+            ca,
+            resume,
+            built: Default::default(),
+        }
+    }
+
+    fn get(&mut self, index: usize, id: &Identity) -> Result<Arc<rustls::ClientConfig>> {
+        if let Some(c) = self.built.get(&index) {
+            return Ok(c.clone());
+        }
+        // Key exchange as the OpenSSL 3.0 based devices and SDKs do it (X25519, then P-256; no
+        // post-quantum hybrid), the same offer to every broker.
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.kx_groups = vec![
+            rustls::crypto::aws_lc_rs::kx_group::X25519,
+            rustls::crypto::aws_lc_rs::kx_group::SECP256R1,
+        ];
+        let mut config = MqttClient::tls_config_with(&self.ca, &id.chain, &id.key, provider)?;
+        if !self.resume {
+            // A full handshake every time, as a device that never saw this broker.
+            Arc::get_mut(&mut config)
+                .context("a fresh TLS configuration is shared")?
+                .resumption = rustls::client::Resumption::disabled();
+        }
+        self.built.insert(index, config.clone());
+        Ok(config)
+    }
+}
+
+async fn connect_once(
+    t: &Target,
+    configs: &mut ClientConfigs,
+    index: usize,
+    id: &Identity,
+) -> Result<MqttClient> {
+    let config = configs.get(index, id)?;
+    match MqttClient::connect_with(t.addr, &t.server_name, config, &id.id).await? {
         Connected::Accepted(c) => Ok(*c),
         Connected::Refused(code) => bail!("CONNACK {code}"),
     }
@@ -212,29 +282,37 @@ async fn connect_storm(t: Target) -> Result<()> {
         bail!("no identities in {}", t.dir.display());
     }
     let deadline = Instant::now() + Duration::from_secs(t.seconds);
-    let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (done, failed, resumed) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
     let cpu0 = t.server_pid.and_then(cpu_secs);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..t.clients {
-        let (t, ca, ids, done, failed) = (
+        let (t, ids, done, failed, resumed) = (
             t.clone(),
-            ca.clone(),
             ids.clone(),
             done.clone(),
             failed.clone(),
+            resumed.clone(),
         );
+        let mut configs = ClientConfigs::new(ca.clone(), t.resume);
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut i = c;
             while Instant::now() < deadline {
-                let id = &ids[i % ids.len()];
+                let index = i % ids.len();
                 i += t.clients;
                 let t0 = Instant::now();
-                match connect_once(&t, &ca, id).await {
+                match connect_once(&t, &mut configs, index, &ids[index]).await {
                     Ok(client) => {
                         lat.push(t0.elapsed().as_secs_f64() * 1000.0);
                         done.fetch_add(1, Ordering::Relaxed);
+                        if client.resumed() {
+                            resumed.fetch_add(1, Ordering::Relaxed);
+                        }
                         let _ = client.disconnect().await;
                     }
                     Err(_) => {
@@ -271,6 +349,8 @@ async fn connect_storm(t: Target) -> Result<()> {
         &t,
         json!({
             "mode": "connect",
+            "resume": t.resume,
+            "resumed": resumed.load(Ordering::Relaxed),
             "clients": t.clients,
             "seconds": elapsed,
             "connects": n,
@@ -286,31 +366,28 @@ async fn connect_storm(t: Target) -> Result<()> {
 async fn telemetry(t: Target) -> Result<()> {
     let ca = std::fs::read(&t.broker_ca)?;
     let ids = load_identities(&t.dir, t.clients)?;
+    if t.inflight == 0 || t.inflight > 1000 {
+        bail!("--inflight is {}; expected 1 to 1000", t.inflight);
+    }
     let payload = vec![b'x'; t.size];
     let mut clients = Vec::new();
-    for id in &ids {
-        clients.push((id.id.clone(), connect_once(&t, &ca, id).await?));
+    let mut configs = ClientConfigs::new(ca, false);
+    for (index, id) in ids.iter().enumerate() {
+        clients.push((
+            id.id.clone(),
+            connect_once(&t, &mut configs, index, id).await?,
+        ));
     }
     let deadline = Instant::now() + Duration::from_secs(t.seconds);
     let acked = Arc::new(AtomicU64::new(0));
     let cpu0 = t.server_pid.and_then(cpu_secs);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (id, mut client) in clients {
-        let (payload, acked) = (payload.clone(), acked.clone());
+    for (id, client) in clients {
+        let (payload, acked, window) = (payload.clone(), acked.clone(), t.inflight);
         tasks.push(tokio::spawn(async move {
             let topic = format!("devices/{id}/messages/events/");
-            let mut lat = Vec::new();
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                if client.publish(&topic, &payload).await.is_err() {
-                    break;
-                }
-                lat.push(t0.elapsed().as_secs_f64() * 1000.0);
-                acked.fetch_add(1, Ordering::Relaxed);
-            }
-            let _ = client.disconnect().await;
-            lat
+            publish_window(client, &topic, &payload, window, deadline, &acked).await
         }));
     }
     let mut lat = Vec::new();
@@ -329,6 +406,7 @@ async fn telemetry(t: Target) -> Result<()> {
         json!({
             "mode": "telemetry",
             "devices": t.clients,
+            "inflight": t.inflight,
             "message_bytes": t.size,
             "seconds": elapsed,
             "acknowledged": n,
@@ -354,8 +432,11 @@ async fn idle(t: Target) -> Result<()> {
     }
     let rss0 = rss_kib(pid).unwrap_or(0);
     let mut held = Vec::with_capacity(ids.len());
+    let mut configs = ClientConfigs::new(ca, false);
     for (i, id) in ids.iter().enumerate() {
-        held.push(connect_once(&t, &ca, id).await?);
+        held.push(connect_once(&t, &mut configs, i, id).await?);
+        // Only the connections are kept, not one TLS configuration per connection.
+        configs.built.clear();
         if i % 500 == 499 {
             eprint!("\ropen: {}", i + 1);
         }
@@ -374,4 +455,185 @@ async fn idle(t: Target) -> Result<()> {
             "server_bytes_per_connection": per,
         }),
     )
+}
+
+/// Publishes QoS 1 messages keeping `window` unacknowledged until `deadline`, then waits for the
+/// rest: returns the PUBACK latency of each message (ms).
+async fn publish_window(
+    mut client: MqttClient,
+    topic: &str,
+    payload: &[u8],
+    window: usize,
+    deadline: Instant,
+    acked: &AtomicU64,
+) -> Vec<f64> {
+    use iothub_mqtt::codec::{Packet, Publish};
+    let payload = bytes::Bytes::copy_from_slice(payload);
+    let mut sent: std::collections::HashMap<u16, Instant> = Default::default();
+    let mut lat = Vec::new();
+    loop {
+        while sent.len() < window && Instant::now() < deadline {
+            let pkid = client.pkid();
+            let publish = Packet::Publish(Publish {
+                dup: false,
+                qos: 1,
+                retain: false,
+                topic: topic.into(),
+                pkid,
+                payload: payload.clone(),
+            });
+            if client.send(&publish).await.is_err() {
+                return lat;
+            }
+            sent.insert(pkid, Instant::now());
+        }
+        if sent.is_empty() {
+            break;
+        }
+        match client.recv(Duration::from_secs(10)).await {
+            Ok(Packet::PubAck(pkid)) => {
+                if let Some(t0) = sent.remove(&pkid) {
+                    lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return lat,
+        }
+    }
+    let _ = client.disconnect().await;
+    lat
+}
+
+/// Median seconds per call of `f`, over batches run for about `seconds`.
+fn time_per_call(seconds: f64, mut f: impl FnMut()) -> f64 {
+    let mut per_call = Vec::new();
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    while Instant::now() < end {
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            f();
+        }
+        per_call.push(t0.elapsed().as_secs_f64() / 100.0);
+    }
+    per_call.sort_by(|a, b| a.total_cmp(b));
+    per_call[per_call.len() / 2]
+}
+
+fn floor(seconds: f64) -> Result<()> {
+    use aws_lc_rs::{agreement, rand, signature};
+    use signature::KeyPair;
+    if !(0.05..=60.0).contains(&seconds) {
+        bail!("--seconds is {seconds}; expected 0.05 to 60");
+    }
+    let rng = rand::SystemRandom::new();
+    let pkcs8 =
+        signature::EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+            .map_err(|_| anyhow::anyhow!("cannot generate a P-256 key"))?;
+    let key = signature::EcdsaKeyPair::from_pkcs8(
+        &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        pkcs8.as_ref(),
+    )
+    .map_err(|_| anyhow::anyhow!("cannot load the P-256 key"))?;
+    // What TLS 1.3 signs: 64 spaces, a context string, a zero byte, a SHA-256 transcript hash.
+    let message = [0x20u8; 130];
+    let sig = key
+        .sign(&rng, &message)
+        .map_err(|_| anyhow::anyhow!("cannot sign"))?;
+    let public = signature::UnparsedPublicKey::new(
+        &signature::ECDSA_P256_SHA256_ASN1,
+        key.public_key().as_ref().to_vec(),
+    );
+    public
+        .verify(&message, sig.as_ref())
+        .map_err(|_| anyhow::anyhow!("the signature does not verify"))?;
+    let sign = time_per_call(seconds, || {
+        let _ = std::hint::black_box(key.sign(&rng, &message));
+    });
+    let verify = time_per_call(seconds, || {
+        let _ = std::hint::black_box(public.verify(&message, sig.as_ref()));
+    });
+    let peer = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng)
+        .and_then(|k| k.compute_public_key())
+        .map_err(|_| anyhow::anyhow!("cannot make an X25519 key"))?;
+    let peer = agreement::UnparsedPublicKey::new(&agreement::X25519, peer.as_ref().to_vec());
+    // The server's part of the key exchange: a fresh key pair, its public half, the agreement.
+    let x25519 = time_per_call(seconds, || {
+        let Ok(own) = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng) else {
+            return;
+        };
+        let _ = std::hint::black_box(own.compute_public_key());
+        let _ = agreement::agree_ephemeral(own, &peer, (), |secret| {
+            std::hint::black_box(secret.len());
+            Ok(())
+        });
+    });
+    let floor = sign + 3.0 * verify + x25519;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "provider": "aws-lc-rs",
+            "sign_us": sign * 1e6,
+            "verify_us": verify * 1e6,
+            "x25519_us": x25519 * 1e6,
+            "floor_ms": floor * 1000.0,
+            "handshakes_per_core_second": 1.0 / floor,
+            "what": "1 ECDSA P-256 sign (CertificateVerify) + 3 verifies (leaf, intermediate, client CertificateVerify) + 1 X25519 key exchange",
+        }))?
+    );
+    Ok(())
+}
+
+/// Registers `count` CAs through the API, each proven with its key (the same steps as
+/// `cert add` + `cert prove`), `parallel` at a time.
+fn register_cas(hub: &crate::client::HubTarget, count: usize, parallel: usize) -> Result<()> {
+    use iothub_pki::gen::{self, CaIssuer, KeyKind};
+    if count == 0 || count > 100_000 {
+        bail!("--count is {count}; expected 1 to 100000");
+    }
+    if parallel == 0 || parallel > 64 {
+        bail!("--parallel is {parallel}; expected 1 to 64");
+    }
+    let api = Arc::new(crate::client::ApiClient::connect(hub)?);
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let run = std::process::id();
+    let workers: Vec<_> = (0..parallel)
+        .map(|_| {
+            let (api, next) = (api.clone(), next.clone());
+            std::thread::spawn(move || -> Result<()> {
+                let now = time::OffsetDateTime::now_utc();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= count {
+                        return Ok(());
+                    }
+                    let name = format!("bench-ca-{run}-{i:06}");
+                    let ca = gen::make_ca(
+                        &name,
+                        KeyKind::EcP256,
+                        None,
+                        now - time::Duration::hours(1),
+                        now + time::Duration::days(30),
+                    )?;
+                    let issuer = CaIssuer::from_pem(&ca.cert_pem, &ca.key_pem)?;
+                    crate::cli::add_and_prove(&api, &name, &ca.cert_pem, &issuer)
+                        .with_context(|| format!("registering {name}"))?;
+                    if i % 500 == 499 {
+                        eprint!("\rcas: {}/{count}", i + 1);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("a registration thread panicked"))??;
+    }
+    eprintln!("\rcas: {count}/{count}");
+    println!(
+        "{}",
+        json!({ "registered": count, "seconds": started.elapsed().as_secs_f64() })
+    );
+    Ok(())
 }

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::client::{segment, unix_now, ApiClient, HubTarget};
 use crate::Output;
+use iothub_pki::gen::CaIssuer;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CertCommand {
@@ -282,16 +283,52 @@ fn prove(api: &ApiClient, output: Output, name: &str, key_path: &PathBuf) -> Res
             key_path.display()
         )
     })?;
+    let v = prove_with(api, name, &ca_pem, &text(&current["etag"]), &issuer)?;
+    match output {
+        Output::Json => print_json(&v),
+        Output::Text => {
+            println!("{}", summary(&v));
+            Ok(())
+        }
+    }
+}
+
+/// Adds a CA certificate under `name` and proves possession of its key (`issuer`): what
+/// `cert add` + `cert prove` do, for callers that register many CAs (`bench cas`).
+pub fn add_and_prove(
+    api: &ApiClient,
+    name: &str,
+    ca_pem: &str,
+    issuer: &CaIssuer,
+) -> Result<Value> {
+    let added = api.call(
+        Method::PUT,
+        &cert_path(name),
+        None,
+        Some(&json!({ "properties": { "certificate": ca_pem } })),
+    )?;
+    prove_with(api, name, ca_pem, &text(&added["etag"]), issuer)
+}
+
+/// Fetches a verification code for CA `name` (at `etag`), signs the verification certificate
+/// with `issuer` and has the hub verify it.
+fn prove_with(
+    api: &ApiClient,
+    name: &str,
+    ca_pem: &str,
+    etag: &str,
+    issuer: &CaIssuer,
+) -> Result<Value> {
     let coded = api.call(
         Method::POST,
         &format!("{}/generateVerificationCode", cert_path(name)),
-        Some(&text(&current["etag"])),
+        Some(etag),
         None,
     )?;
     let code = text(prop(&coded, "verificationCode"));
     let now = time::OffsetDateTime::now_utc();
     let verification =
-        iothub_pki::gen::make_verification_cert(&code, &issuer, now, time::Duration::hours(1))?;
+        iothub_pki::gen::make_verification_cert(&code, issuer, now, time::Duration::hours(1))?;
 
     // Apply the hub's own rule locally first: a certificate we cannot reproduce exactly (e.g. a CA
     // subject with repeated attribute types) is explained here instead of being refused remotely.
@@ -319,13 +356,7 @@ fn prove(api: &ApiClient, output: Output, name: &str, key_path: &PathBuf) -> Res
         Some(&text(&coded["etag"])),
         Some(&json!({ "certificate": verification.cert_pem })),
     )?;
-    match output {
-        Output::Json => print_json(&v),
-        Output::Text => {
-            println!("{}", summary(&v));
-            Ok(())
-        }
-    }
+    Ok(v)
 }
 
 pub fn audit(target: &HubTarget, output: Output, args: AuditArgs) -> Result<()> {

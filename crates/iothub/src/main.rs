@@ -119,7 +119,7 @@ fn main() -> ExitCode {
         Command::PortalLink => cli::portal_link(&target, cli.output),
         Command::Pki(cmd) => pki_cmd::run(cli.output, cmd),
         Command::Demo => demo::run(),
-        Command::Bench(cmd) => bench::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd, &target),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

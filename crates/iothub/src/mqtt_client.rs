@@ -39,6 +39,32 @@ impl MqttClient {
         key_pem: &[u8],
         client_id: &str,
     ) -> Result<Connected> {
+        let config = Self::tls_config(ca_pem, chain_pem, key_pem)?;
+        Self::connect_with(addr, server_name, config, client_id).await
+    }
+
+    /// The TLS client configuration for one device identity. Reusing it across connects lets
+    /// rustls resume the TLS session (it keeps the tickets the server sent).
+    pub fn tls_config(
+        ca_pem: &[u8],
+        chain_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<Arc<rustls::ClientConfig>> {
+        Self::tls_config_with(
+            ca_pem,
+            chain_pem,
+            key_pem,
+            rustls::crypto::aws_lc_rs::default_provider(),
+        )
+    }
+
+    /// `tls_config` with a chosen crypto provider (e.g. other key-exchange groups).
+    pub fn tls_config_with(
+        ca_pem: &[u8],
+        chain_pem: &[u8],
+        key_pem: &[u8],
+        provider: rustls::crypto::CryptoProvider,
+    ) -> Result<Arc<rustls::ClientConfig>> {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(ca_pem) {
             roots.add(c?)?;
@@ -46,11 +72,20 @@ impl MqttClient {
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(chain_pem).collect::<Result<_, _>>()?;
         let key = PrivateKeyDer::from_pem_slice(key_pem)?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)?;
+        Ok(Arc::new(config))
+    }
+
+    /// Connects with a prepared TLS configuration (see `tls_config`).
+    pub async fn connect_with(
+        addr: std::net::SocketAddr,
+        server_name: &str,
+        config: Arc<rustls::ClientConfig>,
+        client_id: &str,
+    ) -> Result<Connected> {
         let tcp = TcpStream::connect(addr)
             .await
             .with_context(|| format!("cannot reach {addr}"))?;
@@ -58,7 +93,7 @@ impl MqttClient {
         // until the server's (delayed) ACK, about 40 ms per connect.
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from(server_name.to_string())?;
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await?;
         let mut client = MqttClient {
@@ -89,14 +124,19 @@ impl MqttClient {
         }
     }
 
-    async fn send(&mut self, packet: &Packet) -> Result<()> {
+    /// Whether the TLS handshake of this connection resumed an earlier session.
+    pub fn resumed(&self) -> bool {
+        self.stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
+    pub(crate) async fn send(&mut self, packet: &Packet) -> Result<()> {
         let mut out = BytesMut::new();
         codec::encode(packet, &mut out).map_err(|e| anyhow!("{e}"))?;
         self.stream.write_all(&out).await?;
         Ok(())
     }
 
-    async fn recv(&mut self, timeout: Duration) -> Result<Packet> {
+    pub(crate) async fn recv(&mut self, timeout: Duration) -> Result<Packet> {
         tokio::time::timeout(timeout, async {
             loop {
                 if let Some(p) =
@@ -113,7 +153,7 @@ impl MqttClient {
         .map_err(|_| anyhow!("no answer from the hub within {timeout:?}"))?
     }
 
-    fn pkid(&mut self) -> u16 {
+    pub(crate) fn pkid(&mut self) -> u16 {
         let id = self.next_pkid;
         self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
         id

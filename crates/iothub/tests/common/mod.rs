@@ -376,35 +376,22 @@ impl RawDevice {
         client: &str,
         keep_alive: u16,
     ) -> Result<(RawDevice, u8), String> {
-        use rustls_pki_types::pem::PemObject;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-        let ca = std::fs::read(hub.data().join("tls/ca.pem")).map_err(|e| e.to_string())?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&ca) {
-            roots
-                .add(c.map_err(|e| e.to_string())?)
+        let config = client_config(hub, cert_pem, key_pem)?;
+        Self::connect_with_config(hub, config, client, keep_alive)
+    }
+
+    /// Connects with a prepared TLS configuration: reusing one lets rustls resume the session
+    /// with a ticket the hub sent on an earlier connection.
+    pub fn connect_with_config(
+        hub: &TestHub,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        client: &str,
+        keep_alive: u16,
+    ) -> Result<(RawDevice, u8), String> {
+        use rustls_pki_types::ServerName;
+        let conn =
+            rustls::ClientConnection::new(config, ServerName::try_from("localhost").unwrap())
                 .map_err(|e| e.to_string())?;
-        }
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(&std::fs::read(cert_pem).map_err(|e| e.to_string())?)
-                .collect::<Result<_, _>>()
-                .map_err(|e| e.to_string())?;
-        let key =
-            PrivateKeyDer::from_pem_slice(&std::fs::read(key_pem).map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| format!("client cannot use its key: {e}"))?;
-        let conn = rustls::ClientConnection::new(
-            std::sync::Arc::new(config),
-            ServerName::try_from("localhost").unwrap(),
-        )
-        .map_err(|e| e.to_string())?;
         let tcp = std::net::TcpStream::connect(("127.0.0.1", hub.mqtt_port))
             .map_err(|e| e.to_string())?;
         tcp.set_read_timeout(Some(Duration::from_secs(10)))
@@ -428,6 +415,11 @@ impl RawDevice {
             iothub_mqtt::codec::Packet::ConnAck(a) => Ok((device, a.code)),
             other => Err(format!("expected CONNACK, got {other:?}")),
         }
+    }
+
+    /// Whether this connection's TLS handshake resumed an earlier session.
+    pub fn resumed(&self) -> bool {
+        self.tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
     }
 
     pub fn send(&mut self, packet: &iothub_mqtt::codec::Packet) -> Result<(), String> {
@@ -476,4 +468,37 @@ impl RawDevice {
     pub fn disconnect(mut self) {
         let _ = self.send(&iothub_mqtt::codec::Packet::Disconnect);
     }
+}
+
+/// The TLS client configuration of a device presenting `cert_pem` (leaf, then chain) with
+/// `key_pem`, trusting the hub's CA.
+pub fn client_config(
+    hub: &TestHub,
+    cert_pem: &Path,
+    key_pem: &Path,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let ca = std::fs::read(hub.data().join("tls/ca.pem")).map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca) {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&std::fs::read(cert_pem).map_err(|e| e.to_string())?)
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(&std::fs::read(key_pem).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .map_err(|e| format!("client cannot use its key: {e}"))?;
+    Ok(std::sync::Arc::new(config))
 }
