@@ -106,6 +106,9 @@ pub struct Hub {
     /// rebuilds can finish out of order and a stale snapshot (one that still holds a deleted CA)
     /// wins. (Next ticket, newest stored ticket.)
     pub(crate) trust_tickets: Arc<(std::sync::atomic::AtomicU64, Mutex<u64>)>,
+    /// Each registered CA parsed, by name, with the etag of the version parsed.
+    pub(crate) anchor_memo:
+        Arc<Mutex<std::collections::HashMap<String, (u64, iothub_pki::device::ParsedAnchor)>>>,
     /// Device chains validated against the snapshot held beside them (see `trust`).
     pub(crate) chain_cache: Arc<Mutex<(Arc<TrustIndex>, iothub_pki::chain_cache::ChainCache)>>,
     pub(crate) sessions: Arc<Mutex<sessions::Sessions>>,
@@ -137,6 +140,7 @@ impl Hub {
             policies: Arc::new(RwLock::new(policies)),
             trust: Arc::new(ArcSwap::from_pointee(TrustIndex::default())),
             trust_tickets: Arc::new((std::sync::atomic::AtomicU64::new(1), Mutex::new(0))),
+            anchor_memo: Arc::new(Mutex::new(std::collections::HashMap::new())),
             chain_cache: Arc::new(Mutex::new((
                 Arc::new(TrustIndex::default()),
                 iothub_pki::chain_cache::ChainCache::new(chain_cache_entries),

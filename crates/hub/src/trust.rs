@@ -6,8 +6,7 @@
 use std::sync::Arc;
 
 use iothub_pki::chain_cache::{chain_key, VerifiedChain};
-use iothub_pki::device::{validate_chain_bounded, AnchorEntry, ChainError, TrustIndex};
-use iothub_pki::CertInfo;
+use iothub_pki::device::{validate_chain_bounded, ChainError, ParsedAnchor, TrustIndex};
 
 use crate::{Hub, HubError};
 
@@ -63,22 +62,38 @@ impl Hub {
         // ticket at least this high, so it was read after the change (see `Hub::trust_tickets`).
         let (next_ticket, newest_stored) = &*self.trust_tickets;
         let ticket = next_ticket.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let entries: Vec<AnchorEntry> = self
-            .store
-            .list_cas()?
-            .into_iter()
-            .filter_map(|r| {
-                let info = CertInfo::from_der(&r.der).ok()?;
-                Some(AnchorEntry {
-                    ca_name: r.name,
-                    der: r.der,
-                    subject: info.subject,
-                    verified: r.is_verified,
-                    not_after: info.not_after,
-                })
-            })
-            .collect();
-        let index = Arc::new(TrustIndex::new(entries));
+        let versions = self.store.list_ca_versions()?;
+        let anchors: Vec<ParsedAnchor> = {
+            // Each CA is loaded and parsed once per version (etag), not on every rebuild: with
+            // thousands of CAs, reloading them all made each CA change cost the whole registry.
+            let mut memo = self
+                .anchor_memo
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut next = std::collections::HashMap::with_capacity(versions.len());
+            let mut anchors = Vec::with_capacity(versions.len());
+            for (name, etag, _verified) in versions {
+                let (etag, parsed) = match memo.remove(&name) {
+                    Some((seen, parsed)) if seen == etag => (etag, parsed),
+                    _ => {
+                        // Changed since the last rebuild (or new): load it. Gone meanwhile:
+                        // skip it (its delete rebuilds trust again).
+                        let Some(r) = self.store.get_ca(&name)? else {
+                            continue;
+                        };
+                        match ParsedAnchor::parse(&r.name, &r.der, r.is_verified) {
+                            Ok(parsed) => (r.etag, parsed),
+                            Err(_) => continue,
+                        }
+                    }
+                };
+                next.insert(name, (etag, parsed.clone()));
+                anchors.push(parsed);
+            }
+            *memo = next;
+            anchors
+        };
+        let index = Arc::new(TrustIndex::from_parsed(anchors));
         {
             let mut newest = newest_stored
                 .lock()

@@ -6,6 +6,7 @@
 //! changes), so the rule never touches the database and is tested exhaustively.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
@@ -88,28 +89,66 @@ pub struct AnchorEntry {
 /// whose subject equals an issuer it names, never by scanning them all.
 #[derive(Debug, Clone, Default)]
 pub struct TrustIndex {
-    by_subject: HashMap<Vec<u8>, Vec<AnchorEntry>>,
+    by_subject: HashMap<Arc<[u8]>, Vec<Arc<AnchorEntry>>>,
     /// basicConstraints path lengths of the CAs that have one, by CA name: webpki's trust anchors
     /// carry no basicConstraints, so the limit a registered CA sets below itself is enforced here.
     path_lens: HashMap<String, u32>,
     count: usize,
 }
 
+/// A registered CA with what the index needs from its certificate, parsed once: a registry of
+/// thousands of CAs is re-indexed on every CA change, and parsing each certificate every time
+/// made that quadratic.
+#[derive(Debug, Clone)]
+pub struct ParsedAnchor {
+    pub entry: Arc<AnchorEntry>,
+    subject_raw: Arc<[u8]>,
+    path_len: Option<u32>,
+}
+
+impl ParsedAnchor {
+    /// Parses a registered CA's certificate.
+    pub fn parse(ca_name: &str, der: &[u8], verified: bool) -> Result<ParsedAnchor, String> {
+        let info = CertInfo::from_der(der).map_err(|e| e.to_string())?;
+        Ok(ParsedAnchor {
+            entry: Arc::new(AnchorEntry {
+                ca_name: ca_name.to_string(),
+                der: der.to_vec(),
+                subject: info.subject,
+                verified,
+                not_after: info.not_after,
+            }),
+            subject_raw: info.subject_raw.into(),
+            path_len: info.ca.flatten(),
+        })
+    }
+}
+
 impl TrustIndex {
     /// Builds the index; entries whose DER cannot be read are skipped (the registry only holds
     /// parsed certificates).
     pub fn new(entries: impl IntoIterator<Item = AnchorEntry>) -> TrustIndex {
-        let mut by_subject: HashMap<Vec<u8>, Vec<AnchorEntry>> = HashMap::new();
+        TrustIndex::from_parsed(entries.into_iter().filter_map(|e| {
+            let info = CertInfo::from_der(&e.der).ok()?;
+            Some(ParsedAnchor {
+                subject_raw: info.subject_raw.into(),
+                path_len: info.ca.flatten(),
+                entry: Arc::new(e),
+            })
+        }))
+    }
+
+    /// Builds the index from CAs parsed earlier.
+    pub fn from_parsed(anchors: impl IntoIterator<Item = ParsedAnchor>) -> TrustIndex {
+        let mut by_subject: HashMap<Arc<[u8]>, Vec<Arc<AnchorEntry>>> = HashMap::new();
         let mut path_lens = HashMap::new();
         let mut count = 0;
-        for e in entries {
-            if let Ok(info) = CertInfo::from_der(&e.der) {
-                if let Some(Some(len)) = info.ca {
-                    path_lens.insert(e.ca_name.clone(), len);
-                }
-                by_subject.entry(info.subject_raw).or_default().push(e);
-                count += 1;
+        for a in anchors {
+            if let Some(len) = a.path_len {
+                path_lens.insert(a.entry.ca_name.clone(), len);
             }
+            by_subject.entry(a.subject_raw).or_default().push(a.entry);
+            count += 1;
         }
         TrustIndex {
             by_subject,
@@ -126,7 +165,7 @@ impl TrustIndex {
         self.count == 0
     }
 
-    fn candidates(&self, issuer_raw: &[u8]) -> &[AnchorEntry] {
+    fn candidates(&self, issuer_raw: &[u8]) -> &[Arc<AnchorEntry>] {
         self.by_subject
             .get(issuer_raw)
             .map(Vec::as_slice)
@@ -244,7 +283,7 @@ pub fn validate_chain_bounded(
     for info in &infos {
         for c in index.candidates(&info.issuer_raw) {
             if !candidates.iter().any(|k| k.ca_name == c.ca_name) {
-                candidates.push(c);
+                candidates.push(c.as_ref());
             }
         }
     }

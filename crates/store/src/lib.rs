@@ -218,6 +218,15 @@ pub trait Store: Send + Sync + 'static {
     fn get_ca(&self, name: &str) -> Result<Option<CaRecord>, StoreError>;
     /// All CAs, ordered by name.
     fn list_cas(&self) -> Result<Vec<CaRecord>, StoreError>;
+    /// (name, etag, is_verified) of every CA, ordered by name: what a trust rebuild reads to find
+    /// what changed without loading every certificate.
+    fn list_ca_versions(&self) -> Result<Vec<(String, u64, bool)>, StoreError> {
+        Ok(self
+            .list_cas()?
+            .into_iter()
+            .map(|r| (r.name, r.etag, r.is_verified))
+            .collect())
+    }
     /// Creates or replaces the CA `record.name` under `expect`, assigns it a new etag, and appends
     /// `audit`, all in one transaction. `record.etag` is ignored. Returns the stored record.
     fn write_ca(
