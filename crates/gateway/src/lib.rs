@@ -5,8 +5,8 @@
 //! which session to close, where a message goes) is a call to the service layer (`iothub-hub`).
 //!
 //! - [`tls`]: the rustls server configuration: asks for (does not require) a client certificate,
-//!   checks only that the client holds the certificate's key, and never resumes sessions, so that
-//!   every connection presents its chain for the decision at CONNECT.
+//!   checks only that the client holds the certificate's key, and resumes sessions by stateless
+//!   tickets; a resumed connection's chain (kept in the ticket) is judged at CONNECT like any other.
 //! - [`server`]: the accept loop, connection limits, periodic revalidation, graceful shutdown.
 //! - [`session`]: one device connection: CONNECT, then telemetry, subscriptions, C2D delivery,
 //!   keep-alive, and closing when the hub says so.

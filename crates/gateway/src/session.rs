@@ -96,7 +96,13 @@ impl Conn {
     }
 
     async fn write_bytes(&mut self, out: &[u8]) -> Result<(), String> {
-        tokio::time::timeout(Duration::from_secs(30), self.stream.write_all(out))
+        // write_all only hands the bytes to rustls when the socket is momentarily full; the
+        // flush makes sure they leave (a PUBACK must not wait for the next packet out).
+        let write = async {
+            self.stream.write_all(out).await?;
+            self.stream.flush().await
+        };
+        tokio::time::timeout(Duration::from_secs(30), write)
             .await
             .map_err(|_| "the device did not read for 30 s".to_string())?
             .map_err(|e| format!("write failed: {e}"))

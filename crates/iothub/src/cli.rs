@@ -19,7 +19,8 @@ pub enum CertCommand {
     Add {
         name: String,
         file: PathBuf,
-        /// Replace the certificate registered under NAME (resets it to Unverified).
+        /// Replace the certificate registered under NAME (resets it to Unverified, unless the
+        /// certificate is byte-for-byte the one already registered).
         #[arg(long)]
         replace: bool,
         /// Ask for the CA to be Verified on upload (only if the hub allows it).
