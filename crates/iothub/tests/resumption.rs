@@ -12,27 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A verified root CA `root` (root.pem, root.key in the hub's directory) and devices under it.
-fn setup(hub: &TestHub, ids: &[&str]) {
-    let dir = &hub.dir;
-    ok(&hub.cli_in(dir, &["pki", "ca", "root", "--force"]));
-    ok(&hub.cli_in(dir, &["cert", "add", "root", "root.pem"]));
-    ok(&hub.cli_in(dir, &["cert", "prove", "root", "--key", "root.key"]));
-    for id in ids {
-        add_device(hub, id, "root");
-    }
-}
-
-/// Makes `id.pem`/`id.key` signed by CA files `ca.pem`/`ca.key` and registers the device.
-fn add_device(hub: &TestHub, id: &str, ca: &str) {
-    let (cert, key) = (format!("{ca}.pem"), format!("{ca}.key"));
-    ok(&hub.cli_in(
-        &hub.dir,
-        &["pki", "device", id, "--ca-cert", &cert, "--ca-key", &key],
-    ));
-    ok(&hub.cli(&["device", "add", id]));
-}
-
 fn files(hub: &TestHub, id: &str) -> (PathBuf, PathBuf) {
     (
         hub.dir.join(format!("{id}.pem")),
@@ -57,25 +36,6 @@ fn attempt(hub: &TestHub, config: &Arc<rustls::ClientConfig>, id: &str) -> (u8, 
         device.disconnect();
     }
     (code, resumed)
-}
-
-/// Every refusal recorded for `client`, newest first.
-fn refusals(hub: &TestHub, client: &str) -> Vec<String> {
-    let v: serde_json::Value = hub
-        .client()
-        .get(format!("{}/connections", hub.base()))
-        .header("Authorization", hub.owner_token())
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    v["refusals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["clientId"] == client)
-        .map(|r| r["reason"].as_str().unwrap_or_default().to_string())
-        .collect()
 }
 
 /// Waits for a refusal of `client` newer than the `before` already recorded; returns it. (The
@@ -111,7 +71,7 @@ fn admitted_then_resumed(hub: &TestHub, id: &str) -> Arc<rustls::ClientConfig> {
 #[test]
 fn a_reconnecting_device_resumes_its_tls_session_and_is_admitted() {
     let hub = TestHub::start(&[]);
-    setup(&hub, &["again"]);
+    verified_root_with_devices(&hub, &["again"]);
     let config = admitted_then_resumed(&hub, "again");
     // And once more, with the ticket the resumed connection brought.
     assert_eq!(attempt(&hub, &config, "again"), (0, true));
@@ -137,7 +97,7 @@ fn a_reconnecting_device_resumes_its_tls_session_and_is_admitted() {
 #[test]
 fn a_resumed_session_of_a_deleted_ca_is_refused_at_connect() {
     let hub = TestHub::start(&[]);
-    setup(&hub, &["orphan"]);
+    verified_root_with_devices(&hub, &["orphan"]);
     let config = admitted_then_resumed(&hub, "orphan");
     ok(&hub.cli(&["cert", "delete", "root"]));
     let before = refusals(&hub, "orphan").len();
@@ -156,7 +116,7 @@ fn a_resumed_session_of_a_deleted_ca_is_refused_at_connect() {
 #[test]
 fn a_resumed_session_of_a_disabled_device_is_refused_at_connect() {
     let hub = TestHub::start(&[]);
-    setup(&hub, &["sleepy"]);
+    verified_root_with_devices(&hub, &["sleepy"]);
     let config = admitted_then_resumed(&hub, "sleepy");
     ok(&hub.cli(&["device", "disable", "sleepy"]));
     let before = refusals(&hub, "sleepy").len();
@@ -247,7 +207,7 @@ fn renew_ca(hub: &TestHub) {
 /// A device admitted (its chain's verdict cached) whose CA then turns Unverified: refused on a
 /// resumed connection with the reason, then admitted again once the CA is proved.
 fn unverified_then_proved(hub: &TestHub, id: &str, make_unverified: fn(&TestHub)) {
-    setup(hub, &[id]);
+    verified_root_with_devices(hub, &[id]);
     let config = admitted_then_resumed(hub, id);
     make_unverified(hub);
     let before = refusals(hub, id).len();
@@ -285,10 +245,10 @@ fn a_renewed_ca_admits_no_resumed_session_until_it_is_proved() {
 #[test]
 fn a_device_of_an_unverified_ca_is_refused_resumed_or_not_until_the_ca_is_proved() {
     let hub = TestHub::start(&[]);
-    setup(&hub, &[]);
+    verified_root_with_devices(&hub, &[]);
     ok(&hub.cli_in(&hub.dir, &["pki", "ca", "newca", "--force"]));
     ok(&hub.cli_in(&hub.dir, &["cert", "add", "newca", "newca.pem"]));
-    add_device(&hub, "newbie", "newca");
+    add_ca_device(&hub, "newbie", "newca");
     let config = device_config(&hub, "newbie");
     // Refused after a full handshake, which still hands out tickets...
     let before = refusals(&hub, "newbie").len();
@@ -322,7 +282,7 @@ fn a_device_of_an_unverified_ca_is_refused_resumed_or_not_until_the_ca_is_proved
 fn tickets_do_not_outlive_the_hub_process() {
     let tmp = tempfile::tempdir().unwrap();
     let mut hub = TestHub::start_in(tmp.path(), &[]);
-    setup(&hub, &["survivor"]);
+    verified_root_with_devices(&hub, &["survivor"]);
     let config = admitted_then_resumed(&hub, "survivor");
     hub.kill9();
     drop(hub);

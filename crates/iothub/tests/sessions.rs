@@ -10,28 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use iothub_mqtt::codec::{Packet, Subscribe};
 
-fn setup(hub: &TestHub, ids: &[&str]) {
-    let dir = &hub.dir;
-    ok(&hub.cli_in(dir, &["pki", "ca", "root", "--force"]));
-    ok(&hub.cli_in(dir, &["cert", "add", "root", "root.pem"]));
-    ok(&hub.cli_in(dir, &["cert", "prove", "root", "--key", "root.key"]));
-    for id in ids {
-        ok(&hub.cli_in(
-            dir,
-            &[
-                "pki",
-                "device",
-                id,
-                "--ca-cert",
-                "root.pem",
-                "--ca-key",
-                "root.key",
-            ],
-        ));
-        ok(&hub.cli(&["device", "add", id]));
-    }
-}
-
 fn device(hub: &TestHub, id: &str, keep_alive: u16) -> RawDevice {
     let (d, code) = RawDevice::connect_keep_alive(
         hub,
@@ -43,24 +21,6 @@ fn device(hub: &TestHub, id: &str, keep_alive: u16) -> RawDevice {
     .unwrap();
     assert_eq!(code, 0, "{id} refused");
     d
-}
-
-fn refusal(hub: &TestHub, id: &str) -> String {
-    let v: serde_json::Value = hub
-        .client()
-        .get(format!("{}/connections", hub.base()))
-        .header("Authorization", hub.owner_token())
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    v["refusals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["clientId"] == id)
-        .map(|r| r["reason"].as_str().unwrap().to_string())
-        .unwrap_or_default()
 }
 
 fn subscribe_c2d(d: &mut RawDevice, id: &str) {
@@ -82,14 +42,14 @@ fn next_publish(d: &mut RawDevice) -> iothub_mqtt::codec::Publish {
 #[test]
 fn a_new_connection_replaces_the_old_one() {
     let hub = TestHub::start(&[]);
-    setup(&hub, &["twice"]);
+    verified_root_with_devices(&hub, &["twice"]);
     let mut first = device(&hub, "twice", 60);
     let mut second = device(&hub, "twice", 60);
     assert!(first.recv().is_err(), "the first connection is closed");
     assert!(
-        refusal(&hub, "twice").contains("replaced this one"),
+        latest_refusal(&hub, "twice").contains("replaced this one"),
         "{}",
-        refusal(&hub, "twice")
+        latest_refusal(&hub, "twice")
     );
     second
         .publish("devices/twice/messages/events/", b"still here", 1)
@@ -99,7 +59,7 @@ fn a_new_connection_replaces_the_old_one() {
 #[test]
 fn keep_alive_is_enforced_at_one_and_a_half_times() {
     let hub = TestHub::start(&[]);
-    setup(&hub, &["quiet", "chatty"]);
+    verified_root_with_devices(&hub, &["quiet", "chatty"]);
     // Keep-alive 2 s and then silence: closed after 3 s (1.5 x 2), not before.
     let mut quiet = device(&hub, "quiet", 2);
     let t = Instant::now();
@@ -110,9 +70,9 @@ fn keep_alive_is_enforced_at_one_and_a_half_times() {
         "closed after {took:?}"
     );
     assert!(
-        refusal(&hub, "quiet").contains("keep-alive expired"),
+        latest_refusal(&hub, "quiet").contains("keep-alive expired"),
         "{}",
-        refusal(&hub, "quiet")
+        latest_refusal(&hub, "quiet")
     );
     // With a PINGREQ every second the session stays open past the limit.
     let mut chatty = device(&hub, "chatty", 2);
@@ -126,7 +86,7 @@ fn keep_alive_is_enforced_at_one_and_a_half_times() {
 #[test]
 fn the_payload_limit_closes_the_session_with_its_reason() {
     let hub = TestHub::start(&["--max-message-bytes", "1024"]);
-    setup(&hub, &["big"]);
+    verified_root_with_devices(&hub, &["big"]);
     let mut d = device(&hub, "big", 60);
     d.publish("devices/big/messages/events/", &[b'x'; 1000], 1)
         .unwrap();
@@ -134,16 +94,16 @@ fn the_payload_limit_closes_the_session_with_its_reason() {
         .publish("devices/big/messages/events/", &[b'x'; 2000], 2)
         .is_err());
     assert!(
-        refusal(&hub, "big").contains("at most 1024 bytes"),
+        latest_refusal(&hub, "big").contains("at most 1024 bytes"),
         "{}",
-        refusal(&hub, "big")
+        latest_refusal(&hub, "big")
     );
 }
 
 #[test]
 fn an_unacknowledged_c2d_message_is_redelivered_on_the_next_connection() {
     let hub = TestHub::start(&[]);
-    setup(&hub, &["forgetful"]);
+    verified_root_with_devices(&hub, &["forgetful"]);
     ok(&hub.cli(&[
         "c2d",
         "send",
@@ -186,7 +146,7 @@ fn an_unacknowledged_c2d_message_is_redelivered_on_the_next_connection() {
 fn sigterm_shuts_down_gracefully() {
     let tmp = tempfile::tempdir().unwrap();
     let mut hub = TestHub::start_in(tmp.path(), &[]);
-    setup(&hub, &["last"]);
+    verified_root_with_devices(&hub, &["last"]);
     let mut d = device(&hub, "last", 60);
     for i in 0..20u16 {
         d.publish(

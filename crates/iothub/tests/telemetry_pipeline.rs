@@ -11,28 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use iothub_mqtt::codec::{Packet, Publish, Subscribe};
 
-fn setup(hub: &TestHub, ids: &[&str]) {
-    let dir = &hub.dir;
-    ok(&hub.cli_in(dir, &["pki", "ca", "root", "--force"]));
-    ok(&hub.cli_in(dir, &["cert", "add", "root", "root.pem"]));
-    ok(&hub.cli_in(dir, &["cert", "prove", "root", "--key", "root.key"]));
-    for id in ids {
-        ok(&hub.cli_in(
-            dir,
-            &[
-                "pki",
-                "device",
-                id,
-                "--ca-cert",
-                "root.pem",
-                "--ca-key",
-                "root.key",
-            ],
-        ));
-        ok(&hub.cli(&["device", "add", id]));
-    }
-}
-
 fn device(hub: &TestHub, id: &str) -> RawDevice {
     let (d, code) = RawDevice::connect(
         hub,
@@ -118,7 +96,7 @@ fn stored(hub: &TestHub, id: &str) -> Vec<(String, i64)> {
 /// 500 un-waited QoS 1 messages: exactly 500 PUBACKs, in order, then all 500 stored in order.
 fn five_hundred_in_order(extra: &[&str]) {
     let hub = TestHub::start(extra);
-    setup(&hub, &["burst"]);
+    verified_root_with_devices(&hub, &["burst"]);
     let mut d = device(&hub, "burst");
     send_telemetry(&mut d, "burst", "m", 1..=500);
     let acks = read_acks(&mut d, 500);
@@ -152,7 +130,7 @@ fn a_pipeline_of_one_still_works_in_order() {
 #[test]
 fn a_twin_request_after_telemetry_is_answered_after_every_telemetry_puback() {
     let hub = TestHub::start(&[]);
-    setup(&hub, &["twinned"]);
+    verified_root_with_devices(&hub, &["twinned"]);
     let mut d = device(&hub, "twinned");
     d.send(&Packet::Subscribe(Subscribe {
         pkid: 1000,
@@ -262,7 +240,7 @@ fn the_pipeline_bound_is_range_checked_at_startup() {
     );
     // The bounds themselves are accepted.
     let hub = TestHub::start(&["--max-unacked-telemetry", "10000"]);
-    setup(&hub, &["edge"]);
+    verified_root_with_devices(&hub, &["edge"]);
     let mut d = device(&hub, "edge");
     send_telemetry(&mut d, "edge", "e", 1..=10);
     assert_eq!(read_acks(&mut d, 10), (1..=10).collect::<Vec<u16>>());
@@ -272,7 +250,7 @@ fn the_pipeline_bound_is_range_checked_at_startup() {
 fn every_acknowledged_message_survives_a_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
     let mut hub = TestHub::start_in(tmp.path(), &[]);
-    setup(&hub, &["crashy"]);
+    verified_root_with_devices(&hub, &["crashy"]);
     let mut d = device(&hub, "crashy");
     // About 1 KiB each, so that commits take a while and the kill lands mid-stream.
     let pad = "x".repeat(1000);

@@ -502,3 +502,50 @@ pub fn client_config(
     .map_err(|e| format!("client cannot use its key: {e}"))?;
     Ok(std::sync::Arc::new(config))
 }
+
+/// A Verified root CA "root" (root.pem/root.key in the hub's directory) and, for each id, a
+/// device certificate signed by it (`{id}.pem`/`{id}.key`) and the registered device.
+pub fn verified_root_with_devices(hub: &TestHub, ids: &[&str]) {
+    let dir = &hub.dir;
+    ok(&hub.cli_in(dir, &["pki", "ca", "root", "--force"]));
+    ok(&hub.cli_in(dir, &["cert", "add", "root", "root.pem"]));
+    ok(&hub.cli_in(dir, &["cert", "prove", "root", "--key", "root.key"]));
+    for id in ids {
+        add_ca_device(hub, id, "root");
+    }
+}
+
+/// Makes `{id}.pem`/`{id}.key` signed by the CA files `{ca}.pem`/`{ca}.key` in the hub's
+/// directory and registers the device (certificateAuthority authentication).
+pub fn add_ca_device(hub: &TestHub, id: &str, ca: &str) {
+    let (cert, key) = (format!("{ca}.pem"), format!("{ca}.key"));
+    ok(&hub.cli_in(
+        &hub.dir,
+        &["pki", "device", id, "--ca-cert", &cert, "--ca-key", &key],
+    ));
+    ok(&hub.cli(&["device", "add", id]));
+}
+
+/// Every connection refusal recorded for `client` (GET /connections), newest first.
+pub fn refusals(hub: &TestHub, client: &str) -> Vec<String> {
+    let v: serde_json::Value = hub
+        .client()
+        .get(format!("{}/connections", hub.base()))
+        .header("Authorization", hub.owner_token())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    v["refusals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["clientId"] == client)
+        .map(|r| r["reason"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The newest refusal recorded for `client` ("" if none).
+pub fn latest_refusal(hub: &TestHub, client: &str) -> String {
+    refusals(hub, client).into_iter().next().unwrap_or_default()
+}
