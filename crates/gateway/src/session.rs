@@ -200,16 +200,21 @@ pub(crate) async fn run(
         chain,
         remote: remote.clone(),
     };
-    // One trip to the blocking pool for both steps (each reads the store).
+    // A device whose record is in memory is judged right here (chain checks are CPU work, like
+    // the handshake before them); otherwise one trip to the blocking pool reads the store.
+    // Opening the session touches only memory.
     let clean_session = connect.clean_session;
-    let decision = {
-        let hub = hub.clone();
-        tokio::task::spawn_blocking(move || {
-            hub.authenticate_device(&request)
-                .map(|method| hub.open_session(&request, method, clean_session))
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("authentication task failed: {e}")))
+    let decision = match hub.authenticate_device_from_memory(&request) {
+        Some(verdict) => verdict.map(|method| hub.open_session(&request, method, clean_session)),
+        None => {
+            let hub = hub.clone();
+            tokio::task::spawn_blocking(move || {
+                hub.authenticate_device(&request)
+                    .map(|method| hub.open_session(&request, method, clean_session))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("authentication task failed: {e}")))
+        }
     };
     let admission = match decision {
         Ok(admission) => admission,
@@ -295,10 +300,8 @@ pub(crate) async fn run(
             }
         }
     }
-    let hub2 = hub.clone();
-    let (device, session_id) = (admission.device_id.clone(), admission.session_id);
-    let _ =
-        tokio::task::spawn_blocking(move || hub2.close_session(&device, session_id, &reason)).await;
+    // Memory only (the activity it records is written behind), so no blocking thread.
+    hub.close_session(&admission.device_id, admission.session_id, &reason);
 }
 
 struct SessionState {

@@ -120,6 +120,10 @@ pub fn server_config(
     // (random, in memory, rotated) dies with the process.
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    // One ticket per connection (rustls sends two by default): a device resumes one session at
+    // a time and each resumption brings a fresh ticket, so a second is encryption and bytes for
+    // nothing.
+    config.send_tls13_tickets = 1;
     // The server's suite order (see `device_provider`), not the client's.
     config.ignore_client_order = true;
     Ok(Arc::new(config))

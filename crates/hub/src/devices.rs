@@ -294,10 +294,10 @@ impl Hub {
                 auth.type_name()
             );
             let audit = self.audit_entry(who, ACTION, &target(id), &Ok(detail));
-            let stored = self
-                .store
-                .write_device(&record, expect, &audit)
-                .map_err(|e| Self::device_store_error(id, e, if_match))?;
+            let written = self.store.write_device(&record, expect, &audit);
+            // Whatever the store answered (an error may follow a commit), CONNECT re-reads it.
+            self.device_cache.forget(id);
+            let stored = written.map_err(|e| Self::device_store_error(id, e, if_match))?;
             if !created {
                 self.revalidate_device_sessions(id);
             }
@@ -354,9 +354,9 @@ impl Hub {
                 }
             }
             let audit = self.audit_entry(who, ACTION, &target(id), &Ok("deleted device".into()));
-            self.store
-                .delete_device(id, Some(record.etag), &audit)
-                .map_err(|e| Self::device_store_error(id, e, if_match))?;
+            let deleted = self.store.delete_device(id, Some(record.etag), &audit);
+            self.device_cache.forget(id);
+            deleted.map_err(|e| Self::device_store_error(id, e, if_match))?;
             self.forget_activity(id);
             self.forget_session_state(id);
             self.revalidate_device_sessions(id);

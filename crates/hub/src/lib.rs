@@ -11,6 +11,7 @@ pub mod auth;
 pub mod c2d;
 pub mod certificates;
 pub mod clock;
+mod device_cache;
 pub mod devices;
 pub mod error;
 pub mod methods;
@@ -66,6 +67,9 @@ pub struct HubConfig {
     /// How many validated device chains are remembered for the current trust snapshot
     /// (0: validate every chain in full at every CONNECT).
     pub chain_cache_entries: usize,
+    /// How many devices' connect facts (status, authentication) are kept in memory, so that a
+    /// CONNECT reads no database (0: read the store at every CONNECT).
+    pub device_cache_entries: usize,
 }
 
 impl Default for HubConfig {
@@ -86,6 +90,7 @@ impl Default for HubConfig {
             hub_name: "iothub".into(),
             max_chain_len: iothub_pki::device::DEFAULT_MAX_CHAIN_LEN,
             chain_cache_entries: 100_000,
+            device_cache_entries: 100_000,
         }
     }
 }
@@ -111,6 +116,8 @@ pub struct Hub {
         Arc<Mutex<std::collections::HashMap<String, (u64, iothub_pki::device::ParsedAnchor)>>>,
     /// Device chains validated against the snapshot held beside them (see `trust`).
     pub(crate) chain_cache: Arc<Mutex<(Arc<TrustIndex>, iothub_pki::chain_cache::ChainCache)>>,
+    /// What CONNECT needs of each device, forgotten on every device write (see `device_cache`).
+    pub(crate) device_cache: Arc<device_cache::DeviceCache>,
     pub(crate) sessions: Arc<Mutex<sessions::Sessions>>,
     pub(crate) telemetry: Arc<telemetry::TelemetryWriter>,
     pub(crate) last_offset: Arc<tokio::sync::watch::Sender<i64>>,
@@ -133,6 +140,7 @@ impl Hub {
         let telemetry = telemetry::TelemetryWriter::start(store.clone(), (*last_offset).clone())?;
         let activity = activity::ActivityBuffer::start(store.clone())?;
         let chain_cache_entries = config.chain_cache_entries;
+        let device_cache = device_cache::DeviceCache::new(config.device_cache_entries);
         let hub = Hub {
             store,
             config: Arc::new(config),
@@ -145,6 +153,7 @@ impl Hub {
                 Arc::new(TrustIndex::default()),
                 iothub_pki::chain_cache::ChainCache::new(chain_cache_entries),
             ))),
+            device_cache: Arc::new(device_cache),
             sessions: Arc::new(Mutex::new(sessions::Sessions::default())),
             telemetry: Arc::new(telemetry),
             last_offset,

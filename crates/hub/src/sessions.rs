@@ -16,6 +16,7 @@ use iothub_store::DeviceActivity;
 use tokio::sync::mpsc;
 
 use crate::auth::{Principal, Right};
+use crate::device_cache::ConnectRecord;
 use crate::devices::{record_auth, DeviceAuth};
 use crate::{Hub, HubError};
 
@@ -148,6 +149,39 @@ impl Hub {
     /// Decides whether a CONNECT is admitted. Every refusal carries the precise reason, which the
     /// caller records with [`Hub::record_refusal`].
     pub fn authenticate_device(&self, req: &ConnectRequest) -> Result<AuthMethod, String> {
+        Self::check_connect_names(req)?;
+        let id = req.client_id.as_str();
+        let device = match self.device_cache.get(id) {
+            Some(device) => device,
+            None => {
+                let generation = self.device_cache.generation();
+                let record = self
+                    .store
+                    .get_device(id)
+                    .map_err(|e| format!("the registry is unavailable: {e}"))?
+                    .ok_or_else(|| format!("device '{id}' is not registered"))?;
+                self.device_cache.remember(generation, &record)
+            }
+        };
+        self.judge_connect(req, &device)
+    }
+
+    /// [`Hub::authenticate_device`] without touching the store, for callers that must not
+    /// block (the gateway's async tasks): None when the device's record is not in memory, and
+    /// the caller should then run `authenticate_device` on a blocking thread.
+    pub fn authenticate_device_from_memory(
+        &self,
+        req: &ConnectRequest,
+    ) -> Option<Result<AuthMethod, String>> {
+        if let Err(reason) = Self::check_connect_names(req) {
+            return Some(Err(reason));
+        }
+        let device = self.device_cache.get(&req.client_id)?;
+        Some(self.judge_connect(req, &device))
+    }
+
+    /// The client id and username rules of CONNECT, which need no record.
+    fn check_connect_names(req: &ConnectRequest) -> Result<(), String> {
         let id = req.client_id.as_str();
         if id.contains('/') {
             return Err(format!(
@@ -167,16 +201,21 @@ impl Hub {
                 None => return Err(format!("username '{u}' is not '{{hub host}}/{id}/?api-version=...'")),
             },
         }
-        let record = self
-            .store
-            .get_device(id)
-            .map_err(|e| format!("the registry is unavailable: {e}"))?
-            .ok_or_else(|| format!("device '{id}' is not registered"))?;
-        if record.status != "enabled" {
+        Ok(())
+    }
+
+    /// The verdict on a CONNECT whose names passed, given the device's record.
+    fn judge_connect(
+        &self,
+        req: &ConnectRequest,
+        device: &ConnectRecord,
+    ) -> Result<AuthMethod, String> {
+        let id = req.client_id.as_str();
+        if !device.enabled {
             return Err(format!("device '{id}' is disabled"));
         }
         let now = self.now();
-        match record_auth(&record) {
+        match &device.auth {
             Some(DeviceAuth::CertificateAuthority) => {
                 if req.chain.is_empty() {
                     return Err(format!(
@@ -207,7 +246,7 @@ impl Hub {
                 let info = CertInfo::from_der(leaf)
                     .map_err(|e| format!("the client certificate cannot be read: {e}"))?;
                 let matches = |t: &str| t == info.thumbprint_sha1 || t == info.thumbprint_sha256;
-                if !(matches(&primary) || secondary.as_deref().is_some_and(matches)) {
+                if !(matches(primary) || secondary.as_deref().is_some_and(matches)) {
                     return Err(format!(
                         "the client certificate's thumbprint {} matches neither registered thumbprint of device '{id}'",
                         info.thumbprint_sha1
@@ -253,7 +292,7 @@ impl Hub {
             }
             None => Err(format!(
                 "device '{id}' has authentication type '{}', which cannot connect",
-                record.auth_type
+                device.auth_type
             )),
         }
     }

@@ -84,6 +84,11 @@ pub struct ServeArgs {
     /// the signature checks; 0 validates every chain in full at every CONNECT [default: 100000].
     #[arg(long, env = "IOTHUB_CHAIN_CACHE_ENTRIES")]
     pub chain_cache_entries: Option<usize>,
+    /// Devices whose status and authentication are kept in memory (forgotten on every change to
+    /// the device), so a CONNECT reads no database; 0 reads the store at every CONNECT
+    /// [default: 100000].
+    #[arg(long, env = "IOTHUB_DEVICE_CACHE_ENTRIES")]
+    pub device_cache_entries: Option<usize>,
     /// How long a portal login link stays usable [default: 15m].
     #[arg(long, env = "IOTHUB_PORTAL_LINK_LIFETIME", value_name = "DURATION")]
     pub portal_link_lifetime: Option<String>,
@@ -119,6 +124,7 @@ struct FileConfig {
     max_inflight: Option<usize>,
     max_unacked_telemetry: Option<usize>,
     chain_cache_entries: Option<usize>,
+    device_cache_entries: Option<usize>,
 }
 
 /// The resolved configuration of `serve`.
@@ -147,6 +153,7 @@ pub struct ServeConfig {
     pub max_inflight: usize,
     pub max_unacked_telemetry: usize,
     pub chain_cache_entries: usize,
+    pub device_cache_entries: usize,
 }
 
 /// Parses `3600`, `90s`, `30m`, `1h` into seconds (1 second to 30 days).
@@ -297,6 +304,10 @@ impl ServeConfig {
                 .chain_cache_entries
                 .or(file.chain_cache_entries)
                 .unwrap_or(100_000),
+            device_cache_entries: args
+                .device_cache_entries
+                .or(file.device_cache_entries)
+                .unwrap_or(100_000),
             portal_link_lifetime_secs: match args
                 .portal_link_lifetime
                 .as_ref()
@@ -361,6 +372,12 @@ impl ServeConfig {
             bail!(
                 "--chain-cache-entries is {}; expected 0 to 10000000",
                 config.chain_cache_entries
+            );
+        }
+        if config.device_cache_entries > 10_000_000 {
+            bail!(
+                "--device-cache-entries is {}; expected 0 to 10000000",
+                config.device_cache_entries
             );
         }
         if config.device_limit == 0 {
@@ -456,5 +473,30 @@ mod tests {
         })
         .unwrap();
         assert_eq!((c.max_unacked_telemetry, c.chain_cache_entries), (1, 0));
+    }
+
+    #[test]
+    fn device_cache_limit_is_checked() {
+        let resolve = |args: ServeArgs| ServeConfig::resolve(None, &args);
+        assert_eq!(
+            resolve(ServeArgs::default()).unwrap().device_cache_entries,
+            100_000
+        );
+        let err = resolve(ServeArgs {
+            device_cache_entries: Some(10_000_001),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            format!("{err:#}")
+                .contains("--device-cache-entries is 10000001; expected 0 to 10000000"),
+            "{err:#}"
+        );
+        let off = resolve(ServeArgs {
+            device_cache_entries: Some(0),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(off.device_cache_entries, 0);
     }
 }

@@ -172,6 +172,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             hub_name: config.name.clone(),
             max_chain_len: config.max_chain_length,
             chain_cache_entries: config.chain_cache_entries,
+            device_cache_entries: config.device_cache_entries,
             ..HubConfig::default()
         },
         Arc::new(SystemClock),

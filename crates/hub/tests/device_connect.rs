@@ -1,0 +1,176 @@
+//! CONNECT judged from the in-memory device cache: the gateway asks
+//! `authenticate_device_from_memory` first and reads the store only when that says "not in
+//! memory". Every device change made through the service layer must be seen by the very next
+//! CONNECT, and a device whose record is in memory must be judged without the store.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use iothub_hub::{AuthMethod, ConnectRequest, HubConfig, IfMatch, PutDevice};
+use iothub_pki::sas::{build_token, generate_key};
+use iothub_store::{SqliteStore, Store};
+
+const HOUR: i64 = 3600;
+
+fn sas_device(key: &str) -> PutDevice {
+    PutDevice {
+        status: Some("enabled".into()),
+        auth_type: Some("sas".into()),
+        primary_key: Some(key.into()),
+        secondary_key: Some(generate_key().unwrap()),
+        ..Default::default()
+    }
+}
+
+fn connect(env: &Env, id: &str, key: &str) -> ConnectRequest {
+    let token = build_token(
+        &format!("localhost/devices/{id}"),
+        key,
+        None,
+        env.now() + HOUR,
+    )
+    .unwrap();
+    ConnectRequest {
+        client_id: id.into(),
+        username: Some(format!("localhost/{id}/?api-version=2021-04-12")),
+        password: Some(token.into_bytes()),
+        chain: Vec::new(),
+        remote: "127.0.0.1:50000".into(),
+    }
+}
+
+/// A hub over an in-memory SQLite store, with the store kept so a test can go behind the hub.
+fn env_with_store(config: HubConfig) -> (Env, Arc<SqliteStore>) {
+    let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+    let env = Env::over(store.clone() as Arc<dyn Store>, config, real_now());
+    (env, store)
+}
+
+#[test]
+fn a_device_is_judged_from_memory_once_read_and_never_from_a_stale_record() {
+    let (env, _) = env_with_store(HubConfig::default());
+    let key = generate_key().unwrap();
+    env.hub
+        .put_device(&sys(), "d1", &sas_device(&key), None)
+        .unwrap();
+    let req = connect(&env, "d1", &key);
+
+    // Not read yet: the gateway must go to the store (on a blocking thread).
+    assert!(env.hub.authenticate_device_from_memory(&req).is_none());
+    assert_eq!(env.hub.authenticate_device(&req), Ok(AuthMethod::Sas));
+    assert_eq!(
+        env.hub.authenticate_device_from_memory(&req),
+        Some(Ok(AuthMethod::Sas))
+    );
+
+    // Disabled: the next CONNECT (from memory or not) is refused for that reason.
+    env.hub
+        .set_device_status(&sys(), "d1", false, Some("stolen".into()))
+        .unwrap();
+    assert!(env.hub.authenticate_device_from_memory(&req).is_none());
+    let refused = env.hub.authenticate_device(&req).unwrap_err();
+    assert_eq!(refused, "device 'd1' is disabled");
+    assert_eq!(
+        env.hub.authenticate_device_from_memory(&req),
+        Some(Err(refused))
+    );
+
+    // Enabled again with new keys: the old token no longer admits it, a new one does.
+    let new_key = generate_key().unwrap();
+    let current = env.hub.get_device(&sys(), "d1").unwrap();
+    env.hub
+        .put_device(
+            &sys(),
+            "d1",
+            &sas_device(&new_key),
+            Some(&IfMatch::Etag(current.etag)),
+        )
+        .unwrap();
+    let old = env.hub.authenticate_device(&req).unwrap_err();
+    assert!(old.contains("signature"), "{old}");
+    let fresh = connect(&env, "d1", &new_key);
+    assert_eq!(
+        env.hub.authenticate_device_from_memory(&fresh),
+        Some(Ok(AuthMethod::Sas))
+    );
+
+    // Switched to certificate authentication: a SAS token is no longer a way in.
+    let current = env.hub.get_device(&sys(), "d1").unwrap();
+    let ca = PutDevice {
+        auth_type: Some("certificateAuthority".into()),
+        ..Default::default()
+    };
+    env.hub
+        .put_device(&sys(), "d1", &ca, Some(&IfMatch::Etag(current.etag)))
+        .unwrap();
+    let switched = env.hub.authenticate_device(&fresh).unwrap_err();
+    assert!(
+        switched.contains("certificateAuthority but presented no client certificate"),
+        "{switched}"
+    );
+
+    // Deleted: not registered, at once.
+    env.hub.delete_device(&sys(), "d1", None).unwrap();
+    assert!(env.hub.authenticate_device_from_memory(&fresh).is_none());
+    assert_eq!(
+        env.hub.authenticate_device(&fresh).unwrap_err(),
+        "device 'd1' is not registered"
+    );
+    // An unknown device is not remembered: each CONNECT asks the store.
+    assert!(env.hub.authenticate_device_from_memory(&fresh).is_none());
+}
+
+#[test]
+fn a_remembered_device_needs_no_store_read() {
+    let (env, store) = env_with_store(HubConfig::default());
+    let key = generate_key().unwrap();
+    env.hub
+        .put_device(&sys(), "d2", &sas_device(&key), None)
+        .unwrap();
+    let req = connect(&env, "d2", &key);
+    assert_eq!(env.hub.authenticate_device(&req), Ok(AuthMethod::Sas));
+
+    // Behind the hub's back (never done in production: every device write goes through the
+    // service layer), the row disappears. The verdict from memory shows the store was not read.
+    let etag = store.get_device("d2").unwrap().unwrap().etag;
+    let audit = iothub_store::NewAudit {
+        time: env.now(),
+        actor: "test".into(),
+        action: "device.delete".into(),
+        target: "device/d2".into(),
+        success: true,
+        code: None,
+        detail: String::new(),
+    };
+    store.delete_device("d2", Some(etag), &audit).unwrap();
+    assert_eq!(
+        env.hub.authenticate_device_from_memory(&req),
+        Some(Ok(AuthMethod::Sas))
+    );
+}
+
+#[test]
+fn names_are_judged_before_any_record_and_capacity_zero_always_reads_the_store() {
+    let (env, _) = env_with_store(HubConfig {
+        device_cache_entries: 0,
+        ..Default::default()
+    });
+    let key = generate_key().unwrap();
+    env.hub
+        .put_device(&sys(), "d3", &sas_device(&key), None)
+        .unwrap();
+    let req = connect(&env, "d3", &key);
+    assert_eq!(env.hub.authenticate_device(&req), Ok(AuthMethod::Sas));
+    assert!(env.hub.authenticate_device_from_memory(&req).is_none());
+
+    // A wrong username is refused without any record, from memory.
+    let mut wrong = req.clone();
+    wrong.username = Some("localhost/other/?api-version=2021-04-12".into());
+    let verdict = env.hub.authenticate_device_from_memory(&wrong);
+    assert!(
+        matches!(&verdict, Some(Err(r)) if r.contains("names device 'other' but the client id is 'd3'")),
+        "{verdict:?}"
+    );
+}
