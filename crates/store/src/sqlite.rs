@@ -105,6 +105,10 @@ const MIGRATIONS: &[&str] = &[
         reported_metadata TEXT NOT NULL,
         reported_version INTEGER NOT NULL
      );",
+    // 4: no index on (device_id, offset). Reads go by offset (the rowid) and filter by device on
+    // the way, so the planner never used it; but every telemetry commit had to update it at one
+    // leaf page per publishing device, which was most of the bytes written per message.
+    "DROP INDEX IF EXISTS message_device;",
 ];
 
 /// The SQLite store.
@@ -1204,5 +1208,69 @@ mod tests {
             s.list_devices(Some("a"), 1).unwrap()
         };
         assert_eq!(page[0].device_id, "b");
+    }
+
+    fn message(device: &str, enqueued: i64) -> NewMessage {
+        NewMessage {
+            device_id: device.into(),
+            module_id: None,
+            enqueued,
+            system_properties: "{}".into(),
+            properties: "{}".into(),
+            body: device.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_version_3_database_loses_only_the_unused_message_index() {
+        let dir = std::env::temp_dir().join(format!("iothub-migrate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v3.db");
+        {
+            // The database as the previous release left it: migrations 1 to 3, with messages.
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute(
+                "INSERT INTO message (device_id, module_id, enqueued, system_properties, properties, body)
+                 VALUES ('old', NULL, 1, '{}', '{}', x'01')",
+                [],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let conn = s.lock().unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'message'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexes, vec!["message_enqueued".to_string()]);
+        drop(conn);
+        // Reads by device still work (they never used the index), and offsets go on.
+        let offsets = s
+            .append_messages(&[message("a", 2), message("b", 3), message("a", 4)])
+            .unwrap();
+        assert_eq!(offsets, vec![2, 3, 4]);
+        let of_a: Vec<i64> = s
+            .read_messages(1, Some("a"), 10)
+            .unwrap()
+            .iter()
+            .map(|m| m.offset)
+            .collect();
+        assert_eq!(of_a, vec![2, 4]);
+        assert_eq!(s.read_messages(1, Some("old"), 10).unwrap().len(), 1);
+        assert_eq!(s.read_messages(1, None, 10).unwrap().len(), 4);
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
