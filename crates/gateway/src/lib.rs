@@ -10,9 +10,11 @@
 //! - [`server`]: the accept loop, connection limits, periodic revalidation, graceful shutdown.
 //! - [`session`]: one device connection: CONNECT, then telemetry, subscriptions, C2D delivery,
 //!   keep-alive, and closing when the hub says so.
+//! - `stream`: rustls driven over the socket, so the session ticket leaves with CONNACK.
 
 pub mod server;
 pub mod session;
+mod stream;
 pub mod tls;
 
 pub use server::{serve, GatewayLimits};

@@ -9,7 +9,6 @@ use iothub_hub::Hub;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 
 /// Limits of the device gateway.
 #[derive(Debug, Clone)]
@@ -53,7 +52,6 @@ pub async fn serve(
     limits: GatewayLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let limits = Arc::new(limits);
@@ -81,10 +79,10 @@ pub async fn serve(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let (acceptor, hub, limits, stop) = (acceptor.clone(), hub.clone(), limits.clone(), stop_rx.clone());
+                let (tls, hub, limits, stop) = (tls.clone(), hub.clone(), limits.clone(), stop_rx.clone());
                 tasks.spawn(async move {
                     let _permit = permit;
-                    crate::session::run(stream, peer, acceptor, hub, limits, stop).await;
+                    crate::session::run(stream, peer, tls, hub, limits, stop).await;
                 });
                 // Reap finished tasks so the set does not grow without bound.
                 while tasks.try_join_next().is_some() {}

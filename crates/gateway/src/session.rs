@@ -17,14 +17,12 @@ use iothub_hub::{ConnectRequest, Hub, SessionSignal};
 use iothub_mqtt::codec::{self, ConnAck, Packet, Publish, SubAck};
 use iothub_mqtt::topics::{self, DeviceTopic};
 use iothub_store::NewMessage;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 use crate::server::GatewayLimits;
+use crate::stream::DeviceTls;
 
 /// Why a session ended.
 enum End {
@@ -35,7 +33,7 @@ enum End {
 }
 
 struct Conn {
-    stream: TlsStream<TcpStream>,
+    stream: DeviceTls,
     buf: BytesMut,
     max_packet: usize,
     /// The configured `--max-message-bytes`, named when a packet is refused for its size.
@@ -96,13 +94,9 @@ impl Conn {
     }
 
     async fn write_bytes(&mut self, out: &[u8]) -> Result<(), String> {
-        // write_all only hands the bytes to rustls when the socket is momentarily full; the
-        // flush makes sure they leave (a PUBACK must not wait for the next packet out).
-        let write = async {
-            self.stream.write_all(out).await?;
-            self.stream.flush().await
-        };
-        tokio::time::timeout(Duration::from_secs(30), write)
+        // write_all returns once every byte (and anything queued before, such as the session
+        // ticket) is in the socket: a PUBACK never waits for the next packet out.
+        tokio::time::timeout(Duration::from_secs(30), self.stream.write_all(out))
             .await
             .map_err(|_| "the device did not read for 30 s".to_string())?
             .map_err(|e| format!("write failed: {e}"))
@@ -112,13 +106,15 @@ impl Conn {
 pub(crate) async fn run(
     stream: TcpStream,
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     hub: Hub,
     limits: Arc<GatewayLimits>,
     stop: watch::Receiver<bool>,
 ) {
     let remote = peer.to_string();
-    let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
+    let tls = match tokio::time::timeout(limits.handshake_timeout, DeviceTls::accept(stream, tls))
+        .await
+    {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             hub.record_refusal("", &remote, &format!("TLS handshake failed: {e}"));
@@ -130,8 +126,6 @@ pub(crate) async fn run(
         }
     };
     let chain: Vec<Vec<u8>> = tls
-        .get_ref()
-        .1
         .peer_certificates()
         .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
         .unwrap_or_default();
@@ -225,7 +219,7 @@ pub(crate) async fn run(
                     code: codec::CONNACK_NOT_AUTHORIZED,
                 }))
                 .await;
-            let _ = conn.stream.shutdown().await;
+            let _ = conn.stream.close().await;
             hub.record_refusal(&connect.client_id, &remote, &reason);
             return;
         }
@@ -280,7 +274,7 @@ pub(crate) async fn run(
         stop,
     )
     .await;
-    let _ = conn.stream.shutdown().await;
+    let _ = conn.stream.close().await;
     let (reason, cause) = match &end {
         End::Normal(r) => (r.clone(), false),
         End::Cause(r) => (r.clone(), true),

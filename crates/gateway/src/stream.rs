@@ -1,0 +1,430 @@
+//! A device's TLS connection: rustls driven directly over the tokio socket.
+//!
+//! Why not tokio-rustls' acceptor: it flushes everything rustls queued before it hands the
+//! connection over, so the TLS 1.3 session ticket (made when the client's Finished arrives) left
+//! in a write of its own, and CONNACK in another, a few microseconds later. Here the ticket stays
+//! queued and leaves in the same write as CONNACK: one send, one segment and one wake-up of the
+//! device fewer on every connect. Closing sends close_notify and lets the socket close, without
+//! the `shutdown(2)` that always failed on an already closed peer.
+//!
+//! Every await is a readiness wait (`readable`, `writable`), and the rustls state changes between
+//! them are synchronous, so every method is cancel-safe in `select!` as far as reading goes: a
+//! cancelled read loses nothing. Errors are `io::Error`s carrying the rustls error, as
+//! tokio-rustls gave them, so refusal reasons read the same.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use rustls::pki_types::CertificateDer;
+use rustls::{ProtocolVersion, ServerConfig, ServerConnection};
+use tokio::net::TcpStream;
+
+/// How much plaintext one read takes from rustls at most.
+const READ_CHUNK: usize = 4096;
+
+/// The socket as blocking-style `Read`/`Write` for rustls: "would block" instead of waiting.
+struct NonBlocking<'a>(&'a TcpStream);
+
+impl Read for NonBlocking<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for NonBlocking<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub(crate) struct DeviceTls {
+    tcp: TcpStream,
+    tls: ServerConnection,
+    /// The peer closed its side of the TCP connection.
+    eof: bool,
+}
+
+impl DeviceTls {
+    /// Completes the TLS handshake. In TLS 1.3 whatever rustls queued at the very end (the
+    /// session ticket) is left for the first write; in TLS 1.2 the server's last flight is sent,
+    /// because the client waits for it.
+    pub(crate) async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Self> {
+        let tls = ServerConnection::new(config).map_err(io::Error::other)?;
+        let mut conn = DeviceTls {
+            tcp,
+            tls,
+            eof: false,
+        };
+        while conn.tls.is_handshaking() {
+            conn.send_queued().await?;
+            if conn.eof {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "tls handshake eof",
+                ));
+            }
+            conn.receive().await?;
+        }
+        if conn.tls.protocol_version() != Some(ProtocolVersion::TLSv1_3) {
+            conn.send_queued().await?;
+        }
+        Ok(conn)
+    }
+
+    /// The certificates the client presented (leaf first), if any.
+    pub(crate) fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        self.tls.peer_certificates()
+    }
+
+    /// Appends decrypted bytes to `buf`. Ok(0): the peer closed cleanly (close_notify); an
+    /// `UnexpectedEof` error: it closed without one.
+    pub(crate) async fn read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            let start = buf.len();
+            buf.resize(start + READ_CHUNK, 0);
+            let read = self.tls.reader().read(&mut buf[start..]);
+            buf.truncate(start + *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if self.eof {
+                // rustls said "would block" after the socket closed: nothing more will come.
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed connection without sending TLS close_notify",
+                ));
+            }
+            self.receive().await?;
+        }
+    }
+
+    /// Encrypts `data` and sends it, with anything queued before it, in as few writes as the
+    /// socket allows.
+    pub(crate) async fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let n = self.tls.writer().write(data)?;
+            data = &data[n..];
+            if !data.is_empty() {
+                // rustls' outgoing buffer is at its limit: drain it to the socket first.
+                self.send_queued().await?;
+            }
+        }
+        self.send_queued().await
+    }
+
+    /// Sends close_notify (and anything still queued). The socket closes when this is dropped.
+    pub(crate) async fn close(&mut self) -> io::Result<()> {
+        self.tls.send_close_notify();
+        self.send_queued().await
+    }
+
+    /// Writes everything rustls has queued, waiting while the socket is full.
+    async fn send_queued(&mut self) -> io::Result<()> {
+        while self.tls.wants_write() {
+            match self.tls.write_tls(&mut NonBlocking(&self.tcp)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.tcp.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what the socket has (waiting until it has something) and lets rustls process it.
+    /// On a TLS error the alert rustls queued is sent if the socket takes it at once.
+    async fn receive(&mut self) -> io::Result<()> {
+        loop {
+            match self.tls.read_tls(&mut NonBlocking(&self.tcp)) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.tcp.readable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        if let Err(error) = self.tls.process_new_packets() {
+            let _ = self.tls.write_tls(&mut NonBlocking(&self.tcp));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, error));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A real rustls client, driven by hand over a blocking socket so that each test sees exactly
+    //! what arrived in each read.
+
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpStream as StdTcpStream;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use rustls::client::{ClientSessionMemoryCache, ClientSessionStore};
+    use rustls::client::{Tls12ClientSessionValue, Tls13ClientSessionValue};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, NamedGroup, RootCertStore};
+
+    use super::*;
+
+    /// Counts the TLS 1.3 tickets the client receives.
+    #[derive(Debug)]
+    struct CountingStore {
+        inner: ClientSessionMemoryCache,
+        tickets: AtomicUsize,
+    }
+
+    impl ClientSessionStore for CountingStore {
+        fn set_kx_hint(&self, name: ServerName<'static>, group: NamedGroup) {
+            self.inner.set_kx_hint(name, group)
+        }
+        fn kx_hint(&self, name: &ServerName<'_>) -> Option<NamedGroup> {
+            self.inner.kx_hint(name)
+        }
+        fn set_tls12_session(&self, name: ServerName<'static>, value: Tls12ClientSessionValue) {
+            self.inner.set_tls12_session(name, value)
+        }
+        fn tls12_session(&self, name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+            self.inner.tls12_session(name)
+        }
+        fn remove_tls12_session(&self, name: &ServerName<'static>) {
+            self.inner.remove_tls12_session(name)
+        }
+        fn insert_tls13_ticket(&self, name: ServerName<'static>, value: Tls13ClientSessionValue) {
+            self.tickets.fetch_add(1, Ordering::SeqCst);
+            self.inner.insert_tls13_ticket(name, value)
+        }
+        fn take_tls13_ticket(&self, name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+            self.inner.take_tls13_ticket(name)
+        }
+    }
+
+    struct Setup {
+        server: Arc<ServerConfig>,
+        roots: RootCertStore,
+    }
+
+    fn setup() -> Setup {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let der = certified.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            certified.signing_key.serialize_der(),
+        ));
+        let server = crate::tls::server_config(vec![der.clone()], key).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(der).unwrap();
+        Setup { server, roots }
+    }
+
+    fn client(
+        setup: &Setup,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> (ClientConnection, Arc<CountingStore>) {
+        let store = Arc::new(CountingStore {
+            inner: ClientSessionMemoryCache::new(4),
+            tickets: AtomicUsize::new(0),
+        });
+        let mut config = ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(setup.roots.clone())
+        .with_no_client_auth();
+        config.resumption = rustls::client::Resumption::store(store.clone());
+        let conn =
+            ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+                .unwrap();
+        (conn, store)
+    }
+
+    fn connect(port: u16) -> StdTcpStream {
+        let sock = StdTcpStream::connect(("127.0.0.1", port)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        sock.set_nodelay(true).unwrap();
+        sock
+    }
+
+    /// Runs `serve` on the next connection accepted on a fresh port; returns the port.
+    async fn server<F, Fut>(
+        config: Arc<ServerConfig>,
+        serve: F,
+    ) -> (u16, tokio::task::JoinHandle<Fut::Output>)
+    where
+        F: FnOnce(io::Result<DeviceTls>) -> Fut + Send + 'static,
+        Fut: std::future::Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            serve(DeviceTls::accept(tcp, config).await).await
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn in_tls13_the_ticket_leaves_with_the_first_answer() {
+        let setup = setup();
+        let (port, task) = server(setup.server.clone(), |tls| async move {
+            let mut tls = tls.unwrap();
+            let mut buf = BytesMut::new();
+            while buf.len() < 4 {
+                assert!(tls.read_buf(&mut buf).await.unwrap() > 0);
+            }
+            assert_eq!(&buf[..], b"ping");
+            tls.write_all(b"pong").await.unwrap();
+            tls.close().await.unwrap();
+        })
+        .await;
+        let (mut conn, store) = client(&setup, &[&rustls::version::TLS13]);
+        tokio::task::spawn_blocking(move || {
+            let mut sock = connect(port);
+            while conn.is_handshaking() {
+                conn.complete_io(&mut sock).unwrap();
+            }
+            // The client's Finished is out; the server has sent nothing since its own flight.
+            assert_eq!(store.tickets.load(Ordering::SeqCst), 0);
+            conn.writer().write_all(b"ping").unwrap();
+            while conn.wants_write() {
+                conn.write_tls(&mut sock).unwrap();
+            }
+            // One read of the socket: the ticket and the answer arrive together.
+            let mut first = vec![0u8; 64 * 1024];
+            let n = sock.read(&mut first).unwrap();
+            conn.read_tls(&mut &first[..n]).unwrap();
+            conn.process_new_packets().unwrap();
+            assert_eq!(
+                store.tickets.load(Ordering::SeqCst),
+                1,
+                "one ticket, with the answer"
+            );
+            let mut answer = [0u8; 4];
+            conn.reader().read_exact(&mut answer).unwrap();
+            assert_eq!(&answer, b"pong");
+            // Then close_notify: a clean end of stream.
+            let mut rest = Vec::new();
+            loop {
+                let mut chunk = [0u8; 1024];
+                let n = sock.read(&mut chunk).unwrap();
+                if n == 0 {
+                    break;
+                }
+                rest.extend_from_slice(&chunk[..n]);
+            }
+            conn.read_tls(&mut &rest[..]).unwrap();
+            conn.process_new_packets().unwrap();
+            assert_eq!(conn.reader().read(&mut [0u8; 8]).unwrap(), 0);
+        })
+        .await
+        .unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn tls12_gets_the_servers_last_flight_before_any_answer() {
+        let setup = setup();
+        let (port, task) = server(setup.server.clone(), |tls| async move {
+            let mut tls = tls.unwrap();
+            let mut buf = BytesMut::new();
+            while buf.len() < 4 {
+                assert!(tls.read_buf(&mut buf).await.unwrap() > 0);
+            }
+            tls.write_all(b"pong").await.unwrap();
+        })
+        .await;
+        let (mut conn, _) = client(&setup, &[&rustls::version::TLS12]);
+        tokio::task::spawn_blocking(move || {
+            let mut sock = connect(port);
+            // A TLS 1.2 client sends nothing until the server's Finished has arrived: the
+            // handshake would stall here (and fail on the read timeout) if that were held back.
+            while conn.is_handshaking() {
+                conn.complete_io(&mut sock).unwrap();
+            }
+            conn.writer().write_all(b"ping").unwrap();
+            let mut answer = [0u8; 4];
+            while conn.reader().read(&mut answer).is_err() {
+                conn.complete_io(&mut sock).unwrap();
+            }
+            assert_eq!(&answer, b"pong");
+        })
+        .await
+        .unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_peer_gone_without_close_notify_and_a_non_tls_peer_are_errors() {
+        let setup = setup();
+        let (port, task) = server(setup.server.clone(), |tls| async move {
+            let mut tls = tls.unwrap();
+            let mut buf = BytesMut::new();
+            let mut read = Ok(1);
+            while matches!(read, Ok(n) if n > 0) {
+                read = tls.read_buf(&mut buf).await;
+            }
+            (buf, read.map_err(|e| e.kind()))
+        })
+        .await;
+        let (mut conn, _) = client(&setup, &[&rustls::version::TLS13]);
+        tokio::task::spawn_blocking(move || {
+            let mut sock = connect(port);
+            while conn.is_handshaking() {
+                conn.complete_io(&mut sock).unwrap();
+            }
+            conn.writer().write_all(b"bye").unwrap();
+            while conn.wants_write() {
+                conn.write_tls(&mut sock).unwrap();
+            }
+            // Dropped: the TCP connection closes with no close_notify.
+        })
+        .await
+        .unwrap();
+        let (buf, end) = task.await.unwrap();
+        assert_eq!(&buf[..], b"bye");
+        assert_eq!(end, Err(io::ErrorKind::UnexpectedEof));
+
+        // Not TLS at all: the handshake fails with rustls' reason (and an alert is sent).
+        let (port, task) = server(setup.server.clone(), |tls| async move {
+            tls.err().map(|e| e.to_string())
+        })
+        .await;
+        tokio::task::spawn_blocking(move || {
+            let mut sock = connect(port);
+            sock.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            let mut alert = Vec::new();
+            let _ = sock.read_to_end(&mut alert);
+            assert_eq!(alert.first(), Some(&21), "a TLS alert record: {alert:?}");
+        })
+        .await
+        .unwrap();
+        let reason = task.await.unwrap().expect("the handshake must fail");
+        assert!(
+            reason.contains("InvalidContentType") || reason.contains("corrupt"),
+            "{reason}"
+        );
+
+        // Gone before the handshake ended.
+        let (port, task) = server(setup.server.clone(), |tls| async move {
+            tls.err().map(|e| e.kind())
+        })
+        .await;
+        drop(connect(port));
+        assert_eq!(task.await.unwrap(), Some(io::ErrorKind::UnexpectedEof));
+    }
+}
