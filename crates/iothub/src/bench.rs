@@ -94,6 +94,18 @@ pub struct Target {
     /// A label for the result (e.g. "iothub", "mosquitto").
     #[arg(long, default_value = "broker")]
     label: String,
+    /// Idle: connections held per generator process; the rest are held by helper processes
+    /// (this same binary), so the generator's own open-file limit does not cap the run
+    /// [default: all in one process].
+    #[arg(long)]
+    per_process: Option<usize>,
+    /// Idle, for helpers: use the identities after the first N.
+    #[arg(long, default_value_t = 0, hide = true)]
+    skip: usize,
+    /// Idle, for helpers: print `ready N` once the connections are open, then hold them until
+    /// standard input closes.
+    #[arg(long, hide = true)]
+    hold: bool,
 }
 
 struct Identity {
@@ -417,42 +429,149 @@ async fn telemetry(t: Target) -> Result<()> {
     )
 }
 
-async fn idle(t: Target) -> Result<()> {
-    let Some(pid) = t.server_pid else {
-        bail!("idle needs --server-pid to read the server's memory")
-    };
+/// Opens connections from identities `skip..skip + count`, one after another.
+async fn open_idle(t: &Target, skip: usize, count: usize) -> Result<Vec<MqttClient>> {
     let ca = std::fs::read(&t.broker_ca)?;
-    let ids = load_identities(&t.dir, t.clients)?;
-    if ids.len() < t.clients {
+    let ids = load_identities(&t.dir, skip + count)?;
+    if ids.len() < skip + count {
         bail!(
             "{} identities for {} connections: make more with bench identities",
             ids.len(),
-            t.clients
+            skip + count
         );
     }
-    let rss0 = rss_kib(pid).unwrap_or(0);
-    let mut held = Vec::with_capacity(ids.len());
+    let mut held = Vec::with_capacity(count);
     let mut configs = ClientConfigs::new(ca, false);
-    for (i, id) in ids.iter().enumerate() {
-        held.push(connect_once(&t, &mut configs, i, id).await?);
+    for (i, id) in ids.iter().enumerate().skip(skip) {
+        held.push(connect_once(t, &mut configs, i, id).await?);
         // Only the connections are kept, not one TLS configuration per connection.
         configs.built.clear();
-        if i % 500 == 499 {
-            eprint!("\ropen: {}", i + 1);
+        if !t.hold && held.len() % 500 == 0 {
+            eprint!("\ropen: {}", held.len());
         }
     }
-    eprintln!("\ropen: {}", held.len());
+    Ok(held)
+}
+
+/// A helper process holding part of the idle connections.
+struct IdleHelper {
+    child: std::process::Child,
+    count: usize,
+}
+
+impl IdleHelper {
+    fn start(t: &Target, skip: usize, count: usize) -> Result<IdleHelper> {
+        use std::process::{Command, Stdio};
+        let exe = std::env::current_exe().context("the generator's own path")?;
+        let child = Command::new(exe)
+            .args(["bench", "idle", "--dir"])
+            .arg(&t.dir)
+            .args([
+                "--addr",
+                &t.addr.to_string(),
+                "--server-name",
+                &t.server_name,
+            ])
+            .arg("--broker-ca")
+            .arg(&t.broker_ca)
+            .args([
+                "--clients",
+                &count.to_string(),
+                "--skip",
+                &skip.to_string(),
+                "--hold",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start an idle helper process")?;
+        Ok(IdleHelper { child, count })
+    }
+
+    /// Waits for the helper's `ready N` line.
+    fn wait_ready(&mut self) -> Result<()> {
+        use std::io::BufRead;
+        let stdout = self.child.stdout.take().context("helper without stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != format!("ready {}", self.count) {
+            bail!(
+                "an idle helper did not open its {} connections (it said {:?})",
+                self.count,
+                line.trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Closes the helper's standard input (it then lets go of its connections) and waits.
+    fn finish(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+async fn idle(t: Target) -> Result<()> {
+    if t.hold {
+        // A helper: open, say so, hold until the parent closes our standard input.
+        let held = open_idle(&t, t.skip, t.clients).await?;
+        println!("ready {}", held.len());
+        tokio::task::spawn_blocking(|| {
+            use std::io::Read;
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        })
+        .await?;
+        drop(held);
+        return Ok(());
+    }
+    let Some(pid) = t.server_pid else {
+        bail!("idle needs --server-pid to read the server's memory")
+    };
+    let per = t.per_process.unwrap_or(t.clients).max(1);
+    let rss0 = rss_kib(pid).unwrap_or(0);
+    let mut helpers = Vec::new();
+    let mut start = per.min(t.clients);
+    while start < t.clients {
+        let count = per.min(t.clients - start);
+        helpers.push(IdleHelper::start(&t, start, count)?);
+        start += count;
+    }
+    let own = per.min(t.clients);
+    let held = match open_idle(&t, 0, own).await {
+        Ok(held) => held,
+        Err(e) => {
+            helpers.into_iter().for_each(IdleHelper::finish);
+            return Err(e);
+        }
+    };
+    let ready = tokio::task::spawn_blocking(move || {
+        let result = helpers.iter_mut().try_for_each(IdleHelper::wait_ready);
+        (helpers, result)
+    });
+    let (helpers, result) = ready.await?;
+    if let Err(e) = result {
+        helpers.into_iter().for_each(IdleHelper::finish);
+        return Err(e);
+    }
+    let total = held.len() + helpers.iter().map(|h| h.count).sum::<usize>();
+    eprintln!(
+        "\ropen: {total} ({} generator processes)",
+        helpers.len() + 1
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss1 = rss_kib(pid).unwrap_or(0);
-    let per = (rss1.saturating_sub(rss0)) as f64 * 1024.0 / held.len().max(1) as f64;
+    helpers.into_iter().for_each(IdleHelper::finish);
+    drop(held);
+    let per_connection = (rss1.saturating_sub(rss0)) as f64 * 1024.0 / total.max(1) as f64;
     report(
         &t,
         json!({
             "mode": "idle",
-            "connections": held.len(),
+            "connections": total,
+            "generator_processes": total.div_ceil(per),
             "server_rss_kib_before": rss0,
             "server_rss_kib_after": rss1,
-            "server_bytes_per_connection": per,
+            "server_bytes_per_connection": per_connection,
         }),
     )
 }
