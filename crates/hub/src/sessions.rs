@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use iothub_pki::device::validate_device_id;
@@ -93,7 +94,8 @@ pub struct Admission {
 struct SessionEntry {
     session_id: u64,
     method: AuthMethod,
-    chain: Vec<Vec<u8>>,
+    /// Shared, so re-checks can take it out of the lock without copying certificates.
+    chain: Arc<Vec<Vec<u8>>>,
     remote: String,
     since: i64,
     tx: mpsc::UnboundedSender<SessionSignal>,
@@ -310,7 +312,7 @@ impl Hub {
         let entry = SessionEntry {
             session_id,
             method: method.clone(),
-            chain: req.chain.clone(),
+            chain: Arc::new(req.chain.clone()),
             remote: req.remote.clone(),
             since: now,
             tx,
@@ -447,25 +449,36 @@ impl Hub {
 
     /// Re-checks every certificate-authority session against the current trust snapshot and
     /// closes those it no longer admits (CA deleted, replaced or no longer Verified, or expired).
+    ///
+    /// The sessions are listed under the lock and judged outside it: right after a trust change
+    /// every chain is validated in full (the cache was emptied), which for tens of thousands of
+    /// sessions takes seconds, and CONNECTs and closes must not wait for that.
     pub fn revalidate_sessions(&self) {
         let now = self.now();
-        let s = self.sessions();
-        for (id, e) in &s.live {
-            let verdict = match &e.method {
+        let certificate_sessions: Vec<_> = self
+            .sessions()
+            .live
+            .iter()
+            .filter(|(_, e)| !matches!(e.method, AuthMethod::Sas))
+            .map(|(id, e)| (id.clone(), e.method.clone(), e.chain.clone(), e.tx.clone()))
+            .collect();
+        for (id, method, chain, tx) in certificate_sessions {
+            let verdict = match method {
                 AuthMethod::Ca { .. } => self
-                    .validate_device_chain(&e.chain, now)
+                    .validate_device_chain(&chain, now)
                     .err()
                     .map(|err| err.to_string()),
-                AuthMethod::SelfSigned { .. } => {
-                    match e.chain.first().map(|d| CertInfo::from_der(d)) {
-                        Some(Ok(info)) if info.is_valid_at(now) => None,
-                        _ => Some("the client certificate is no longer valid".to_string()),
-                    }
-                }
+                AuthMethod::SelfSigned { .. } => match chain.first().map(|d| CertInfo::from_der(d))
+                {
+                    Some(Ok(info)) if info.is_valid_at(now) => None,
+                    _ => Some("the client certificate is no longer valid".to_string()),
+                },
                 AuthMethod::Sas => None,
             };
             if let Some(reason) = verdict {
-                let _ = e.tx.send(SessionSignal::Close(format!(
+                // A session replaced meanwhile has its own signal channel: this reaches only the
+                // session that was judged.
+                let _ = tx.send(SessionSignal::Close(format!(
                     "device '{id}' is no longer admitted: {reason}"
                 )));
             }
