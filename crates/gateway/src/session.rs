@@ -198,13 +198,16 @@ pub(crate) async fn run(
     // the handshake before them); otherwise one trip to the blocking pool reads the store.
     // Opening the session touches only memory.
     let clean_session = connect.clean_session;
+    let ticket = hub.connect_ticket();
     let decision = match hub.authenticate_device_from_memory(&request) {
-        Some(verdict) => verdict.map(|method| hub.open_session(&request, method, clean_session)),
+        Some(verdict) => {
+            verdict.map(|method| hub.open_session(&request, method, clean_session, ticket))
+        }
         None => {
             let hub = hub.clone();
             tokio::task::spawn_blocking(move || {
                 hub.authenticate_device(&request)
-                    .map(|method| hub.open_session(&request, method, clean_session))
+                    .map(|method| hub.open_session(&request, method, clean_session, ticket))
             })
             .await
             .unwrap_or_else(|e| Err(format!("authentication task failed: {e}")))
@@ -224,6 +227,12 @@ pub(crate) async fn run(
             return;
         }
     };
+    if admission.recheck {
+        // A device changed while this one was judged: re-check it against the store. A refusal
+        // arrives as a Close signal, which the session loop acts on.
+        let (hub, id) = (hub.clone(), admission.device_id.clone());
+        tokio::task::spawn_blocking(move || hub.recheck_device_session(&id));
+    }
     if conn
         .write_packet(&Packet::ConnAck(ConnAck {
             session_present: admission.resumed.is_some(),

@@ -89,6 +89,10 @@ pub struct Admission {
     /// The subscriptions of the device's persistent session, if it resumed one (CONNACK
     /// session present = 1).
     pub resumed: Option<Subscriptions>,
+    /// A device changed between the CONNECT's ticket and the registration of this session, so a
+    /// change to this very device may have looked for its session before it existed: the caller
+    /// must run [`Hub::recheck_device_session`] (it reads the store, so on a blocking thread).
+    pub recheck: bool,
 }
 
 struct SessionEntry {
@@ -299,12 +303,26 @@ impl Hub {
         }
     }
 
-    /// Registers an admitted session; an older session of the same device is closed.
+    /// Take this before judging a CONNECT, and hand it to [`Hub::open_session`]. A device change
+    /// re-checks the device's live session; one that lands while a CONNECT is being judged finds
+    /// no session yet, and the ticket is how `open_session` knows to ask for that re-check.
+    pub fn connect_ticket(&self) -> u64 {
+        self.device_cache.generation()
+    }
+
+    /// Re-checks a device's live session against its registry entry (see [`Admission::recheck`]).
+    pub fn recheck_device_session(&self, device_id: &str) {
+        self.revalidate_device_sessions(device_id);
+    }
+
+    /// Registers an admitted session; an older session of the same device is closed. `ticket`
+    /// is [`Hub::connect_ticket`] from before the CONNECT was judged.
     pub fn open_session(
         &self,
         req: &ConnectRequest,
         method: AuthMethod,
         clean_session: bool,
+        ticket: u64,
     ) -> Admission {
         let (tx, rx) = mpsc::unbounded_channel();
         let session_id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
@@ -344,12 +362,16 @@ impl Hub {
             },
         );
         tracing::info!(device = %req.client_id, remote = %req.remote, auth = %method, "device connected");
+        // Read after the session is registered: a device change either saw the session, or
+        // forgot its device (moving the generation) before this read.
+        let recheck = self.device_cache.generation() != ticket;
         Admission {
             device_id: req.client_id.clone(),
             session_id,
             method,
             signals: rx,
             resumed,
+            recheck,
         }
     }
 

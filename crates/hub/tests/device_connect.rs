@@ -174,3 +174,37 @@ fn names_are_judged_before_any_record_and_capacity_zero_always_reads_the_store()
         "{verdict:?}"
     );
 }
+
+#[test]
+fn a_device_disabled_while_its_connect_is_judged_is_closed_once_registered() {
+    let (env, _) = env_with_store(HubConfig::default());
+    let key = generate_key().unwrap();
+    env.hub
+        .put_device(&sys(), "d4", &sas_device(&key), None)
+        .unwrap();
+    let req = connect(&env, "d4", &key);
+
+    // Nothing changes in between: no re-check is asked for.
+    let ticket = env.hub.connect_ticket();
+    let method = env.hub.authenticate_device(&req).unwrap();
+    let quiet = env.hub.open_session(&req, method, true, ticket);
+    assert!(!quiet.recheck);
+
+    // The device is disabled after its CONNECT was judged and before its session exists: the
+    // disable's own re-check finds only the old session (closed), not the new one.
+    let ticket = env.hub.connect_ticket();
+    let method = env.hub.authenticate_device(&req).unwrap();
+    env.hub
+        .set_device_status(&sys(), "d4", false, Some("stolen".into()))
+        .unwrap();
+    let mut racing = env.hub.open_session(&req, method, true, ticket);
+    assert!(racing.recheck, "the session must ask for a re-check");
+    assert!(racing.signals.try_recv().is_err(), "nothing closed it yet");
+    env.hub.recheck_device_session("d4");
+    match racing.signals.try_recv() {
+        Ok(iothub_hub::SessionSignal::Close(reason)) => {
+            assert_eq!(reason, "device 'd4' was disabled")
+        }
+        other => panic!("expected a close, got {other:?}"),
+    }
+}
