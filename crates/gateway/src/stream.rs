@@ -278,18 +278,23 @@ mod tests {
         (port, task)
     }
 
+    /// The server side of the answer tests: reads "ping", answers "pong".
+    async fn ping_pong(tls: io::Result<DeviceTls>) -> DeviceTls {
+        let mut tls = tls.unwrap();
+        let mut buf = BytesMut::new();
+        while buf.len() < 4 {
+            assert!(tls.read_buf(&mut buf).await.unwrap() > 0);
+        }
+        assert_eq!(&buf[..], b"ping");
+        tls.write_all(b"pong").await.unwrap();
+        tls
+    }
+
     #[tokio::test]
     async fn in_tls13_the_ticket_leaves_with_the_first_answer() {
         let setup = setup();
         let (port, task) = server(setup.server.clone(), |tls| async move {
-            let mut tls = tls.unwrap();
-            let mut buf = BytesMut::new();
-            while buf.len() < 4 {
-                assert!(tls.read_buf(&mut buf).await.unwrap() > 0);
-            }
-            assert_eq!(&buf[..], b"ping");
-            tls.write_all(b"pong").await.unwrap();
-            tls.close().await.unwrap();
+            ping_pong(tls).await.close().await.unwrap();
         })
         .await;
         let (mut conn, store) = client(&setup, &[&rustls::version::TLS13]);
@@ -340,12 +345,7 @@ mod tests {
     async fn tls12_gets_the_servers_last_flight_before_any_answer() {
         let setup = setup();
         let (port, task) = server(setup.server.clone(), |tls| async move {
-            let mut tls = tls.unwrap();
-            let mut buf = BytesMut::new();
-            while buf.len() < 4 {
-                assert!(tls.read_buf(&mut buf).await.unwrap() > 0);
-            }
-            tls.write_all(b"pong").await.unwrap();
+            ping_pong(tls).await;
         })
         .await;
         let (mut conn, _) = client(&setup, &[&rustls::version::TLS12]);

@@ -48,14 +48,19 @@ fn env_with_store(config: HubConfig) -> (Env, Arc<SqliteStore>) {
     (env, store)
 }
 
+/// Registers SAS device `id`; returns a CONNECT signed with its primary key.
+fn registered(env: &Env, id: &str) -> ConnectRequest {
+    let key = generate_key().unwrap();
+    env.hub
+        .put_device(&sys(), id, &sas_device(&key), None)
+        .unwrap();
+    connect(env, id, &key)
+}
+
 #[test]
 fn a_device_is_judged_from_memory_once_read_and_never_from_a_stale_record() {
     let (env, _) = env_with_store(HubConfig::default());
-    let key = generate_key().unwrap();
-    env.hub
-        .put_device(&sys(), "d1", &sas_device(&key), None)
-        .unwrap();
-    let req = connect(&env, "d1", &key);
+    let req = registered(&env, "d1");
 
     // Not read yet: the gateway must go to the store (on a blocking thread).
     assert!(env.hub.authenticate_device_from_memory(&req).is_none());
@@ -125,11 +130,7 @@ fn a_device_is_judged_from_memory_once_read_and_never_from_a_stale_record() {
 #[test]
 fn a_remembered_device_needs_no_store_read() {
     let (env, store) = env_with_store(HubConfig::default());
-    let key = generate_key().unwrap();
-    env.hub
-        .put_device(&sys(), "d2", &sas_device(&key), None)
-        .unwrap();
-    let req = connect(&env, "d2", &key);
+    let req = registered(&env, "d2");
     assert_eq!(env.hub.authenticate_device(&req), Ok(AuthMethod::Sas));
 
     // Behind the hub's back (never done in production: every device write goes through the
@@ -157,11 +158,7 @@ fn names_are_judged_before_any_record_and_capacity_zero_always_reads_the_store()
         device_cache_entries: 0,
         ..Default::default()
     });
-    let key = generate_key().unwrap();
-    env.hub
-        .put_device(&sys(), "d3", &sas_device(&key), None)
-        .unwrap();
-    let req = connect(&env, "d3", &key);
+    let req = registered(&env, "d3");
     assert_eq!(env.hub.authenticate_device(&req), Ok(AuthMethod::Sas));
     assert!(env.hub.authenticate_device_from_memory(&req).is_none());
 
@@ -178,11 +175,7 @@ fn names_are_judged_before_any_record_and_capacity_zero_always_reads_the_store()
 #[test]
 fn a_device_disabled_while_its_connect_is_judged_is_closed_once_registered() {
     let (env, _) = env_with_store(HubConfig::default());
-    let key = generate_key().unwrap();
-    env.hub
-        .put_device(&sys(), "d4", &sas_device(&key), None)
-        .unwrap();
-    let req = connect(&env, "d4", &key);
+    let req = registered(&env, "d4");
 
     // Nothing changes in between: no re-check is asked for.
     let ticket = env.hub.connect_ticket();
