@@ -231,7 +231,7 @@ pub(crate) async fn run(
         // A device changed while this one was judged: re-check it against the store. A refusal
         // arrives as a Close signal, which the session loop acts on.
         let (hub, id) = (hub.clone(), admission.device_id.clone());
-        tokio::task::spawn_blocking(move || hub.recheck_device_session(&id));
+        tokio::task::spawn_blocking(move || hub.revalidate_device_sessions(&id));
     }
     if conn
         .write_packet(&Packet::ConnAck(ConnAck {

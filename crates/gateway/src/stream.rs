@@ -259,6 +259,23 @@ mod tests {
         sock
     }
 
+    /// Connects and completes the client's side of the handshake (its Finished is sent).
+    fn handshake(conn: &mut ClientConnection, port: u16) -> StdTcpStream {
+        let mut sock = connect(port);
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).unwrap();
+        }
+        sock
+    }
+
+    /// Encrypts `data` and writes it all to the socket.
+    fn send(conn: &mut ClientConnection, sock: &mut StdTcpStream, data: &[u8]) {
+        conn.writer().write_all(data).unwrap();
+        while conn.wants_write() {
+            conn.write_tls(sock).unwrap();
+        }
+    }
+
     /// Runs `serve` on the next connection accepted on a fresh port; returns the port.
     async fn server<F, Fut>(
         config: Arc<ServerConfig>,
@@ -299,16 +316,10 @@ mod tests {
         .await;
         let (mut conn, store) = client(&setup, &[&rustls::version::TLS13]);
         tokio::task::spawn_blocking(move || {
-            let mut sock = connect(port);
-            while conn.is_handshaking() {
-                conn.complete_io(&mut sock).unwrap();
-            }
+            let mut sock = handshake(&mut conn, port);
             // The client's Finished is out; the server has sent nothing since its own flight.
             assert_eq!(store.tickets.load(Ordering::SeqCst), 0);
-            conn.writer().write_all(b"ping").unwrap();
-            while conn.wants_write() {
-                conn.write_tls(&mut sock).unwrap();
-            }
+            send(&mut conn, &mut sock, b"ping");
             // One read of the socket: the ticket and the answer arrive together.
             let mut first = vec![0u8; 64 * 1024];
             let n = sock.read(&mut first).unwrap();
@@ -350,12 +361,9 @@ mod tests {
         .await;
         let (mut conn, _) = client(&setup, &[&rustls::version::TLS12]);
         tokio::task::spawn_blocking(move || {
-            let mut sock = connect(port);
             // A TLS 1.2 client sends nothing until the server's Finished has arrived: the
             // handshake would stall here (and fail on the read timeout) if that were held back.
-            while conn.is_handshaking() {
-                conn.complete_io(&mut sock).unwrap();
-            }
+            let mut sock = handshake(&mut conn, port);
             conn.writer().write_all(b"ping").unwrap();
             let mut answer = [0u8; 4];
             while conn.reader().read(&mut answer).is_err() {
@@ -383,14 +391,8 @@ mod tests {
         .await;
         let (mut conn, _) = client(&setup, &[&rustls::version::TLS13]);
         tokio::task::spawn_blocking(move || {
-            let mut sock = connect(port);
-            while conn.is_handshaking() {
-                conn.complete_io(&mut sock).unwrap();
-            }
-            conn.writer().write_all(b"bye").unwrap();
-            while conn.wants_write() {
-                conn.write_tls(&mut sock).unwrap();
-            }
+            let mut sock = handshake(&mut conn, port);
+            send(&mut conn, &mut sock, b"bye");
             // Dropped: the TCP connection closes with no close_notify.
         })
         .await

@@ -91,7 +91,7 @@ pub struct Admission {
     pub resumed: Option<Subscriptions>,
     /// A device changed between the CONNECT's ticket and the registration of this session, so a
     /// change to this very device may have looked for its session before it existed: the caller
-    /// must run [`Hub::recheck_device_session`] (it reads the store, so on a blocking thread).
+    /// must run [`Hub::revalidate_device_sessions`] (it reads the store, so on a blocking thread).
     pub recheck: bool,
 }
 
@@ -310,11 +310,6 @@ impl Hub {
         self.device_cache.generation()
     }
 
-    /// Re-checks a device's live session against its registry entry (see [`Admission::recheck`]).
-    pub fn recheck_device_session(&self, device_id: &str) {
-        self.revalidate_device_sessions(device_id);
-    }
-
     /// Registers an admitted session; an older session of the same device is closed. `ticket`
     /// is [`Hub::connect_ticket`] from before the CONNECT was judged.
     pub fn open_session(
@@ -507,8 +502,9 @@ impl Hub {
         }
     }
 
-    /// Re-checks the session of one device after its registry entry changed.
-    pub(crate) fn revalidate_device_sessions(&self, device_id: &str) {
+    /// Re-checks the session of one device after its registry entry changed (or after a CONNECT
+    /// judged while a device changed, see [`Admission::recheck`]). Reads the store.
+    pub fn revalidate_device_sessions(&self, device_id: &str) {
         let Some(method) = self
             .sessions()
             .live

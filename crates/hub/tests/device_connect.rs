@@ -193,7 +193,7 @@ fn a_device_disabled_while_its_connect_is_judged_is_closed_once_registered() {
     let mut racing = env.hub.open_session(&req, method, true, ticket);
     assert!(racing.recheck, "the session must ask for a re-check");
     assert!(racing.signals.try_recv().is_err(), "nothing closed it yet");
-    env.hub.recheck_device_session("d4");
+    env.hub.revalidate_device_sessions("d4");
     match racing.signals.try_recv() {
         Ok(iothub_hub::SessionSignal::Close(reason)) => {
             assert_eq!(reason, "device 'd4' was disabled")

@@ -357,14 +357,7 @@ fn hostile_device_chains_are_refused_with_reasons() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "an RSA-1024 device was admitted");
-    let v: serde_json::Value = hub
-        .client()
-        .get(format!("{}/connections", hub.base()))
-        .header("Authorization", hub.owner_token())
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let v = hub.get_json("/connections");
     let tls_refusals = v["refusals"]
         .as_array()
         .unwrap()

@@ -56,19 +56,9 @@ fn telemetry_topic(id: &str) -> String {
     format!("devices/{id}/messages/events/")
 }
 
-fn api_get(hub: &TestHub, path: &str) -> Value {
-    hub.client()
-        .get(format!("{}{path}", hub.base()))
-        .header("Authorization", hub.owner_token())
-        .send()
-        .unwrap()
-        .json()
-        .unwrap()
-}
-
 /// The newest recorded refusal reason for `client`.
 fn refusal(hub: &TestHub, client: &str) -> String {
-    let v = api_get(hub, "/connections");
+    let v = hub.get_json("/connections");
     v["refusals"]
         .as_array()
         .unwrap()
@@ -79,7 +69,7 @@ fn refusal(hub: &TestHub, client: &str) -> String {
 }
 
 fn live(hub: &TestHub) -> Vec<String> {
-    api_get(hub, "/connections")["live"]
+    hub.get_json("/connections")["live"]
         .as_array()
         .unwrap()
         .iter()
@@ -607,7 +597,7 @@ fn acknowledged_telemetry_survives_sigkill() {
     let mut stored = std::collections::HashSet::new();
     let mut from = 1;
     loop {
-        let v = api_get(&hub, &format!("/messages?from={from}&limit=1000"));
+        let v = hub.get_json(&format!("/messages?from={from}&limit=1000"));
         let batch = v["value"].as_array().unwrap().clone();
         if batch.is_empty() {
             break;

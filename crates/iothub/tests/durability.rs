@@ -73,14 +73,7 @@ fn acknowledged_writes_survive_sigkill() {
     );
 
     let hub = TestHub::start_in(tmp.path(), &[]);
-    let v: serde_json::Value = hub
-        .client()
-        .get(format!("{}/certificates", hub.base()))
-        .header("Authorization", hub.owner_token())
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let v = hub.get_json("/certificates");
     let stored: std::collections::HashMap<String, String> = v["value"]
         .as_array()
         .unwrap()

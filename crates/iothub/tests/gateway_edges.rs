@@ -257,19 +257,9 @@ fn telemetry(id: &str) -> String {
     format!("devices/{id}/messages/events/")
 }
 
-fn api_get(hub: &TestHub, path: &str) -> Value {
-    hub.client()
-        .get(format!("{}{path}", hub.base()))
-        .header("Authorization", hub.owner_token())
-        .send()
-        .unwrap()
-        .json()
-        .unwrap()
-}
-
 /// The newest recorded refusal (or close for cause) of `client`.
 fn last_refusal(hub: &TestHub, client: &str) -> Option<String> {
-    api_get(hub, "/connections")["refusals"]
+    hub.get_json("/connections")["refusals"]
         .as_array()
         .unwrap()
         .iter()
@@ -281,7 +271,7 @@ fn last_refusal(hub: &TestHub, client: &str) -> Option<String> {
 fn refusal_with(hub: &TestHub, client: &str, want: &[&str]) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let all: Vec<String> = api_get(hub, "/connections")["refusals"]
+        let all: Vec<String> = hub.get_json("/connections")["refusals"]
             .as_array()
             .unwrap()
             .iter()
@@ -300,7 +290,7 @@ fn refusal_with(hub: &TestHub, client: &str, want: &[&str]) -> String {
 }
 
 fn live(hub: &TestHub) -> Vec<String> {
-    api_get(hub, "/connections")["live"]
+    hub.get_json("/connections")["live"]
         .as_array()
         .unwrap()
         .iter()
@@ -310,7 +300,7 @@ fn live(hub: &TestHub) -> Vec<String> {
 
 /// Bodies of the stored telemetry of `id`, oldest first.
 fn stored_bodies(hub: &TestHub, id: &str) -> Vec<String> {
-    api_get(hub, &format!("/messages?from=1&deviceId={id}&limit=1000"))["value"]
+    hub.get_json(&format!("/messages?from=1&deviceId={id}&limit=1000"))["value"]
         .as_array()
         .unwrap()
         .iter()
@@ -765,7 +755,7 @@ fn c2d_queue_limit_and_expiry() {
     assert_eq!(body["code"], "403004", "{body}");
     assert_eq!(c2d_list(&hub, "full").len(), 3);
     assert_eq!(
-        api_get(&hub, "/devices/full")["cloudToDeviceMessageCount"],
+        hub.get_json("/devices/full")["cloudToDeviceMessageCount"],
         3
     );
     // Once the device has acknowledged them, the queue has room again.
@@ -787,7 +777,7 @@ fn c2d_queue_limit_and_expiry() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(
-        api_get(&hub, "/devices/full")["cloudToDeviceMessageCount"],
+        hub.get_json("/devices/full")["cloudToDeviceMessageCount"],
         0
     );
     for i in 4..=6 {
@@ -815,10 +805,7 @@ fn c2d_queue_limit_and_expiry() {
     assert_eq!(m["state"], "expired", "{m}");
     ok(&hub.cli(&["c2d", "send", "ttl", "in time", "--message-id", "long"]));
     assert_eq!(c2d_state(&hub, "ttl", "long")["state"], "queued");
-    assert_eq!(
-        api_get(&hub, "/devices/ttl")["cloudToDeviceMessageCount"],
-        1
-    );
+    assert_eq!(hub.get_json("/devices/ttl")["cloudToDeviceMessageCount"], 1);
     let mut d = Dev::admitted(&hub, &Opts::cert(&dir, "ttl"));
     d.subscribe_c2d("ttl");
     let p = d
@@ -937,7 +924,7 @@ fn sas_devices_connect_with_a_token_and_no_certificate() {
     let hub = TestHub::start(&[]);
     ok(&hub.cli(&["device", "add", "sas-1", "--auth", "sas"]));
     ok(&hub.cli(&["device", "add", "sas-2", "--auth", "sas"]));
-    let dev = api_get(&hub, "/devices/sas-1");
+    let dev = hub.get_json("/devices/sas-1");
     assert_eq!(dev["authentication"]["type"], "sas");
     let primary = dev["authentication"]["symmetricKey"]["primaryKey"]
         .as_str()
@@ -972,7 +959,7 @@ fn sas_devices_connect_with_a_token_and_no_certificate() {
             tls: None,
         },
     );
-    let conns = api_get(&hub, "/connections");
+    let conns = hub.get_json("/connections");
     let session = conns["live"]
         .as_array()
         .unwrap()
@@ -981,13 +968,13 @@ fn sas_devices_connect_with_a_token_and_no_certificate() {
         .cloned()
         .unwrap_or_else(|| panic!("sas-1 not live: {conns}"));
     assert_eq!(session["authentication"], "sas", "{session}");
-    let shown = api_get(&hub, "/devices/sas-1");
+    let shown = hub.get_json("/devices/sas-1");
     assert_eq!(shown["connectionState"], "Connected", "{shown}");
     assert_ne!(shown["lastActivityTime"], "0001-01-01T00:00:00Z", "{shown}");
     d.publish_qos1(&telemetry("sas-1"), b"raw sas", 1).unwrap();
     d.disconnect();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while api_get(&hub, "/devices/sas-1")["connectionState"] != "Disconnected" {
+    while hub.get_json("/devices/sas-1")["connectionState"] != "Disconnected" {
         assert!(Instant::now() < deadline, "sas-1 still shown Connected");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -1010,7 +997,7 @@ fn sas_devices_connect_with_a_token_and_no_certificate() {
     refusal_with(&hub, "sas-1", &["localhost/devices/sas-2"]);
 
     // sas-2's own valid token presented as sas-1 is refused too (its key is not sas-1's).
-    let sas2_key = api_get(&hub, "/devices/sas-2")["authentication"]["symmetricKey"]["primaryKey"]
+    let sas2_key = hub.get_json("/devices/sas-2")["authentication"]["symmetricKey"]["primaryKey"]
         .as_str()
         .unwrap()
         .to_string();
@@ -1099,7 +1086,7 @@ fn self_signed_devices_are_admitted_by_thumbprint_only() {
         "--thumbprint",
         &ss2_sha1.to_lowercase(),
     ]));
-    let shown = api_get(&hub, "/devices/ss-1");
+    let shown = hub.get_json("/devices/ss-1");
     assert_eq!(
         shown["authentication"]["x509Thumbprint"]["primaryThumbprint"],
         ss1_sha256.replace(':', "").to_uppercase()

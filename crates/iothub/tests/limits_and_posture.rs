@@ -158,14 +158,7 @@ fn slow_clients_are_cut_off_by_the_handshake_timeout() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let _ = status;
-    let v: serde_json::Value = hub
-        .client()
-        .get(format!("{}/connections", hub.base()))
-        .header("Authorization", hub.owner_token())
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let v = hub.get_json("/connections");
     let reasons: Vec<String> = v["refusals"]
         .as_array()
         .unwrap()
@@ -227,14 +220,7 @@ fn device_connection_and_chain_length_limits() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let v: serde_json::Value = hub
-        .client()
-        .get(format!("{}/connections", hub.base()))
-        .header("Authorization", hub.owner_token())
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let v = hub.get_json("/connections");
     assert!(v.to_string().contains("at most 2 are accepted"), "{v}");
     // Two idle TCP connections fill the gateway; a third is closed at once.
     let _a = TcpStream::connect(("127.0.0.1", hub.mqtt_port)).unwrap();

@@ -1210,17 +1210,6 @@ mod tests {
         assert_eq!(page[0].device_id, "b");
     }
 
-    fn message(device: &str, enqueued: i64) -> NewMessage {
-        NewMessage {
-            device_id: device.into(),
-            module_id: None,
-            enqueued,
-            system_properties: "{}".into(),
-            properties: "{}".into(),
-            body: device.as_bytes().to_vec(),
-        }
-    }
-
     #[test]
     fn a_version_3_database_loses_only_the_unused_message_index() {
         let dir = std::env::temp_dir().join(format!("iothub-migrate-{}", std::process::id()));
@@ -1258,7 +1247,7 @@ mod tests {
         drop(conn);
         // Reads by device still work (they never used the index), and offsets go on.
         let offsets = s
-            .append_messages(&[message("a", 2), message("b", 3), message("a", 4)])
+            .append_messages(&[msg("a", 2), msg("b", 3), msg("a", 4)])
             .unwrap();
         assert_eq!(offsets, vec![2, 3, 4]);
         let of_a: Vec<i64> = s

@@ -141,6 +141,17 @@ impl TestHub {
         .unwrap()
     }
 
+    /// GET `path` on the API as the owner, as JSON.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        self.client()
+            .get(format!("{}{path}", self.base()))
+            .header("Authorization", self.owner_token())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
     pub fn owner_token(&self) -> String {
         let cs = self.connection_string();
         let key = cs.split("SharedAccessKey=").nth(1).unwrap();
@@ -528,14 +539,7 @@ pub fn add_ca_device(hub: &TestHub, id: &str, ca: &str) {
 
 /// Every connection refusal recorded for `client` (GET /connections), newest first.
 pub fn refusals(hub: &TestHub, client: &str) -> Vec<String> {
-    let v: serde_json::Value = hub
-        .client()
-        .get(format!("{}/connections", hub.base()))
-        .header("Authorization", hub.owner_token())
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let v = hub.get_json("/connections");
     v["refusals"]
         .as_array()
         .unwrap()
