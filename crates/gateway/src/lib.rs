@@ -12,6 +12,7 @@
 //!   keep-alive, and closing when the hub says so.
 //! - `stream`: rustls driven over the socket, so the session ticket leaves with CONNACK.
 
+mod listener;
 pub mod server;
 pub mod session;
 mod stream;

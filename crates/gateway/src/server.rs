@@ -8,7 +8,6 @@ use std::time::Duration;
 use iothub_hub::Hub;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
 
 /// Limits of the device gateway.
 #[derive(Debug, Clone)]
@@ -55,7 +54,7 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let limits = Arc::new(limits);
-    let mut tasks = JoinSet::new();
+    crate::listener::prepare(&listener);
     let mut revalidate = tokio::time::interval(limits.revalidate_every);
     tokio::pin!(shutdown);
     loop {
@@ -78,14 +77,12 @@ pub async fn serve(
                     tracing::warn!(%peer, limit = limits.max_connections, "connection refused: the gateway is at its connection limit");
                     continue;
                 };
-                let _ = stream.set_nodelay(true);
+                crate::listener::prepare_accepted(&stream);
                 let (tls, hub, limits, stop) = (tls.clone(), hub.clone(), limits.clone(), stop_rx.clone());
-                tasks.spawn(async move {
+                tokio::spawn(async move {
                     let _permit = permit;
                     crate::session::run(stream, peer, tls, hub, limits, stop).await;
                 });
-                // Reap finished tasks so the set does not grow without bound.
-                while tasks.try_join_next().is_some() {}
             }
         }
     }
@@ -93,8 +90,7 @@ pub async fn serve(
     // (acknowledged messages are already durable).
     drop(listener);
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    // Every session holds a permit until it has closed, so all permits back means all closed.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(Duration::from_secs(10), permits.acquire_many(all)).await;
 }

@@ -47,10 +47,10 @@ pub struct ServeArgs {
     /// Largest certificate input, in bytes [default: 65536].
     #[arg(long, env = "IOTHUB_MAX_CERTIFICATE_BYTES")]
     pub max_certificate_bytes: Option<usize>,
-    /// Most HTTPS connections served at once [default: 1024].
+    /// Most HTTPS connections served at once, 1 to 10000000 [default: 1024].
     #[arg(long, env = "IOTHUB_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Most device (MQTT) connections served at once [default: 10000].
+    /// Most device (MQTT) connections served at once, 1 to 10000000 [default: 10000].
     #[arg(long, env = "IOTHUB_MAX_DEVICE_CONNECTIONS")]
     pub max_device_connections: Option<usize>,
     /// Largest device-to-cloud message payload, in bytes [default: 262144].
@@ -335,11 +335,19 @@ impl ServeConfig {
                 config.max_certificate_bytes
             );
         }
-        if config.max_connections == 0 {
-            bail!("--max-connections must be at least 1");
+        // Upper bounds: a connection needs a file descriptor, so far more than a million is a
+        // typo; and the connection semaphores cannot count past u32 permits.
+        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&config.max_connections) {
+            bail!(
+                "--max-connections is {}; expected 1 to {MAX_CONNECTIONS_LIMIT}",
+                config.max_connections
+            );
         }
-        if config.max_device_connections == 0 {
-            bail!("--max-device-connections must be at least 1");
+        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&config.max_device_connections) {
+            bail!(
+                "--max-device-connections is {}; expected 1 to {MAX_CONNECTIONS_LIMIT}",
+                config.max_device_connections
+            );
         }
         if !(1..=16 * 1024 * 1024).contains(&config.max_message_bytes) {
             bail!(
@@ -398,6 +406,9 @@ impl ServeConfig {
         Ok(config)
     }
 }
+
+/// Most HTTPS or device connections that may be configured.
+const MAX_CONNECTIONS_LIMIT: usize = 10_000_000;
 
 #[cfg(test)]
 mod tests {
@@ -498,5 +509,38 @@ mod tests {
         })
         .unwrap();
         assert_eq!(off.device_cache_entries, 0);
+    }
+
+    #[test]
+    fn connection_limits_are_checked() {
+        let resolve = |args: ServeArgs| ServeConfig::resolve(None, &args);
+        for bad in [0, 10_000_001, usize::MAX] {
+            let err = resolve(ServeArgs {
+                max_device_connections: Some(bad),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(
+                format!("{err:#}").contains(&format!(
+                    "--max-device-connections is {bad}; expected 1 to 10000000"
+                )),
+                "{err:#}"
+            );
+            let err = resolve(ServeArgs {
+                max_connections: Some(bad),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(
+                format!("{err:#}").contains("--max-connections is"),
+                "{err:#}"
+            );
+        }
+        let c = resolve(ServeArgs {
+            max_device_connections: Some(10_000_000),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.max_device_connections, 10_000_000);
     }
 }
