@@ -33,7 +33,8 @@ pub use devices::{DeviceAuth, DeviceView, PutDevice};
 pub use error::{ErrorCode, HubError};
 use iothub_store::{PolicyRecord, Store};
 pub use sessions::{
-    Admission, AuthMethod, ConnectRequest, Refusal, SessionInfo, SessionSignal, Subscriptions,
+    Admission, AuthMethod, ConnectRequest, ConnectTicket, Refusal, SessionInfo, SessionSignal,
+    Subscriptions,
 };
 
 /// Settings of the service layer (the binary maps flags, environment and TOML onto these).
@@ -106,12 +107,11 @@ pub struct Hub {
     pub(crate) policies: Arc<RwLock<Vec<PolicyRecord>>>,
     /// The trust snapshot (registered CAs by subject), swapped on every CA change.
     pub(crate) trust: Arc<ArcSwap<TrustIndex>>,
-    /// Orders trust rebuilds: each takes a ticket before it reads the CAs, and a snapshot is
-    /// stored only if no rebuild with a later ticket has stored one. Without this two concurrent
-    /// rebuilds can finish out of order and a stale snapshot (one that still holds a deleted CA)
-    /// wins. (Next ticket, newest stored ticket.)
-    pub(crate) trust_tickets: Arc<(std::sync::atomic::AtomicU64, Mutex<u64>)>,
-    /// Each registered CA parsed, by name, with the etag of the version parsed.
+    /// Moves on every trust snapshot stored: a CONNECT judged across a move is re-checked (see
+    /// `Hub::connect_ticket`).
+    pub(crate) trust_generation: Arc<std::sync::atomic::AtomicU64>,
+    /// Each registered CA parsed, by name, with the etag of the version parsed. Its lock also
+    /// makes trust rebuilds run one at a time.
     pub(crate) anchor_memo:
         Arc<Mutex<std::collections::HashMap<String, (u64, iothub_pki::device::ParsedAnchor)>>>,
     /// Device chains validated against the snapshot held beside them (see `trust`).
@@ -147,7 +147,7 @@ impl Hub {
             clock,
             policies: Arc::new(RwLock::new(policies)),
             trust: Arc::new(ArcSwap::from_pointee(TrustIndex::default())),
-            trust_tickets: Arc::new((std::sync::atomic::AtomicU64::new(1), Mutex::new(0))),
+            trust_generation: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             anchor_memo: Arc::new(Mutex::new(std::collections::HashMap::new())),
             chain_cache: Arc::new(Mutex::new((
                 Arc::new(TrustIndex::default()),

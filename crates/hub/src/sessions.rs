@@ -5,12 +5,12 @@
 //! gateway listens on; the hub sends `Close(reason)` on it when trust or the device changes, and
 //! `C2dAvailable` when a cloud-to-device message is queued.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use base64::Engine as _;
-use iothub_pki::device::validate_device_id;
+use iothub_pki::device::{validate_device_id, NameKey};
 use iothub_pki::sas::SasToken;
 use iothub_pki::CertInfo;
 use iothub_store::DeviceActivity;
@@ -35,15 +35,22 @@ pub struct ConnectRequest {
 /// How an admitted device proved its identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthMethod {
-    Ca { ca_name: String },
-    SelfSigned { thumbprint: String },
+    Ca {
+        ca_name: String,
+        /// The issuer names of the presented chain: a change to a CA with one of these subjects
+        /// re-checks the session (see `iothub_pki::device::NameKey`).
+        issuers: Arc<[NameKey]>,
+    },
+    SelfSigned {
+        thumbprint: String,
+    },
     Sas,
 }
 
 impl std::fmt::Display for AuthMethod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            AuthMethod::Ca { ca_name } => write!(f, "certificateAuthority via '{ca_name}'"),
+            AuthMethod::Ca { ca_name, .. } => write!(f, "certificateAuthority via '{ca_name}'"),
             AuthMethod::SelfSigned { thumbprint } => write!(f, "selfSigned {thumbprint}"),
             AuthMethod::Sas => f.write_str("sas"),
         }
@@ -89,10 +96,17 @@ pub struct Admission {
     /// The subscriptions of the device's persistent session, if it resumed one (CONNACK
     /// session present = 1).
     pub resumed: Option<Subscriptions>,
-    /// A device changed between the CONNECT's ticket and the registration of this session, so a
-    /// change to this very device may have looked for its session before it existed: the caller
+    /// A device or the trust set changed between the CONNECT's ticket and the registration of
+    /// this session, so that change may have looked for the session before it existed: the caller
     /// must run [`Hub::revalidate_device_sessions`] (it reads the store, so on a blocking thread).
     pub recheck: bool,
+}
+
+/// What [`Hub::connect_ticket`] returns: the generations of the device registry and of trust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectTicket {
+    devices: u64,
+    trust: u64,
 }
 
 struct SessionEntry {
@@ -234,6 +248,7 @@ impl Hub {
                 match ok.leaf_common_names.as_slice() {
                     [cn] if cn == id => Ok(AuthMethod::Ca {
                         ca_name: ok.ca_name,
+                        issuers: ok.issuers,
                     }),
                     [cn] => Err(format!("leaf CN '{cn}' is not the client id '{id}'")),
                     [] => Err(format!(
@@ -303,11 +318,15 @@ impl Hub {
         }
     }
 
-    /// Take this before judging a CONNECT, and hand it to [`Hub::open_session`]. A device change
-    /// re-checks the device's live session; one that lands while a CONNECT is being judged finds
-    /// no session yet, and the ticket is how `open_session` knows to ask for that re-check.
-    pub fn connect_ticket(&self) -> u64 {
-        self.device_cache.generation()
+    /// Take this before judging a CONNECT, and hand it to [`Hub::open_session`]. A device or
+    /// trust change re-checks the live sessions it affects; one that lands while a CONNECT is
+    /// being judged finds no session yet, and the ticket is how `open_session` knows to ask for
+    /// that re-check.
+    pub fn connect_ticket(&self) -> ConnectTicket {
+        ConnectTicket {
+            devices: self.device_cache.generation(),
+            trust: self.trust_generation.load(Ordering::SeqCst),
+        }
     }
 
     /// Registers an admitted session; an older session of the same device is closed. `ticket`
@@ -317,7 +336,7 @@ impl Hub {
         req: &ConnectRequest,
         method: AuthMethod,
         clean_session: bool,
-        ticket: u64,
+        ticket: ConnectTicket,
     ) -> Admission {
         let (tx, rx) = mpsc::unbounded_channel();
         let session_id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
@@ -357,9 +376,9 @@ impl Hub {
             },
         );
         tracing::info!(device = %req.client_id, remote = %req.remote, auth = %method, "device connected");
-        // Read after the session is registered: a device change either saw the session, or
-        // forgot its device (moving the generation) before this read.
-        let recheck = self.device_cache.generation() != ticket;
+        // Read after the session is registered: a device or trust change either saw the
+        // session, or moved its generation before this read.
+        let recheck = self.connect_ticket() != ticket;
         Admission {
             device_id: req.client_id.clone(),
             session_id,
@@ -464,35 +483,39 @@ impl Hub {
         Ok((live, refusals))
     }
 
-    /// Re-checks every certificate-authority session against the current trust snapshot and
-    /// closes those it no longer admits (CA deleted, replaced or no longer Verified, or expired).
-    ///
-    /// The sessions are listed under the lock and judged outside it: right after a trust change
-    /// every chain is validated in full (the cache was emptied), which for tens of thousands of
-    /// sessions takes seconds, and CONNECTs and closes must not wait for that.
+    /// Re-checks every certificate session against the current trust snapshot and the clock,
+    /// and closes those no longer admitted (certificate or CA expired). Runs periodically.
     pub fn revalidate_sessions(&self) {
+        self.revalidate_sessions_where(|_| true);
+    }
+
+    /// Re-checks the CA sessions a trust change can affect: those whose chain names one of
+    /// `changed` as an issuer (a CA deleted, replaced, verified or no longer Verified). Every
+    /// other session's verdict cannot have changed (see `iothub_pki::device::NameKey`).
+    pub(crate) fn revalidate_sessions_naming(&self, changed: &HashSet<NameKey>) {
+        if changed.is_empty() {
+            return;
+        }
+        self.revalidate_sessions_where(|method| match method {
+            AuthMethod::Ca { issuers, .. } => issuers.iter().any(|k| changed.contains(k)),
+            AuthMethod::SelfSigned { .. } | AuthMethod::Sas => false,
+        });
+    }
+
+    /// The sessions are listed under the lock and judged outside it: chains not in the cache
+    /// are validated in full, which for tens of thousands of sessions takes seconds, and
+    /// CONNECTs and closes must not wait for that.
+    fn revalidate_sessions_where(&self, affected: impl Fn(&AuthMethod) -> bool) {
         let now = self.now();
         let certificate_sessions: Vec<_> = self
             .sessions()
             .live
             .iter()
-            .filter(|(_, e)| !matches!(e.method, AuthMethod::Sas))
+            .filter(|(_, e)| !matches!(e.method, AuthMethod::Sas) && affected(&e.method))
             .map(|(id, e)| (id.clone(), e.method.clone(), e.chain.clone(), e.tx.clone()))
             .collect();
         for (id, method, chain, tx) in certificate_sessions {
-            let verdict = match method {
-                AuthMethod::Ca { .. } => self
-                    .validate_device_chain(&chain, now)
-                    .err()
-                    .map(|err| err.to_string()),
-                AuthMethod::SelfSigned { .. } => match chain.first().map(|d| CertInfo::from_der(d))
-                {
-                    Some(Ok(info)) if info.is_valid_at(now) => None,
-                    _ => Some("the client certificate is no longer valid".to_string()),
-                },
-                AuthMethod::Sas => None,
-            };
-            if let Some(reason) = verdict {
+            if let Some(reason) = self.certificate_verdict(&method, &chain, now) {
                 // A session replaced meanwhile has its own signal channel: this reaches only the
                 // session that was judged.
                 let _ = tx.send(SessionSignal::Close(format!(
@@ -502,14 +525,35 @@ impl Hub {
         }
     }
 
+    /// Why a session admitted with `method` and `chain` is no longer admitted at `now`, if so.
+    fn certificate_verdict(
+        &self,
+        method: &AuthMethod,
+        chain: &[Vec<u8>],
+        now: i64,
+    ) -> Option<String> {
+        match method {
+            AuthMethod::Ca { .. } => self
+                .validate_device_chain(chain, now)
+                .err()
+                .map(|err| err.to_string()),
+            AuthMethod::SelfSigned { .. } => match chain.first().map(|d| CertInfo::from_der(d)) {
+                Some(Ok(info)) if info.is_valid_at(now) => None,
+                _ => Some("the client certificate is no longer valid".to_string()),
+            },
+            AuthMethod::Sas => None,
+        }
+    }
+
     /// Re-checks the session of one device after its registry entry changed (or after a CONNECT
-    /// judged while a device changed, see [`Admission::recheck`]). Reads the store.
+    /// judged while a device or trust changed, see [`Admission::recheck`]): its record, and its
+    /// certificate against current trust. Reads the store.
     pub fn revalidate_device_sessions(&self, device_id: &str) {
-        let Some(method) = self
+        let Some((method, chain)) = self
             .sessions()
             .live
             .get(device_id)
-            .map(|e| e.method.clone())
+            .map(|e| (e.method.clone(), e.chain.clone()))
         else {
             return;
         };
@@ -532,7 +576,11 @@ impl Hub {
                 (!same_kind).then(|| format!("the authentication of device '{device_id}' changed"))
             }
             Err(e) => Some(format!("the registry is unavailable: {e}")),
-        };
+        }
+        .or_else(|| {
+            self.certificate_verdict(&method, &chain, self.now())
+                .map(|reason| format!("device '{device_id}' is no longer admitted: {reason}"))
+        });
         if let Some(reason) = reason {
             if let Some(e) = self.sessions().live.get(device_id) {
                 let _ = e.tx.send(SessionSignal::Close(reason));

@@ -1,11 +1,14 @@
 //! Live trust: the set of registered CAs as an immutable in-memory snapshot, swapped atomically when
 //! a CA is created, replaced, verified or deleted. Device authentication reads it without a lock or
-//! a database query; after each swap every live certificate session is checked again and the ones
-//! the new trust set no longer admits are closed.
+//! a database query; after each swap the live certificate sessions the change can affect (their
+//! chain names a changed CA's subject as an issuer) are checked again, and the ones the new trust
+//! set no longer admits are closed.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use iothub_pki::chain_cache::{chain_key, VerifiedChain};
+use iothub_pki::chain_cache::{chain_key, ChainCache, VerifiedChain};
 use iothub_pki::device::{validate_chain_bounded, ChainError, ParsedAnchor, TrustIndex};
 
 use crate::{Hub, HubError};
@@ -26,18 +29,13 @@ impl Hub {
         let trust = self.trust();
         let key = chain_key(chain);
         {
-            let mut cache = self
-                .chain_cache
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if !Arc::ptr_eq(&cache.0, &trust) {
-                // Trust changed: no earlier verdict stands. (Holding the Arc keeps its address
-                // from being reused by a later snapshot.)
-                cache.0 = trust.clone();
-                cache.1.clear();
-            }
-            if let Some(hit) = cache.1.get(&key, now) {
-                return Ok(hit.clone());
+            let cache = self.chain_cache();
+            // The cache follows the snapshot under its own lock (see `rebuild_trust`); a caller
+            // still holding an older snapshot neither reads nor fills it.
+            if Arc::ptr_eq(&cache.0, &trust) {
+                if let Some(hit) = cache.1.get(&key, now) {
+                    return Ok(hit.clone());
+                }
             }
         }
         let verdict = VerifiedChain::from(&validate_chain_bounded(
@@ -46,66 +44,82 @@ impl Hub {
             now,
             self.config.max_chain_len,
         )?);
-        let mut cache = self
-            .chain_cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cache = self.chain_cache();
         if Arc::ptr_eq(&cache.0, &trust) {
             cache.1.insert(key, verdict.clone());
         }
         Ok(verdict)
     }
 
-    /// Rebuilds the trust snapshot from the store, then re-checks live sessions against it.
+    /// How many validated chains the cache holds (diagnostics, and tests of what a trust change
+    /// keeps).
+    pub fn cached_chains(&self) -> usize {
+        self.chain_cache().1.len()
+    }
+
+    fn chain_cache(&self) -> std::sync::MutexGuard<'_, (Arc<TrustIndex>, ChainCache)> {
+        self.chain_cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Rebuilds the trust snapshot from the store, then re-checks the live sessions the change
+    /// can affect: those whose chain names a changed CA's subject as an issuer. The chain cache
+    /// keeps every other verdict, so a CA change among thousands costs only its own devices.
     pub fn rebuild_trust(&self) -> Result<(), HubError> {
-        // A ticket taken after this caller's change landed: whatever snapshot finally stays has a
-        // ticket at least this high, so it was read after the change (see `Hub::trust_tickets`).
-        let (next_ticket, newest_stored) = &*self.trust_tickets;
-        let ticket = next_ticket.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let versions = self.store.list_ca_versions()?;
-        let anchors: Vec<ParsedAnchor> = {
-            // Each CA is loaded and parsed once per version (etag), not on every rebuild: with
-            // thousands of CAs, reloading them all made each CA change cost the whole registry.
+        let changed = {
+            // Rebuilds run one at a time, each reading the registry after the change that
+            // triggered it, so the snapshot stored last holds every change.
             let mut memo = self
                 .anchor_memo
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let mut next = std::collections::HashMap::with_capacity(versions.len());
+            let versions = self.store.list_ca_versions()?;
+            // Each CA is loaded and parsed once per version (etag), not on every rebuild: with
+            // thousands of CAs, reloading them all made each CA change cost the whole registry.
+            let mut next = HashMap::with_capacity(versions.len());
             let mut anchors = Vec::with_capacity(versions.len());
+            let mut changed = HashSet::new();
             for (name, etag, _verified) in versions {
-                let (etag, parsed) = match memo.remove(&name) {
-                    Some((seen, parsed)) if seen == etag => (etag, parsed),
-                    _ => {
+                let (etag, parsed) = match memo.get(&name) {
+                    Some((seen, parsed)) if *seen == etag => (etag, parsed.clone()),
+                    earlier => {
                         // Changed since the last rebuild (or new): load it. Gone meanwhile:
                         // skip it (its delete rebuilds trust again).
+                        changed.extend(earlier.map(|(_, old)| old.subject_key()));
                         let Some(r) = self.store.get_ca(&name)? else {
                             continue;
                         };
-                        match ParsedAnchor::parse(&r.name, &r.der, r.is_verified) {
-                            Ok(parsed) => (r.etag, parsed),
-                            Err(_) => continue,
-                        }
+                        let Ok(parsed) = ParsedAnchor::parse(&r.name, &r.der, r.is_verified) else {
+                            continue;
+                        };
+                        changed.insert(parsed.subject_key());
+                        (r.etag, parsed)
                     }
                 };
                 next.insert(name, (etag, parsed.clone()));
                 anchors.push(parsed);
             }
+            // CAs no longer listed were deleted. (The memo is replaced only once the whole
+            // registry was read: after an error the next rebuild compares with the same memo.)
+            changed.extend(
+                memo.iter()
+                    .filter(|(name, _)| !next.contains_key(*name))
+                    .map(|(_, (_, old))| old.subject_key()),
+            );
             *memo = next;
-            anchors
-        };
-        let index = Arc::new(TrustIndex::from_parsed(anchors));
-        {
-            let mut newest = newest_stored
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if *newest > ticket {
-                // A later rebuild already stored a snapshot read after this one's.
-                return Ok(());
-            }
-            *newest = ticket;
+            let index = Arc::new(TrustIndex::from_parsed(anchors));
+            // The cache moves to the new snapshot, minus the verdicts the change can affect, in
+            // the same step as the snapshot is published: a CONNECT reading the new snapshot
+            // finds the cache already following it.
+            let mut cache = self.chain_cache();
+            cache.1.forget_affected(&changed);
+            cache.0 = index.clone();
             self.trust.store(index);
-        }
-        self.revalidate_sessions();
+            self.trust_generation.fetch_add(1, Ordering::SeqCst);
+            changed
+        };
+        self.revalidate_sessions_naming(&changed);
         Ok(())
     }
 

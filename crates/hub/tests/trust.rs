@@ -2,7 +2,9 @@
 //! or not, the snapshot the hub admits devices with is the registry's current state.
 //!
 //! The race is made deterministic with a store wrapper that can hold one `list_cas` call (the read
-//! of a trust rebuild) between its read and its return, while another change lands.
+//! of a trust rebuild) between its read and its return, while another change lands in the store.
+//! Rebuilds run one at a time, so the other change's own rebuild waits for the held one and reads
+//! after it: the snapshot it stores last holds that change.
 
 mod common;
 
@@ -11,7 +13,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use iothub_hub::HubConfig;
+use iothub_hub::{ConnectRequest, HubConfig, PutDevice, SessionSignal};
 use iothub_pki::device::validate_chain;
 use iothub_pki::gen::KeyKind;
 use iothub_store::*;
@@ -145,6 +147,15 @@ fn gated_env() -> (Env, Arc<GatedStore>) {
     (env, store)
 }
 
+/// Waits (at most 10 s) for `done`.
+fn wait_until(done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Verifies `ca` as `name` through the code flow.
 fn register_verified(env: &Env, name: &str, ca: &TestCa) {
     env.put(name, &ca.pem);
@@ -171,9 +182,8 @@ fn sequential_changes_keep_trust_in_step_with_the_registry() {
     assert!(validate_chain(&[a.leaf_der("d")], &env.hub.trust(), env.now()).is_err());
 }
 
-/// A trust rebuild that read the registry before a concurrent delete landed stores its (older)
-/// snapshot after the delete's rebuild: the deleted CA stays trusted, and nothing rebuilds the
-/// snapshot until the next CA change.
+/// A trust rebuild that read the registry before a concurrent delete landed must not leave its
+/// (older) snapshot in place: the deleted CA would stay trusted until the next CA change.
 #[test]
 fn a_concurrent_rebuild_does_not_resurrect_a_deleted_ca() {
     let (env, store) = gated_env();
@@ -198,18 +208,14 @@ fn a_concurrent_rebuild_does_not_resurrect_a_deleted_ca() {
     });
     has_read.recv().unwrap();
 
-    // Meanwhile the operator deletes the victim; its rebuild reads {other} and lands first.
-    env.hub.delete_certificate(&sys(), "victim", None).unwrap();
-    assert!(validate_chain(
-        std::slice::from_ref(&victim_leaf),
-        &env.hub.trust(),
-        env.now()
-    )
-    .is_err());
-
-    // Thread A resumes and stores what it read before the delete.
+    // Meanwhile the operator deletes the victim. Once the delete is in the store, thread A
+    // resumes with what it read before it.
+    let hub = env.hub.clone();
+    let delete = std::thread::spawn(move || hub.delete_certificate(&sys(), "victim", None));
+    wait_until(|| store.inner.get_ca("victim").unwrap().is_none());
     release.send(()).unwrap();
     assert_eq!(upload.join().unwrap().unwrap(), "other");
+    delete.join().unwrap().unwrap();
 
     let registered: Vec<String> = env.all().into_iter().map(|v| v.name).collect();
     assert_eq!(registered, vec!["other".to_string()]);
@@ -244,9 +250,15 @@ fn a_concurrent_rebuild_does_not_hide_a_verification() {
             .map(|(v, _)| v.name)
     });
     has_read.recv().unwrap();
-    assert!(env.verify("ca", &vcert).unwrap().is_verified);
+    let hub = env.hub.clone();
+    let verify = std::thread::spawn(move || {
+        hub.verify_certificate(&sys(), "ca", None, &vcert)
+            .map(|v| v.is_verified)
+    });
+    wait_until(|| store.inner.get_ca("ca").unwrap().unwrap().is_verified);
     release.send(()).unwrap();
     upload.join().unwrap().unwrap();
+    assert!(verify.join().unwrap().unwrap());
 
     assert!(env.get("ca").is_verified);
     let verdict = validate_chain(&[ca.leaf_der("dev")], &env.hub.trust(), env.now());
@@ -296,4 +308,105 @@ fn validated_chains_are_forgotten_when_trust_changes() {
         let late = first.valid_until + 1;
         assert!(env.hub.validate_device_chain(&chain, late).is_err());
     }
+}
+
+/// Registers a certificateAuthority device; returns its CONNECT presenting `chain`.
+fn ca_device(env: &Env, id: &str, chain: Vec<Vec<u8>>) -> ConnectRequest {
+    let device = PutDevice {
+        status: Some("enabled".into()),
+        auth_type: Some("certificateAuthority".into()),
+        ..Default::default()
+    };
+    env.hub.put_device(&sys(), id, &device, None).unwrap();
+    ConnectRequest {
+        client_id: id.into(),
+        username: Some(format!("localhost/{id}/?api-version=2021-04-12")),
+        password: None,
+        chain,
+        remote: "127.0.0.1:50000".into(),
+    }
+}
+
+/// Opens a session the way the gateway does.
+fn connected(env: &Env, req: &ConnectRequest) -> iothub_hub::Admission {
+    let ticket = env.hub.connect_ticket();
+    let method = env.hub.authenticate_device(req).unwrap();
+    let admission = env.hub.open_session(req, method, true, ticket);
+    assert!(!admission.recheck);
+    admission
+}
+
+fn closed(admission: &mut iothub_hub::Admission) -> Option<String> {
+    match admission.signals.try_recv() {
+        Ok(SessionSignal::Close(reason)) => Some(reason),
+        _ => None,
+    }
+}
+
+/// A CA change re-checks only the sessions whose chain names that CA's subject, and the cache of
+/// validated chains keeps every other verdict: with thousands of CAs and sessions, one CA change
+/// must not cost them all.
+#[test]
+fn a_ca_change_rechecks_only_the_sessions_that_name_it() {
+    let (env, _) = gated_env();
+    let root_a = root("Targeted Root A", KeyKind::EcP256);
+    let inter_a = intermediate("Targeted Intermediate A", KeyKind::EcP256, &root_a);
+    let root_b = root("Targeted Root B", KeyKind::EcP256);
+    register_verified(&env, "a", &root_a);
+    register_verified(&env, "b", &root_b);
+    let req_a = ca_device(
+        &env,
+        "dev-a",
+        vec![inter_a.leaf_der("dev-a"), der_of(&inter_a.pem)],
+    );
+    let req_b = ca_device(&env, "dev-b", vec![root_b.leaf_der("dev-b")]);
+    let mut session_a = connected(&env, &req_a);
+    let mut session_b = connected(&env, &req_b);
+    assert_eq!(env.hub.cached_chains(), 2);
+
+    // An unrelated CA: nothing is closed and both verdicts stay cached.
+    env.put("c", &root("Targeted Root C", KeyKind::EcP256).pem);
+    assert_eq!(
+        (closed(&mut session_a), closed(&mut session_b)),
+        (None, None)
+    );
+    assert_eq!(env.hub.cached_chains(), 2);
+
+    // Deleting B closes B's device only, with the reason; A's verdict stays cached.
+    env.hub.delete_certificate(&sys(), "b", None).unwrap();
+    assert_eq!(closed(&mut session_a), None);
+    let reason = closed(&mut session_b).expect("dev-b's session is closed");
+    assert!(
+        reason.starts_with("device 'dev-b' is no longer admitted: "),
+        "{reason}"
+    );
+    assert_eq!(env.hub.cached_chains(), 1);
+
+    // Deleting A's root reaches the session that names it two links up.
+    env.hub.delete_certificate(&sys(), "a", None).unwrap();
+    assert!(closed(&mut session_a).is_some());
+    assert_eq!(env.hub.cached_chains(), 0);
+}
+
+/// A CA deleted after a CONNECT was judged and before its session exists: the delete's re-check
+/// cannot see that session, so registering it asks for a re-check, which closes it.
+#[test]
+fn a_ca_deleted_while_a_connect_is_judged_is_closed_once_registered() {
+    let (env, _) = gated_env();
+    let ca = root("Racing Root", KeyKind::EcP256);
+    register_verified(&env, "racing", &ca);
+    let req = ca_device(&env, "dev-r", vec![ca.leaf_der("dev-r")]);
+
+    let ticket = env.hub.connect_ticket();
+    let method = env.hub.authenticate_device(&req).unwrap();
+    env.hub.delete_certificate(&sys(), "racing", None).unwrap();
+    let mut racing = env.hub.open_session(&req, method, true, ticket);
+    assert!(racing.recheck, "the session must ask for a re-check");
+    assert_eq!(closed(&mut racing), None, "nothing closed it yet");
+    env.hub.revalidate_device_sessions("dev-r");
+    let reason = closed(&mut racing).expect("the re-check closes it");
+    assert!(
+        reason.starts_with("device 'dev-r' is no longer admitted: "),
+        "{reason}"
+    );
 }

@@ -4,13 +4,15 @@
 //!
 //! Invariants: an entry is only ever a *success* (refusals are always worked out in full, with
 //! their reason); it is used only between the chain's `valid_from` and `valid_until`; and the
-//! owner clears the cache whenever the trust snapshot changes (see `hub::trust`), so a deleted
-//! or unverified CA admits no one from the next CONNECT on. The key is SHA-256 over every
+//! owner updates the cache whenever the trust snapshot changes (see `hub::trust`), so a deleted
+//! or unverified CA admits no one from the next CONNECT on. The owner drops only the verdicts a
+//! change can affect: those on chains naming a changed CA's subject as an issuer. The key is SHA-256 over every
 //! presented certificate, each length-prefixed, so two different chains never share an entry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use crate::device::ChainOk;
+use crate::device::{ChainOk, NameKey};
 
 /// What a cached verdict keeps: only what CONNECT needs (held per device, so kept small).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +21,15 @@ pub struct VerifiedChain {
     pub leaf_common_names: Vec<String>,
     pub valid_from: i64,
     pub valid_until: i64,
+    /// See [`ChainOk::issuers`].
+    pub issuers: Arc<[NameKey]>,
+}
+
+impl VerifiedChain {
+    /// Whether a change to CAs with these subjects can alter this verdict.
+    pub fn depends_on(&self, changed: &HashSet<NameKey>) -> bool {
+        self.issuers.iter().any(|k| changed.contains(k))
+    }
 }
 
 impl From<&ChainOk> for VerifiedChain {
@@ -28,6 +39,7 @@ impl From<&ChainOk> for VerifiedChain {
             leaf_common_names: ok.leaf.common_names.clone(),
             valid_from: ok.valid_from,
             valid_until: ok.valid_until,
+            issuers: ok.issuers.as_slice().into(),
         }
     }
 }
@@ -84,6 +96,13 @@ impl ChainCache {
         self.entries.clear();
     }
 
+    /// Drops the verdicts a change to CAs with these subjects can alter; returns how many.
+    pub fn forget_affected(&mut self, changed: &HashSet<NameKey>) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|_, v| !v.depends_on(changed));
+        before - self.entries.len()
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -98,11 +117,16 @@ mod tests {
     use super::*;
 
     fn verdict(from: i64, until: i64) -> VerifiedChain {
+        verdict_from(from, until, &[1])
+    }
+
+    fn verdict_from(from: i64, until: i64, issuers: &[NameKey]) -> VerifiedChain {
         VerifiedChain {
             ca_name: "root".into(),
             leaf_common_names: vec!["dev".into()],
             valid_from: from,
             valid_until: until,
+            issuers: issuers.into(),
         }
     }
 
@@ -139,5 +163,24 @@ mod tests {
         let mut none = ChainCache::new(0);
         none.insert(chain_key(&[vec![1]]), verdict(0, 10));
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn a_trust_change_forgets_only_the_verdicts_naming_a_changed_subject() {
+        let mut cache = ChainCache::new(10);
+        let (a, b, c) = (
+            chain_key(&[vec![1]]),
+            chain_key(&[vec![2]]),
+            chain_key(&[vec![3]]),
+        );
+        cache.insert(a, verdict_from(0, 10, &[7, 8]));
+        cache.insert(b, verdict_from(0, 10, &[9]));
+        cache.insert(c, verdict_from(0, 10, &[8]));
+        assert_eq!(cache.forget_affected(&HashSet::from([8])), 2);
+        assert!(cache.get(&a, 5).is_none());
+        assert!(cache.get(&c, 5).is_none());
+        assert!(cache.get(&b, 5).is_some());
+        assert_eq!(cache.forget_affected(&HashSet::new()), 0);
+        assert_eq!(cache.len(), 1);
     }
 }

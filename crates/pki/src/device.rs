@@ -85,6 +85,20 @@ pub struct AnchorEntry {
     pub not_after: i64,
 }
 
+/// A short key for a distinguished name, from its DER. The trust index finds CAs by the exact DER
+/// of an issuer name, so a change to a CA can only alter the verdict on chains in which some
+/// certificate names that CA's subject as its issuer: these keys let the hub find exactly those
+/// chains (two names sharing a key only cost an extra re-check, never a missed one).
+pub type NameKey = u64;
+
+/// The [`NameKey`] of a DER-encoded name.
+pub fn name_key(der: &[u8]) -> NameKey {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    der.hash(&mut h);
+    h.finish()
+}
+
 /// The registered CAs indexed by the DER of their subject: a chain is checked against only the CAs
 /// whose subject equals an issuer it names, never by scanning them all.
 #[derive(Debug, Clone, Default)]
@@ -121,6 +135,14 @@ impl ParsedAnchor {
             subject_raw: info.subject_raw.into(),
             path_len: info.ca.flatten(),
         })
+    }
+}
+
+impl ParsedAnchor {
+    /// The key of this CA's subject: chains naming it as an issuer are the ones a change to this
+    /// CA can affect.
+    pub fn subject_key(&self) -> NameKey {
+        name_key(&self.subject_raw)
     }
 }
 
@@ -183,6 +205,9 @@ pub struct ChainOk {
     /// latest `notBefore` to the earliest `notAfter` (Unix seconds).
     pub valid_from: i64,
     pub valid_until: i64,
+    /// The issuer names of the presented certificates (sorted, no repeats): the verdict can only
+    /// change when a CA with one of these subjects is added, changed or removed.
+    pub issuers: Vec<NameKey>,
 }
 
 /// The default bound on the number of certificates a device may present.
@@ -380,11 +405,16 @@ pub fn validate_chain_bounded(
                     .min()
                     .unwrap_or(now)
                     .min(ca_not_after);
+                let mut issuers: Vec<NameKey> =
+                    infos.iter().map(|i| name_key(&i.issuer_raw)).collect();
+                issuers.sort_unstable();
+                issuers.dedup();
                 return Ok(ChainOk {
                     ca_name,
                     leaf,
                     valid_from,
                     valid_until,
+                    issuers,
                 });
             }
             Err(e) => Some(e),
@@ -522,6 +552,44 @@ mod tests {
         assert_eq!(
             validate_chain(&long, &index, now).unwrap_err(),
             ChainError::TooLong { len: 9, max: 8 }
+        );
+    }
+
+    #[test]
+    fn a_verdict_names_exactly_the_subjects_a_trust_change_must_recheck() {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let root_key = KeyPair::generate().unwrap();
+        let root_params = params("root", Some(BasicConstraints::Unconstrained));
+        let root = root_params.self_signed(&root_key).unwrap();
+        let root_issuer = Issuer::new(root_params, root_key);
+        let inter_key = KeyPair::generate().unwrap();
+        let inter_params = params("inter", Some(BasicConstraints::Unconstrained));
+        let inter = inter_params.signed_by(&inter_key, &root_issuer).unwrap();
+        let inter_issuer = Issuer::new(inter_params, inter_key);
+        let leaf = params("dev", None)
+            .signed_by(&KeyPair::generate().unwrap(), &inter_issuer)
+            .unwrap();
+        let other_key = KeyPair::generate().unwrap();
+        let other = params("other", Some(BasicConstraints::Unconstrained))
+            .self_signed(&other_key)
+            .unwrap();
+        let anchor = |name: &str, der: &[u8]| ParsedAnchor::parse(name, der, true).unwrap();
+        let (root_a, other_a) = (anchor("root", root.der()), anchor("other", other.der()));
+        let chain = vec![leaf.der().to_vec(), inter.der().to_vec()];
+
+        let ok = validate_chain(&chain, &TrustIndex::from_parsed([root_a.clone()]), now).unwrap();
+        let inter_subject = CertInfo::from_der(inter.der()).unwrap().subject_raw;
+        let mut expected = vec![name_key(&inter_subject), root_a.subject_key()];
+        expected.sort_unstable();
+        assert_eq!(ok.issuers, expected);
+        assert!(!ok.issuers.contains(&other_a.subject_key()));
+
+        // A CA whose subject the chain does not name changes nothing about the verdict.
+        let with_other = TrustIndex::from_parsed([root_a, other_a]);
+        let again = validate_chain(&chain, &with_other, now).unwrap();
+        assert_eq!(
+            (again.ca_name, again.valid_until, again.issuers),
+            (ok.ca_name, ok.valid_until, ok.issuers)
         );
     }
 }
