@@ -490,10 +490,18 @@ impl IdleHelper {
 
     /// Waits for the helper's `ready N` line.
     fn wait_ready(&mut self) -> Result<()> {
-        use std::io::BufRead;
-        let stdout = self.child.stdout.take().context("helper without stdout")?;
+        use std::io::Read;
+        // Byte by byte up to the newline, so nothing after it is buffered away from `finish`.
+        let stdout = self
+            .child
+            .stdout
+            .as_mut()
+            .context("helper without stdout")?;
         let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let mut byte = [0u8; 1];
+        while stdout.read(&mut byte)? == 1 && byte[0] != b'\n' {
+            line.push(byte[0] as char);
+        }
         if line.trim() != format!("ready {}", self.count) {
             bail!(
                 "an idle helper did not open its {} connections (it said {:?})",
@@ -504,23 +512,52 @@ impl IdleHelper {
         Ok(())
     }
 
-    /// Closes the helper's standard input (it then lets go of its connections) and waits.
-    fn finish(mut self) {
+    /// Closes the helper's standard input (it then checks and lets go of its connections) and
+    /// waits; returns how many of them were still open.
+    fn finish(mut self) -> Result<usize> {
+        use std::io::Read;
         drop(self.child.stdin.take());
+        let mut said = String::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            stdout.read_to_string(&mut said)?;
+        }
         let _ = self.child.wait();
+        said.trim()
+            .strip_prefix("alive ")
+            .and_then(|n| n.parse().ok())
+            .with_context(|| {
+                format!(
+                    "an idle helper did not report its connections (it said {:?})",
+                    said.trim()
+                )
+            })
     }
+}
+
+/// How many of `held` still answer a PINGREQ: a connection the broker dropped (keep-alive, a
+/// limit) must not count in a per-connection figure.
+async fn still_open(held: &mut [MqttClient]) -> usize {
+    let mut alive = 0;
+    for client in held.iter_mut() {
+        if client.ping().await.is_ok() {
+            alive += 1;
+        }
+    }
+    alive
 }
 
 async fn idle(t: Target) -> Result<()> {
     if t.hold {
-        // A helper: open, say so, hold until the parent closes our standard input.
-        let held = open_idle(&t, t.skip, t.clients).await?;
+        // A helper: open, say so, hold until the parent closes our standard input, then say how
+        // many are still open.
+        let mut held = open_idle(&t, t.skip, t.clients).await?;
         println!("ready {}", held.len());
         tokio::task::spawn_blocking(|| {
             use std::io::Read;
             let _ = std::io::stdin().read_to_end(&mut Vec::new());
         })
         .await?;
+        println!("alive {}", still_open(&mut held).await);
         drop(held);
         return Ok(());
     }
@@ -540,7 +577,7 @@ async fn idle(t: Target) -> Result<()> {
     let held = match open_idle(&t, 0, own).await {
         Ok(held) => held,
         Err(e) => {
-            helpers.into_iter().for_each(IdleHelper::finish);
+            helpers.into_iter().for_each(|h| drop(h.finish()));
             return Err(e);
         }
     };
@@ -550,7 +587,7 @@ async fn idle(t: Target) -> Result<()> {
     });
     let (helpers, result) = ready.await?;
     if let Err(e) = result {
-        helpers.into_iter().for_each(IdleHelper::finish);
+        helpers.into_iter().for_each(|h| drop(h.finish()));
         return Err(e);
     }
     let total = held.len() + helpers.iter().map(|h| h.count).sum::<usize>();
@@ -560,8 +597,21 @@ async fn idle(t: Target) -> Result<()> {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss1 = rss_kib(pid).unwrap_or(0);
-    helpers.into_iter().for_each(IdleHelper::finish);
+    // Every connection must still be open after the reading, or the figure would divide the
+    // memory of fewer connections by the number opened.
+    let mut held = held;
+    let mut alive = still_open(&mut held).await;
     drop(held);
+    let helpers = tokio::task::spawn_blocking(move || {
+        helpers
+            .into_iter()
+            .map(IdleHelper::finish)
+            .collect::<Result<Vec<usize>>>()
+    });
+    alive += helpers.await??.iter().sum::<usize>();
+    if alive != total {
+        bail!("{} of {total} idle connections were closed before the server's memory was read (keep-alive or a connection limit?)", total - alive);
+    }
     let per_connection = (rss1.saturating_sub(rss0)) as f64 * 1024.0 / total.max(1) as f64;
     report(
         &t,

@@ -219,6 +219,23 @@ impl MqttClient {
         }
     }
 
+    /// Sends PINGREQ and waits for the PINGRESP: proves the connection is still open.
+    pub async fn ping(&mut self) -> Result<()> {
+        self.send(&Packet::PingReq).await?;
+        loop {
+            match self.recv(Duration::from_secs(10)).await? {
+                Packet::PingResp => return Ok(()),
+                Packet::Publish(p) => {
+                    if p.qos == 1 {
+                        self.send(&Packet::PubAck(p.pkid)).await?;
+                    }
+                    self.pending.push_back(p);
+                }
+                other => bail!("expected PINGRESP, got {other:?}"),
+            }
+        }
+    }
+
     pub async fn disconnect(mut self) -> Result<()> {
         self.send(&Packet::Disconnect).await?;
         let _ = self.stream.shutdown().await;
