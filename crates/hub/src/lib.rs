@@ -112,8 +112,10 @@ pub struct Hub {
     pub(crate) trust_generation: Arc<std::sync::atomic::AtomicU64>,
     /// Each registered CA parsed, by name, with the etag of the version parsed. Its lock also
     /// makes trust rebuilds run one at a time.
-    pub(crate) anchor_memo:
-        Arc<Mutex<std::collections::HashMap<String, (u64, iothub_pki::device::ParsedAnchor)>>>,
+    pub(crate) anchor_memo: Arc<Mutex<trust::AnchorMemo>>,
+    /// Trust rebuilds asked for so far: a rebuild that finds its request already covered by one
+    /// that read the registry after it returns at once (see `Hub::rebuild_trust`).
+    pub(crate) trust_requests: Arc<std::sync::atomic::AtomicU64>,
     /// Device chains validated against the snapshot held beside them (see `trust`).
     pub(crate) chain_cache: Arc<Mutex<(Arc<TrustIndex>, iothub_pki::chain_cache::ChainCache)>>,
     /// What CONNECT needs of each device, forgotten on every device write (see `device_cache`).
@@ -148,7 +150,8 @@ impl Hub {
             policies: Arc::new(RwLock::new(policies)),
             trust: Arc::new(ArcSwap::from_pointee(TrustIndex::default())),
             trust_generation: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            anchor_memo: Arc::new(Mutex::new(std::collections::HashMap::new())),
+            anchor_memo: Arc::new(Mutex::new(trust::AnchorMemo::default())),
+            trust_requests: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             chain_cache: Arc::new(Mutex::new((
                 Arc::new(TrustIndex::default()),
                 iothub_pki::chain_cache::ChainCache::new(chain_cache_entries),

@@ -13,6 +13,15 @@ use iothub_pki::device::{validate_chain_bounded, ChainError, ParsedAnchor, Trust
 
 use crate::{Hub, HubError};
 
+/// The registered CAs as last parsed, and how far the rebuilds have come.
+#[derive(Default)]
+pub(crate) struct AnchorMemo {
+    /// Each CA parsed, by name, with the etag of the version parsed.
+    parsed: HashMap<String, (u64, ParsedAnchor)>,
+    /// Every rebuild request up to this one was read by a rebuild that published its snapshot.
+    covered: u64,
+}
+
 impl Hub {
     /// The current trust snapshot.
     pub fn trust(&self) -> Arc<TrustIndex> {
@@ -66,15 +75,26 @@ impl Hub {
     /// Rebuilds the trust snapshot from the store, then re-checks the live sessions the change
     /// can affect: those whose chain names a changed CA's subject as an issuer. The chain cache
     /// keeps every other verdict, so a CA change among thousands costs only its own devices.
+    /// When a rebuild that started after this call's request already published, this returns at
+    /// once: the snapshot holds the caller's change, and that rebuild re-checks the sessions.
     pub fn rebuild_trust(&self) -> Result<(), HubError> {
+        // Taken after the caller's change landed in the store.
+        let request = self.trust_requests.fetch_add(1, Ordering::SeqCst) + 1;
         let changed = {
             // Rebuilds run one at a time, each reading the registry after the change that
             // triggered it, so the snapshot stored last holds every change.
-            let mut memo = self
+            let mut guard = self
                 .anchor_memo
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if guard.covered >= request {
+                // A rebuild that read the registry after this request already published: under
+                // a burst of CA changes (thousands of registrations) one read serves them all.
+                return Ok(());
+            }
+            let covers = self.trust_requests.load(Ordering::SeqCst);
             let versions = self.store.list_ca_versions()?;
+            let memo = &guard.parsed;
             // Each CA is loaded and parsed once per version (etag), not on every rebuild: with
             // thousands of CAs, reloading them all made each CA change cost the whole registry.
             let mut next = HashMap::with_capacity(versions.len());
@@ -107,7 +127,8 @@ impl Hub {
                     .filter(|(name, _)| !next.contains_key(*name))
                     .map(|(_, (_, old))| old.subject_key()),
             );
-            *memo = next;
+            guard.parsed = next;
+            guard.covered = covers;
             let index = Arc::new(TrustIndex::from_parsed(anchors));
             // The cache moves to the new snapshot, minus the verdicts the change can affect, in
             // the same step as the snapshot is published: a CONNECT reading the new snapshot
