@@ -414,6 +414,11 @@ const MAX_CONNECTIONS_LIMIT: usize = 10_000_000;
 mod tests {
     use super::*;
 
+    /// The error text of a configuration that must be refused.
+    fn refusal(args: ServeArgs) -> String {
+        format!("{:#}", ServeConfig::resolve(None, &args).unwrap_err())
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("3600").unwrap(), 3600);
@@ -458,25 +463,17 @@ mod tests {
             (64, 100_000)
         );
         for bad in [0, 10_001] {
-            let err = resolve(ServeArgs {
+            let err = refusal(ServeArgs {
                 max_unacked_telemetry: Some(bad),
                 ..Default::default()
-            })
-            .unwrap_err();
-            assert!(
-                format!("{err:#}").contains("--max-unacked-telemetry is"),
-                "{err:#}"
-            );
+            });
+            assert!(err.contains("--max-unacked-telemetry is"), "{err}");
         }
-        let err = resolve(ServeArgs {
+        let err = refusal(ServeArgs {
             chain_cache_entries: Some(10_000_001),
             ..Default::default()
-        })
-        .unwrap_err();
-        assert!(
-            format!("{err:#}").contains("--chain-cache-entries is"),
-            "{err:#}"
-        );
+        });
+        assert!(err.contains("--chain-cache-entries is"), "{err}");
         let c = resolve(ServeArgs {
             chain_cache_entries: Some(0),
             max_unacked_telemetry: Some(1),
@@ -493,15 +490,13 @@ mod tests {
             resolve(ServeArgs::default()).unwrap().device_cache_entries,
             100_000
         );
-        let err = resolve(ServeArgs {
+        let err = refusal(ServeArgs {
             device_cache_entries: Some(10_000_001),
             ..Default::default()
-        })
-        .unwrap_err();
+        });
         assert!(
-            format!("{err:#}")
-                .contains("--device-cache-entries is 10000001; expected 0 to 10000000"),
-            "{err:#}"
+            err.contains("--device-cache-entries is 10000001; expected 0 to 10000000"),
+            "{err}"
         );
         let off = resolve(ServeArgs {
             device_cache_entries: Some(0),
@@ -515,26 +510,21 @@ mod tests {
     fn connection_limits_are_checked() {
         let resolve = |args: ServeArgs| ServeConfig::resolve(None, &args);
         for bad in [0, 10_000_001, usize::MAX] {
-            let err = resolve(ServeArgs {
+            let err = refusal(ServeArgs {
                 max_device_connections: Some(bad),
                 ..Default::default()
-            })
-            .unwrap_err();
+            });
             assert!(
-                format!("{err:#}").contains(&format!(
+                err.contains(&format!(
                     "--max-device-connections is {bad}; expected 1 to 10000000"
                 )),
-                "{err:#}"
+                "{err}"
             );
-            let err = resolve(ServeArgs {
+            let err = refusal(ServeArgs {
                 max_connections: Some(bad),
                 ..Default::default()
-            })
-            .unwrap_err();
-            assert!(
-                format!("{err:#}").contains("--max-connections is"),
-                "{err:#}"
-            );
+            });
+            assert!(err.contains("--max-connections is"), "{err}");
         }
         let c = resolve(ServeArgs {
             max_device_connections: Some(10_000_000),

@@ -14,16 +14,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-fn get(hub: &TestHub, path: &str) -> Value {
-    hub.client()
-        .get(format!("{}{path}", hub.base()))
-        .header("Authorization", hub.owner_token())
-        .send()
-        .unwrap()
-        .json()
-        .unwrap()
-}
-
 #[test]
 fn sigkill_during_mixed_load_loses_no_acknowledged_write() {
     let tmp = tempfile::tempdir().unwrap();
@@ -243,13 +233,13 @@ fn sigkill_during_mixed_load_loses_no_acknowledged_write() {
         assert_eq!(store.integrity_check().unwrap(), ["ok"]);
     }
     let hub = TestHub::start_in(&dir, &[]);
-    let certs: Vec<String> = get(&hub, "/certificates")["value"]
+    let certs: Vec<String> = hub.get_json("/certificates")["value"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| c["name"].as_str().unwrap().to_string())
         .collect();
-    let c2d: Vec<String> = get(&hub, "/devices/streamer/messages/devicebound")["value"]
+    let c2d: Vec<String> = hub.get_json("/devices/streamer/messages/devicebound")["value"]
         .as_array()
         .unwrap()
         .iter()
@@ -258,7 +248,7 @@ fn sigkill_during_mixed_load_loses_no_acknowledged_write() {
     let mut bodies = std::collections::HashSet::new();
     let mut from = 1;
     loop {
-        let v = get(&hub, &format!("/messages?from={from}&limit=1000"));
+        let v = hub.get_json(&format!("/messages?from={from}&limit=1000"));
         let batch = v["value"].as_array().unwrap().clone();
         if batch.is_empty() {
             break;
@@ -278,7 +268,7 @@ fn sigkill_during_mixed_load_loses_no_acknowledged_write() {
                 "acknowledged {a} lost"
             ),
             "device" => {
-                let d = get(&hub, &format!("/devices/{}", parts[1]));
+                let d = hub.get_json(&format!("/devices/{}", parts[1]));
                 assert_eq!(d["status"], parts[2], "acknowledged {a}: {d}");
             }
             "c2d" => assert!(c2d.contains(&parts[1].to_string()), "acknowledged {a} lost"),

@@ -518,20 +518,45 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_registered_ca_path_length_is_enforced() {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    struct Chain {
+        root: rcgen::Certificate,
+        root_issuer: Issuer<'static, KeyPair>,
+        inter: rcgen::Certificate,
+        leaf: rcgen::Certificate,
+    }
+
+    /// root ("root", with `root_constraints`) > "inter" > leaf "dev".
+    fn root_inter_leaf(root_constraints: BasicConstraints) -> Chain {
         let root_key = KeyPair::generate().unwrap();
-        let root_params = params("root", Some(BasicConstraints::Constrained(0)));
+        let root_params = params("root", Some(root_constraints));
         let root = root_params.self_signed(&root_key).unwrap();
         let root_issuer = Issuer::new(root_params, root_key);
         let inter_key = KeyPair::generate().unwrap();
         let inter_params = params("inter", Some(BasicConstraints::Unconstrained));
         let inter = inter_params.signed_by(&inter_key, &root_issuer).unwrap();
-        let inter_issuer = Issuer::new(inter_params, inter_key);
         let leaf = params("dev", None)
-            .signed_by(&KeyPair::generate().unwrap(), &inter_issuer)
+            .signed_by(
+                &KeyPair::generate().unwrap(),
+                &Issuer::new(inter_params, inter_key),
+            )
             .unwrap();
+        Chain {
+            root,
+            root_issuer,
+            inter,
+            leaf,
+        }
+    }
+
+    #[test]
+    fn a_registered_ca_path_length_is_enforced() {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let Chain {
+            root,
+            root_issuer,
+            inter,
+            leaf,
+        } = root_inter_leaf(BasicConstraints::Constrained(0));
         let direct = params("dev2", None)
             .signed_by(&KeyPair::generate().unwrap(), &root_issuer)
             .unwrap();
@@ -558,17 +583,9 @@ mod tests {
     #[test]
     fn a_verdict_names_exactly_the_subjects_a_trust_change_must_recheck() {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let root_key = KeyPair::generate().unwrap();
-        let root_params = params("root", Some(BasicConstraints::Unconstrained));
-        let root = root_params.self_signed(&root_key).unwrap();
-        let root_issuer = Issuer::new(root_params, root_key);
-        let inter_key = KeyPair::generate().unwrap();
-        let inter_params = params("inter", Some(BasicConstraints::Unconstrained));
-        let inter = inter_params.signed_by(&inter_key, &root_issuer).unwrap();
-        let inter_issuer = Issuer::new(inter_params, inter_key);
-        let leaf = params("dev", None)
-            .signed_by(&KeyPair::generate().unwrap(), &inter_issuer)
-            .unwrap();
+        let Chain {
+            root, inter, leaf, ..
+        } = root_inter_leaf(BasicConstraints::Unconstrained);
         let other_key = KeyPair::generate().unwrap();
         let other = params("other", Some(BasicConstraints::Unconstrained))
             .self_signed(&other_key)
