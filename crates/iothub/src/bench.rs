@@ -574,7 +574,7 @@ async fn idle(t: Target) -> Result<()> {
         start += count;
     }
     let own = per.min(t.clients);
-    let held = match open_idle(&t, 0, own).await {
+    let mut held = match open_idle(&t, 0, own).await {
         Ok(held) => held,
         Err(e) => {
             helpers.into_iter().for_each(|h| drop(h.finish()));
@@ -599,7 +599,6 @@ async fn idle(t: Target) -> Result<()> {
     let rss1 = rss_kib(pid).unwrap_or(0);
     // Every connection must still be open after the reading, or the figure would divide the
     // memory of fewer connections by the number opened.
-    let mut held = held;
     let mut alive = still_open(&mut held).await;
     drop(held);
     let helpers = tokio::task::spawn_blocking(move || {

@@ -414,6 +414,11 @@ const MAX_CONNECTIONS_LIMIT: usize = 10_000_000;
 mod tests {
     use super::*;
 
+    /// A configuration that must be accepted.
+    fn resolved(args: ServeArgs) -> ServeConfig {
+        ServeConfig::resolve(None, &args).unwrap()
+    }
+
     /// The error text of a configuration that must be refused.
     fn refusal(args: ServeArgs) -> String {
         format!("{:#}", ServeConfig::resolve(None, &args).unwrap_err())
@@ -456,8 +461,7 @@ mod tests {
 
     #[test]
     fn pipeline_and_chain_cache_limits_are_checked() {
-        let resolve = |args: ServeArgs| ServeConfig::resolve(None, &args);
-        let c = resolve(ServeArgs::default()).unwrap();
+        let c = resolved(ServeArgs::default());
         assert_eq!(
             (c.max_unacked_telemetry, c.chain_cache_entries),
             (64, 100_000)
@@ -474,22 +478,17 @@ mod tests {
             ..Default::default()
         });
         assert!(err.contains("--chain-cache-entries is"), "{err}");
-        let c = resolve(ServeArgs {
+        let c = resolved(ServeArgs {
             chain_cache_entries: Some(0),
             max_unacked_telemetry: Some(1),
             ..Default::default()
-        })
-        .unwrap();
+        });
         assert_eq!((c.max_unacked_telemetry, c.chain_cache_entries), (1, 0));
     }
 
     #[test]
     fn device_cache_limit_is_checked() {
-        let resolve = |args: ServeArgs| ServeConfig::resolve(None, &args);
-        assert_eq!(
-            resolve(ServeArgs::default()).unwrap().device_cache_entries,
-            100_000
-        );
+        assert_eq!(resolved(ServeArgs::default()).device_cache_entries, 100_000);
         let err = refusal(ServeArgs {
             device_cache_entries: Some(10_000_001),
             ..Default::default()
@@ -498,17 +497,15 @@ mod tests {
             err.contains("--device-cache-entries is 10000001; expected 0 to 10000000"),
             "{err}"
         );
-        let off = resolve(ServeArgs {
+        let off = resolved(ServeArgs {
             device_cache_entries: Some(0),
             ..Default::default()
-        })
-        .unwrap();
+        });
         assert_eq!(off.device_cache_entries, 0);
     }
 
     #[test]
     fn connection_limits_are_checked() {
-        let resolve = |args: ServeArgs| ServeConfig::resolve(None, &args);
         for bad in [0, 10_000_001, usize::MAX] {
             let err = refusal(ServeArgs {
                 max_device_connections: Some(bad),
@@ -526,11 +523,10 @@ mod tests {
             });
             assert!(err.contains("--max-connections is"), "{err}");
         }
-        let c = resolve(ServeArgs {
+        let c = resolved(ServeArgs {
             max_device_connections: Some(10_000_000),
             ..Default::default()
-        })
-        .unwrap();
+        });
         assert_eq!(c.max_device_connections, 10_000_000);
     }
 }
