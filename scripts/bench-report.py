@@ -38,18 +38,71 @@ def parse_args():
     p.add_argument("--clients", default="?", help="concurrent clients in the connect storms")
     p.add_argument("--devices", default="?", help="identities the storms cycle through")
     p.add_argument("--idle", type=int, help="idle connections requested")
+    p.add_argument("--rounds", type=int, default=1, help="rounds the storms and telemetry ran in")
     p.add_argument("--mosquitto", default="mosquitto", help="the mosquitto binary (for its version)")
     p.add_argument("--smoke", action="store_true", help="a smoke run: check that every run worked")
     return p.parse_args()
 
 
-def load(out, name):
-    """A result file, or None when the run left none (the smoke checks report it)."""
+def read_json(path):
     try:
-        with open(os.path.join(out, name + ".json")) as f:
+        with open(path) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def load(out, name):
+    """A result: DIR/NAME.json, or the rounds DIR/NAME.r1.json, NAME.r2.json, ... merged into one
+    (see merge_rounds). None when the run left no result, or a round is unreadable (the smoke
+    checks report it)."""
+    pattern = re.compile(re.escape(name) + r"\.r(\d+)\.json$")
+    rounds = sorted((int(m.group(1)), f) for f in os.listdir(out) if (m := pattern.match(f)))
+    if not rounds:
+        return read_json(os.path.join(out, name + ".json"))
+    results = [read_json(os.path.join(out, f)) for _, f in rounds]
+    if any(not isinstance(d, dict) for d in results):
+        return None
+    return merge_rounds(results)
+
+
+# Counts and times that add up over rounds; the rates and per-connect costs are then recomputed
+# from the sums (a round's rate weighs by its length, not equally).
+SUMMED = ("connects", "resumed", "failures", "seconds", "server_cpu_seconds", "acknowledged")
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return None if n == 0 else (xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2)
+
+
+def merge_rounds(results):
+    """One result from the rounds of one run: sums of counts and times, rates and CPU per
+    operation from the sums, latency percentiles as the median of the rounds' percentiles, a
+    floor as the mean of the rounds' floors; the rounds themselves under "rounds"."""
+    merged = dict(results[0])
+    for key in SUMMED:
+        values = [d.get(key) for d in results]
+        merged[key] = None if any(v is None for v in values) else sum(values)
+    secs, cpu = merged.get("seconds"), merged.get("server_cpu_seconds")
+    if merged.get("connects") is not None and secs:
+        merged["connects_per_second"] = merged["connects"] / secs
+        if cpu is not None:
+            merged["server_cpu_ms_per_connect"] = cpu * 1000 / max(merged["connects"], 1)
+    if merged.get("acknowledged") is not None and secs:
+        merged["messages_per_second"] = merged["acknowledged"] / secs
+    for key in ("latency_ms", "puback_latency_ms"):
+        if key in merged:
+            merged[key] = {p: median([get(d, f"{key}.{p}") for d in results
+                                      if get(d, f"{key}.{p}") is not None])
+                           for p in ("p50", "p99")}
+    for key in ("floor_ms", "handshakes_per_core_second", "sign_us", "verify_us", "x25519_us"):
+        values = [d.get(key) for d in results]
+        if values and all(isinstance(v, (int, float)) for v in values):
+            merged[key] = sum(values) / len(values)
+    merged["rounds"] = results
+    return merged
 
 
 def get(d, path):
@@ -118,7 +171,7 @@ def main():
     a = parse_args()
     out = a.out
     r = {b: {run: load(out, f"{b}-{run}") for run in RUNS} for b in BROKERS}
-    cas10k = load(out, "iothub-connect-10kcas")
+    cas10k = load(out, "iothub-10kcas-connect")
     cas = load(out, "cas") or {}
     floor = load(out, "floor") or {}
     ossl_ms, ossl_parts = openssl_floor(out)
@@ -138,6 +191,7 @@ def main():
     idle_n = both("idle", "connections")
     floor_ms = get(floor, "floor_ms")
     rate_10k = get(cas10k, "connects_per_second")
+    cpu_10k = get(cas10k, "server_cpu_ms_per_connect")
     n_cas = get(cas, "registered")
 
     def resumed_share(d):
@@ -163,6 +217,7 @@ def main():
         ("connect latency p50 (ms)", *both("connect", "latency_ms.p50"), 2),
         ("connect latency p99 (ms)", *both("connect", "latency_ms.p99"), 2),
         (f"full connects per second with {cas_desc} extra verified CAs (iothub only)", rate_10k, None, 2),
+        (f"server CPU per full connect with {cas_desc} extra verified CAs (ms, iothub only)", cpu_10k, None, 3),
         ("resumed connects per second (TLS session resumption)", *res_rate, 2),
         ("handshakes that resumed, in the resumption run (%)",
          resumed_share(h["connect-resume"]), resumed_share(m["connect-resume"]), 1),
@@ -239,8 +294,13 @@ def main():
         "involves no disk) and `set_tcp_nodelay true` (its default, Nagle on, caps it near 90",
         "connects/s here). In the resumption run each identity keeps the session tickets the broker",
         "sent it, so its first connect is a full handshake: the share that resumed is shown.",
-        "iothub's resumption, telemetry and idle runs follow its run with the extra CAs registered",
-        "(so that the one-CA and many-CA connect rates are measured back to back).",
+        "The connect storms, the telemetry runs and the aws-lc-rs floor are measured in rounds: in",
+        "each round every kind of run goes through the brokers back to back (in reverse order every",
+        "other round), so that a drift in this shared machine's speed hits both sides of each ratio",
+        "alike. Three brokers run throughout: iothub with one CA, a second iothub with the extra",
+        "CAs registered (full-handshake storms only), and Mosquitto; the idle ones cost nothing.",
+        "A figure sums its rounds (rates and CPU per operation come from the sums; latency",
+        "percentiles are the median of the rounds'); the rounds are listed after the targets.",
         "Full handshakes: the storms cycle through the same identities, and after an identity's first",
         "connect iothub finds its chain in its validated-chain cache (emptied on every trust change),",
         "so the server checks 1 signature (CertificateVerify) instead of 3; Mosquitto (OpenSSL)",
@@ -251,9 +311,11 @@ def main():
         f"- machine: {platform.machine()}, {cores} cores; {platform.platform()}",
         f"- iothub: {version(['target/release/iothub', '--version'])}; "
         f"Mosquitto: {version([a.mosquitto, '-h'])}",
-        f"- settings: {a.seconds} s per test, {a.clients} concurrent clients in the connect storms "
+        f"- settings: {a.rounds} rounds of {max(int(a.seconds) // 2, 1) if a.seconds.isdigit() else '?'} s "
+        f"per storm and telemetry run, {a.seconds} s for the idle runs; "
+        f"{a.clients} concurrent clients in the connect storms "
         f"cycling through {a.devices} identities; telemetry {tele_desc} and {seq_desc}; "
-        f"{idle_desc} held idle; {cas_desc} extra CAs registered in iothub",
+        f"{idle_desc} held idle; {cas_desc} extra CAs registered in the second iothub",
         "",
         f"![iothub vs Mosquitto]({link})",
         "",
@@ -272,7 +334,9 @@ def main():
     for t in targets:
         lines.append(f"| {t.text}{t.note} | {t.measured} | {t.verdict} |")
     met = sum(t.met is True for t in targets)
-    lines += ["", f"{met} of {len(targets)} targets met.", "", "## Crypto floor", ""]
+    lines += ["", f"{met} of {len(targets)} targets met.", ""]
+    lines += round_table(h, m, cas10k, floor)
+    lines += ["## Crypto floor", ""]
     what = ("1 ECDSA P-256 sign (CertificateVerify) + 3 verifies (leaf, intermediate, client "
             "CertificateVerify) + 1 key exchange")
     lines.append(f"One server-side mutual-TLS 1.3 handshake costs at least {what}.")
@@ -305,6 +369,10 @@ def main():
         f"{b} {run} {get(r[b][run], 'failures') if r[b][run] else 'n/a'}"
         for b in BROKERS for run in ("connect", "connect-resume"))
     failures += f", iothub connect with extra CAs {get(cas10k, 'failures') if cas10k else 'n/a'}"
+    if a.rounds > 1 and floor_ms is not None:
+        lines.append("")
+        lines.append(f"The aws-lc-rs floor is the mean of its {a.rounds} rounds, each measured right "
+                     "after that round's full-handshake storms.")
     lines += ["", f"Failed connects: {failures}."]
     if n_cas is not None and get(cas, "seconds"):
         lines.append(f"Registering the {n_cas:,} extra CAs (add + proof of possession through the "
@@ -327,6 +395,42 @@ def main():
                 print(f"  - {p}", file=sys.stderr)
             sys.exit(1)
         print(f"scripts/bench --smoke: every run worked; {a.md} and {a.png} written", file=sys.stderr)
+
+
+def round_table(h, m, cas10k, floor):
+    """The rounds side by side: the paired ratios behind the targets, round by round, show how
+    much of a figure is this machine's drift (nothing when the run had a single round)."""
+    def rounds(d):
+        return (d or {}).get("rounds") or []
+    full, full_m, res = rounds(h["connect"]), rounds(m["connect"]), rounds(h["connect-resume"])
+    cas, floors = rounds(cas10k), rounds(floor)
+    tele, tele_m = rounds(h["telemetry"]), rounds(m["telemetry"])
+    n = max(len(full), len(cas), len(floors))
+    if n < 2:
+        return []
+
+    def at(xs, i, path):
+        return get(xs[i], path) if i < len(xs) else None
+
+    lines = ["## Round by round", "",
+             "| round | iothub full connects/s | with extra CAs | Mosquitto | iothub/Mosquitto "
+             "| iothub CPU ms per full connect | with extra CAs | extra CAs vs one (rate) "
+             "| aws-lc-rs floor ms | iothub CPU / floor | iothub resumed connects/s "
+             "| resumed / full | QoS 1 msg/s iothub/Mosquitto |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i in range(n):
+        rate, rate_cas, rate_m = (at(full, i, "connects_per_second"), at(cas, i, "connects_per_second"),
+                                  at(full_m, i, "connects_per_second"))
+        cpu, cpu_cas = at(full, i, "server_cpu_ms_per_connect"), at(cas, i, "server_cpu_ms_per_connect")
+        fl, rr = at(floors, i, "floor_ms"), at(res, i, "connects_per_second")
+        vs_one = ratio(rate_cas, rate)
+        cells = [str(i + 1), fmt(rate, 0), fmt(rate_cas, 0), fmt(rate_m, 0), fx(ratio(rate, rate_m)),
+                 fmt(cpu, 3), fmt(cpu_cas, 3),
+                 "n/a" if vs_one is None else f"{(vs_one - 1) * 100:+.1f}%",
+                 fmt(fl, 3), fx(ratio(cpu, fl)), fmt(rr, 0), fx(ratio(rr, rate)),
+                 fx(ratio(at(tele, i, "messages_per_second"), at(tele_m, i, "messages_per_second")))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def plot(path, h, m, full_rate, res_rate, tele_rate, seq_rate, full_cpu, idle_bytes,
@@ -397,11 +501,16 @@ def smoke_checks(a, r, cas10k, cas, floor):
     for b in BROKERS:
         for run in RUNS:
             if r[b][run] is None:
-                problems.append(f"{a.out}/{b}-{run}.json is missing or not JSON ({RUNS[run]})")
+                problems.append(f"{a.out}/{b}-{run}.json (or its .rN.json rounds) is missing or not JSON ({RUNS[run]})")
     connect_runs = [(f"{b}-{run}", r[b][run]) for b in BROKERS for run in ("connect", "connect-resume")]
-    connect_runs.append(("iothub-connect-10kcas", cas10k))
+    connect_runs.append(("iothub-10kcas-connect", cas10k))
     if cas10k is None:
-        problems.append(f"{a.out}/iothub-connect-10kcas.json is missing or not JSON")
+        problems.append(f"{a.out}/iothub-10kcas-connect.r*.json are missing or not JSON")
+    merged = [(f"{b}-{run}", r[b][run]) for b in BROKERS for run in RUNS if run != "idle"]
+    merged += [("iothub-10kcas-connect", cas10k), ("floor", floor)]
+    for name, d in merged:
+        if d is not None and len(d.get("rounds") or [d]) != a.rounds:
+            problems.append(f"{name}: {len(d.get('rounds') or [d])} rounds measured, {a.rounds} expected")
     for name, d in connect_runs:
         if d is None:
             continue
