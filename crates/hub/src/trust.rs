@@ -13,11 +13,14 @@ use iothub_pki::device::{validate_chain_bounded, ChainError, ParsedAnchor, Trust
 
 use crate::{Hub, HubError};
 
-/// The registered CAs as last parsed, and how far the rebuilds have come.
+/// The registered CAs as last parsed, the index built from them, and how far the rebuilds have
+/// come.
 #[derive(Default)]
 pub(crate) struct AnchorMemo {
     /// Each CA parsed, by name, with the etag of the version parsed.
     parsed: HashMap<String, (u64, ParsedAnchor)>,
+    /// The index of exactly the CAs in `parsed`: the next rebuild changes a copy of it.
+    index: Arc<TrustIndex>,
     /// Every rebuild request up to this one was read by a rebuild that published its snapshot.
     covered: u64,
 }
@@ -95,41 +98,60 @@ impl Hub {
             let covers = self.trust_requests.load(Ordering::SeqCst);
             let versions = self.store.list_ca_versions()?;
             let memo = &guard.parsed;
-            // Each CA is loaded and parsed once per version (etag), not on every rebuild: with
-            // thousands of CAs, reloading them all made each CA change cost the whole registry.
-            let mut next = HashMap::with_capacity(versions.len());
-            let mut anchors = Vec::with_capacity(versions.len());
-            let mut changed = HashSet::new();
-            for (name, etag, _verified) in versions {
-                let (etag, parsed) = match memo.get(&name) {
-                    Some((seen, parsed)) if *seen == etag => (etag, parsed.clone()),
-                    earlier => {
-                        // Changed since the last rebuild (or new): load it. Gone meanwhile:
-                        // skip it (its delete rebuilds trust again).
-                        changed.extend(earlier.map(|(_, old)| old.subject_key()));
-                        let Some(r) = self.store.get_ca(&name)? else {
-                            continue;
-                        };
-                        let Ok(parsed) = ParsedAnchor::parse(&r.name, &r.der, r.is_verified) else {
-                            continue;
-                        };
-                        changed.insert(parsed.subject_key());
-                        (r.etag, parsed)
+            // Each CA is loaded and parsed once per version (etag), and the new index is a copy
+            // of the last one changed in those CAs only: with thousands of CAs, rebuilding
+            // everything made each CA change cost the whole registry. Nothing is changed until
+            // the whole registry was read: after an error the next rebuild compares with the same
+            // memo.
+            let mut removed: Vec<ParsedAnchor> = Vec::new();
+            let mut added: Vec<(String, u64, ParsedAnchor)> = Vec::new();
+            let mut still_listed = 0;
+            for (name, etag, _verified) in &versions {
+                let earlier = memo.get(name);
+                if let Some((seen, _)) = earlier {
+                    still_listed += 1;
+                    if seen == etag {
+                        continue;
                     }
+                }
+                // Changed since the last rebuild (or new): load it. Gone meanwhile, or no longer
+                // readable: it leaves the index (a delete rebuilds trust again).
+                removed.extend(earlier.map(|(_, old)| old.clone()));
+                let Some(r) = self.store.get_ca(name)? else {
+                    continue;
                 };
-                next.insert(name, (etag, parsed.clone()));
-                anchors.push(parsed);
+                let Ok(parsed) = ParsedAnchor::parse(&r.name, &r.der, r.is_verified) else {
+                    continue;
+                };
+                added.push((name.clone(), r.etag, parsed));
             }
-            // CAs no longer listed were deleted. (The memo is replaced only once the whole
-            // registry was read: after an error the next rebuild compares with the same memo.)
-            changed.extend(
-                memo.iter()
-                    .filter(|(name, _)| !next.contains_key(*name))
-                    .map(|(_, (_, old))| old.subject_key()),
+            // CAs no longer listed were deleted.
+            if still_listed < memo.len() {
+                let listed: HashSet<&str> = versions.iter().map(|(n, _, _)| n.as_str()).collect();
+                removed.extend(
+                    memo.iter()
+                        .filter(|(name, _)| !listed.contains(name.as_str()))
+                        .map(|(_, (_, old))| old.clone()),
+                );
+            }
+            let changed: HashSet<_> = removed
+                .iter()
+                .chain(added.iter().map(|(_, _, a)| a))
+                .map(ParsedAnchor::subject_key)
+                .collect();
+            let index = Arc::new(
+                guard
+                    .index
+                    .with_changes(&removed, added.iter().map(|(_, _, a)| a.clone())),
             );
-            guard.parsed = next;
+            for old in &removed {
+                guard.parsed.remove(&old.entry.ca_name);
+            }
+            for (name, etag, parsed) in added {
+                guard.parsed.insert(name, (etag, parsed));
+            }
+            guard.index = index.clone();
             guard.covered = covers;
-            let index = Arc::new(TrustIndex::from_parsed(anchors));
             // The cache moves to the new snapshot, minus the verdicts the change can affect, in
             // the same step as the snapshot is published: a CONNECT reading the new snapshot
             // finds the cache already following it.

@@ -5,7 +5,9 @@
 //! trust set is passed in as a [`TrustIndex`] (a snapshot the service layer rebuilds when a CA
 //! changes), so the rule never touches the database and is tested exhaustively.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,20 +95,64 @@ pub type NameKey = u64;
 
 /// The [`NameKey`] of a DER-encoded name.
 pub fn name_key(der: &[u8]) -> NameKey {
-    use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     der.hash(&mut h);
     h.finish()
 }
 
+/// How many shards a [`ShardedMap`] has: a change copies about 1/64 of the map.
+const SHARDS: usize = 64;
+
+/// A map split into shards, each behind an `Arc`, so that a copy changed in a few keys clones
+/// only the shards holding them and shares the rest. The trust index is republished on every CA
+/// change: copying a whole 10,000-CA map each time made every change cost the whole registry.
+#[derive(Debug, Clone)]
+struct ShardedMap<K, V> {
+    shards: Vec<Arc<HashMap<K, V>>>,
+}
+
+impl<K, V> Default for ShardedMap<K, V> {
+    fn default() -> Self {
+        ShardedMap {
+            shards: (0..SHARDS).map(|_| Arc::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
+    fn shard_of<Q: Hash + ?Sized>(key: &Q) -> usize {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        (h.finish() % SHARDS as u64) as usize
+    }
+
+    fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shards[Self::shard_of(key)].get(key)
+    }
+
+    /// The shard that holds `key`, copied first if another index still shares it.
+    fn shard_mut<Q>(&mut self, key: &Q) -> &mut HashMap<K, V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        Arc::make_mut(&mut self.shards[Self::shard_of(key)])
+    }
+}
+
 /// The registered CAs indexed by the DER of their subject: a chain is checked against only the CAs
-/// whose subject equals an issuer it names, never by scanning them all.
+/// whose subject equals an issuer it names, never by scanning them all. Cloning it is cheap
+/// (shared shards), and [`TrustIndex::with_changes`] copies only what a change touches.
 #[derive(Debug, Clone, Default)]
 pub struct TrustIndex {
-    by_subject: HashMap<Arc<[u8]>, Vec<Arc<AnchorEntry>>>,
+    by_subject: ShardedMap<Arc<[u8]>, Vec<Arc<AnchorEntry>>>,
     /// basicConstraints path lengths of the CAs that have one, by CA name: webpki's trust anchors
     /// carry no basicConstraints, so the limit a registered CA sets below itself is enforced here.
-    path_lens: HashMap<String, u32>,
+    path_lens: ShardedMap<String, u32>,
     count: usize,
 }
 
@@ -160,22 +206,56 @@ impl TrustIndex {
         }))
     }
 
-    /// Builds the index from CAs parsed earlier.
+    /// Builds the index from CAs parsed earlier (CA names are unique).
     pub fn from_parsed(anchors: impl IntoIterator<Item = ParsedAnchor>) -> TrustIndex {
-        let mut by_subject: HashMap<Arc<[u8]>, Vec<Arc<AnchorEntry>>> = HashMap::new();
-        let mut path_lens = HashMap::new();
-        let mut count = 0;
-        for a in anchors {
-            if let Some(len) = a.path_len {
-                path_lens.insert(a.entry.ca_name.clone(), len);
-            }
-            by_subject.entry(a.subject_raw).or_default().push(a.entry);
-            count += 1;
+        TrustIndex::default().with_changes(&[], anchors)
+    }
+
+    /// A copy of this index without the CAs `removed` (by name) and with the CAs `added`: a
+    /// replaced CA is in both. Only the shards these CAs fall in are copied, so the cost follows
+    /// the change, not the size of the registry.
+    pub fn with_changes(
+        &self,
+        removed: &[ParsedAnchor],
+        added: impl IntoIterator<Item = ParsedAnchor>,
+    ) -> TrustIndex {
+        let mut next = self.clone();
+        for r in removed {
+            next.remove(r);
         }
-        TrustIndex {
-            by_subject,
-            path_lens,
-            count,
+        for a in added {
+            if let Some(len) = a.path_len {
+                next.path_lens
+                    .shard_mut(a.entry.ca_name.as_str())
+                    .insert(a.entry.ca_name.clone(), len);
+            }
+            next.by_subject
+                .shard_mut(&*a.subject_raw)
+                .entry(a.subject_raw)
+                .or_default()
+                .push(a.entry);
+            next.count += 1;
+        }
+        next
+    }
+
+    fn remove(&mut self, anchor: &ParsedAnchor) {
+        let name = anchor.entry.ca_name.as_str();
+        if self.by_subject.get(&*anchor.subject_raw).is_none() {
+            return;
+        }
+        let shard = self.by_subject.shard_mut(&*anchor.subject_raw);
+        let Some(entries) = shard.get_mut(&*anchor.subject_raw) else {
+            return;
+        };
+        let before = entries.len();
+        entries.retain(|e| e.ca_name != name);
+        self.count -= before - entries.len();
+        if entries.is_empty() {
+            shard.remove(&*anchor.subject_raw);
+        }
+        if self.path_lens.get(name).is_some() {
+            self.path_lens.shard_mut(name).remove(name);
         }
     }
 
@@ -185,6 +265,15 @@ impl TrustIndex {
 
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+
+    /// The names of the CAs in the index, in no particular order (tests and diagnostics).
+    pub fn ca_names(&self) -> Vec<String> {
+        self.by_subject
+            .shards
+            .iter()
+            .flat_map(|s| s.values().flatten().map(|e| e.ca_name.clone()))
+            .collect()
     }
 
     fn candidates(&self, issuer_raw: &[u8]) -> &[Arc<AnchorEntry>] {
@@ -608,5 +697,71 @@ mod tests {
             (again.ca_name, again.valid_until, again.issuers),
             (ok.ca_name, ok.valid_until, ok.issuers)
         );
+    }
+
+    #[test]
+    fn a_changed_copy_of_the_index_leaves_the_original_as_it_was() {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let Chain {
+            root, inter, leaf, ..
+        } = root_inter_leaf(BasicConstraints::Constrained(0));
+        let chain = vec![leaf.der().to_vec(), inter.der().to_vec()];
+        let other = params("other", Some(BasicConstraints::Unconstrained))
+            .self_signed(&KeyPair::generate().unwrap())
+            .unwrap();
+        let root_a = ParsedAnchor::parse("root", root.der(), true).unwrap();
+        let other_a = ParsedAnchor::parse("other", other.der(), true).unwrap();
+        let path_len_refusal = |index: &TrustIndex| {
+            let e = validate_chain(&chain, index, now).unwrap_err();
+            assert!(e.to_string().contains("path length"), "{e}");
+        };
+
+        let before = TrustIndex::from_parsed([root_a.clone(), other_a.clone()]);
+        path_len_refusal(&before);
+        let after = before.with_changes(std::slice::from_ref(&root_a), []);
+        // The copy lost the CA, its path length with it; the original (which CONNECTs may still
+        // hold) is untouched.
+        assert!(matches!(
+            validate_chain(&chain, &after, now),
+            Err(ChainError::UnknownIssuer { .. })
+        ));
+        assert_eq!(
+            (after.len(), after.ca_names()),
+            (1, vec!["other".to_string()])
+        );
+        assert!(after.path_lens.get("root").is_none());
+        path_len_refusal(&before);
+        assert_eq!(before.len(), 2);
+        // Removing a CA the index does not hold changes nothing; adding it back restores it.
+        let same = after.with_changes(std::slice::from_ref(&root_a), []);
+        assert_eq!(same.len(), 1);
+        let back = same.with_changes(&[], [root_a]);
+        path_len_refusal(&back);
+        let mut names = back.ca_names();
+        names.sort();
+        assert_eq!(names, vec!["other".to_string(), "root".to_string()]);
+    }
+
+    #[test]
+    fn a_change_copies_only_the_shards_it_touches() {
+        let anchors: Vec<ParsedAnchor> = (0..200)
+            .map(|i| {
+                let name = format!("ca-{i}");
+                let cert = params(&name, Some(BasicConstraints::Constrained(1)))
+                    .self_signed(&KeyPair::generate().unwrap())
+                    .unwrap();
+                ParsedAnchor::parse(&name, cert.der(), true).unwrap()
+            })
+            .collect();
+        let before = TrustIndex::from_parsed(anchors.iter().cloned());
+        let after = before.with_changes(&anchors[..1], anchors[..1].iter().cloned());
+        assert_eq!(after.len(), 200);
+        fn shared<K, V>(a: &ShardedMap<K, V>, b: &ShardedMap<K, V>) -> usize {
+            let same = a.shards.iter().zip(&b.shards);
+            same.filter(|(x, y)| Arc::ptr_eq(x, y)).count()
+        }
+        // One subject shard and one path-length shard were copied; the rest are shared.
+        assert_eq!(shared(&before.by_subject, &after.by_subject), SHARDS - 1);
+        assert_eq!(shared(&before.path_lens, &after.path_lens), SHARDS - 1);
     }
 }
