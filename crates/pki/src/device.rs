@@ -764,4 +764,81 @@ mod tests {
         assert_eq!(shared(&before.by_subject, &after.by_subject), SHARDS - 1);
         assert_eq!(shared(&before.path_lens, &after.path_lens), SHARDS - 1);
     }
+
+    /// Random sequences of CA additions, replacements and removals, applied one change at a
+    /// time with `with_changes`, always give the index a rebuild from scratch would: same CAs,
+    /// same candidates for every subject (several CAs may share one), same path lengths.
+    #[test]
+    fn changing_the_index_step_by_step_matches_building_it_anew() {
+        // 8 subjects x 2 keys, some with a path length; the same certificate may sit under
+        // several names, as far as the index is concerned.
+        let pool: Vec<(String, Vec<u8>)> = (0..16)
+            .map(|i| {
+                let subject = format!("subject-{}", i % 8);
+                let bc = if i % 3 == 0 {
+                    BasicConstraints::Constrained(i % 4)
+                } else {
+                    BasicConstraints::Unconstrained
+                };
+                let cert = params(&subject, Some(bc))
+                    .self_signed(&KeyPair::generate().unwrap())
+                    .unwrap();
+                (subject, cert.der().to_vec())
+            })
+            .collect();
+        let subjects: Vec<Arc<[u8]>> = pool
+            .iter()
+            .map(|(_, der)| CertInfo::from_der(der).unwrap().subject_raw.into())
+            .collect();
+        let view = |index: &TrustIndex| {
+            let mut names = index.ca_names();
+            names.sort();
+            let mut by_subject: Vec<Vec<String>> = subjects
+                .iter()
+                .map(|s| {
+                    let mut n: Vec<String> = index
+                        .candidates(s)
+                        .iter()
+                        .map(|e| e.ca_name.clone())
+                        .collect();
+                    n.sort();
+                    n
+                })
+                .collect();
+            let lens: Vec<Option<u32>> = names
+                .iter()
+                .map(|n| index.path_lens.get(n).copied())
+                .collect();
+            (index.len(), names, by_subject, lens)
+        };
+
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |bound: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % bound as u64) as usize
+        };
+        let mut model: HashMap<String, ParsedAnchor> = HashMap::new();
+        let mut index = TrustIndex::default();
+        for step in 0..400 {
+            let name = format!("ca-{}", next(24));
+            let (_, der) = &pool[next(pool.len())];
+            let verified = next(2) == 0;
+            let (removed, added): (Vec<ParsedAnchor>, Vec<ParsedAnchor>) = match next(3) {
+                // Remove the CA of that name, if there is one.
+                0 => (model.remove(&name).into_iter().collect(), vec![]),
+                // Add it, or replace the one of that name.
+                _ => {
+                    let new = ParsedAnchor::parse(&name, der, verified).unwrap();
+                    let old = model.insert(name.clone(), new.clone());
+                    (old.into_iter().collect(), vec![new])
+                }
+            };
+            index = index.with_changes(&removed, added);
+            let anew = TrustIndex::from_parsed(model.values().cloned());
+            assert_eq!(view(&index), view(&anew), "after step {step}");
+        }
+        assert!(!model.is_empty());
+    }
 }
