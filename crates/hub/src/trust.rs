@@ -21,6 +21,8 @@ pub(crate) struct AnchorMemo {
     parsed: HashMap<String, (u64, ParsedAnchor)>,
     /// The index of exactly the CAs in `parsed`: the next rebuild changes a copy of it.
     index: Arc<TrustIndex>,
+    /// The highest etag the last registry read saw: the next rebuild asks only for later writes.
+    read_up_to: u64,
     /// Every rebuild request up to this one was read by a rebuild that published its snapshot.
     covered: u64,
 }
@@ -96,8 +98,28 @@ impl Hub {
                 return Ok(());
             }
             let covers = self.trust_requests.load(Ordering::SeqCst);
-            let versions = self.store.list_ca_versions()?;
             let memo = &guard.parsed;
+            // Only the CAs written since the last read, unless some were deleted meanwhile (the
+            // count falls short of the CAs known plus the new names): then the whole list, to see
+            // which.
+            let changes = self.store.ca_changes_since(guard.read_up_to)?;
+            let new_names = changes
+                .changed
+                .iter()
+                .filter(|(name, _, _)| !memo.contains_key(name))
+                .count();
+            let whole_list = changes.total != (memo.len() + new_names) as u64;
+            let versions = if whole_list {
+                self.store.list_ca_versions()?
+            } else {
+                changes.changed
+            };
+            // Only etags from these consistent reads: an etag `get_ca` returns below may be newer
+            // than writes this read did not see.
+            let read_up_to = versions
+                .iter()
+                .map(|(_, etag, _)| *etag)
+                .fold(guard.read_up_to, u64::max);
             // Each CA is loaded and parsed once per version (etag), and the new index is a copy
             // of the last one changed in those CAs only: with thousands of CAs, rebuilding
             // everything made each CA change cost the whole registry. Nothing is changed until
@@ -126,7 +148,7 @@ impl Hub {
                 added.push((name.clone(), r.etag, parsed));
             }
             // CAs no longer listed were deleted.
-            if still_listed < memo.len() {
+            if whole_list && still_listed < memo.len() {
                 let listed: HashSet<&str> = versions.iter().map(|(n, _, _)| n.as_str()).collect();
                 removed.extend(
                     memo.iter()
@@ -151,6 +173,7 @@ impl Hub {
                 guard.parsed.insert(name, (etag, parsed));
             }
             guard.index = index.clone();
+            guard.read_up_to = read_up_to;
             guard.covered = covers;
             // The cache moves to the new snapshot, minus the verdicts the change can affect, in
             // the same step as the snapshot is published: a CONNECT reading the new snapshot

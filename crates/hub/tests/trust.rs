@@ -19,7 +19,8 @@ use iothub_pki::gen::KeyKind;
 use iothub_store::*;
 
 /// Delegates to SQLite; when armed, the next `list_cas` reads, reports that it has read, and waits
-/// to be released before returning what it read.
+/// to be released before returning what it read. A rebuild's reads (`ca_changes_since`, then
+/// `list_ca_versions` after a delete) go through `list_cas` by the trait's defaults.
 struct GatedStore {
     inner: SqliteStore,
     armed: AtomicBool,
@@ -180,6 +181,68 @@ fn sequential_changes_keep_trust_in_step_with_the_registry() {
     env.hub.delete_certificate(&sys(), "a", None).unwrap();
     assert_eq!(env.hub.trust().len(), 1);
     assert!(validate_chain(&[a.leaf_der("d")], &env.hub.trust(), env.now()).is_err());
+}
+
+/// A rebuild reads only the CAs written since the last one, plus the count that reveals deletes:
+/// changes that reach the store between two rebuilds (a delete and an add that leave the count
+/// as it was, a replacement) are all in the next snapshot.
+#[test]
+fn a_rebuild_picks_up_every_change_since_the_last_one() {
+    let (env, store) = gated_env();
+    let (a, b, c) = (
+        root("Since Root A", KeyKind::EcP256),
+        root("Since Root B", KeyKind::EcP256),
+        root("Since Root C", KeyKind::EcP256),
+    );
+    register_verified(&env, "a", &a);
+    register_verified(&env, "b", &b);
+    let admits = |ca: &TestCa| {
+        validate_chain(&[ca.leaf_der("dev")], &env.hub.trust(), env.now()).map(|ok| ok.ca_name)
+    };
+    assert_eq!(admits(&a).unwrap(), "a");
+    let note = NewAudit {
+        time: env.now(),
+        actor: "test".into(),
+        action: "direct".into(),
+        target: "certificate".into(),
+        success: true,
+        code: None,
+        detail: String::new(),
+    };
+    let record = |name: &str, ca: &TestCa, verified: bool| CaRecord {
+        name: name.into(),
+        der: der_of(&ca.pem),
+        thumbprint: format!("THUMB-{name}-{}", ca.cn),
+        is_verified: verified,
+        created: env.now(),
+        updated: env.now(),
+        etag: 0,
+        code: CodeRecord::None,
+    };
+
+    // Behind the hub's back: "a" deleted, "c" added (two CAs, as before).
+    store.inner.delete_ca("a", None, &note).unwrap();
+    let absent = Expect::Absent { limit: 100 };
+    store
+        .inner
+        .write_ca(&record("c", &c, true), absent, &note)
+        .unwrap();
+    env.hub.rebuild_trust().unwrap();
+    assert_eq!(env.hub.trust().len(), 2);
+    assert!(matches!(admits(&a), Err(e) if e.to_string().contains("no registered CA")));
+    assert_eq!(admits(&c).unwrap(), "c");
+
+    // "b" replaced by an Unverified version: no delete, only the change is read.
+    let etag = store.inner.get_ca("b").unwrap().unwrap().etag;
+    let unverified = record("b", &b, false);
+    store
+        .inner
+        .write_ca(&unverified, Expect::Etag(etag), &note)
+        .unwrap();
+    env.hub.rebuild_trust().unwrap();
+    assert!(matches!(admits(&b), Err(e) if e.to_string().contains("Unverified")));
+    assert_eq!(admits(&c).unwrap(), "c");
+    assert_eq!(env.hub.trust().len(), 2);
 }
 
 /// A trust rebuild that read the registry before a concurrent delete landed must not leave its

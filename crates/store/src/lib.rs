@@ -10,6 +10,16 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
+/// What changed among the CAs since a given etag (see [`Store::ca_changes_since`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaChanges {
+    /// (name, etag, is_verified) of every CA written with a higher etag, in no particular order.
+    pub changed: Vec<(String, u64, bool)>,
+    /// How many CAs there are, counted in the same read. Deleted CAs leave no row: a count below
+    /// what the reader knew plus the new names it got is how it learns that some were deleted.
+    pub total: u64,
+}
+
 /// A registered CA certificate as stored. Facts derived from the DER (subject, expiry, ...) are
 /// recomputed by the service layer; only what is needed to query is stored beside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +236,20 @@ pub trait Store: Send + Sync + 'static {
             .into_iter()
             .map(|r| (r.name, r.etag, r.is_verified))
             .collect())
+    }
+    /// The CAs written since etag `since`, and how many CAs there are, from one consistent read:
+    /// what a trust rebuild reads to learn what changed without listing every CA. It relies on
+    /// etags being assigned in commit order (SQLite has one writer at a time), so that a read
+    /// that saw etag E also saw every write below E.
+    fn ca_changes_since(&self, since: u64) -> Result<CaChanges, StoreError> {
+        let all = self.list_ca_versions()?;
+        Ok(CaChanges {
+            total: all.len() as u64,
+            changed: all
+                .into_iter()
+                .filter(|(_, etag, _)| *etag > since)
+                .collect(),
+        })
     }
     /// Creates or replaces the CA `record.name` under `expect`, assigns it a new etag, and appends
     /// `audit`, all in one transaction. `record.etag` is ignored. Returns the stored record.

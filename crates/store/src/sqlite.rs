@@ -8,8 +8,9 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::{
-    AuditEntry, AuditQuery, C2dRecord, CaRecord, CodeRecord, DeviceActivity, DeviceRecord, Expect,
-    NewAudit, NewMessage, PolicyRecord, Store, StoreError, StoredMessage, TwinRecord,
+    AuditEntry, AuditQuery, C2dRecord, CaChanges, CaRecord, CodeRecord, DeviceActivity,
+    DeviceRecord, Expect, NewAudit, NewMessage, PolicyRecord, Store, StoreError, StoredMessage,
+    TwinRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -109,14 +110,18 @@ const MIGRATIONS: &[&str] = &[
     // the way, so the planner never used it; but every telemetry commit had to update it at one
     // leaf page per publishing device, which was most of the bytes written per message.
     "DROP INDEX IF EXISTS message_device;",
-    // 5: the CA list a trust rebuild reads on every CA change (name, etag, verified) from an index
-    // alone. Through the primary key index it looked each row up in the table, whose pages hold
-    // the certificates: with 10,000 CAs that read most of the registry on every change.
-    "CREATE INDEX ca_version ON ca_certificate (name, etag, is_verified);",
+    // 5: what a trust rebuild reads on a CA change, from indexes alone: the CAs written since the
+    // last rebuild (by etag), and, after a delete, the whole list (by name). Through the primary
+    // key index the list looked each row up in the table, whose pages hold the certificates:
+    // with 10,000 CAs that read most of the registry on every change.
+    "CREATE INDEX ca_version ON ca_certificate (name, etag, is_verified);
+     CREATE INDEX ca_etag ON ca_certificate (etag, name, is_verified);",
 ];
 
-/// The CA list a trust rebuild reads (see migration 5).
+/// The CA list a trust rebuild reads after a delete (see migration 5).
 const CA_VERSIONS_QUERY: &str = "SELECT name, etag, is_verified FROM ca_certificate ORDER BY name";
+/// The CAs written since an etag, which a trust rebuild reads on every CA change.
+const CA_CHANGES_QUERY: &str = "SELECT name, etag, is_verified FROM ca_certificate WHERE etag > ?1";
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -353,6 +358,25 @@ impl Store for SqliteStore {
             })
             .map_err(backend)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn ca_changes_since(&self, since: u64) -> Result<CaChanges, StoreError> {
+        // One lock, one connection: no write lands between the two reads.
+        let conn = self.lock()?;
+        let mut stmt = conn.prepare_cached(CA_CHANGES_QUERY).map_err(backend)?;
+        let rows = stmt
+            .query_map([since as i64], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+            })
+            .map_err(backend)?;
+        let changed = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
+        let total: i64 = conn
+            .query_row("SELECT COUNT(*) FROM ca_certificate", [], |r| r.get(0))
+            .map_err(backend)?;
+        Ok(CaChanges {
+            changed,
+            total: total as u64,
+        })
     }
 
     fn write_ca(
@@ -967,6 +991,49 @@ mod tests {
     }
 
     #[test]
+    fn ca_changes_since_an_etag_are_the_later_writes_and_the_count() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let changes = |since: u64| {
+            let mut c = s.ca_changes_since(since).unwrap();
+            c.changed.sort();
+            (c.changed, c.total)
+        };
+        let absent = Expect::Absent { limit: 10 };
+        let a = s.write_ca(&rec("a", "T1"), absent, &audit("c")).unwrap();
+        let b = s.write_ca(&rec("b", "T2"), absent, &audit("c")).unwrap();
+        assert_eq!(
+            changes(0),
+            (
+                vec![("a".into(), a.etag, false), ("b".into(), b.etag, false)],
+                2
+            )
+        );
+        assert_eq!(changes(b.etag), (vec![], 2));
+        let verified = CaRecord {
+            is_verified: true,
+            ..rec("a", "T1")
+        };
+        let a2 = s
+            .write_ca(&verified, Expect::Etag(a.etag), &audit("v"))
+            .unwrap();
+        assert_eq!(changes(b.etag), (vec![("a".into(), a2.etag, true)], 2));
+        // A delete leaves no row: only the count tells.
+        s.delete_ca("b", None, &audit("d")).unwrap();
+        assert_eq!(changes(a2.etag), (vec![], 1));
+        // The same as filtering the full list (the trait's default answer).
+        let full = |since| {
+            let all = s.list_ca_versions().unwrap();
+            let total = all.len() as u64;
+            let mut changed: Vec<_> = all.into_iter().filter(|(_, e, _)| *e > since).collect();
+            changed.sort();
+            (changed, total)
+        };
+        for since in [0, a.etag, b.etag, a2.etag] {
+            assert_eq!(changes(since), full(since), "since {since}");
+        }
+    }
+
+    #[test]
     fn preconditions_are_enforced_atomically() {
         let s = SqliteStore::open_in_memory().unwrap();
         let a = s
@@ -1216,19 +1283,24 @@ mod tests {
     }
 
     #[test]
-    fn the_ca_version_list_is_read_from_its_index_alone() {
+    fn the_ca_reads_of_a_trust_rebuild_use_indexes_alone() {
         let s = SqliteStore::open_in_memory().unwrap();
         let conn = s.lock().unwrap();
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {CA_VERSIONS_QUERY}"))
-            .unwrap()
-            .query_map([], |r| r.get(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let plan = |query: &str, params: &[&dyn rusqlite::ToSql]| -> Vec<String> {
+            conn.prepare(&format!("EXPLAIN QUERY PLAN {query}"))
+                .unwrap()
+                .query_map(params, |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
         assert_eq!(
-            plan,
+            plan(CA_VERSIONS_QUERY, &[]),
             vec!["SCAN ca_certificate USING COVERING INDEX ca_version"]
+        );
+        assert_eq!(
+            plan(CA_CHANGES_QUERY, &[&0i64]),
+            vec!["SEARCH ca_certificate USING COVERING INDEX ca_etag (etag>?)"]
         );
     }
 
