@@ -80,6 +80,11 @@ pub struct ServeArgs {
     /// the device until the oldest is stored [default: 64].
     #[arg(long, env = "IOTHUB_MAX_UNACKED_TELEMETRY")]
     pub max_unacked_telemetry: Option<usize>,
+    /// The longest MQTT keep-alive a device gets, in seconds, 1 to 65535: a CONNECT asking more
+    /// is held to this, and a device silent for 1.5 times its keep-alive is closed [default:
+    /// 1177, Azure's].
+    #[arg(long, env = "IOTHUB_MAX_KEEP_ALIVE", value_name = "SECONDS")]
+    pub max_keep_alive: Option<u32>,
     /// Validated device chains remembered until trust changes, so a reconnecting device skips
     /// the signature checks; 0 validates every chain in full at every CONNECT [default: 100000].
     #[arg(long, env = "IOTHUB_CHAIN_CACHE_ENTRIES")]
@@ -123,6 +128,7 @@ struct FileConfig {
     max_chain_length: Option<usize>,
     max_inflight: Option<usize>,
     max_unacked_telemetry: Option<usize>,
+    max_keep_alive: Option<u32>,
     chain_cache_entries: Option<usize>,
     device_cache_entries: Option<usize>,
 }
@@ -152,6 +158,7 @@ pub struct ServeConfig {
     pub max_chain_length: usize,
     pub max_inflight: usize,
     pub max_unacked_telemetry: usize,
+    pub max_keep_alive: u16,
     pub chain_cache_entries: usize,
     pub device_cache_entries: usize,
 }
@@ -300,6 +307,13 @@ impl ServeConfig {
                 .max_unacked_telemetry
                 .or(file.max_unacked_telemetry)
                 .unwrap_or(64),
+            max_keep_alive: {
+                let secs = args.max_keep_alive.or(file.max_keep_alive).unwrap_or(1177);
+                match u16::try_from(secs) {
+                    Ok(secs) if secs >= 1 => secs,
+                    _ => bail!("--max-keep-alive is {secs}; expected 1 to 65535 seconds"),
+                }
+            },
             chain_cache_entries: args
                 .chain_cache_entries
                 .or(file.chain_cache_entries)
@@ -484,6 +498,28 @@ mod tests {
             ..Default::default()
         });
         assert_eq!((c.max_unacked_telemetry, c.chain_cache_entries), (1, 0));
+    }
+
+    #[test]
+    fn keep_alive_cap_is_checked() {
+        assert_eq!(resolved(ServeArgs::default()).max_keep_alive, 1177);
+        for bad in [0, 65_536, u32::MAX] {
+            let err = refusal(ServeArgs {
+                max_keep_alive: Some(bad),
+                ..Default::default()
+            });
+            assert_eq!(
+                err,
+                format!("--max-keep-alive is {bad}; expected 1 to 65535 seconds")
+            );
+        }
+        for ok in [1, 65_535] {
+            let c = resolved(ServeArgs {
+                max_keep_alive: Some(ok),
+                ..Default::default()
+            });
+            assert_eq!(u32::from(c.max_keep_alive), ok);
+        }
     }
 
     #[test]

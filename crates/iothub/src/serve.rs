@@ -249,6 +249,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             max_message_bytes: config.max_message_bytes,
             max_inflight: config.max_inflight,
             max_unacked_telemetry: config.max_unacked_telemetry,
+            max_keep_alive: config.max_keep_alive,
             handshake_timeout: std::time::Duration::from_secs(config.handshake_timeout_secs as u64),
             ..Default::default()
         },

@@ -473,6 +473,26 @@ fn a_second_connection_closes_the_first_and_keeps_working() {
     second.disconnect();
 }
 
+/// `--max-keep-alive` holds a device that asks for 60 s to the hub's 1 s.
+#[test]
+fn the_keep_alive_cap_holds_a_longer_keep_alive_to_it() {
+    let hub = hub_with_devices(&["--max-keep-alive", "1"], &["asks-60"]);
+    let dir = hub.dir.clone();
+    let mut device = Dev::admitted(
+        &hub,
+        &Opts {
+            keep_alive: 60,
+            ..Opts::cert(&dir, "asks-60")
+        },
+    );
+    let took = device.closed_within(Duration::from_secs(6));
+    assert!(
+        took >= Duration::from_millis(1400) && took <= Duration::from_millis(2750),
+        "closed after {took:?}"
+    );
+    refusal_with(&hub, "asks-60", &["keep-alive expired", "1.5 x 1 s"]);
+}
+
 #[test]
 fn keep_alive_of_one_second_closes_silent_devices_and_pings_keep_them_open() {
     let hub = hub_with_devices(&[], &["silent", "pinger"]);
