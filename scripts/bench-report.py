@@ -127,6 +127,32 @@ def fx(v):
     return "n/a" if v is None else f"{v:.2f}x"
 
 
+def machine_facts():
+    """CPU model and memory, from /proc (Linux); "?" where unreadable."""
+    cpu = mem = "?"
+    try:
+        cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                    if l.startswith("model name")), "?")
+        kib = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+        mem = f"{kib / 1048576:.1f} GiB" if kib else "?"
+    except (OSError, ValueError):
+        pass
+    return cpu, mem
+
+
+def locked_versions(names, lock="Cargo.lock"):
+    """The versions Cargo.lock pins for these crates ("?" when absent)."""
+    found = {}
+    try:
+        text = open(lock).read()
+    except OSError:
+        text = ""
+    for name in names:
+        m = re.search(r'^name = "' + re.escape(name) + r'"\nversion = "([^"]+)"', text, re.M)
+        found[name] = m.group(1) if m else "?"
+    return found
+
+
 def version(cmd):
     # `mosquitto -h` prints its version but exits non-zero: take the first line either way.
     try:
@@ -278,6 +304,8 @@ def main():
     # The plot's path as seen from the report (docs/bench.png from the repository's root).
     link = os.path.relpath(os.path.abspath(a.png), os.path.dirname(os.path.abspath(a.md)))
     cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    cpu_model, memory = machine_facts()
+    crates = locked_versions(("rustls", "aws-lc-rs", "tokio"))
     lines = [
         "# Benchmarks: iothub and Mosquitto, side by side",
         "",
@@ -309,9 +337,10 @@ def main():
         "its default.",
         "iothub logs warnings only, as Mosquitto runs with `log_dest none`.",
         "",
-        f"- machine: {platform.machine()}, {cores} cores; {platform.platform()}",
-        f"- iothub: {version(['target/release/iothub', '--version'])}; "
-        f"Mosquitto: {version([a.mosquitto, '-h'])}",
+        f"- machine: {cpu_model}, {cores} cores, {memory}; {platform.machine()}, {platform.platform()}",
+        f"- iothub: {version(['target/release/iothub', '--version'])} (rustls {crates['rustls']}, "
+        f"aws-lc-rs {crates['aws-lc-rs']}, tokio {crates['tokio']}); "
+        f"Mosquitto: {version([a.mosquitto, '-h'])} (system {version(['openssl', 'version']).split(' (Library')[0]})",
         f"- settings: {a.rounds} rounds of {max(int(a.seconds) // 2, 1) if a.seconds.isdigit() else '?'} s "
         f"per storm and telemetry run, {a.seconds} s for the idle runs; "
         f"{a.clients} concurrent clients in the connect storms "
