@@ -793,7 +793,7 @@ mod tests {
         let view = |index: &TrustIndex| {
             let mut names = index.ca_names();
             names.sort();
-            let mut by_subject: Vec<Vec<String>> = subjects
+            let by_subject: Vec<Vec<String>> = subjects
                 .iter()
                 .map(|s| {
                     let mut n: Vec<String> = index
