@@ -85,6 +85,10 @@ pub struct Target {
     /// Resume TLS sessions (connect): each identity keeps the tickets the broker sent it.
     #[arg(long)]
     resume: bool,
+    /// Offer TLS 1.2 only, as the Azure IoT Python SDK does (TLS 1.2 resumption makes no key
+    /// exchange) [default: TLS 1.3, or 1.2 if the broker has nothing newer].
+    #[arg(long)]
+    tls12: bool,
     /// The broker's process id, to measure its CPU time and memory from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -239,14 +243,16 @@ fn identities(dir: &Path, count: usize, rsa: bool) -> Result<()> {
 struct ClientConfigs {
     ca: Vec<u8>,
     resume: bool,
+    tls12: bool,
     built: std::collections::HashMap<usize, Arc<rustls::ClientConfig>>,
 }
 
 impl ClientConfigs {
-    fn new(ca: Vec<u8>, resume: bool) -> ClientConfigs {
+    fn new(ca: Vec<u8>, resume: bool, tls12: bool) -> ClientConfigs {
         ClientConfigs {
             ca,
             resume,
+            tls12,
             built: Default::default(),
         }
     }
@@ -262,7 +268,13 @@ impl ClientConfigs {
             rustls::crypto::aws_lc_rs::kx_group::X25519,
             rustls::crypto::aws_lc_rs::kx_group::SECP256R1,
         ];
-        let mut config = MqttClient::tls_config_with(&self.ca, &id.chain, &id.key, provider)?;
+        let versions: &[&'static rustls::SupportedProtocolVersion] = if self.tls12 {
+            &[&rustls::version::TLS12]
+        } else {
+            rustls::DEFAULT_VERSIONS
+        };
+        let mut config =
+            MqttClient::tls_config_with(&self.ca, &id.chain, &id.key, provider, versions)?;
         if !self.resume {
             // A full handshake every time, as a device that never saw this broker.
             Arc::get_mut(&mut config)
@@ -310,7 +322,7 @@ async fn connect_storm(t: Target) -> Result<()> {
             failed.clone(),
             resumed.clone(),
         );
-        let mut configs = ClientConfigs::new(ca.clone(), t.resume);
+        let mut configs = ClientConfigs::new(ca.clone(), t.resume, t.tls12);
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut i = c;
@@ -362,6 +374,7 @@ async fn connect_storm(t: Target) -> Result<()> {
         json!({
             "mode": "connect",
             "resume": t.resume,
+            "tls": if t.tls12 { "1.2" } else { "1.3" },
             "resumed": resumed.load(Ordering::Relaxed),
             "clients": t.clients,
             "seconds": elapsed,
@@ -383,7 +396,7 @@ async fn telemetry(t: Target) -> Result<()> {
     }
     let payload = vec![b'x'; t.size];
     let mut clients = Vec::new();
-    let mut configs = ClientConfigs::new(ca, false);
+    let mut configs = ClientConfigs::new(ca, false, t.tls12);
     for (index, id) in ids.iter().enumerate() {
         clients.push((
             id.id.clone(),
@@ -441,7 +454,7 @@ async fn open_idle(t: &Target, skip: usize, count: usize) -> Result<Vec<MqttClie
         );
     }
     let mut held = Vec::with_capacity(count);
-    let mut configs = ClientConfigs::new(ca, false);
+    let mut configs = ClientConfigs::new(ca, false, t.tls12);
     for (i, id) in ids.iter().enumerate().skip(skip) {
         held.push(connect_once(t, &mut configs, i, id).await?);
         // Only the connections are kept, not one TLS configuration per connection.
@@ -481,6 +494,7 @@ impl IdleHelper {
                 &skip.to_string(),
                 "--hold",
             ])
+            .args(t.tls12.then_some("--tls12"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

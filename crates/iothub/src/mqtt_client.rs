@@ -55,15 +55,18 @@ impl MqttClient {
             chain_pem,
             key_pem,
             rustls::crypto::aws_lc_rs::default_provider(),
+            rustls::DEFAULT_VERSIONS,
         )
     }
 
-    /// `tls_config` with a chosen crypto provider (e.g. other key-exchange groups).
+    /// `tls_config` with a chosen crypto provider (e.g. other key-exchange groups) and TLS
+    /// versions.
     pub fn tls_config_with(
         ca_pem: &[u8],
         chain_pem: &[u8],
         key_pem: &[u8],
         provider: rustls::crypto::CryptoProvider,
+        versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Result<Arc<rustls::ClientConfig>> {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(ca_pem) {
@@ -73,7 +76,7 @@ impl MqttClient {
             CertificateDer::pem_slice_iter(chain_pem).collect::<Result<_, _>>()?;
         let key = PrivateKeyDer::from_pem_slice(key_pem)?;
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-            .with_safe_default_protocol_versions()?
+            .with_protocol_versions(versions)?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)?;
         Ok(Arc::new(config))

@@ -113,6 +113,36 @@ fn a_resumed_session_of_a_deleted_ca_is_refused_at_connect() {
     );
 }
 
+/// TLS 1.2 (the Azure IoT Python SDK's only version) resumes without any key exchange; the
+/// session's chain is judged at CONNECT all the same.
+#[test]
+fn a_resumed_tls12_session_is_judged_at_connect_as_well() {
+    let hub = TestHub::start(&[]);
+    verified_root_with_devices(&hub, &["old-tls"]);
+    let (cert, key) = files(&hub, "old-tls");
+    let config = client_config_for(&hub, &cert, &key, &[&rustls::version::TLS12]).unwrap();
+    assert_eq!(attempt(&hub, &config, "old-tls"), (0, false), "first");
+    assert_eq!(attempt(&hub, &config, "old-tls"), (0, true), "resumed");
+    let (device, _) = RawDevice::connect_with_config(&hub, config.clone(), "old-tls", 60).unwrap();
+    assert_eq!(
+        device.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    device.disconnect();
+    ok(&hub.cli(&["cert", "delete", "root"]));
+    let before = refusals(&hub, "old-tls").len();
+    assert_eq!(
+        attempt(&hub, &config, "old-tls"),
+        (5, true),
+        "after the CA was deleted: (CONNACK code, resumed)"
+    );
+    let reason = next_refusal(&hub, "old-tls", before);
+    assert!(
+        reason.contains("no registered CA issued 'CN=root'"),
+        "refusal: {reason}"
+    );
+}
+
 #[test]
 fn a_resumed_session_of_a_disabled_device_is_refused_at_connect() {
     let hub = TestHub::start(&[]);

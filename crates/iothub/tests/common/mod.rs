@@ -433,6 +433,10 @@ impl RawDevice {
         self.tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
     }
 
+    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.tls.conn.protocol_version()
+    }
+
     pub fn send(&mut self, packet: &iothub_mqtt::codec::Packet) -> Result<(), String> {
         use std::io::Write;
         let mut out = bytes::BytesMut::new();
@@ -488,6 +492,16 @@ pub fn client_config(
     cert_pem: &Path,
     key_pem: &Path,
 ) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    client_config_for(hub, cert_pem, key_pem, rustls::DEFAULT_VERSIONS)
+}
+
+/// `client_config` offering only these TLS versions.
+pub fn client_config_for(
+    hub: &TestHub,
+    cert_pem: &Path,
+    key_pem: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let ca = std::fs::read(hub.data().join("tls/ca.pem")).map_err(|e| e.to_string())?;
@@ -506,7 +520,7 @@ pub fn client_config(
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(versions)
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_client_auth_cert(chain, key)
