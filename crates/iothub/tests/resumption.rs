@@ -99,14 +99,23 @@ fn a_resumed_session_of_a_deleted_ca_is_refused_at_connect() {
     let hub = TestHub::start(&[]);
     verified_root_with_devices(&hub, &["orphan"]);
     let config = admitted_then_resumed(&hub, "orphan");
+    refused_resumed_once_root_is_deleted(&hub, &config, "orphan");
+}
+
+/// Deletes CA `root`, then resumes `id`'s session: refused at CONNECT (code 5) for its CA.
+fn refused_resumed_once_root_is_deleted(
+    hub: &TestHub,
+    config: &Arc<rustls::ClientConfig>,
+    id: &str,
+) {
     ok(&hub.cli(&["cert", "delete", "root"]));
-    let before = refusals(&hub, "orphan").len();
+    let before = refusals(hub, id).len();
     assert_eq!(
-        attempt(&hub, &config, "orphan"),
+        attempt(hub, config, id),
         (5, true),
         "after the CA was deleted: (CONNACK code, resumed)"
     );
-    let reason = next_refusal(&hub, "orphan", before);
+    let reason = next_refusal(hub, id, before);
     assert!(
         reason.contains("no registered CA issued 'CN=root'"),
         "refusal: {reason}"
@@ -129,18 +138,7 @@ fn a_resumed_tls12_session_is_judged_at_connect_as_well() {
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
     device.disconnect();
-    ok(&hub.cli(&["cert", "delete", "root"]));
-    let before = refusals(&hub, "old-tls").len();
-    assert_eq!(
-        attempt(&hub, &config, "old-tls"),
-        (5, true),
-        "after the CA was deleted: (CONNACK code, resumed)"
-    );
-    let reason = next_refusal(&hub, "old-tls", before);
-    assert!(
-        reason.contains("no registered CA issued 'CN=root'"),
-        "refusal: {reason}"
-    );
+    refused_resumed_once_root_is_deleted(&hub, &config, "old-tls");
 }
 
 #[test]
