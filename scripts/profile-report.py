@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Splits the hub's CPU per connect by what it was doing, from `perf script` call graphs.
+
+Why: issue 7 compares the server's CPU per connect with a crypto floor (1 sign + 3 verifies + 1
+key exchange, measured in a hot loop). This says how much of a real connect is that crypto, how
+much is the rest of TLS, the kernel's TCP work, and iothub's own code, so the gap can be read
+rather than guessed.
+
+Usage: profile-report.py PERF_SCRIPT_OUTPUT STORM_JSON [--self-test]
+  PERF_SCRIPT_OUTPUT: `perf script -F comm,ip,sym` of the hub, recorded with call graphs;
+  STORM_JSON: the `iothub bench connect -o json` result of the storm that was recorded.
+Each sample goes to the first category, in the order below, that any frame of its stack
+matches; its cost is its share of the samples times the storm's server CPU per connect.
+"""
+
+import json
+import re
+import sys
+
+# (group, category, pattern over the frames of a stack). Order matters: the first match wins,
+# so specific work comes before the generic layers that call it (rustls, tokio).
+CATEGORIES = [
+    ("crypto in the floor", "client CertificateVerify check (1 ECDSA P-256 verify)",
+     r"verify_tls1[23]_signature"),
+    ("crypto in the floor", "device chain check (cache lookup; a miss verifies 2 signatures)",
+     r"validate_chain_bounded|validate_device_chain"),
+    ("crypto in the floor", "server signature (1 ECDSA P-256 sign)",
+     r"Signer>::sign|EcdsaSigner"),
+    ("crypto in the floor", "key exchange (X25519)",
+     r"ActiveKeyExchange|SupportedKxGroup|generate_x25519|agree_ephemeral"),
+    ("other TLS crypto", "session ticket (encrypt/decrypt)", r"ProducesTickets|ticketer::"),
+    ("other TLS crypto", "key schedule (HKDF / TLS 1.2 PRF)",
+     r"[Hh]kdf|KeySchedule|key_schedule|prf::|Prf"),
+    ("other TLS crypto", "record encryption (AES-GCM)",
+     r"MessageEncrypter|MessageDecrypter|encrypt_outgoing|decrypt_incoming"),
+    ("other TLS crypto", "handshake transcript hash", r"HandshakeHash|hash::Context"),
+    ("kernel", "socket writes (TCP send, loopback delivery, the client's ACKs)",
+     r"__GI___writev|__libc_write|__send|sendmsg|sys_writev"),
+    ("kernel", "socket reads", r"__libc_recv|recvfrom|sys_read\b|__libc_read"),
+    ("kernel", "accept", r"accept4|__sys_accept|do_accept"),
+    ("kernel", "close", r"__close|sys_close|__fput"),
+    ("kernel", "epoll (register, wait) and thread parking",
+     r"epoll_wait|epoll_ctl|park_internal|park_condvar|park_timeout|futex"),
+    ("TLS protocol", "rustls: parsing, state machine, buffers", r"rustls::"),
+    ("iothub", "MQTT session and hub (CONNECT, device, session table)",
+     r"serve_session|iothub_hub::|iothub_mqtt::|session::Conn|session::run"),
+    ("iothub", "gateway (accept loop, TLS stream glue)", r"iothub_gateway::"),
+    ("iothub", "tokio runtime (tasks, timers, wake-ups)", r"tokio::"),
+]
+COMPILED = [(g, c, re.compile(p)) for g, c, p in CATEGORIES]
+OTHER = ("other", "other (libc, kernel work outside a syscall, ...)")
+
+
+def stacks(text):
+    """Yields each sample's frames (symbol names, leaf first) from `perf script` output."""
+    for block in text.split("\n\n"):
+        lines = block.strip().split("\n")
+        frames = []
+        for line in lines[1:]:
+            parts = line.strip().split(None, 1)
+            if len(parts) == 2:
+                frames.append(parts[1])
+        if frames:
+            yield frames
+
+
+def classify(frames):
+    for group, category, pattern in COMPILED:
+        if any(pattern.search(f) for f in frames):
+            return group, category
+    return OTHER
+
+
+def breakdown(text):
+    counts = {}
+    total = 0
+    for frames in stacks(text):
+        key = classify(frames)
+        counts[key] = counts.get(key, 0) + 1
+        total += 1
+    return counts, total
+
+
+def report(counts, total, storm):
+    per_connect_us = storm["server_cpu_ms_per_connect"] * 1000.0
+    mode = "resumed" if storm.get("resume") else "full"
+    out = [
+        f"Server CPU per connect, TLS {storm.get('tls', '1.3')}, {mode} handshakes "
+        f"({storm['connects']:,} connects at {storm['connects_per_second']:,.0f}/s, "
+        f"{storm.get('resumed', 0):,} resumed; {total:,} samples): "
+        f"**{per_connect_us:.0f} µs**",
+        "",
+        "| group | what the server was doing | µs per connect | share |",
+        "|---|---|---|---|",
+    ]
+    order = [(g, c) for g, c, _ in CATEGORIES] + [OTHER]
+    groups = {}
+    for key in order:
+        n = counts.get(key, 0)
+        groups[key[0]] = groups.get(key[0], 0) + n
+        if n:
+            share = n / total
+            out.append(f"| {key[0]} | {key[1]} | {share * per_connect_us:.0f} | {share:.1%} |")
+    out += ["", "| group | µs per connect | share |", "|---|---|---|"]
+    for group, n in groups.items():
+        if n:
+            out.append(f"| {group} | {n / total * per_connect_us:.0f} | {n / total:.1%} |")
+    return "\n".join(out) + "\n"
+
+
+SAMPLE = """iothub 1
+\tffffffff81000000 tcp_sendmsg
+\t 1000 __GI___writev
+\t 2000 rustls::vecbuf::ChunkVecBuffer::write_to
+\t 3000 iothub_gateway::stream::DeviceTls::send_queued
+
+iothub 2
+\t 1000 __ecp_nistz256_mul_montx
+\t 2000 aws_lc_0_47_0_ECDSA_verify
+\t 3000 rustls::webpki::verify::verify_tls13_signature
+\t 4000 rustls::conn::ConnectionCore<Data>::process_new_packets
+
+iothub 3
+\t 1000 iothub_hub::sessions::<impl iothub_hub::Hub>::connect_ticket
+\t 2000 iothub_gateway::session::serve_session
+
+iothub 4
+\t 1000 malloc
+"""
+
+
+def self_test():
+    counts, total = breakdown(SAMPLE)
+    assert total == 4, total
+    got = {c: n for (_, c), n in counts.items()}
+    assert got["socket writes (TCP send, loopback delivery, the client's ACKs)"] == 1, got
+    assert got["client CertificateVerify check (1 ECDSA P-256 verify)"] == 1, got
+    # Our hub's connect_ticket is not a TLS session ticket.
+    assert got["MQTT session and hub (CONNECT, device, session table)"] == 1, got
+    assert got[OTHER[1]] == 1, got
+    storm = {"server_cpu_ms_per_connect": 0.4, "connects": 10, "connects_per_second": 5.0}
+    text = report(counts, total, storm)
+    assert "| kernel | socket writes" in text and "| 100 | 25.0% |" in text, text
+    print("profile-report.py: self-test passed")
+
+
+def main(argv):
+    if argv[1:] == ["--self-test"]:
+        self_test()
+        return 0
+    if len(argv) != 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    with open(argv[1], encoding="utf-8", errors="replace") as f:
+        counts, total = breakdown(f.read())
+    with open(argv[2], encoding="utf-8") as f:
+        storm = json.load(f)
+    if total == 0:
+        print("profile-report.py: no samples in " + argv[1], file=sys.stderr)
+        return 1
+    sys.stdout.write(report(counts, total, storm))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
