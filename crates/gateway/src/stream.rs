@@ -12,16 +12,13 @@
 //! cancelled read loses nothing. Errors are `io::Error`s carrying the rustls error, as
 //! tokio-rustls gave them, so refusal reasons read the same.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use rustls::pki_types::CertificateDer;
 use rustls::{ProtocolVersion, ServerConfig, ServerConnection};
 use tokio::net::TcpStream;
-
-/// How much plaintext one read takes from rustls at most.
-const READ_CHUNK: usize = 4096;
 
 /// The socket as blocking-style `Read`/`Write` for rustls: "would block" instead of waiting.
 struct NonBlocking<'a>(&'a TcpStream);
@@ -89,12 +86,16 @@ impl DeviceTls {
     /// `UnexpectedEof` error: it closed without one.
     pub(crate) async fn read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         loop {
-            let start = buf.len();
-            buf.resize(start + READ_CHUNK, 0);
-            let read = self.tls.reader().read(&mut buf[start..]);
-            buf.truncate(start + *read.as_ref().unwrap_or(&0));
-            match read {
-                Ok(n) => return Ok(n),
+            // The decrypted bytes are copied once, straight from rustls' buffer (no zeroed
+            // scratch space); an empty chunk is the clean close.
+            let mut reader = self.tls.reader();
+            match reader.fill_buf() {
+                Ok(chunk) => {
+                    let n = chunk.len();
+                    buf.extend_from_slice(chunk);
+                    reader.consume(n);
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }

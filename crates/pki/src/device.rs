@@ -26,12 +26,6 @@ pub struct DeviceIdError {
 
 /// Validates a device id as Azure IoT Hub allows them.
 pub fn validate_device_id(id: &str) -> Result<(), DeviceIdError> {
-    let shown: String = id
-        .chars()
-        .take(140)
-        .collect::<String>()
-        .escape_debug()
-        .to_string();
     let problem = if id.is_empty() {
         "it is empty".to_string()
     } else if id.len() > 128 {
@@ -61,6 +55,13 @@ pub fn validate_device_id(id: &str) -> Result<(), DeviceIdError> {
     } else {
         return Ok(());
     };
+    // Built only for a refusal: every connect validates its ID, and most are valid.
+    let shown = id
+        .chars()
+        .take(140)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
     Err(DeviceIdError { shown, problem })
 }
 
