@@ -422,7 +422,7 @@ def main():
         lines.append("")
         lines.append(f"The aws-lc-rs floor is the mean of its {a.rounds} rounds, each measured right "
                      "after that round's full-handshake storms.")
-    lines += ["", "What the rest of a connect's server CPU is (the same crypto run cold inside a "
+    lines += ["", "What a connect's server CPU is made of (the floor's crypto as it runs inside a "
               "connect, the rest of TLS, the kernel's socket work, iothub's own code): "
               "[docs/connect-profile.md](docs/connect-profile.md), from `scripts/profile-connect "
               "--all` (perf call graphs, a separate run)."]

@@ -6,9 +6,15 @@ key exchange, measured in a hot loop). This says how much of a real connect is t
 much is the rest of TLS, the kernel's TCP work, and iothub's own code, so the gap can be read
 rather than guessed.
 
-Usage: profile-report.py PERF_SCRIPT_OUTPUT STORM_JSON [--self-test]
+Usage: profile-report.py PERF_SCRIPT_OUTPUT STORM_JSON [FLOOR_JSON]
+       profile-report.py --ratio FULL_PERF FULL_STORM RESUMED_PERF RESUMED_STORM
+       profile-report.py --self-test
   PERF_SCRIPT_OUTPUT: `perf script -F comm,ip,sym` of the hub, recorded with call graphs;
-  STORM_JSON: the `iothub bench connect -o json` result of the storm that was recorded.
+  STORM_JSON: the `iothub bench connect -o json` result of the storm that was recorded;
+  FLOOR_JSON: an `iothub bench floor` result: a full handshake's groups are then also set
+  against the floor.
+  --ratio: how many times a resumed connect's server CPU fits in a full one's, with and without
+  iothub's own code.
 Each sample goes to the first category, in the order below, that any frame of its stack
 matches; its cost is its share of the samples times the storm's server CPU per connect.
 """
@@ -81,7 +87,25 @@ def breakdown(text):
     return counts, total
 
 
-def report(counts, total, storm):
+def against_floor(groups, total, per_connect_us, floor_ms):
+    """The connect, and what is left of it without each layer above the crypto, as multiples of
+    the floor: how far the parts no code of ours runs in already are from it."""
+    floor_us = floor_ms * 1000.0
+
+    def x(names):
+        us = sum(groups.get(g, 0) for g in names) / total * per_connect_us
+        return f"{us:.0f} µs = {us / floor_us:.2f}x"
+
+    below = ["crypto in the floor", "other TLS crypto", "kernel"]
+    return [
+        "",
+        f"Against the hot-loop floor ({floor_ms:.3f} ms): the whole connect "
+        f"{x(below + ['TLS protocol', 'iothub', OTHER[0]])}; without iothub's own code "
+        f"{x(below + ['TLS protocol', OTHER[0]])}; crypto and kernel alone {x(below)}.",
+    ]
+
+
+def report(counts, total, storm, floor_ms=None):
     per_connect_us = storm["server_cpu_ms_per_connect"] * 1000.0
     mode = "resumed" if storm.get("resume") else "full"
     out = [
@@ -105,7 +129,25 @@ def report(counts, total, storm):
     for group, n in groups.items():
         if n:
             out.append(f"| {group} | {n / total * per_connect_us:.0f} | {n / total:.1%} |")
+    if floor_ms and not storm.get("resume"):
+        out += against_floor(groups, total, per_connect_us, floor_ms)
     return "\n".join(out) + "\n"
+
+
+def without_iothub_us(counts, total, storm):
+    """The CPU per connect, and the part of it that is not iothub's own code, in µs."""
+    per_connect_us = storm["server_cpu_ms_per_connect"] * 1000.0
+    ours = sum(n for (group, _), n in counts.items() if group == "iothub")
+    return per_connect_us, (total - ours) / total * per_connect_us
+
+
+def ratio_line(full, resumed):
+    """full and resumed: (counts, total, storm) of the two storms."""
+    f_all, f_rest = without_iothub_us(*full)
+    r_all, r_rest = without_iothub_us(*resumed)
+    return (f"Server CPU per full connect / per resumed connect: {f_all / r_all:.2f}x "
+            f"({f_all:.0f} / {r_all:.0f} µs); without iothub's own code "
+            f"{f_rest / r_rest:.2f}x ({f_rest:.0f} / {r_rest:.0f} µs).\n")
 
 
 SAMPLE = """iothub 1
@@ -141,6 +183,16 @@ def self_test():
     storm = {"server_cpu_ms_per_connect": 0.4, "connects": 10, "connects_per_second": 5.0}
     text = report(counts, total, storm)
     assert "| kernel | socket writes" in text and "| 100 | 25.0% |" in text, text
+    # 400 µs against a 0.2 ms floor: all of it 2x; without iothub (1 of 4 samples) 1.5x; crypto
+    # and kernel (2 of 4) 1x.
+    text = report(counts, total, storm, floor_ms=0.2)
+    assert "the whole connect 400 µs = 2.00x; without iothub's own code 300 µs = 1.50x; " \
+        "crypto and kernel alone 200 µs = 1.00x" in text, text
+    resumed = dict(storm, server_cpu_ms_per_connect=0.2, resume=True)
+    line = ratio_line((counts, total, storm), (counts, total, resumed))
+    assert line.startswith("Server CPU per full connect / per resumed connect: 2.00x (400 / 200 µs); "
+                           "without iothub's own code 2.00x (300 / 150 µs)"), line
+    assert "Against" not in report(counts, total, resumed, floor_ms=0.2)
     print("profile-report.py: self-test passed")
 
 
@@ -148,9 +200,26 @@ def main(argv):
     if argv[1:] == ["--self-test"]:
         self_test()
         return 0
-    if len(argv) != 3:
+    if len(argv) == 6 and argv[1] == "--ratio":
+        runs = []
+        for perf_path, storm_path in ((argv[2], argv[3]), (argv[4], argv[5])):
+            with open(perf_path, encoding="utf-8", errors="replace") as f:
+                counts, total = breakdown(f.read())
+            with open(storm_path, encoding="utf-8") as f:
+                storm = json.load(f)
+            if total == 0:
+                print("profile-report.py: no samples in " + perf_path, file=sys.stderr)
+                return 1
+            runs.append((counts, total, storm))
+        sys.stdout.write(ratio_line(*runs))
+        return 0
+    if len(argv) not in (3, 4):
         print(__doc__, file=sys.stderr)
         return 2
+    floor_ms = None
+    if len(argv) == 4:
+        with open(argv[3], encoding="utf-8") as f:
+            floor_ms = json.load(f)["floor_ms"]
     with open(argv[1], encoding="utf-8", errors="replace") as f:
         counts, total = breakdown(f.read())
     with open(argv[2], encoding="utf-8") as f:
@@ -158,7 +227,7 @@ def main(argv):
     if total == 0:
         print("profile-report.py: no samples in " + argv[1], file=sys.stderr)
         return 1
-    sys.stdout.write(report(counts, total, storm))
+    sys.stdout.write(report(counts, total, storm, floor_ms))
     return 0
 
 
