@@ -196,22 +196,27 @@ def self_test():
     print("profile-report.py: self-test passed")
 
 
+def load_run(perf_path, storm_path):
+    """(counts, total, storm) of one recorded storm, or None (said why) if it has no samples."""
+    with open(perf_path, encoding="utf-8", errors="replace") as f:
+        counts, total = breakdown(f.read())
+    with open(storm_path, encoding="utf-8") as f:
+        storm = json.load(f)
+    if total == 0:
+        print("profile-report.py: no samples in " + perf_path, file=sys.stderr)
+        return None
+    return counts, total, storm
+
+
 def main(argv):
     if argv[1:] == ["--self-test"]:
         self_test()
         return 0
     if len(argv) == 6 and argv[1] == "--ratio":
-        runs = []
-        for perf_path, storm_path in ((argv[2], argv[3]), (argv[4], argv[5])):
-            with open(perf_path, encoding="utf-8", errors="replace") as f:
-                counts, total = breakdown(f.read())
-            with open(storm_path, encoding="utf-8") as f:
-                storm = json.load(f)
-            if total == 0:
-                print("profile-report.py: no samples in " + perf_path, file=sys.stderr)
-                return 1
-            runs.append((counts, total, storm))
-        sys.stdout.write(ratio_line(*runs))
+        full, resumed = load_run(argv[2], argv[3]), load_run(argv[4], argv[5])
+        if full is None or resumed is None:
+            return 1
+        sys.stdout.write(ratio_line(full, resumed))
         return 0
     if len(argv) not in (3, 4):
         print(__doc__, file=sys.stderr)
@@ -220,14 +225,10 @@ def main(argv):
     if len(argv) == 4:
         with open(argv[3], encoding="utf-8") as f:
             floor_ms = json.load(f)["floor_ms"]
-    with open(argv[1], encoding="utf-8", errors="replace") as f:
-        counts, total = breakdown(f.read())
-    with open(argv[2], encoding="utf-8") as f:
-        storm = json.load(f)
-    if total == 0:
-        print("profile-report.py: no samples in " + argv[1], file=sys.stderr)
+    run = load_run(argv[1], argv[2])
+    if run is None:
         return 1
-    sys.stdout.write(report(counts, total, storm, floor_ms))
+    sys.stdout.write(report(*run, floor_ms))
     return 0
 
 
