@@ -30,6 +30,23 @@ impl Default for ServerLimits {
     }
 }
 
+/// Headers every HTTPS response carries, whatever route (or refusal) produced it: browsers keep
+/// to HTTPS for this host (HSTS), and never sniff a JSON body into something they would render or
+/// run.
+async fn transport_headers(mut response: axum::response::Response) -> axum::response::Response {
+    use axum::http::{header, HeaderValue};
+    let h = response.headers_mut();
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
 /// Serves `router` over TLS on `listener` until `shutdown` completes.
 pub async fn serve_tls(
     listener: TcpListener,
@@ -39,6 +56,7 @@ pub async fn serve_tls(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let router = router.layer(axum::middleware::map_response(transport_headers));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {

@@ -139,11 +139,8 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let data: PathBuf = config.data.clone();
     create_private_dir(&data)?;
     let tls_dir = data.join("tls");
+    // Owner-only, like the data directory: it holds the hub CA's and the server's keys.
     create_private_dir(&tls_dir)?;
-    std::fs::set_permissions(
-        &tls_dir,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
 
     // The database holds policy keys: create it owner-only before SQLite opens it (SQLite gives its
     // -wal and -shm files the database file's mode).
@@ -204,13 +201,13 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         format!("{conn_str}\n").as_bytes(),
         0o600,
     )?;
+    // Nothing secret goes to stdout by default: stdout usually ends up in a log (journal,
+    // container logs), and whoever reads a login link or the owner key there holds the hub.
     if new_owner.is_some() {
-        // Shown once, on first start; afterwards it is in the file (mode 0600) only.
         status!(
-            "owner connection string (shown once; kept in {}):",
+            "owner connection string written to {} (mode 0600; 'iothub connection-string' prints it)",
             data.join(CONNECTION_STRING_FILE).display()
         );
-        status!("  {conn_str}");
     }
     status!(
         "hub TLS CA certificate: {}",
@@ -220,17 +217,22 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         link_lifetime: std::time::Duration::from_secs(config.portal_link_lifetime_secs as u64),
         ..Default::default()
     }));
-    let link = portal.new_link_token();
     let port_part = if https_addr.port() == 443 {
         String::new()
     } else {
         format!(":{}", https_addr.port())
     };
-    status!(
-        "portal (single-use login link, valid {} s; 'iothub portal-link' makes another):\n  https://{}{port_part}/portal/login?token={link}",
-        config.portal_link_lifetime_secs,
-        connect_host(&config)
-    );
+    let portal_url = format!("https://{}{port_part}/portal", connect_host(&config));
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        // An operator watching the terminal gets a link to click; it is single use.
+        status!(
+            "portal (single-use login link, valid {} s; 'iothub portal-link' makes another):\n  {portal_url}/login?token={}",
+            config.portal_link_lifetime_secs,
+            portal.new_link_token()
+        );
+    } else {
+        status!("portal: {portal_url} (sign in with a link from 'iothub portal-link')");
+    }
     status!("mqtt listening on {mqtt_addr}");
     status!("https listening on {https_addr}");
     tracing::info!(%https_addr, %mqtt_addr, hub = %config.name, "iothub serving");

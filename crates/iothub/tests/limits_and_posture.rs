@@ -69,6 +69,7 @@ fn tls_posture_on_both_listeners() {
     for f in [
         "tls/ca.key",
         "tls/server.key",
+        "tls",
         "connection-string",
         "iothub.db",
     ] {
@@ -362,14 +363,6 @@ fn no_secret_reaches_the_logs() {
         .nth(1)
         .unwrap()
         .to_string();
-    let first_link = printed
-        .iter()
-        .find(|l| l.contains("token="))
-        .unwrap()
-        .split("token=")
-        .nth(1)
-        .unwrap()
-        .to_string();
     let secrets = [
         ("owner key", owner_key),
         ("device key", device_key),
@@ -403,11 +396,111 @@ fn no_secret_reaches_the_logs() {
             "portal link token",
             link.split("token=").nth(1).unwrap().to_string(),
         ),
-        ("printed portal link token", first_link),
     ];
+    // What serve printed to its stdout (not a terminal here) is a log too, under a supervisor.
+    let stdout = printed.join("\n");
     for (what, secret) in secrets {
         assert!(!secret.is_empty());
         assert!(!logs.contains(&secret), "the {what} appears in the logs");
+        assert!(!stdout.contains(&secret), "the {what} appears on stdout");
+    }
+    assert!(
+        !stdout.contains("token=") && !stdout.contains("SharedAccessKey"),
+        "serve printed a login link or a key off a terminal: {stdout}"
+    );
+    assert!(
+        stdout.contains("owner connection string written to")
+            && stdout.contains("'iothub portal-link'"),
+        "serve says where the connection string is and how to sign in: {stdout}"
+    );
+}
+
+/// `serve` on a terminal (a pseudo-terminal made by script(1)) prints a login link for the
+/// operator watching it, and still never the owner key.
+#[test]
+fn serve_prints_a_login_link_only_on_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let command = format!(
+        "exec {BIN} --data {} serve --https 127.0.0.1:0 --mqtt 127.0.0.1:0",
+        dir.join("data").display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("IOTHUB_LOG", "debug")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script(1) from util-linux");
+    let stdout = child.stdout.take().unwrap();
+    let mut printed = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.unwrap();
+        let done = line.contains("https listening on");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let owner_key = std::fs::read_to_string(dir.join("data/connection-string"))
+        .unwrap()
+        .trim()
+        .split("SharedAccessKey=")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    drop(child.stdin.take()); // script ends, and its terminal's hang-up ends the hub
+    let _ = child.kill();
+    let _ = child.wait();
+    let screen = printed.join("\n");
+    assert!(
+        screen.contains("/portal/login?token="),
+        "a login link for the operator at the terminal: {screen}"
+    );
+    assert!(
+        !screen.contains(&owner_key),
+        "the owner key on the terminal"
+    );
+}
+
+#[test]
+fn every_https_response_carries_hsts_and_nosniff() {
+    let hub = TestHub::start(&[]);
+    let http = hub.client();
+    let anonymous = http
+        .get(format!("{}/certificates", hub.base()))
+        .send()
+        .unwrap();
+    let owner = http
+        .get(format!("{}/certificates", hub.base()))
+        .header("Authorization", hub.owner_token())
+        .send()
+        .unwrap();
+    let missing = http
+        .get(format!("{}/no-such-route", hub.base()))
+        .header("Authorization", hub.owner_token())
+        .send()
+        .unwrap();
+    for (what, r, status) in [
+        ("a 401", anonymous, 401),
+        ("a JSON 200", owner, 200),
+        ("a 404", missing, 404),
+    ] {
+        assert_eq!(r.status(), status, "{what}");
+        let h = r.headers();
+        assert_eq!(
+            h.get("strict-transport-security")
+                .and_then(|v| v.to_str().ok()),
+            Some("max-age=31536000"),
+            "{what}: {h:?}"
+        );
+        assert_eq!(
+            h.get("x-content-type-options")
+                .and_then(|v| v.to_str().ok()),
+            Some("nosniff"),
+            "{what}: {h:?}"
+        );
     }
 }
 
