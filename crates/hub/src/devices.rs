@@ -82,6 +82,16 @@ fn new_key() -> Result<String, HubError> {
 }
 
 impl PutDevice {
+    /// The requested status: "enabled" (the default) or "disabled".
+    fn checked_status(&self) -> Result<String, HubError> {
+        match self.status.as_deref().unwrap_or("enabled") {
+            s @ ("enabled" | "disabled") => Ok(s.to_string()),
+            other => Err(HubError::InvalidArgument(format!(
+                "status '{other}' is invalid; expected 'enabled' or 'disabled'"
+            ))),
+        }
+    }
+
     /// Resolves the requested authentication, generating SAS keys that were not given.
     fn auth(&self) -> Result<DeviceAuth, HubError> {
         match self.auth_type.as_deref().unwrap_or("sas") {
@@ -113,6 +123,52 @@ impl PutDevice {
             other => Err(HubError::DeviceAuthInvalid(format!(
                 "authentication type '{other}' is not supported; expected certificateAuthority, selfSigned or sas"
             ))),
+        }
+    }
+}
+
+/// What a device put writes, decided from the stored record (if any) and If-Match.
+struct WritePlan {
+    created: bool,
+    expect: Expect,
+    generation_id: String,
+    created_at: i64,
+    status_updated: i64,
+}
+
+impl WritePlan {
+    /// The record to write: the request's status and authentication over what the plan keeps.
+    fn record(
+        self,
+        id: &str,
+        status: &str,
+        status_reason: Option<String>,
+        auth: &DeviceAuth,
+        now: i64,
+    ) -> DeviceRecord {
+        let (pt, st, pk, sk) = match auth {
+            DeviceAuth::CertificateAuthority => (None, None, None, None),
+            DeviceAuth::SelfSigned { primary, secondary } => {
+                (Some(primary.clone()), secondary.clone(), None, None)
+            }
+            DeviceAuth::Sas { primary, secondary } => {
+                (None, None, Some(primary.clone()), Some(secondary.clone()))
+            }
+        };
+        DeviceRecord {
+            device_id: id.to_string(),
+            generation_id: self.generation_id,
+            etag: 0,
+            status: status.to_string(),
+            status_reason,
+            status_updated: self.status_updated,
+            auth_type: auth.type_name().to_string(),
+            primary_thumbprint: pt,
+            secondary_thumbprint: st,
+            primary_key: pk,
+            secondary_key: sk,
+            created: self.created_at,
+            updated: now,
         }
     }
 }
@@ -189,6 +245,58 @@ impl Hub {
             .collect()
     }
 
+    /// Decides whether a put creates or updates, against what the store holds now: the store
+    /// precondition for the write, and what a new record keeps of the old one.
+    fn write_plan(
+        &self,
+        id: &str,
+        existing: Option<&DeviceRecord>,
+        if_match: Option<&IfMatch>,
+        status: &str,
+        now: i64,
+    ) -> Result<WritePlan, HubError> {
+        match (existing, if_match) {
+            (None, Some(_)) => Err(HubError::DeviceNotFound(id.to_string())),
+            (None, None) => {
+                let generation_id: String = iothub_pki::pop::generate_code()
+                    .map_err(|_| HubError::Internal("the system random source failed".into()))?
+                    .chars()
+                    .take(18)
+                    .collect();
+                Ok(WritePlan {
+                    created: true,
+                    expect: Expect::Absent {
+                        limit: self.config.device_limit,
+                    },
+                    generation_id,
+                    created_at: now,
+                    status_updated: now,
+                })
+            }
+            (Some(_), None) => Err(HubError::DeviceExists(id.to_string())),
+            (Some(old), Some(m)) => {
+                if !m.matches(old.etag) {
+                    return Err(HubError::DeviceEtagMismatch {
+                        name: id.to_string(),
+                        given: m.shown(),
+                        current: encode_etag(old.etag),
+                    });
+                }
+                Ok(WritePlan {
+                    created: false,
+                    expect: Expect::Etag(old.etag),
+                    generation_id: old.generation_id.clone(),
+                    created_at: old.created,
+                    status_updated: if old.status == status {
+                        old.status_updated
+                    } else {
+                        now
+                    },
+                })
+            }
+        }
+    }
+
     /// Creates (no If-Match) or updates (If-Match: etag or `*`) a device. Returns the view and
     /// whether it was created.
     pub fn put_device(
@@ -207,85 +315,14 @@ impl Hub {
         )?;
         let run = || -> Result<(DeviceView, bool), HubError> {
             validate_device_id(id)?;
-            let status = match request.status.as_deref().unwrap_or("enabled") {
-                s @ ("enabled" | "disabled") => s.to_string(),
-                other => {
-                    return Err(HubError::InvalidArgument(format!(
-                        "status '{other}' is invalid; expected 'enabled' or 'disabled'"
-                    )))
-                }
-            };
+            let status = request.checked_status()?;
             let auth = request.auth()?;
             let now = self.now();
             let existing = self.store.get_device(id)?;
-            let (created, expect, generation_id, created_at, status_updated) =
-                match (&existing, if_match) {
-                    (None, Some(_)) => return Err(HubError::DeviceNotFound(id.to_string())),
-                    (None, None) => {
-                        let generation: String = iothub_pki::pop::generate_code()
-                            .map_err(|_| {
-                                HubError::Internal("the system random source failed".into())
-                            })?
-                            .chars()
-                            .take(18)
-                            .collect();
-                        (
-                            true,
-                            Expect::Absent {
-                                limit: self.config.device_limit,
-                            },
-                            generation,
-                            now,
-                            now,
-                        )
-                    }
-                    (Some(_), None) => return Err(HubError::DeviceExists(id.to_string())),
-                    (Some(old), Some(m)) => {
-                        if !m.matches(old.etag) {
-                            return Err(HubError::DeviceEtagMismatch {
-                                name: id.to_string(),
-                                given: m.shown(),
-                                current: encode_etag(old.etag),
-                            });
-                        }
-                        let status_updated = if old.status == status {
-                            old.status_updated
-                        } else {
-                            now
-                        };
-                        (
-                            false,
-                            Expect::Etag(old.etag),
-                            old.generation_id.clone(),
-                            old.created,
-                            status_updated,
-                        )
-                    }
-                };
-            let (pt, st, pk, sk) = match &auth {
-                DeviceAuth::CertificateAuthority => (None, None, None, None),
-                DeviceAuth::SelfSigned { primary, secondary } => {
-                    (Some(primary.clone()), secondary.clone(), None, None)
-                }
-                DeviceAuth::Sas { primary, secondary } => {
-                    (None, None, Some(primary.clone()), Some(secondary.clone()))
-                }
-            };
-            let record = DeviceRecord {
-                device_id: id.to_string(),
-                generation_id,
-                etag: 0,
-                status: status.clone(),
-                status_reason: request.status_reason.clone(),
-                status_updated,
-                auth_type: auth.type_name().to_string(),
-                primary_thumbprint: pt,
-                secondary_thumbprint: st,
-                primary_key: pk,
-                secondary_key: sk,
-                created: created_at,
-                updated: now,
-            };
+            let plan = self.write_plan(id, existing.as_ref(), if_match, &status, now)?;
+            let created = plan.created;
+            let expect = plan.expect;
+            let record = plan.record(id, &status, request.status_reason.clone(), &auth, now);
             // Keys and thumbprints are not written to the audit log.
             let detail = format!(
                 "{} device, {}, authentication {}",

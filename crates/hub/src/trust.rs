@@ -27,6 +27,17 @@ pub(crate) struct AnchorMemo {
     covered: u64,
 }
 
+/// A CA to put into the index: its name, the etag of the version parsed, and the anchor.
+type AddedAnchor = (String, u64, ParsedAnchor);
+
+/// One read of the CA registry for a rebuild: the (name, etag, verified) versions it returned,
+/// whether that was the whole list, and the highest etag it saw.
+struct RegistryRead {
+    versions: Vec<(String, u64, bool)>,
+    whole_list: bool,
+    read_up_to: u64,
+}
+
 impl Hub {
     /// The current trust snapshot.
     pub fn trust(&self) -> Arc<TrustIndex> {
@@ -98,64 +109,9 @@ impl Hub {
                 return Ok(());
             }
             let covers = self.trust_requests.load(Ordering::SeqCst);
-            let memo = &guard.parsed;
-            // Only the CAs written since the last read, unless some were deleted meanwhile (the
-            // count falls short of the CAs known plus the new names): then the whole list, to see
-            // which.
-            let changes = self.store.ca_changes_since(guard.read_up_to)?;
-            let new_names = changes
-                .changed
-                .iter()
-                .filter(|(name, _, _)| !memo.contains_key(name))
-                .count();
-            let whole_list = changes.total != (memo.len() + new_names) as u64;
-            let versions = if whole_list {
-                self.store.list_ca_versions()?
-            } else {
-                changes.changed
-            };
-            // Only etags from these consistent reads: an etag `get_ca` returns below may be newer
-            // than writes this read did not see.
-            let read_up_to = versions
-                .iter()
-                .map(|(_, etag, _)| *etag)
-                .fold(guard.read_up_to, u64::max);
-            // Each CA is loaded and parsed once per version (etag), and the new index is a copy
-            // of the last one changed in those CAs only: with thousands of CAs, rebuilding
-            // everything made each CA change cost the whole registry. Nothing is changed until
-            // the whole registry was read: after an error the next rebuild compares with the same
-            // memo.
-            let mut removed: Vec<ParsedAnchor> = Vec::new();
-            let mut added: Vec<(String, u64, ParsedAnchor)> = Vec::new();
-            let mut still_listed = 0;
-            for (name, etag, _verified) in &versions {
-                let earlier = memo.get(name);
-                if let Some((seen, _)) = earlier {
-                    still_listed += 1;
-                    if seen == etag {
-                        continue;
-                    }
-                }
-                // Changed since the last rebuild (or new): load it. Gone meanwhile, or no longer
-                // readable: it leaves the index (a delete rebuilds trust again).
-                removed.extend(earlier.map(|(_, old)| old.clone()));
-                let Some(r) = self.store.get_ca(name)? else {
-                    continue;
-                };
-                let Ok(parsed) = ParsedAnchor::parse(&r.name, &r.der, r.is_verified) else {
-                    continue;
-                };
-                added.push((name.clone(), r.etag, parsed));
-            }
-            // CAs no longer listed were deleted.
-            if whole_list && still_listed < memo.len() {
-                let listed: HashSet<&str> = versions.iter().map(|(n, _, _)| n.as_str()).collect();
-                removed.extend(
-                    memo.iter()
-                        .filter(|(name, _)| !listed.contains(name.as_str()))
-                        .map(|(_, (_, old))| old.clone()),
-                );
-            }
+            let read = self.read_ca_changes(&guard)?;
+            let read_up_to = read.read_up_to;
+            let (removed, added) = self.anchor_changes(&guard.parsed, &read)?;
             let changed: HashSet<_> = removed
                 .iter()
                 .chain(added.iter().map(|(_, _, a)| a))
@@ -187,6 +143,79 @@ impl Hub {
         };
         self.revalidate_sessions_naming(&changed);
         Ok(())
+    }
+
+    /// Reads which CAs changed since the memo's last read: only the CAs written since then,
+    /// unless some were deleted meanwhile (the count falls short of the CAs known plus the new
+    /// names): then the whole list, to see which.
+    fn read_ca_changes(&self, memo: &AnchorMemo) -> Result<RegistryRead, HubError> {
+        let changes = self.store.ca_changes_since(memo.read_up_to)?;
+        let new_names = changes
+            .changed
+            .iter()
+            .filter(|(name, _, _)| !memo.parsed.contains_key(name))
+            .count();
+        let whole_list = changes.total != (memo.parsed.len() + new_names) as u64;
+        let versions = if whole_list {
+            self.store.list_ca_versions()?
+        } else {
+            changes.changed
+        };
+        // Only etags from these consistent reads: an etag `get_ca` returns later may be newer
+        // than writes this read did not see.
+        let read_up_to = versions
+            .iter()
+            .map(|(_, etag, _)| *etag)
+            .fold(memo.read_up_to, u64::max);
+        Ok(RegistryRead {
+            versions,
+            whole_list,
+            read_up_to,
+        })
+    }
+
+    /// The anchors to take out of the index and to put in, from a registry read. Each CA is
+    /// loaded and parsed once per version (etag), and the new index is a copy of the last one
+    /// changed in those CAs only: with thousands of CAs, rebuilding everything made each CA
+    /// change cost the whole registry. Nothing is changed here: after an error the next rebuild
+    /// compares with the same memo.
+    fn anchor_changes(
+        &self,
+        memo: &HashMap<String, (u64, ParsedAnchor)>,
+        read: &RegistryRead,
+    ) -> Result<(Vec<ParsedAnchor>, Vec<AddedAnchor>), HubError> {
+        let mut removed: Vec<ParsedAnchor> = Vec::new();
+        let mut added: Vec<AddedAnchor> = Vec::new();
+        let mut still_listed = 0;
+        for (name, etag, _verified) in &read.versions {
+            let earlier = memo.get(name);
+            if let Some((seen, _)) = earlier {
+                still_listed += 1;
+                if seen == etag {
+                    continue;
+                }
+            }
+            // Changed since the last rebuild (or new): load it. Gone meanwhile, or no longer
+            // readable: it leaves the index (a delete rebuilds trust again).
+            removed.extend(earlier.map(|(_, old)| old.clone()));
+            let Some(r) = self.store.get_ca(name)? else {
+                continue;
+            };
+            let Ok(parsed) = ParsedAnchor::parse(&r.name, &r.der, r.is_verified) else {
+                continue;
+            };
+            added.push((name.clone(), r.etag, parsed));
+        }
+        // CAs no longer listed were deleted.
+        if read.whole_list && still_listed < memo.len() {
+            let listed: HashSet<&str> = read.versions.iter().map(|(n, _, _)| n.as_str()).collect();
+            removed.extend(
+                memo.iter()
+                    .filter(|(name, _)| !listed.contains(name.as_str()))
+                    .map(|(_, (_, old))| old.clone()),
+            );
+        }
+        Ok((removed, added))
     }
 
     /// Rebuilds trust after a CA change; a failure is logged (the change itself has landed, and the

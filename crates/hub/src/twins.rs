@@ -121,6 +121,63 @@ fn iso(t: i64) -> String {
         .unwrap_or_default()
 }
 
+/// A service's twin update body: a JSON object that does not write reported properties (those
+/// belong to the device).
+fn service_twin_patch(body: &Value) -> Result<&Map<String, Value>, HubError> {
+    let body = body
+        .as_object()
+        .ok_or_else(|| HubError::TwinInvalid("the twin must be a JSON object".into()))?;
+    if let Some(Value::Object(p)) = body.get("properties") {
+        if p.contains_key("reported") {
+            return Err(HubError::TwinInvalid(
+                "reported properties are written by the device, not by the service".into(),
+            ));
+        }
+    }
+    Ok(body)
+}
+
+/// The etag the twin write is conditional on: the caller's If-Match, or the twin just read.
+fn expected_twin_etag(
+    id: &str,
+    current: &TwinRecord,
+    if_match: Option<&IfMatch>,
+) -> Result<Option<u64>, HubError> {
+    match if_match {
+        Some(IfMatch::Etag(given)) => match crate::auth::decode_etag(given) {
+            Some(e) => Ok(Some(e)),
+            None => Err(HubError::DeviceEtagMismatch {
+                name: format!("twin of {id}"),
+                given: given.clone(),
+                current: encode_etag(current.etag),
+            }),
+        },
+        _ => Ok(Some(current.etag)),
+    }
+}
+
+/// What the device is sent after a desired change: the patch without `$` keys, or the whole new
+/// desired document after a replace, with the new `$version`.
+fn desired_notice(
+    replace: bool,
+    desired: Map<String, Value>,
+    patch: Option<&Map<String, Value>>,
+    version: i64,
+) -> String {
+    let mut notice = if replace {
+        desired
+    } else {
+        patch
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with('$'))
+            .collect()
+    };
+    notice.insert("$version".into(), json!(version));
+    Value::Object(notice).to_string()
+}
+
 impl Hub {
     fn twin_store_error(id: &str, e: StoreError, given: Option<&IfMatch>) -> HubError {
         match e {
@@ -197,33 +254,12 @@ impl Hub {
             &format!("device/{id}"),
         )?;
         validate_device_id(id)?;
-        let body = body
-            .as_object()
-            .ok_or_else(|| HubError::TwinInvalid("the twin must be a JSON object".into()))?;
-        if let Some(Value::Object(p)) = body.get("properties") {
-            if p.contains_key("reported") {
-                return Err(HubError::TwinInvalid(
-                    "reported properties are written by the device, not by the service".into(),
-                ));
-            }
-        }
+        let body = service_twin_patch(body)?;
         let current = self
             .store
             .get_twin(id)
             .map_err(|e| Self::twin_store_error(id, e, if_match))?;
-        let expected = match if_match {
-            Some(IfMatch::Etag(given)) => match crate::auth::decode_etag(given) {
-                Some(e) => Some(e),
-                None => {
-                    return Err(HubError::DeviceEtagMismatch {
-                        name: format!("twin of {id}"),
-                        given: given.clone(),
-                        current: encode_etag(current.etag),
-                    })
-                }
-            },
-            _ => Some(current.etag),
-        };
+        let expected = expected_twin_etag(id, &current, if_match)?;
         let now = iso(self.now());
         let mut tags = if replace {
             Map::new()
@@ -265,21 +301,8 @@ impl Hub {
             .map_err(|e| Self::twin_store_error(id, e, if_match))?;
         if desired_changed {
             // The device receives what changed (a replace sends the whole new desired document).
-            let mut notice = if replace {
-                desired
-            } else {
-                patch
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|(k, _)| !k.starts_with('$'))
-                    .collect()
-            };
-            notice.insert("$version".into(), json!(stored.desired_version));
-            self.signal_device(
-                id,
-                SessionSignal::DesiredPatch(Value::Object(notice).to_string()),
-            );
+            let notice = desired_notice(replace, desired, patch, stored.desired_version);
+            self.signal_device(id, SessionSignal::DesiredPatch(notice));
         }
         self.twin_json(&stored)
     }
