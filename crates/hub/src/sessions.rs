@@ -549,11 +549,11 @@ impl Hub {
     /// judged while a device or trust changed, see [`Admission::recheck`]): its record, and its
     /// certificate against current trust. Reads the store.
     pub fn revalidate_device_sessions(&self, device_id: &str) {
-        let Some((method, chain)) = self
+        let Some((judged, method, chain)) = self
             .sessions()
             .live
             .get(device_id)
-            .map(|e| (e.method.clone(), e.chain.clone()))
+            .map(|e| (e.session_id, e.method.clone(), e.chain.clone()))
         else {
             return;
         };
@@ -581,8 +581,15 @@ impl Hub {
             self.certificate_verdict(&method, &chain, self.now())
                 .map(|reason| format!("device '{device_id}' is no longer admitted: {reason}"))
         });
+        // Only the session judged: one that replaced it meanwhile was judged on its own
+        // credentials, and a change after its CONNECT re-checks it through its ticket.
         if let Some(reason) = reason {
-            if let Some(e) = self.sessions().live.get(device_id) {
+            if let Some(e) = self
+                .sessions()
+                .live
+                .get(device_id)
+                .filter(|e| e.session_id == judged)
+            {
                 let _ = e.tx.send(SessionSignal::Close(reason));
             }
         }

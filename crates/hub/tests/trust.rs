@@ -25,6 +25,8 @@ struct GatedStore {
     inner: SqliteStore,
     armed: AtomicBool,
     gate: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+    /// When non-zero, the `get_device` call that brings it to zero is held like `list_cas`.
+    device_reads_to_gate: Mutex<usize>,
 }
 
 impl GatedStore {
@@ -34,6 +36,15 @@ impl GatedStore {
         let (release_tx, release_rx) = mpsc::channel();
         *self.gate.lock().unwrap() = Some((read_tx, release_rx));
         self.armed.store(true, Ordering::SeqCst);
+        (read_rx, release_tx)
+    }
+
+    /// Arms the gate on the `nth` next `get_device` instead; returns as [`GatedStore::arm`].
+    fn arm_device_read(&self, nth: usize) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (read_tx, read_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        *self.gate.lock().unwrap() = Some((read_tx, release_rx));
+        *self.device_reads_to_gate.lock().unwrap() = nth;
         (read_rx, release_tx)
     }
 }
@@ -70,7 +81,20 @@ impl Store for GatedStore {
         self.inner.insert_policy_if_absent(p)
     }
     fn get_device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
-        self.inner.get_device(id)
+        let read = self.inner.get_device(id);
+        let held = {
+            let mut left = self.device_reads_to_gate.lock().unwrap();
+            *left > 0 && {
+                *left -= 1;
+                *left == 0
+            }
+        };
+        if held {
+            let (read_tx, release_rx) = self.gate.lock().unwrap().take().expect("armed gate");
+            read_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+        }
+        read
     }
     fn list_devices(&self, after: Option<&str>, l: u32) -> Result<Vec<DeviceRecord>, StoreError> {
         self.inner.list_devices(after, l)
@@ -143,6 +167,7 @@ fn gated_env() -> (Env, Arc<GatedStore>) {
         inner: SqliteStore::open_in_memory().unwrap(),
         armed: AtomicBool::new(false),
         gate: Mutex::new(None),
+        device_reads_to_gate: Mutex::new(0),
     });
     let env = Env::over(store.clone(), HubConfig::default(), real_now());
     (env, store)
@@ -341,6 +366,7 @@ fn validated_chains_are_forgotten_when_trust_changes() {
             inner: SqliteStore::open_in_memory().unwrap(),
             armed: AtomicBool::new(false),
             gate: Mutex::new(None),
+            device_reads_to_gate: Mutex::new(0),
         });
         let config = HubConfig {
             chain_cache_entries: entries,
@@ -471,5 +497,69 @@ fn a_ca_deleted_while_a_connect_is_judged_is_closed_once_registered() {
     assert!(
         reason.starts_with("device 'dev-r' is no longer admitted: "),
         "{reason}"
+    );
+}
+
+/// A device change's re-check judges the session it read; if that session is replaced while the
+/// re-check reads the registry, the verdict must not close the replacement, which was judged on
+/// its own (here: the old session authenticated by SAS, the new one by a certificate, after the
+/// device's authentication changed from one to the other).
+#[test]
+fn a_recheck_closes_only_the_session_it_judged() {
+    let (env, store) = gated_env();
+    let ca = root("Replacement Root", KeyKind::EcP256);
+    register_verified(&env, "replacement", &ca);
+    let key = iothub_pki::sas::generate_key().unwrap();
+    let sas = PutDevice {
+        status: Some("enabled".into()),
+        auth_type: Some("sas".into()),
+        primary_key: Some(key.clone()),
+        ..Default::default()
+    };
+    env.hub.put_device(&sys(), "dev-swap", &sas, None).unwrap();
+    let token =
+        iothub_pki::sas::build_token("localhost/devices/dev-swap", &key, None, env.now() + 3600)
+            .unwrap();
+    let by_sas = ConnectRequest {
+        client_id: "dev-swap".into(),
+        username: Some("localhost/dev-swap/?api-version=2021-04-12".into()),
+        password: Some(token.into_bytes()),
+        chain: Vec::new(),
+        remote: "127.0.0.1:50000".into(),
+    };
+    let mut old = connected(&env, &by_sas);
+
+    // The device moves to certificate authentication. The put reads the device (1st read), writes,
+    // then re-checks the live session: its read of the registry (2nd) is held.
+    let (has_read, release) = store.arm_device_read(2);
+    let to_ca = PutDevice {
+        status: Some("enabled".into()),
+        auth_type: Some("certificateAuthority".into()),
+        ..Default::default()
+    };
+    let hub = env.hub.clone();
+    let put = std::thread::spawn(move || {
+        hub.put_device(&sys(), "dev-swap", &to_ca, Some(&iothub_hub::IfMatch::Any))
+            .map(|_| ())
+    });
+    has_read.recv().unwrap();
+    // Meanwhile the device reconnects with its certificate: admitted, it replaces the old session.
+    let by_cert = ConnectRequest {
+        chain: vec![ca.leaf_der("dev-swap")],
+        password: None,
+        ..by_sas.clone()
+    };
+    let ticket = env.hub.connect_ticket();
+    let method = env.hub.authenticate_device(&by_cert).unwrap();
+    let mut new = env.hub.open_session(&by_cert, method, true, ticket);
+    release.send(()).unwrap();
+    put.join().unwrap().unwrap();
+
+    let replaced = closed(&mut old).expect("the old session is replaced");
+    assert!(replaced.contains("replaced this one"), "{replaced}");
+    assert_eq!(
+        closed(&mut new),
+        None,
+        "the re-check of the old session closed its replacement"
     );
 }
