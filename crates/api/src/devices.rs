@@ -23,13 +23,9 @@ use crate::error::ApiError;
 use crate::routes::{audited, authenticate, blocking, if_match, AppState};
 use crate::shapes::rfc1123;
 
-/// ISO 8601 with Azure's "never" value.
+/// RFC 3339, with Azure's "never" value for a time that never was.
 fn iso(t: Option<i64>) -> String {
-    t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+    t.map(iothub_pki::pop::format_time)
         .unwrap_or_else(|| "0001-01-01T00:00:00Z".into())
 }
 

@@ -111,14 +111,9 @@ fn section_with_meta(section: &str, meta: &str, version: i64) -> Value {
     Value::Object(m)
 }
 
+/// Twin metadata times are RFC 3339, like every other time the hub shows.
 fn iso(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+    iothub_pki::pop::format_time(t)
 }
 
 /// A service's twin update body: a JSON object that does not write reported properties (those
