@@ -29,7 +29,7 @@ fn iso(t: Option<i64>) -> String {
         .unwrap_or_else(|| "0001-01-01T00:00:00Z".into())
 }
 
-/// Azure's Device JSON (azure-compat.md 3.3) plus iothub's connection facts.
+/// Azure's Device JSON (docs/azure-wire.md#device-json) plus iothub's connection facts.
 pub fn device_json(v: &DeviceView) -> Value {
     let r = &v.record;
     json!({

@@ -1,6 +1,6 @@
 //! JSON errors: `{"code": "400055", "httpStatusCode": "BadRequest", "message": "...", "details": null,
 //! "errorName": "ProofCommonNameMismatch"}` plus the header `iothub-errorcode`, the top-level shape
-//! Azure's SDKs parse (azure-compat.md section 1.7).
+//! Azure's SDKs parse (docs/azure-wire.md#error-body).
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -1,4 +1,4 @@
-//! JSON shapes of the API, matching Azure IoT Hub's CertificateDescription (azure-compat.md 1.4)
+//! JSON shapes of the API, matching Azure IoT Hub's CertificateDescription (docs/azure-wire.md#certificate-description)
 //! with iothub's extra fields, and RFC 1123 dates (the only date format the Azure SDKs accept).
 
 use iothub_hub::CaView;

@@ -1,4 +1,4 @@
-//! The device registry over HTTPS in Azure IoT Hub's shapes (azure-compat.md 3.3), against the
+//! The device registry over HTTPS in Azure IoT Hub's shapes (docs/azure-wire.md#device-registry), against the
 //! real `iothub serve`: PUT creates answer 200 with the Azure device JSON, SAS keys are generated
 //! when omitted, etags guard updates and deletes (quoted, and `"*"`), device ids follow Azure's
 //! character rules, invalid authentication is 400071, listing pages with `x-ms-continuation`, a

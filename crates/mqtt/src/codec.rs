@@ -1,7 +1,7 @@
 //! MQTT 3.1.1 framing for the device gateway: bytes in, packets out, and back.
 //!
 //! Why our own codec: no maintained crate fits a plain tokio server that owns its TLS verifier
-//! (see `shared/rust-stack.md`), and the part we need is small: the fourteen packet types of
+//! (see `docs/azure-wire.md#mqtt-codec`), and the part we need is small: the fourteen packet types of
 //! MQTT 3.1.1 (protocol level 4, plus the level 3 `MQIsdp` CONNECT so that the gateway can refuse it
 //! with CONNACK 1 instead of dropping the connection).
 //!

@@ -2,7 +2,7 @@
 //!
 //! Captured with a plain TCP listener on 127.0.0.1 (a fake broker answering CONNACK 0, PUBACK and
 //! SUBACK): paho-mqtt 1.6.1 configured exactly as azure-iot-device 2.14.0 configures it
-//! (`shared/azure-compat.md` §4.1: client id `dev1`, CleanSession 0, keep-alive 60, the SDK's
+//! (`docs/azure-wire.md#mqtt-connect`: client id `dev1`, CleanSession 0, keep-alive 60, the SDK's
 //! username, no password; TLS left out, it does not change the MQTT bytes), and mosquitto_pub /
 //! mosquitto_sub 2.0.11.
 

@@ -1,4 +1,4 @@
-//! The examples of `shared/azure-compat.md` §4.3, and every refusal of the topic policy.
+//! The examples of `docs/azure-wire.md#mqtt-topics`, and every refusal of the topic policy.
 
 use super::*;
 
