@@ -15,6 +15,7 @@ mod device_cache;
 pub mod devices;
 pub mod error;
 pub mod methods;
+pub mod peer_text;
 pub mod sessions;
 pub mod telemetry;
 pub mod trust;

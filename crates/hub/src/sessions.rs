@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use crate::auth::{Principal, Right};
 use crate::device_cache::ConnectRecord;
 use crate::devices::{record_auth, DeviceAuth};
+use crate::peer_text::escaped;
 use crate::{Hub, HubError};
 
 /// What a device presented at CONNECT.
@@ -375,7 +376,7 @@ impl Hub {
                 ..Default::default()
             },
         );
-        tracing::info!(device = %req.client_id, remote = %req.remote, auth = %method, "device connected");
+        tracing::info!(device = %escaped(&req.client_id), remote = %escaped(&req.remote), auth = %method, "device connected");
         // Read after the session is registered: a device or trust change either saw the
         // session, or moved its generation before this read.
         let recheck = self.connect_ticket() != ticket;
@@ -430,20 +431,26 @@ impl Hub {
                 ..Default::default()
             },
         );
-        tracing::info!(device = %device_id, %reason, "device disconnected");
+        tracing::info!(device = %escaped(device_id), reason = %escaped(reason), "device disconnected");
     }
 
-    /// Records a refused or ended-for-cause connection. Never includes secrets.
+    /// Records a refused or ended-for-cause connection. Never includes secrets. The client id and
+    /// the reason (which may quote what the peer sent: a username, a certificate's names) are
+    /// kept, logged and shown with control characters escaped (see `peer_text`).
     pub fn record_refusal(&self, client_id: &str, remote: &str, reason: &str) {
         let now = self.now();
-        tracing::warn!(client_id = %client_id, %remote, %reason, "device refused");
+        let shown_id: String = client_id.chars().take(128).collect();
+        let shown_id = escaped(&shown_id).into_owned();
+        let remote = escaped(remote).into_owned();
+        let reason = escaped(reason).into_owned();
+        tracing::warn!(client_id = %shown_id, %remote, %reason, "device refused");
         {
             let mut s = self.sessions();
             s.refusals.push_back(Refusal {
                 time: now,
-                client_id: client_id.chars().take(128).collect(),
-                remote: remote.to_string(),
-                reason: reason.to_string(),
+                client_id: shown_id,
+                remote,
+                reason: reason.clone(),
             });
             while s.refusals.len() > self.config.refusals_kept {
                 s.refusals.pop_front();
@@ -453,7 +460,7 @@ impl Hub {
             self.record_activity(
                 client_id,
                 DeviceActivity {
-                    last_refusal: Some(reason.to_string()),
+                    last_refusal: Some(reason),
                     last_refusal_time: Some(now),
                     ..Default::default()
                 },

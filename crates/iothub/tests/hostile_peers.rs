@@ -1,0 +1,205 @@
+//! What unauthenticated peers send cannot forge the hub's log or rewrite the operator's terminal
+//! (security review, issue 16, finding 2).
+//!
+//! - Control characters in a client id, a username or a certificate's CN are escaped in the log,
+//!   in the recorded refusal (`lastRefusal`, `/connections`) and in the CLI's text output.
+
+mod common;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use iothub_mqtt::codec::Connect;
+
+/// A CONNECT with this client id and username, no password.
+fn connect_packet(client: &str, username: &str) -> Connect {
+    Connect {
+        protocol_level: 4,
+        client_id: client.into(),
+        clean_session: true,
+        keep_alive: 60,
+        username: Some(username.into()),
+        password: None,
+        will: None,
+    }
+}
+
+/// Connects presenting `{stem}.pem`/`{stem}.key` from the hub's directory; the CONNACK code.
+fn connect_as(
+    hub: &TestHub,
+    stem: &str,
+    client: &str,
+    username: &str,
+    local: Option<IpAddr>,
+) -> Result<u8, String> {
+    let config = client_config(
+        hub,
+        &hub.dir.join(format!("{stem}.pem")),
+        &hub.dir.join(format!("{stem}.key")),
+    )?;
+    RawDevice::connect_packet(hub, config, connect_packet(client, username), local)
+        .map(|(_, code)| code)
+}
+
+/// Polls `check` for up to five seconds.
+fn eventually(what: &str, mut check: impl FnMut() -> Option<String>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let last = check();
+        match last {
+            None => return,
+            Some(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Some(state) => panic!("{what}: {state}"),
+        }
+    }
+}
+
+/// No raw control character, and no line starting with the forged marker.
+fn assert_clean(what: &str, text: &str) {
+    for line in text.lines() {
+        assert!(
+            !line.chars().any(|c| c.is_control() && c != '\t'),
+            "{what} has a raw control character in {line:?}"
+        );
+        assert!(
+            !line.trim_start().starts_with("FORGED"),
+            "{what} has a forged line: {line:?}\n{text}"
+        );
+    }
+}
+
+#[test]
+fn hostile_client_id_and_username_are_escaped_in_log_records_and_cli() {
+    let hub = TestHub::start_logged(&[]);
+    verified_root_with_devices(&hub, &["dev1"]);
+
+    // A client id that is no device id, carrying a fake log line and a terminal escape.
+    let evil_id = "evil\nFORGED INFO device connected device=admin\u{1b}]0;owned\u{7}\u{9b}2J";
+    let code = connect_as(
+        &hub,
+        "dev1",
+        evil_id,
+        "localhost/evil/?api-version=2021-04-12",
+        None,
+    )
+    .unwrap();
+    assert_eq!(code, 5);
+    // dev1's own id, with a username naming another "device" that holds the forgery.
+    let evil_user = "localhost/dev1\r\nFORGED WARN all devices disabled\u{1b}[2J/?api-version=1";
+    let code = connect_as(&hub, "dev1", "dev1", evil_user, None).unwrap();
+    assert_eq!(code, 5);
+
+    // The stored reason (device record) is escaped.
+    eventually("dev1's lastRefusal is escaped", || {
+        let d = hub.get_json("/devices/dev1");
+        let reason = d["lastRefusal"].as_str().unwrap_or_default().to_string();
+        (!(reason.contains("dev1\\r\\nFORGED WARN") && reason.contains("\\u{1b}[2J")))
+            .then(|| reason)
+    });
+    // The in-memory refusals: client id and reason escaped.
+    let connections = hub.get_json("/connections");
+    let listed = serde_json::to_string(&connections["refusals"]).unwrap();
+    assert!(
+        listed.contains(r#""clientId":"evil\\nFORGED INFO device connected device=admin\\u{1b}]0;owned\\u{7}\\u{9b}2J""#),
+        "{listed}"
+    );
+    for r in connections["refusals"].as_array().unwrap() {
+        for key in ["clientId", "reason"] {
+            let text = r[key].as_str().unwrap();
+            assert!(!text.chars().any(char::is_control), "{key}: {text:?}");
+        }
+    }
+
+    // CLI text output.
+    let show = ok(&hub.cli(&["device", "show", "dev1"]));
+    assert_clean("device show", &show);
+    assert!(show.contains("dev1\\r\\nFORGED WARN"), "{show}");
+    let list = ok(&hub.cli(&["connections"]));
+    assert_clean("connections", &list);
+    assert!(list.contains("evil\\nFORGED INFO"), "{list}");
+
+    // The hub's log.
+    let log = hub.log_text();
+    assert_clean("the hub's log", &log);
+    assert!(log.contains("evil\\nFORGED INFO"), "{log}");
+}
+
+/// Makes `{stem}.pem`/`{stem}.key` in the hub's directory: a leaf with this CN signed by the
+/// hub's test root (`root.pem`/`root.key`).
+fn leaf_with_cn(dir: &Path, stem: &str, cn: &str) -> PathBuf {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let ca = iothub_pki::gen::CaIssuer::from_pem(&read("root.pem"), &read("root.key")).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let leaf = iothub_pki::gen::make_leaf(
+        cn,
+        iothub_pki::gen::KeyKind::EcP256,
+        &ca,
+        &[],
+        now - time::Duration::minutes(5),
+        now + time::Duration::days(1),
+    )
+    .unwrap();
+    std::fs::write(dir.join(format!("{stem}.pem")), leaf.cert_pem).unwrap();
+    std::fs::write(dir.join(format!("{stem}.key")), leaf.key_pem).unwrap();
+    dir.join(format!("{stem}.pem"))
+}
+
+#[test]
+fn hostile_certificate_names_are_escaped() {
+    let hub = TestHub::start_logged(&[]);
+    verified_root_with_devices(&hub, &["dev2"]);
+    leaf_with_cn(
+        &hub.dir,
+        "hostile",
+        "dev2\nFORGED INFO device connected\u{1b}[31m\u{85}",
+    );
+    let code = connect_as(
+        &hub,
+        "hostile",
+        "dev2",
+        "localhost/dev2/?api-version=2021-04-12",
+        None,
+    )
+    .unwrap();
+    assert_eq!(code, 5);
+    eventually("dev2's lastRefusal names the escaped CN", || {
+        let d = hub.get_json("/devices/dev2");
+        let reason = d["lastRefusal"].as_str().unwrap_or_default().to_string();
+        (!reason.contains("dev2\\nFORGED INFO device connected\\u{1b}[31m\\u{85}")).then(|| reason)
+    });
+    let show = ok(&hub.cli(&["device", "show", "dev2"]));
+    assert_clean("device show", &show);
+    let list = ok(&hub.cli(&["connections"]));
+    assert_clean("connections", &list);
+    let log = hub.log_text();
+    assert_clean("the hub's log", &log);
+    assert!(log.contains("dev2\\nFORGED INFO"), "{log}");
+}
+
+#[test]
+fn a_hostile_token_policy_name_is_escaped_in_the_log() {
+    let hub = TestHub::start_logged(&[]);
+    // skn is percent-decoded: %0A is a newline, %1B an ESC.
+    let token = "SharedAccessSignature sr=localhost&sig=AAAA&se=99999999999\
+                 &skn=x%0AFORGED%20INFO%20request%20ok%1B%5B2J";
+    let status = hub
+        .client()
+        .get(format!("{}/devices", hub.base()))
+        .header("Authorization", token)
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 401);
+    eventually("the refusal is logged", || {
+        let log = hub.log_text();
+        (!log.contains("request refused: unauthorized")).then(|| log)
+    });
+    let log = hub.log_text();
+    assert_clean("the hub's log", &log);
+    assert!(
+        log.contains("x\\nFORGED INFO request ok\\u{1b}[2J"),
+        "{log}"
+    );
+}
