@@ -170,7 +170,7 @@ impl Hub {
     /// Decides whether a CONNECT is admitted. Every refusal carries the precise reason, which the
     /// caller records with [`Hub::record_refusal`].
     pub fn authenticate_device(&self, req: &ConnectRequest) -> Result<AuthMethod, String> {
-        Self::check_connect_names(req)?;
+        self.check_connect_names(req)?;
         let id = req.client_id.as_str();
         let device = match self.device_cache.get(id) {
             Some(device) => device,
@@ -194,15 +194,17 @@ impl Hub {
         &self,
         req: &ConnectRequest,
     ) -> Option<Result<AuthMethod, String>> {
-        if let Err(reason) = Self::check_connect_names(req) {
+        if let Err(reason) = self.check_connect_names(req) {
             return Some(Err(reason));
         }
         let device = self.device_cache.get(&req.client_id)?;
         Some(self.judge_connect(req, &device))
     }
 
-    /// The client id and username rules of CONNECT, which need no record.
-    fn check_connect_names(req: &ConnectRequest) -> Result<(), String> {
+    /// The client id and username rules of CONNECT, which need no record. The username is
+    /// `{host}/{id}/?api-version=...` as the Azure device SDKs form it; the host must be one of the
+    /// hub's names (as for SAS tokens), so a device configured for another hub is told so.
+    fn check_connect_names(&self, req: &ConnectRequest) -> Result<(), String> {
         let id = req.client_id.as_str();
         if id.contains('/') {
             return Err(format!(
@@ -213,7 +215,14 @@ impl Hub {
         match req.username.as_deref() {
             None => return Err(format!("no username; expected '{{hub host}}/{id}/?api-version=...'")),
             Some(u) => match username_device(u) {
-                Some((_, dev)) if dev == id => {}
+                Some((host, dev)) if dev == id => {
+                    if !self.is_hub_host(host) {
+                        return Err(format!(
+                            "the username names host '{host}', which is not this hub (expected one of: {}); expected '{{hub host}}/{id}/?api-version=...'",
+                            self.config.host_names.join(", ")
+                        ));
+                    }
+                }
                 Some((_, dev)) => {
                     return Err(format!(
                         "the username names device '{dev}' but the client id is '{id}'; expected '{{hub host}}/{id}/?api-version=...'"

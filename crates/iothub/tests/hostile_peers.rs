@@ -1,8 +1,9 @@
-//! What unauthenticated peers send cannot forge the hub's log or rewrite the operator's terminal
-//! (security review, issue 16, finding 2).
+//! What unauthenticated device peers send cannot forge the hub's log, rewrite the operator's
+//! terminal, or name another hub (security review, issue 16, findings 2 and 4).
 //!
 //! - Control characters in a client id, a username or a certificate's CN are escaped in the log,
 //!   in the recorded refusal (`lastRefusal`, `/connections`) and in the CLI's text output.
+//! - The host in the MQTT username must be one of the hub's names.
 
 mod common;
 
@@ -176,6 +177,41 @@ fn hostile_certificate_names_are_escaped() {
     let log = hub.log_text();
     assert_clean("the hub's log", &log);
     assert!(log.contains("dev2\\nFORGED INFO"), "{log}");
+}
+
+#[test]
+fn a_username_naming_another_host_is_refused() {
+    // The first name is the one the CLI's connection string uses.
+    let hub = TestHub::start(&["--hostname", "localhost", "--hostname", "hub.example.net"]);
+    verified_root_with_devices(&hub, &["dev1"]);
+    let user = "otherhub.example.com/dev1/?api-version=2021-04-12";
+    assert_eq!(connect_as(&hub, "dev1", "dev1", user, None).unwrap(), 5);
+    let reason = latest_refusal(&hub, "dev1");
+    assert!(
+        reason.contains("the username names host 'otherhub.example.com', which is not this hub"),
+        "{reason}"
+    );
+    assert!(reason.contains("hub.example.net"), "{reason}");
+    // Every name of the hub is accepted, with or without a port, in any case.
+    let port = hub.mqtt_port;
+    for host in [
+        "localhost".to_string(),
+        format!("localhost:{port}"),
+        "LocalHost".to_string(),
+        "127.0.0.1".to_string(),
+        "hub.example.net:8883".to_string(),
+        "[::1]:8883".to_string(),
+    ] {
+        let user = format!("{host}/dev1/?api-version=2021-04-12");
+        assert_eq!(
+            connect_as(&hub, "dev1", "dev1", &user, None).unwrap(),
+            0,
+            "{user}"
+        );
+    }
+    // An empty host is no host of the hub.
+    let code = connect_as(&hub, "dev1", "dev1", "/dev1/?api-version=2021-04-12", None).unwrap();
+    assert_eq!(code, 5);
 }
 
 #[test]
