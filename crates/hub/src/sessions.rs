@@ -6,8 +6,10 @@
 //! `C2dAvailable` when a cloud-to-device message is queued.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use base64::Engine as _;
 use iothub_pki::device::{validate_device_id, NameKey};
@@ -20,6 +22,7 @@ use crate::auth::{Principal, Right};
 use crate::device_cache::ConnectRecord;
 use crate::devices::{record_auth, DeviceAuth};
 use crate::peer_text::escaped;
+use crate::refusal_budget::{self, SweepEvent};
 use crate::{Hub, HubError};
 
 /// What a device presented at CONNECT.
@@ -149,6 +152,10 @@ pub(crate) struct Sessions {
 }
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+fn log_budget_ended(ip: IpAddr, dropped: u64) {
+    tracing::info!(remote = %ip, dropped, "connections from {ip} are judged again: {dropped} were dropped unjudged in its minute over --mqtt-refusal-limit");
+}
 
 fn username_device(username: &str) -> Option<(&str, &str)> {
     // "{host}/{deviceId}/?api-version=..." (host may carry a port).
@@ -443,21 +450,98 @@ impl Hub {
         tracing::info!(device = %escaped(device_id), reason = %escaped(reason), "device disconnected");
     }
 
-    /// Records a refused or ended-for-cause connection. Never includes secrets. The client id and
-    /// the reason (which may quote what the peer sent: a username, a certificate's names) are
-    /// kept, logged and shown with control characters escaped (see `peer_text`).
+    /// Whether a device connection just accepted from `ip` is to be served: false when the
+    /// address is over its refusal limit (`--mqtt-refusal-limit`), and the caller closes it
+    /// without any TLS or MQTT work.
+    pub fn admit_device_address(&self, ip: IpAddr) -> bool {
+        self.budget().admit(ip, Instant::now())
+    }
+
+    /// Records a refused connection attempt (before or at CONNECT) from `peer` and counts it
+    /// against the address's refusal budget. Call it before answering the device, so that its
+    /// next connection already meets the budget. At most one line per address every 10 s is
+    /// logged (the others are counted in the next line or in a summary).
+    pub fn refuse_connection(&self, client_id: &str, peer: SocketAddr, reason: &str) {
+        let ip = peer.ip();
+        let verdict = self.budget().refused(ip, Instant::now());
+        if let Some(dropped) = verdict.ended {
+            log_budget_ended(ip, dropped);
+        }
+        let remote = peer.to_string();
+        let (shown_id, reason) = self.keep_refusal(client_id, &remote, reason);
+        match verdict.log {
+            Some(0) => {
+                tracing::warn!(client_id = %shown_id, %remote, %reason, "device refused");
+            }
+            Some(unlogged) => {
+                tracing::warn!(client_id = %shown_id, %remote, %reason, "device refused (and {unlogged} earlier refusals from {ip} not logged one by one)");
+            }
+            None => {}
+        }
+        if verdict.tripped {
+            let limit = self.config.mqtt_refusal_limit;
+            tracing::warn!(remote = %ip, limit, "{limit} refused device connections from {ip} within a minute (--mqtt-refusal-limit): connections from {ip} are dropped unjudged until the minute ends");
+        }
+    }
+
+    /// Logs what the refusal budget has to say (a minute over the limit ended, refusals not
+    /// logged one by one) and writes held `lastRefusal` reasons. The gateway calls it every second.
+    pub fn sweep_refusals(&self) {
+        let events = self.budget().sweep(Instant::now());
+        for event in events {
+            match event {
+                SweepEvent::Unlogged { ip, count } => tracing::warn!(
+                    remote = %ip,
+                    "... and {count} more device refusals from {ip} in the last {} s, not logged one by one",
+                    refusal_budget::LOG_EVERY.as_secs()
+                ),
+                SweepEvent::Ended { ip, dropped } => log_budget_ended(ip, dropped),
+                SweepEvent::Record {
+                    device_id,
+                    reason,
+                    time,
+                } => self.record_activity(
+                    &device_id,
+                    DeviceActivity {
+                        last_refusal: Some(reason),
+                        last_refusal_time: Some(time),
+                        ..Default::default()
+                    },
+                ),
+            }
+        }
+    }
+
+    fn budget(&self) -> std::sync::MutexGuard<'_, refusal_budget::RefusalBudget> {
+        self.refusal_budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a connection ended for cause (or a refusal whose address is unknown). Never
+    /// includes secrets. The client id and the reason (which may quote what the peer sent: a
+    /// username, a certificate's names) are kept, logged and shown with control characters
+    /// escaped (see `peer_text`).
     pub fn record_refusal(&self, client_id: &str, remote: &str, reason: &str) {
+        let (shown_id, reason) = self.keep_refusal(client_id, remote, reason);
+        let remote = escaped(remote);
+        tracing::warn!(client_id = %shown_id, %remote, %reason, "device refused");
+    }
+
+    /// Keeps a refusal among the recent ones and as the device's `lastRefusal` (at most once a
+    /// second per device, the newest reason held until then); returns the escaped client id and
+    /// reason.
+    fn keep_refusal(&self, client_id: &str, remote: &str, reason: &str) -> (String, String) {
         let now = self.now();
         let shown_id: String = client_id.chars().take(128).collect();
         let shown_id = escaped(&shown_id).into_owned();
         let remote = escaped(remote).into_owned();
         let reason = escaped(reason).into_owned();
-        tracing::warn!(client_id = %shown_id, %remote, %reason, "device refused");
         {
             let mut s = self.sessions();
             s.refusals.push_back(Refusal {
                 time: now,
-                client_id: shown_id,
+                client_id: shown_id.clone(),
                 remote,
                 reason: reason.clone(),
             });
@@ -465,16 +549,21 @@ impl Hub {
                 s.refusals.pop_front();
             }
         }
-        if validate_device_id(client_id).is_ok() {
+        if validate_device_id(client_id).is_ok()
+            && self
+                .budget()
+                .record_now(client_id, &reason, now, Instant::now())
+        {
             self.record_activity(
                 client_id,
                 DeviceActivity {
-                    last_refusal: Some(reason),
+                    last_refusal: Some(reason.clone()),
                     last_refusal_time: Some(now),
                     ..Default::default()
                 },
             );
         }
+        (shown_id, reason)
     }
 
     /// Live sessions and recent refusals (newest first).

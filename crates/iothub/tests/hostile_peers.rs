@@ -1,8 +1,11 @@
 //! What unauthenticated device peers send cannot forge the hub's log, rewrite the operator's
-//! terminal, or name another hub (security review, issue 16, findings 2 and 4).
+//! terminal, flood a device's record, or name another hub (security review, issue 16,
+//! findings 2 to 4).
 //!
 //! - Control characters in a client id, a username or a certificate's CN are escaped in the log,
 //!   in the recorded refusal (`lastRefusal`, `/connections`) and in the CLI's text output.
+//! - Past `--mqtt-refusal-limit` refusals in a minute, connections from that address are closed
+//!   before any TLS or MQTT work, with one log line; other addresses are unaffected.
 //! - The host in the MQTT username must be one of the hub's names.
 
 mod common;
@@ -177,6 +180,62 @@ fn hostile_certificate_names_are_escaped() {
     let log = hub.log_text();
     assert_clean("the hub's log", &log);
     assert!(log.contains("dev2\\nFORGED INFO"), "{log}");
+}
+
+#[test]
+fn refusals_past_the_limit_from_one_address_are_dropped_unjudged() {
+    let limit = 5;
+    let hub = TestHub::start_logged(&["--mqtt-refusal-limit", &limit.to_string()]);
+    verified_root_with_devices(&hub, &["dev1"]);
+    let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+    // Each refusal names dev1 (its own id) with a different wrong username.
+    for i in 0..limit {
+        let user = format!("localhost/other-{i}/?api-version=2021-04-12");
+        let code = connect_as(&hub, "dev1", "dev1", &user, Some(loopback)).unwrap();
+        assert_eq!(code, 5, "refusal {i}");
+    }
+    // The next one is closed before any judgement: no CONNACK at all.
+    for _ in 0..3 {
+        let user = "localhost/other-x/?api-version=2021-04-12";
+        let outcome = connect_as(&hub, "dev1", "dev1", user, Some(loopback));
+        assert!(outcome.is_err(), "expected no CONNACK, got {outcome:?}");
+    }
+    // The device itself, from another address, still connects.
+    let elsewhere: IpAddr = "127.0.0.2".parse().unwrap();
+    let code = connect_as(
+        &hub,
+        "dev1",
+        "dev1",
+        "localhost/dev1/?api-version=2021-04-12",
+        Some(elsewhere),
+    )
+    .unwrap();
+    assert_eq!(code, 0);
+
+    // The newest judged refusal is what the record shows; the dropped ones changed nothing.
+    eventually("dev1's lastRefusal is the newest judged refusal", || {
+        let d = hub.get_json("/devices/dev1");
+        let reason = d["lastRefusal"].as_str().unwrap_or_default().to_string();
+        (!reason.contains(&format!("other-{}", limit - 1))).then(|| reason)
+    });
+    let reasons = refusals(&hub, "dev1");
+    assert_eq!(reasons.len(), limit, "{reasons:?}");
+
+    // One line for the trip; the refusals themselves are not logged one by one.
+    let log = hub.log_text();
+    let trips = log
+        .lines()
+        .filter(|l| l.contains("connections from 127.0.0.1 are dropped"))
+        .count();
+    assert_eq!(trips, 1, "{log}");
+    let refused_lines = log
+        .lines()
+        .filter(|l| l.contains("device refused") && l.contains("127.0.0.1"))
+        .count();
+    assert!(
+        refused_lines < limit,
+        "{refused_lines} refusal lines:\n{log}"
+    );
 }
 
 #[test]

@@ -76,6 +76,10 @@ impl TestHub {
         if !extra.contains(&"--auth-failure-limit") {
             cmd.args(["--auth-failure-limit", "1000000"]);
         }
+        // Likewise refused device connections from 127.0.0.1.
+        if !extra.contains(&"--mqtt-refusal-limit") {
+            cmd.args(["--mqtt-refusal-limit", "0"]);
+        }
         cmd.args(extra)
             .env("IOTHUB_LOG", "error")
             .env_remove("IOTHUB_CONNECTION_STRING")
