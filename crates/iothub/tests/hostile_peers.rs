@@ -100,7 +100,7 @@ fn hostile_client_id_and_username_are_escaped_in_log_records_and_cli() {
         let d = hub.get_json("/devices/dev1");
         let reason = d["lastRefusal"].as_str().unwrap_or_default().to_string();
         (!(reason.contains("dev1\\r\\nFORGED WARN") && reason.contains("\\u{1b}[2J")))
-            .then(|| reason)
+            .then_some(reason)
     });
     // The in-memory refusals: client id and reason escaped.
     let connections = hub.get_json("/connections");
@@ -171,7 +171,8 @@ fn hostile_certificate_names_are_escaped() {
     eventually("dev2's lastRefusal names the escaped CN", || {
         let d = hub.get_json("/devices/dev2");
         let reason = d["lastRefusal"].as_str().unwrap_or_default().to_string();
-        (!reason.contains("dev2\\nFORGED INFO device connected\\u{1b}[31m\\u{85}")).then(|| reason)
+        (!reason.contains("dev2\\nFORGED INFO device connected\\u{1b}[31m\\u{85}"))
+            .then_some(reason)
     });
     let show = ok(&hub.cli(&["device", "show", "dev2"]));
     assert_clean("device show", &show);
@@ -216,7 +217,7 @@ fn refusals_past_the_limit_from_one_address_are_dropped_unjudged() {
     eventually("dev1's lastRefusal is the newest judged refusal", || {
         let d = hub.get_json("/devices/dev1");
         let reason = d["lastRefusal"].as_str().unwrap_or_default().to_string();
-        (!reason.contains(&format!("other-{}", limit - 1))).then(|| reason)
+        (!reason.contains(&format!("other-{}", limit - 1))).then_some(reason)
     });
     let reasons = refusals(&hub, "dev1");
     assert_eq!(reasons.len(), limit, "{reasons:?}");
@@ -289,7 +290,7 @@ fn a_hostile_token_policy_name_is_escaped_in_the_log() {
     assert_eq!(status.as_u16(), 401);
     eventually("the refusal is logged", || {
         let log = hub.log_text();
-        (!log.contains("request refused: unauthorized")).then(|| log)
+        (!log.contains("request refused: unauthorized")).then_some(log)
     });
     let log = hub.log_text();
     assert_clean("the hub's log", &log);
