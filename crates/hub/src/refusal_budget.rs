@@ -198,6 +198,11 @@ impl RefusalBudget {
         }
     }
 
+    /// Forgets what is held for a device (it was deleted).
+    pub fn forget_device(&mut self, device_id: &str) {
+        self.devices.remove(device_id);
+    }
+
     /// Ends the windows that are over, sums up unlogged refusals, hands back held device
     /// reasons whose time has come, and forgets what no longer matters. Call it every second or so.
     pub fn sweep(&mut self, now: Instant) -> Vec<SweepEvent> {
@@ -416,6 +421,12 @@ mod tests {
         // Nothing is kept once written.
         assert!(b.sweep(t0 + Duration::from_secs(40)).is_empty());
         assert!(b.devices.is_empty());
+        // A deleted device's held reason is dropped.
+        let t1 = t0 + Duration::from_secs(50);
+        assert!(b.record_now("dev1", "a", 1, t1));
+        assert!(!b.record_now("dev1", "b", 1, t1));
+        b.forget_device("dev1");
+        assert!(b.sweep(t1 + RECORD_EVERY).is_empty());
     }
 
     #[test]

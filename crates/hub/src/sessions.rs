@@ -175,7 +175,7 @@ impl Hub {
     }
 
     /// Decides whether a CONNECT is admitted. Every refusal carries the precise reason, which the
-    /// caller records with [`Hub::record_refusal`].
+    /// caller records with [`Hub::refuse_connection`].
     pub fn authenticate_device(&self, req: &ConnectRequest) -> Result<AuthMethod, String> {
         self.check_connect_names(req)?;
         let id = req.client_id.as_str();
@@ -425,9 +425,11 @@ impl Hub {
         }
     }
 
-    /// Forgets the persistent session of a deleted device.
+    /// Forgets the persistent session of a deleted device, and any refusal reason held for its
+    /// record (a device made again with the same id must not inherit it).
     pub(crate) fn forget_session_state(&self, device_id: &str) {
         self.sessions().persistent.remove(device_id);
+        self.budget().forget_device(device_id);
     }
 
     /// Removes a session (if it is still the registered one for its device).
