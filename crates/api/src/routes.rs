@@ -170,7 +170,8 @@ pub(crate) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Prin
     let header = header.map(|h| h.strip_prefix("Bearer ").unwrap_or(h));
     state.hub.authenticate(header).map_err(|e| {
         // The reason names no secret: token contents are never logged.
-        tracing::warn!(reason = %e, "request refused: unauthorized");
+        // The token's fields (its skn) are the caller's text: escaped, they cannot forge a line.
+        tracing::warn!(reason = %iothub_hub::peer_text::escaped(&e.to_string()), "request refused: unauthorized");
         ApiError::from(e)
     })
 }

@@ -1,5 +1,6 @@
-//! The accept loop of the MQTT/TLS listener: a bound on concurrent connections, handshake and
-//! CONNECT timeouts, a periodic revalidation of live sessions (certificates that expire while
+//! The accept loop of the MQTT/TLS listener: a bound on concurrent connections, addresses over
+//! their refusal limit closed at once (the hub keeps the budget), handshake and CONNECT
+//! timeouts, a periodic revalidation of live sessions (certificates that expire while
 //! connected), and a graceful shutdown that stops accepting and closes every session.
 
 use std::sync::Arc;
@@ -56,6 +57,9 @@ pub async fn serve(
     let limits = Arc::new(limits);
     crate::listener::prepare(&listener);
     let mut revalidate = tokio::time::interval(limits.revalidate_every);
+    // The refusal budget's windows end, its summaries are logged and held refusal reasons
+    // written on this tick (memory only: no blocking thread).
+    let mut refusal_sweep = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -64,6 +68,7 @@ pub async fn serve(
                 let hub = hub.clone();
                 tokio::task::spawn_blocking(move || hub.revalidate_sessions());
             }
+            _ = refusal_sweep.tick() => hub.sweep_refusals(),
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
@@ -73,6 +78,11 @@ pub async fn serve(
                         continue;
                     }
                 };
+                // An address over its refusal limit is closed before any TLS or MQTT work.
+                if !hub.admit_device_address(peer.ip()) {
+                    drop(stream);
+                    continue;
+                }
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     tracing::warn!(%peer, limit = limits.max_connections, "connection refused: the gateway is at its connection limit");
                     continue;

@@ -117,11 +117,11 @@ pub(crate) async fn run(
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            hub.record_refusal("", &remote, &format!("TLS handshake failed: {e}"));
+            hub.refuse_connection("", peer, &format!("TLS handshake failed: {e}"));
             return;
         }
         Err(_) => {
-            hub.record_refusal("", &remote, "TLS handshake timed out");
+            hub.refuse_connection("", peer, "TLS handshake timed out");
             return;
         }
     };
@@ -140,9 +140,9 @@ pub(crate) async fn run(
     let connect = match tokio::time::timeout(limits.handshake_timeout, conn.read_packet()).await {
         Ok(Ok(Some(Packet::Connect(c)))) => c,
         Ok(Ok(Some(other))) => {
-            hub.record_refusal(
+            hub.refuse_connection(
                 "",
-                &remote,
+                peer,
                 &format!("the first packet was {}, not CONNECT", other.name()),
             );
             return;
@@ -162,29 +162,29 @@ pub(crate) async fn run(
                 ReadError::Protocol(e) => protocol_error_text(e, conn.max_message),
                 ReadError::Io(_) => error.to_string(),
             };
-            hub.record_refusal("", &remote, &reason);
+            hub.refuse_connection("", peer, &reason);
             return;
         }
         Err(_) => {
-            hub.record_refusal("", &remote, "no CONNECT within the timeout");
+            hub.refuse_connection("", peer, "no CONNECT within the timeout");
             return;
         }
     };
     if connect.protocol_level != 4 {
+        hub.refuse_connection(
+            &connect.client_id,
+            peer,
+            &format!(
+                "MQTT protocol level {} is not 4 (MQTT 3.1.1)",
+                connect.protocol_level
+            ),
+        );
         let _ = conn
             .write_packet(&Packet::ConnAck(ConnAck {
                 session_present: false,
                 code: codec::CONNACK_UNACCEPTABLE_PROTOCOL,
             }))
             .await;
-        hub.record_refusal(
-            &connect.client_id,
-            &remote,
-            &format!(
-                "MQTT protocol level {} is not 4 (MQTT 3.1.1)",
-                connect.protocol_level
-            ),
-        );
         return;
     }
     let request = ConnectRequest {
@@ -216,6 +216,8 @@ pub(crate) async fn run(
     let admission = match decision {
         Ok(admission) => admission,
         Err(reason) => {
+            // Counted before the answer: the device's next connection meets the budget.
+            hub.refuse_connection(&connect.client_id, peer, &reason);
             let _ = conn
                 .write_packet(&Packet::ConnAck(ConnAck {
                     session_present: false,
@@ -223,7 +225,6 @@ pub(crate) async fn run(
                 }))
                 .await;
             let _ = conn.stream.close().await;
-            hub.record_refusal(&connect.client_id, &remote, &reason);
             return;
         }
     };

@@ -15,6 +15,8 @@ mod device_cache;
 pub mod devices;
 pub mod error;
 pub mod methods;
+pub mod peer_text;
+pub mod refusal_budget;
 pub mod sessions;
 pub mod telemetry;
 pub mod trust;
@@ -36,6 +38,11 @@ pub use sessions::{
     Admission, AuthMethod, ConnectRequest, ConnectTicket, Refusal, SessionInfo, SessionSignal,
     Subscriptions,
 };
+
+/// The default of [`HubConfig::mqtt_refusal_limit`]: a device retrying every second with a wrong
+/// credential, or a few of them behind one NAT address, stays under it; a flood is cut to one
+/// judged connection a second.
+pub const DEFAULT_MQTT_REFUSAL_LIMIT: u32 = 60;
 
 /// Settings of the service layer (the binary maps flags, environment and TOML onto these).
 #[derive(Debug, Clone)]
@@ -61,6 +68,10 @@ pub struct HubConfig {
     pub telemetry_retention_secs: i64,
     /// How many recent connection refusals are kept in memory.
     pub refusals_kept: usize,
+    /// Refused device connections per remote address per minute before that address's
+    /// connections are dropped unjudged until the minute ends; 0: never dropped (see
+    /// `refusal_budget`).
+    pub mqtt_refusal_limit: u32,
     /// The hub's name: Azure-shaped management routes answer only for it.
     pub hub_name: String,
     /// The most certificates a device may present in its chain.
@@ -88,6 +99,7 @@ impl Default for HubConfig {
             c2d_max_bytes: 64 * 1024,
             telemetry_retention_secs: 7 * 24 * 3600,
             refusals_kept: 1000,
+            mqtt_refusal_limit: DEFAULT_MQTT_REFUSAL_LIMIT,
             hub_name: "iothub".into(),
             max_chain_len: iothub_pki::device::DEFAULT_MAX_CHAIN_LEN,
             chain_cache_entries: 100_000,
@@ -127,6 +139,8 @@ pub struct Hub {
     pub(crate) methods: Arc<Mutex<methods::PendingCalls>>,
     /// Device connection facts waiting to be written (see `activity`).
     pub(crate) activity: Arc<activity::ActivityBuffer>,
+    /// Refusals per device-listener address, and how often they are logged and recorded.
+    pub(crate) refusal_budget: Arc<Mutex<refusal_budget::RefusalBudget>>,
 }
 
 impl Hub {
@@ -143,6 +157,7 @@ impl Hub {
         let activity = activity::ActivityBuffer::start(store.clone())?;
         let chain_cache_entries = config.chain_cache_entries;
         let device_cache = device_cache::DeviceCache::new(config.device_cache_entries);
+        let refusal_budget = refusal_budget::RefusalBudget::new(config.mqtt_refusal_limit);
         let hub = Hub {
             store,
             config: Arc::new(config),
@@ -162,6 +177,7 @@ impl Hub {
             last_offset,
             methods: Arc::new(Mutex::new(std::collections::HashMap::new())),
             activity,
+            refusal_budget: Arc::new(Mutex::new(refusal_budget)),
         };
         hub.rebuild_trust()?;
         Ok(hub)

@@ -6,8 +6,10 @@
 //! `C2dAvailable` when a cloud-to-device message is queued.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use base64::Engine as _;
 use iothub_pki::device::{validate_device_id, NameKey};
@@ -19,6 +21,8 @@ use tokio::sync::mpsc;
 use crate::auth::{Principal, Right};
 use crate::device_cache::ConnectRecord;
 use crate::devices::{record_auth, DeviceAuth};
+use crate::peer_text::escaped;
+use crate::refusal_budget::{self, SweepEvent};
 use crate::{Hub, HubError};
 
 /// What a device presented at CONNECT.
@@ -149,6 +153,10 @@ pub(crate) struct Sessions {
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
+fn log_budget_ended(ip: IpAddr, dropped: u64) {
+    tracing::info!(remote = %ip, dropped, "connections from {ip} are judged again: {dropped} were dropped unjudged in its minute over --mqtt-refusal-limit");
+}
+
 fn username_device(username: &str) -> Option<(&str, &str)> {
     // "{host}/{deviceId}/?api-version=..." (host may carry a port).
     let mut parts = username.splitn(3, '/');
@@ -167,9 +175,9 @@ impl Hub {
     }
 
     /// Decides whether a CONNECT is admitted. Every refusal carries the precise reason, which the
-    /// caller records with [`Hub::record_refusal`].
+    /// caller records with [`Hub::refuse_connection`].
     pub fn authenticate_device(&self, req: &ConnectRequest) -> Result<AuthMethod, String> {
-        Self::check_connect_names(req)?;
+        self.check_connect_names(req)?;
         let id = req.client_id.as_str();
         let device = match self.device_cache.get(id) {
             Some(device) => device,
@@ -193,15 +201,17 @@ impl Hub {
         &self,
         req: &ConnectRequest,
     ) -> Option<Result<AuthMethod, String>> {
-        if let Err(reason) = Self::check_connect_names(req) {
+        if let Err(reason) = self.check_connect_names(req) {
             return Some(Err(reason));
         }
         let device = self.device_cache.get(&req.client_id)?;
         Some(self.judge_connect(req, &device))
     }
 
-    /// The client id and username rules of CONNECT, which need no record.
-    fn check_connect_names(req: &ConnectRequest) -> Result<(), String> {
+    /// The client id and username rules of CONNECT, which need no record. The username is
+    /// `{host}/{id}/?api-version=...` as the Azure device SDKs form it; the host must be one of the
+    /// hub's names (as for SAS tokens), so a device configured for another hub is told so.
+    fn check_connect_names(&self, req: &ConnectRequest) -> Result<(), String> {
         let id = req.client_id.as_str();
         if id.contains('/') {
             return Err(format!(
@@ -212,7 +222,14 @@ impl Hub {
         match req.username.as_deref() {
             None => return Err(format!("no username; expected '{{hub host}}/{id}/?api-version=...'")),
             Some(u) => match username_device(u) {
-                Some((_, dev)) if dev == id => {}
+                Some((host, dev)) if dev == id => {
+                    if !self.is_hub_host(host) {
+                        return Err(format!(
+                            "the username names host '{host}', which is not this hub (expected one of: {}); expected '{{hub host}}/{id}/?api-version=...'",
+                            self.config.host_names.join(", ")
+                        ));
+                    }
+                }
                 Some((_, dev)) => {
                     return Err(format!(
                         "the username names device '{dev}' but the client id is '{id}'; expected '{{hub host}}/{id}/?api-version=...'"
@@ -375,7 +392,7 @@ impl Hub {
                 ..Default::default()
             },
         );
-        tracing::info!(device = %req.client_id, remote = %req.remote, auth = %method, "device connected");
+        tracing::info!(device = %escaped(&req.client_id), remote = %escaped(&req.remote), auth = %method, "device connected");
         // Read after the session is registered: a device or trust change either saw the
         // session, or moved its generation before this read.
         let recheck = self.connect_ticket() != ticket;
@@ -408,9 +425,11 @@ impl Hub {
         }
     }
 
-    /// Forgets the persistent session of a deleted device.
+    /// Forgets the persistent session of a deleted device, and any refusal reason held for its
+    /// record (a device made again with the same id must not inherit it).
     pub(crate) fn forget_session_state(&self, device_id: &str) {
         self.sessions().persistent.remove(device_id);
+        self.budget().forget_device(device_id);
     }
 
     /// Removes a session (if it is still the registered one for its device).
@@ -430,35 +449,123 @@ impl Hub {
                 ..Default::default()
             },
         );
-        tracing::info!(device = %device_id, %reason, "device disconnected");
+        tracing::info!(device = %escaped(device_id), reason = %escaped(reason), "device disconnected");
     }
 
-    /// Records a refused or ended-for-cause connection. Never includes secrets.
+    /// Whether a device connection just accepted from `ip` is to be served: false when the
+    /// address is over its refusal limit (`--mqtt-refusal-limit`), and the caller closes it
+    /// without any TLS or MQTT work.
+    pub fn admit_device_address(&self, ip: IpAddr) -> bool {
+        self.budget().admit(ip, Instant::now())
+    }
+
+    /// Records a refused connection attempt (before or at CONNECT) from `peer` and counts it
+    /// against the address's refusal budget. Call it before answering the device, so that its
+    /// next connection already meets the budget. At most one line per address every 10 s is
+    /// logged (the others are counted in the next line or in a summary).
+    pub fn refuse_connection(&self, client_id: &str, peer: SocketAddr, reason: &str) {
+        let ip = peer.ip();
+        let verdict = self.budget().refused(ip, Instant::now());
+        if let Some(dropped) = verdict.ended {
+            log_budget_ended(ip, dropped);
+        }
+        let remote = peer.to_string();
+        let (shown_id, reason) = self.keep_refusal(client_id, &remote, reason);
+        match verdict.log {
+            Some(0) => {
+                tracing::warn!(client_id = %shown_id, %remote, %reason, "device refused");
+            }
+            Some(unlogged) => {
+                tracing::warn!(client_id = %shown_id, %remote, %reason, "device refused (and {unlogged} earlier refusals from {ip} not logged one by one)");
+            }
+            None => {}
+        }
+        if verdict.tripped {
+            let limit = self.config.mqtt_refusal_limit;
+            tracing::warn!(remote = %ip, limit, "{limit} refused device connections from {ip} within a minute (--mqtt-refusal-limit): connections from {ip} are dropped unjudged until the minute ends");
+        }
+    }
+
+    /// Logs what the refusal budget has to say (a minute over the limit ended, refusals not
+    /// logged one by one) and writes held `lastRefusal` reasons. The gateway calls it every second.
+    pub fn sweep_refusals(&self) {
+        let events = self.budget().sweep(Instant::now());
+        for event in events {
+            match event {
+                SweepEvent::Unlogged { ip, count } => tracing::warn!(
+                    remote = %ip,
+                    "... and {count} more device refusals from {ip} in the last {} s, not logged one by one",
+                    refusal_budget::LOG_EVERY.as_secs()
+                ),
+                SweepEvent::Ended { ip, dropped } => log_budget_ended(ip, dropped),
+                SweepEvent::Record {
+                    device_id,
+                    reason,
+                    time,
+                } => self.record_activity(
+                    &device_id,
+                    DeviceActivity {
+                        last_refusal: Some(reason),
+                        last_refusal_time: Some(time),
+                        ..Default::default()
+                    },
+                ),
+            }
+        }
+    }
+
+    fn budget(&self) -> std::sync::MutexGuard<'_, refusal_budget::RefusalBudget> {
+        self.refusal_budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a connection ended for cause (or a refusal whose address is unknown). Never
+    /// includes secrets. The client id and the reason (which may quote what the peer sent: a
+    /// username, a certificate's names) are kept, logged and shown with control characters
+    /// escaped (see `peer_text`).
     pub fn record_refusal(&self, client_id: &str, remote: &str, reason: &str) {
+        let (shown_id, reason) = self.keep_refusal(client_id, remote, reason);
+        let remote = escaped(remote);
+        tracing::warn!(client_id = %shown_id, %remote, %reason, "device refused");
+    }
+
+    /// Keeps a refusal among the recent ones and as the device's `lastRefusal` (at most once a
+    /// second per device, the newest reason held until then); returns the escaped client id and
+    /// reason.
+    fn keep_refusal(&self, client_id: &str, remote: &str, reason: &str) -> (String, String) {
         let now = self.now();
-        tracing::warn!(client_id = %client_id, %remote, %reason, "device refused");
+        let shown_id: String = client_id.chars().take(128).collect();
+        let shown_id = escaped(&shown_id).into_owned();
+        let remote = escaped(remote).into_owned();
+        let reason = escaped(reason).into_owned();
         {
             let mut s = self.sessions();
             s.refusals.push_back(Refusal {
                 time: now,
-                client_id: client_id.chars().take(128).collect(),
-                remote: remote.to_string(),
-                reason: reason.to_string(),
+                client_id: shown_id.clone(),
+                remote,
+                reason: reason.clone(),
             });
             while s.refusals.len() > self.config.refusals_kept {
                 s.refusals.pop_front();
             }
         }
-        if validate_device_id(client_id).is_ok() {
+        if validate_device_id(client_id).is_ok()
+            && self
+                .budget()
+                .record_now(client_id, &reason, now, Instant::now())
+        {
             self.record_activity(
                 client_id,
                 DeviceActivity {
-                    last_refusal: Some(reason.to_string()),
+                    last_refusal: Some(reason.clone()),
                     last_refusal_time: Some(now),
                     ..Default::default()
                 },
             );
         }
+        (shown_id, reason)
     }
 
     /// Live sessions and recent refusals (newest first).

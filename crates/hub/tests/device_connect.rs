@@ -170,6 +170,15 @@ fn names_are_judged_before_any_record_and_capacity_zero_always_reads_the_store()
         matches!(&verdict, Some(Err(r)) if r.contains("names device 'other' but the client id is 'd3'")),
         "{verdict:?}"
     );
+    // So is a username naming another hub; a port or another case of a hub name is fine.
+    wrong.username = Some("otherhub.example.com/d3/?api-version=2021-04-12".into());
+    let verdict = env.hub.authenticate_device_from_memory(&wrong);
+    assert!(
+        matches!(&verdict, Some(Err(r)) if r.starts_with("the username names host 'otherhub.example.com', which is not this hub (expected one of: localhost)")),
+        "{verdict:?}"
+    );
+    wrong.username = Some("LOCALHOST:8883/d3/?api-version=2021-04-12".into());
+    assert_eq!(env.hub.authenticate_device(&wrong), Ok(AuthMethod::Sas));
 }
 
 #[test]

@@ -105,14 +105,22 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// A field as text output prints it: the hub may be repeating what a device or another client
+/// sent (a client id, a refusal reason quoting a username or a certificate name), so control
+/// characters are escaped and cannot forge lines or drive the terminal (JSON output escapes them
+/// already). Values used as data (PEM, etags, keys) are read with `text`.
+fn shown(v: &Value) -> String {
+    iothub_hub::peer_text::escaped(&text(v)).into_owned()
+}
+
 fn summary(v: &Value) -> String {
     format!(
         "{}: {} (subject {}, thumbprint {}, expires {})",
-        text(&v["name"]),
-        text(prop(v, "status")),
-        text(prop(v, "subject")),
-        text(prop(v, "thumbprint")),
-        text(prop(v, "expiry"))
+        shown(&v["name"]),
+        shown(prop(v, "status")),
+        shown(prop(v, "subject")),
+        shown(prop(v, "thumbprint")),
+        shown(prop(v, "expiry"))
     )
 }
 
@@ -179,11 +187,11 @@ pub fn cert(target: &HubTarget, output: Output, cmd: CertCommand) -> Result<()> 
                         for c in items {
                             println!(
                                 "{:<24} {:<10} {:<40} {:<29} {}",
-                                text(&c["name"]),
-                                text(prop(&c, "status")),
-                                text(prop(&c, "thumbprint")),
-                                text(prop(&c, "expiry")),
-                                text(prop(&c, "subject"))
+                                shown(&c["name"]),
+                                shown(prop(&c, "status")),
+                                shown(prop(&c, "thumbprint")),
+                                shown(prop(&c, "expiry")),
+                                shown(prop(&c, "subject"))
                             );
                         }
                     }
@@ -196,8 +204,8 @@ pub fn cert(target: &HubTarget, output: Output, cmd: CertCommand) -> Result<()> 
             match output {
                 Output::Json => print_json(&v),
                 Output::Text => {
-                    println!("name: {}", text(&v["name"]));
-                    println!("etag: {}", text(&v["etag"]));
+                    println!("name: {}", shown(&v["name"]));
+                    println!("etag: {}", shown(&v["etag"]));
                     for key in [
                         "status",
                         "subject",
@@ -216,7 +224,7 @@ pub fn cert(target: &HubTarget, output: Output, cmd: CertCommand) -> Result<()> 
                         "updated",
                         "verificationCodeExpiry",
                     ] {
-                        println!("{key}: {}", text(prop(&v, key)));
+                        println!("{key}: {}", shown(prop(&v, key)));
                     }
                     Ok(())
                 }
@@ -235,7 +243,7 @@ pub fn cert(target: &HubTarget, output: Output, cmd: CertCommand) -> Result<()> 
                     println!("{}", text(prop(&v, "verificationCode")));
                     eprintln!(
                         "code for '{name}' live until {}; make a certificate with subject CN=<code> signed by the CA's key, then: iothub cert verify {name} <file>",
-                        text(prop(&v, "verificationCodeExpiry"))
+                        shown(prop(&v, "verificationCodeExpiry"))
                     );
                     Ok(())
                 }
@@ -377,13 +385,13 @@ pub fn audit(target: &HubTarget, output: Output, args: AuditArgs) -> Result<()> 
                 };
                 println!(
                     "{}  {:<12} {:<38} {:<24} {}{}: {}",
-                    text(&e["time"]),
-                    text(&e["actor"]),
-                    text(&e["action"]),
-                    text(&e["target"]),
-                    text(&e["outcome"]),
+                    shown(&e["time"]),
+                    shown(&e["actor"]),
+                    shown(&e["action"]),
+                    shown(&e["target"]),
+                    shown(&e["outcome"]),
                     code,
-                    text(&e["detail"])
+                    shown(&e["detail"])
                 );
             }
             Ok(())

@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// [default: 300].
     #[arg(long, env = "IOTHUB_AUTH_FAILURE_LIMIT")]
     pub auth_failure_limit: Option<u32>,
+    /// Refused device (MQTT) connections per client address per minute; past it, that address's
+    /// connections are closed unjudged until the minute ends. 0 to 1000000; 0 never closes
+    /// them (refusal logging and record writes stay limited) [default: 60].
+    #[arg(long, env = "IOTHUB_MQTT_REFUSAL_LIMIT")]
+    pub mqtt_refusal_limit: Option<u32>,
     /// Time allowed for a TLS handshake, and then for the first request or CONNECT [default: 10s].
     #[arg(long, env = "IOTHUB_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
     pub handshake_timeout: Option<String>,
@@ -124,6 +129,7 @@ struct FileConfig {
     telemetry_retention: Option<toml::Value>,
     portal_link_lifetime: Option<String>,
     auth_failure_limit: Option<u32>,
+    mqtt_refusal_limit: Option<u32>,
     handshake_timeout: Option<String>,
     max_chain_length: Option<usize>,
     max_inflight: Option<usize>,
@@ -154,6 +160,7 @@ pub struct ServeConfig {
     pub telemetry_retention_secs: i64,
     pub portal_link_lifetime_secs: i64,
     pub auth_failure_limit: u32,
+    pub mqtt_refusal_limit: u32,
     pub handshake_timeout_secs: i64,
     pub max_chain_length: usize,
     pub max_inflight: usize,
@@ -293,6 +300,10 @@ impl ServeConfig {
                 .auth_failure_limit
                 .or(file.auth_failure_limit)
                 .unwrap_or(300),
+            mqtt_refusal_limit: args
+                .mqtt_refusal_limit
+                .or(file.mqtt_refusal_limit)
+                .unwrap_or(iothub_hub::DEFAULT_MQTT_REFUSAL_LIMIT),
             handshake_timeout_secs: match args
                 .handshake_timeout
                 .as_ref()
@@ -372,6 +383,12 @@ impl ServeConfig {
         if config.auth_failure_limit == 0 {
             bail!("--auth-failure-limit must be at least 1");
         }
+        if config.mqtt_refusal_limit > MAX_REFUSAL_LIMIT {
+            bail!(
+                "--mqtt-refusal-limit is {}; expected 0 (never close) to {MAX_REFUSAL_LIMIT}",
+                config.mqtt_refusal_limit
+            );
+        }
         if !(1..=32).contains(&config.max_chain_length) {
             bail!(
                 "--max-chain-length is {}; expected 1 to 32",
@@ -420,6 +437,10 @@ impl ServeConfig {
         Ok(config)
     }
 }
+
+/// The largest `--mqtt-refusal-limit`: beyond a million refusals a minute from one address the
+/// limit protects nothing (use 0 to turn it off).
+const MAX_REFUSAL_LIMIT: u32 = 1_000_000;
 
 /// Most HTTPS or device connections that may be configured.
 const MAX_CONNECTIONS_LIMIT: usize = 10_000_000;
@@ -538,6 +559,43 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(off.device_cache_entries, 0);
+    }
+
+    #[test]
+    fn mqtt_refusal_limit_is_checked() {
+        assert_eq!(resolved(ServeArgs::default()).mqtt_refusal_limit, 60);
+        for ok in [0, 1, 1_000_000] {
+            let c = resolved(ServeArgs {
+                mqtt_refusal_limit: Some(ok),
+                ..Default::default()
+            });
+            assert_eq!(c.mqtt_refusal_limit, ok);
+        }
+        for bad in [1_000_001, u32::MAX] {
+            let err = refusal(ServeArgs {
+                mqtt_refusal_limit: Some(bad),
+                ..Default::default()
+            });
+            assert_eq!(
+                err,
+                format!("--mqtt-refusal-limit is {bad}; expected 0 (never close) to 1000000")
+            );
+        }
+        // The configuration file key.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("iothub.toml");
+        std::fs::write(&path, "mqtt_refusal_limit = 7\n").unwrap();
+        let c = resolved(ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        });
+        assert_eq!(c.mqtt_refusal_limit, 7);
+        std::fs::write(&path, "mqtt_refusal_limit = 2000000\n").unwrap();
+        let err = refusal(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        });
+        assert!(err.contains("--mqtt-refusal-limit is 2000000"), "{err}");
     }
 
     #[test]

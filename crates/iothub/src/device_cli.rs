@@ -127,6 +127,14 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// A field as text output prints it: the hub may be repeating what a device or another client
+/// sent (a client id, a refusal reason quoting a username or a certificate name), so control
+/// characters are escaped and cannot forge lines or drive the terminal (JSON output escapes them
+/// already). Values used as data (PEM, etags, keys) are read with `text`.
+fn shown(v: &Value) -> String {
+    iothub_hub::peer_text::escaped(&text(v)).into_owned()
+}
+
 fn device_path(id: &str) -> String {
     format!("/devices/{}", segment(id))
 }
@@ -134,11 +142,11 @@ fn device_path(id: &str) -> String {
 fn device_line(d: &Value) -> String {
     format!(
         "{:<32} {:<9} {:<21} {:<12} {}",
-        text(&d["deviceId"]),
-        text(&d["status"]),
-        text(&d["authentication"]["type"]),
-        text(&d["connectionState"]),
-        text(&d["lastRefusal"])
+        shown(&d["deviceId"]),
+        shown(&d["status"]),
+        shown(&d["authentication"]["type"]),
+        shown(&d["connectionState"]),
+        shown(&d["lastRefusal"])
     )
 }
 
@@ -164,9 +172,9 @@ pub fn device(target: &HubTarget, output: Output, cmd: DeviceCommand) -> Result<
                     "cloudToDeviceMessageCount",
                     "etag",
                 ] {
-                    println!("{key}: {}", text(&v[key]));
+                    println!("{key}: {}", shown(&v[key]));
                 }
-                println!("authentication: {}", text(&v["authentication"]["type"]));
+                println!("authentication: {}", shown(&v["authentication"]["type"]));
                 Ok(())
             }
         }
@@ -201,8 +209,8 @@ pub fn device(target: &HubTarget, output: Output, cmd: DeviceCommand) -> Result<
                     println!(
                         "{}: registered, {}, authentication {}",
                         id,
-                        text(&v["status"]),
-                        text(&v["authentication"]["type"])
+                        shown(&v["status"]),
+                        shown(&v["authentication"]["type"])
                     );
                     Ok(())
                 }
@@ -363,7 +371,7 @@ fn import(api: &ApiClient, output: Output, file: &PathBuf) -> Result<()> {
         Output::Text => {
             println!("imported {} of {total} devices", total - failures.len());
             for f in &failures {
-                println!("  {}: {}", text(&f["deviceId"]), text(&f["error"]));
+                println!("  {}: {}", shown(&f["deviceId"]), shown(&f["error"]));
             }
         }
     }
@@ -407,8 +415,8 @@ pub fn c2d(target: &HubTarget, output: Output, cmd: C2dCommand) -> Result<()> {
                 Output::Text => {
                     println!(
                         "queued message {} for {id} (expires {})",
-                        text(&v["messageId"]),
-                        text(&v["expiryTimeUtc"])
+                        shown(&v["messageId"]),
+                        shown(&v["expiryTimeUtc"])
                     );
                     Ok(())
                 }
@@ -427,10 +435,10 @@ pub fn c2d(target: &HubTarget, output: Output, cmd: C2dCommand) -> Result<()> {
                     for m in v["value"].as_array().cloned().unwrap_or_default() {
                         println!(
                             "{:<34} {:<10} {:<29} {}",
-                            text(&m["messageId"]),
-                            text(&m["state"]),
-                            text(&m["created"]),
-                            text(&m["body"])
+                            shown(&m["messageId"]),
+                            shown(&m["state"]),
+                            shown(&m["created"]),
+                            shown(&m["body"])
                         );
                     }
                     Ok(())
@@ -508,10 +516,10 @@ pub fn connections(target: &HubTarget, output: Output) -> Result<()> {
             for s in live {
                 println!(
                     "  {:<32} {:<22} since {}  {}",
-                    text(&s["deviceId"]),
-                    text(&s["remote"]),
-                    text(&s["since"]),
-                    text(&s["authentication"])
+                    shown(&s["deviceId"]),
+                    shown(&s["remote"]),
+                    shown(&s["since"]),
+                    shown(&s["authentication"])
                 );
             }
             let refusals = v["refusals"].as_array().cloned().unwrap_or_default();
@@ -519,13 +527,35 @@ pub fn connections(target: &HubTarget, output: Output) -> Result<()> {
             for r in refusals {
                 println!(
                     "  {}  {:<24} {:<22} {}",
-                    text(&r["time"]),
-                    text(&r["clientId"]),
-                    text(&r["remote"]),
-                    text(&r["reason"])
+                    shown(&r["time"]),
+                    shown(&r["clientId"]),
+                    shown(&r["remote"]),
+                    shown(&r["reason"])
                 );
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_output_escapes_what_peers_sent() {
+        // A record written before the hub escaped refusal reasons, or by another hub.
+        let d = json!({
+            "deviceId": "dev1",
+            "lastRefusal": "username names 'x\nFORGED line\u{1b}[2J'",
+        });
+        let line = device_line(&d);
+        assert!(
+            line.ends_with("username names 'x\\nFORGED line\\u{1b}[2J'"),
+            "{line}"
+        );
+        assert_eq!(shown(&Value::Null), "-");
+        // Data read back as data is not altered.
+        assert_eq!(text(&json!("a\nb")), "a\nb");
     }
 }

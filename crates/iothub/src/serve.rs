@@ -170,6 +170,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             max_chain_len: config.max_chain_length,
             chain_cache_entries: config.chain_cache_entries,
             device_cache_entries: config.device_cache_entries,
+            mqtt_refusal_limit: config.mqtt_refusal_limit,
             ..HubConfig::default()
         },
         Arc::new(SystemClock),

@@ -19,6 +19,8 @@ pub struct TestHub {
     /// The MQTT (device) port.
     pub mqtt_port: u16,
     pub first_stdout: Vec<String>,
+    /// Where the hub's stderr (its log, at `info`) goes, when started with [`TestHub::start_logged`].
+    pub log: Option<PathBuf>,
 }
 
 pub fn unix_now() -> i64 {
@@ -38,8 +40,31 @@ impl TestHub {
         hub
     }
 
+    /// Starts a hub in a fresh temporary directory, its log (level `info`) written to
+    /// `hub.log` there (see [`TestHub::log_text`]).
+    pub fn start_logged(extra: &[&str]) -> TestHub {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut hub = TestHub::spawn(&dir, extra, Some(&dir.join("hub.log")));
+        hub._tmp = Some(tmp);
+        hub
+    }
+
+    /// What the hub has logged so far (only for [`TestHub::start_logged`]).
+    pub fn log_text(&self) -> String {
+        let path = self
+            .log
+            .as_ref()
+            .expect("the hub was started with start_logged");
+        String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+    }
+
     /// Starts a hub whose data directory is `dir/data` (reused across restarts).
     pub fn start_in(dir: &Path, extra: &[&str]) -> TestHub {
+        TestHub::spawn(dir, extra, None)
+    }
+
+    fn spawn(dir: &Path, extra: &[&str], log: Option<&Path>) -> TestHub {
         let mut cmd = Command::new(BIN);
         cmd.arg("--data")
             .arg(dir.join("data"))
@@ -51,11 +76,19 @@ impl TestHub {
         if !extra.contains(&"--auth-failure-limit") {
             cmd.args(["--auth-failure-limit", "1000000"]);
         }
+        // Likewise refused device connections from 127.0.0.1.
+        if !extra.contains(&"--mqtt-refusal-limit") {
+            cmd.args(["--mqtt-refusal-limit", "0"]);
+        }
         cmd.args(extra)
             .env("IOTHUB_LOG", "error")
             .env_remove("IOTHUB_CONNECTION_STRING")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if let Some(path) = log {
+            cmd.env("IOTHUB_LOG", "info")
+                .stderr(std::fs::File::create(path).expect("create the hub's log file"));
+        }
         let mut child = cmd.spawn().expect("spawn iothub serve");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
@@ -99,6 +132,7 @@ impl TestHub {
             port,
             mqtt_port,
             first_stdout: lines,
+            log: log.map(Path::to_path_buf),
         }
     }
 
@@ -399,29 +433,43 @@ impl RawDevice {
         client: &str,
         keep_alive: u16,
     ) -> Result<(RawDevice, u8), String> {
+        let connect = iothub_mqtt::codec::Connect {
+            protocol_level: 4,
+            client_id: client.into(),
+            clean_session: false,
+            keep_alive,
+            username: Some(format!("localhost/{client}/?api-version=2021-04-12")),
+            password: None,
+            will: None,
+        };
+        Self::connect_packet(hub, config, connect, None)
+    }
+
+    /// Sends exactly `connect` (any client id, username, password), from the local address
+    /// `local` when given (any 127.x.y.z works on Linux loopback): the hub then sees the
+    /// connection coming from that address.
+    pub fn connect_packet(
+        hub: &TestHub,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        connect: iothub_mqtt::codec::Connect,
+        local: Option<std::net::IpAddr>,
+    ) -> Result<(RawDevice, u8), String> {
         use rustls_pki_types::ServerName;
         let conn =
             rustls::ClientConnection::new(config, ServerName::try_from("localhost").unwrap())
                 .map_err(|e| e.to_string())?;
-        let tcp = std::net::TcpStream::connect(("127.0.0.1", hub.mqtt_port))
-            .map_err(|e| e.to_string())?;
+        let server = std::net::SocketAddr::from(([127, 0, 0, 1], hub.mqtt_port));
+        let tcp = match local {
+            None => std::net::TcpStream::connect(server).map_err(|e| e.to_string())?,
+            Some(ip) => bind_and_connect(ip, server)?,
+        };
         tcp.set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(|e| e.to_string())?;
         let mut device = RawDevice {
             tls: rustls::StreamOwned::new(conn, tcp),
             buf: bytes::BytesMut::new(),
         };
-        device.send(&iothub_mqtt::codec::Packet::Connect(
-            iothub_mqtt::codec::Connect {
-                protocol_level: 4,
-                client_id: client.into(),
-                clean_session: false,
-                keep_alive,
-                username: Some(format!("localhost/{client}/?api-version=2021-04-12")),
-                password: None,
-                will: None,
-            },
-        ))?;
+        device.send(&iothub_mqtt::codec::Packet::Connect(connect))?;
         match device.recv()? {
             iothub_mqtt::codec::Packet::ConnAck(a) => Ok((device, a.code)),
             other => Err(format!("expected CONNACK, got {other:?}")),
@@ -483,6 +531,28 @@ impl RawDevice {
     pub fn disconnect(mut self) {
         let _ = self.send(&iothub_mqtt::codec::Packet::Disconnect);
     }
+}
+
+/// A blocking TCP connection to `server` from the local address `ip` (std cannot bind before
+/// connecting; tokio's `TcpSocket` can).
+fn bind_and_connect(
+    ip: std::net::IpAddr,
+    server: std::net::SocketAddr,
+) -> Result<std::net::TcpStream, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::new(ip, 0))?;
+        socket.connect(server).await
+    });
+    let stream = stream
+        .and_then(|s| s.into_std())
+        .map_err(|e| format!("cannot connect from {ip}: {e}"))?;
+    stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+    Ok(stream)
 }
 
 /// The TLS client configuration of a device presenting `cert_pem` (leaf, then chain) with
