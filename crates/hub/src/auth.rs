@@ -209,16 +209,18 @@ impl Hub {
             .ok_or_else(|| {
                 format!("the token names policy '{policy_name}', which this hub does not have")
             })?;
-        let decode = |k: &str| {
+        // A key that is not base64 (never written by the hub) matches nothing, rather than
+        // standing for an empty HMAC key.
+        let signed_with = |k: &str| {
             base64::engine::general_purpose::STANDARD
                 .decode(k)
-                .unwrap_or_default()
+                .ok()
+                .filter(|k| !k.is_empty())
+                .is_some_and(|k| token.signed_with(&k))
         };
         // Both keys are always tried (no early exit), so timing does not tell which one matched.
-        let primary =
-            !policy.primary_key.is_empty() && token.signed_with(&decode(&policy.primary_key));
-        let secondary =
-            !policy.secondary_key.is_empty() && token.signed_with(&decode(&policy.secondary_key));
+        let primary = signed_with(&policy.primary_key);
+        let secondary = signed_with(&policy.secondary_key);
         let slot = match (primary, secondary) {
             (true, _) => KeySlot::Primary,
             (false, true) => KeySlot::Secondary,

@@ -10,6 +10,9 @@ use iothub_pki::sas::build_token;
 
 const HOUR: i64 = 3600;
 
+/// One service call under test, its result reduced to success or the refusal.
+type Op<'a> = Box<dyn Fn() -> Result<(), HubError> + 'a>;
+
 fn token_with(env: &Env, policy: &str, key: &str) -> String {
     build_token("localhost", key, Some(policy), env.now() + HOUR).expect("token")
 }
@@ -96,8 +99,7 @@ fn a_restricted_policy_gets_only_its_rights_and_changes_are_audited_without_keys
     assert!(env.hub.list_certificates(&reader).is_ok());
     // It may not write, nor read keys, nor manage policies: 403, audited with its name.
     for op in [
-        Box::new(|| env.hub.policy_keys(&reader, "iothubowner").map(|_| ()))
-            as Box<dyn Fn() -> Result<(), HubError>>,
+        Box::new(|| env.hub.policy_keys(&reader, "iothubowner").map(|_| ())) as Op,
         Box::new(|| {
             env.hub
                 .put_policy(&reader, "mine", "RegistryRead")
@@ -247,7 +249,7 @@ fn bad_requests_are_refused_with_their_own_codes_and_change_nothing() {
     let env = Env::new();
     let owner = owner(&env);
     let policies_before = env.hub.all_policy_keys(&owner).unwrap();
-    let cases: Vec<(&str, u32, Box<dyn Fn() -> Result<(), HubError>>)> = vec![
+    let cases: Vec<(&str, u32, Op)> = vec![
         (
             "name with a space",
             400074,
@@ -379,7 +381,7 @@ fn portal_sessions_read_no_keys_and_make_no_login_links() {
     // It may still do what the portal pages do.
     assert!(env.hub.list_certificates(&portal).is_ok());
     assert!(env.hub.list_policies(&portal).is_ok());
-    let ops: Vec<(&str, Box<dyn Fn() -> Result<(), HubError>>)> = vec![
+    let ops: Vec<(&str, Op)> = vec![
         (
             "policy.listKeys",
             Box::new(|| env.hub.policy_keys(&portal, "iothubowner").map(|_| ())),
