@@ -52,7 +52,7 @@ struct Session {
     csrf: String,
     last_seen: Instant,
     /// The key whose holder made the login link: the session lasts only while that key does.
-    maker: Option<Credential>,
+    maker: Credential,
 }
 
 /// A login link: when it expires, and the key of whoever made it (None: made by `iothub serve`
@@ -166,14 +166,14 @@ impl PortalState {
             Session {
                 csrf: csrf.clone(),
                 last_seen: now,
-                maker: Some(maker),
+                maker,
             },
         );
         Some((id, csrf))
     }
 
     /// The CSRF token and maker of a live session (refreshing its idle timer).
-    fn session(&self, id: &str) -> Option<(String, Option<Credential>)> {
+    fn session(&self, id: &str) -> Option<(String, Credential)> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let key = digest(id);
         let idle = self.limits.session_idle;
@@ -215,12 +215,10 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
 /// whose policy was deleted, is ended here.
 fn live_session(state: &AppState, id: &str) -> Option<(String, Principal)> {
     let (csrf, maker) = state.portal.session(id)?;
-    let current = maker.and_then(|m| {
-        state
-            .hub
-            .refresh_principal(&Principal::portal_session(m, Vec::new()))
-    });
-    match current {
+    match state
+        .hub
+        .refresh_principal(&Principal::portal_session(maker, Vec::new()))
+    {
         Some(who) => Some((csrf, who)),
         None => {
             state.portal.end(id);
