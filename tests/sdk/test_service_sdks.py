@@ -73,6 +73,33 @@ def test_mgmt_certificate_lifecycle(hub):
     client.certificates.delete("rg", "iothub", "arm-root", "*")   # a missing certificate: no error
 
 
+def test_mgmt_policy_keys(hub):
+    # iot_hub_resource.list_keys (POST .../IotHubs/{hub}/listkeys, paged) and get_keys_for_key_name
+    # (POST .../IotHubKeys/{keyName}/listkeys) read the hub's shared access policies with their keys.
+    hub.cli("policy", "add", "mgmt-reader", "--rights", "RegistryRead, ServiceConnect")
+    shown = hub.json("policy", "show", "mgmt-reader", "--keys")
+    client = mgmt(hub)
+    rules = {r.key_name: r for r in client.iot_hub_resource.list_keys("rg", "iothub")}
+    assert rules["iothubowner"].rights == "RegistryRead, RegistryWrite, ServiceConnect, DeviceConnect"
+    assert rules["mgmt-reader"].rights == "RegistryRead, ServiceConnect"
+    assert rules["mgmt-reader"].primary_key == shown["primaryKey"]
+    assert set(rules) >= {"iothubowner", "service", "device", "registryRead", "registryReadWrite"}
+    one = client.iot_hub_resource.get_keys_for_key_name("rg", "iothub", "mgmt-reader")
+    assert (one.key_name, one.primary_key, one.secondary_key) == ("mgmt-reader", shown["primaryKey"], shown["secondaryKey"])
+    with pytest.raises(ResourceNotFoundError):
+        client.iot_hub_resource.get_keys_for_key_name("rg", "iothub", "no-such-policy")
+    # After a rotation the management API reads the new key; the old one no longer signs anything.
+    hub.cli("policy", "rotate", "mgmt-reader", "--key", "secondary")
+    rotated = client.iot_hub_resource.get_keys_for_key_name("rg", "iothub", "mgmt-reader")
+    assert rotated.primary_key == shown["primaryKey"] and rotated.secondary_key != shown["secondaryKey"]
+    # A policy without every right reads no keys (403), through the SDK as anywhere else.
+    reader = mgmt(hub, HubCredential(hub, hub.cli("sas-token", "--policy", "mgmt-reader").strip()))
+    with pytest.raises(HttpResponseError) as e:
+        list(reader.iot_hub_resource.list_keys("rg", "iothub"))
+    assert e.value.status_code == 403 and code_of(e.value) == "403001", e.value
+    hub.cli("policy", "delete", "mgmt-reader")
+
+
 def test_mgmt_error_paths(hub):
     hub.cli("pki", "ca", "arm-err", "--force")
     hub.cli("pki", "ca", "arm-other", "--force")

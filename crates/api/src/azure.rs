@@ -3,7 +3,8 @@
 //! - the management plane's certificate operations as azure-mgmt-iothub calls them
 //!   (`/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Devices/IotHubs/{hub}/certificates/...`),
 //!   and the Device Provisioning Service's (`.../provisioningServices/{dps}/certificates/...`),
-//!   both mapped to the one CA registry. Any subscription and resource group is accepted; the
+//!   both mapped to the one CA registry; and the hub's policy keys (`.../IotHubs/{hub}/listkeys`,
+//!   `.../IotHubKeys/{keyName}/listkeys`). Any subscription and resource group is accepted; the
 //!   resource name must be the hub's name. No rule is implemented here: these are aliases.
 
 use std::time::Duration;
@@ -381,3 +382,43 @@ plane_handlers!(
     dps_generate,
     dps_verify
 );
+
+// ----- management-plane shared access policy keys (IoT Hub) ---------------------------------------
+
+/// `POST .../IotHubs/{hub}/listkeys` (`IotHubResourceOperations.list_keys`): every policy with its
+/// keys, as `SharedAccessSignatureAuthorizationRuleListResult`. Owner level only, never a portal
+/// session (`Hub::all_policy_keys`). Policies are not created here: in ARM that is a PUT of the
+/// whole IotHub resource, which this hub does not serve (use `PUT /policies/{name}`).
+pub(crate) async fn hub_list_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<ArmPath>,
+) -> Response {
+    let r = async {
+        let who = authenticate(&state, &headers)?;
+        check_resource(&state, &p)?;
+        let all = blocking(&state, move |hub| hub.all_policy_keys(&who)).await?;
+        let value: Vec<Value> = all.iter().map(crate::routes::policy_with_keys).collect();
+        Ok(Json(json!({ "value": value, "nextLink": null })).into_response())
+    }
+    .await;
+    respond(Plane::IotHub, r)
+}
+
+/// `POST .../IotHubs/{hub}/IotHubKeys/{keyName}/listkeys` (`get_keys_for_key_name`): one policy
+/// with its keys, as `SharedAccessSignatureAuthorizationRule`.
+pub(crate) async fn hub_key_for_name(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<ArmPath>,
+) -> Response {
+    let r = async {
+        let who = authenticate(&state, &headers)?;
+        check_resource(&state, &p)?;
+        let name = cert_name(&p);
+        let policy = blocking(&state, move |hub| hub.policy_keys(&who, &name)).await?;
+        Ok(Json(crate::routes::policy_with_keys(&policy)).into_response())
+    }
+    .await;
+    respond(Plane::IotHub, r)
+}

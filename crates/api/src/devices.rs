@@ -348,21 +348,38 @@ pub(crate) async fn stream_messages(
     .await?;
     let hub = state.hub.clone();
     let watch = hub.watch_messages();
+    // The stream lasts only while the key that opened it does: on every policy change (and
+    // before every read) the credential is re-checked, and a rotated or deleted key ends it.
+    let policies = hub.watch_policies();
     let start = p.from.unwrap_or_else(|| hub.last_message_offset() + 1);
     let device = p.device_id.clone();
     let stream = futures_util::stream::unfold(
-        (hub, who, watch, start, device, Vec::<StoredMessage>::new()),
-        |(hub, who, mut watch, mut next, device, mut buffered)| async move {
+        (
+            hub,
+            who,
+            (watch, policies),
+            start,
+            device,
+            Vec::<StoredMessage>::new(),
+        ),
+        |(hub, who, (mut watch, mut policies), mut next, device, mut buffered)| async move {
             loop {
+                let Some(current) = hub.refresh_principal(&who) else {
+                    tracing::info!(policy = %who.policy, "event stream ended: its key was rotated or its policy deleted");
+                    return None;
+                };
                 if let Some(m) = buffered.pop() {
                     let event = Event::default()
                         .id(m.offset.to_string())
                         .data(message_json(&m).to_string());
-                    return Some((Ok(event), (hub, who, watch, next, device, buffered)));
+                    return Some((
+                        Ok(event),
+                        (hub, who, (watch, policies), next, device, buffered),
+                    ));
                 }
-                let (h, w, d) = (hub.clone(), who.clone(), device.clone());
+                let (h, d) = (hub.clone(), device.clone());
                 let batch = tokio::task::spawn_blocking(move || {
-                    h.read_messages(&w, next, d.as_deref(), 256)
+                    h.read_messages(&current, next, d.as_deref(), 256)
                 })
                 .await
                 .ok()?
@@ -372,8 +389,14 @@ pub(crate) async fn stream_messages(
                     buffered = batch.into_iter().rev().collect();
                     continue;
                 }
-                // Nothing new: wait for the next commit (or a minute, to re-check).
-                let _ = tokio::time::timeout(Duration::from_secs(60), watch.changed()).await;
+                // Nothing new: wait for the next commit or policy change (or a minute, to re-check).
+                let _ = tokio::time::timeout(Duration::from_secs(60), async {
+                    tokio::select! {
+                        _ = watch.changed() => {}
+                        _ = policies.changed() => {}
+                    }
+                })
+                .await;
             }
         },
     );

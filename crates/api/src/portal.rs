@@ -17,7 +17,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Json;
-use iothub_hub::{Principal, Right};
+use iothub_hub::{Credential, Principal};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -51,12 +51,21 @@ impl Default for PortalLimits {
 struct Session {
     csrf: String,
     last_seen: Instant,
+    /// The key whose holder made the login link: the session lasts only while that key does.
+    maker: Credential,
+}
+
+/// A login link: when it expires, and the key of whoever made it (None: made by `iothub serve`
+/// before the router existed; bound to the owner's primary key by `router`).
+struct Link {
+    expires: Instant,
+    maker: Option<Credential>,
 }
 
 /// Login links (by SHA-256 of the token) and sessions, in memory: a restart signs everyone out.
 pub struct PortalState {
     limits: PortalLimits,
-    links: Mutex<HashMap<Vec<u8>, Instant>>,
+    links: Mutex<HashMap<Vec<u8>, Link>>,
     sessions: Mutex<HashMap<Vec<u8>, Session>>,
 }
 
@@ -83,37 +92,61 @@ impl PortalState {
         }
     }
 
-    /// Creates a single-use login token.
+    /// Creates a single-use login token on behalf of the hub's owner (the link `iothub serve`
+    /// prints; `router` binds it to the owner's primary key).
     pub fn new_link_token(&self) -> String {
+        self.new_link(None)
+    }
+
+    /// Creates a single-use login token made by the holder of `maker`.
+    pub(crate) fn new_link(&self, maker: Option<Credential>) -> String {
         let token = random_hex(32);
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        links.retain(|_, exp| *exp > now);
+        links.retain(|_, l| l.expires > now);
         if links.len() >= self.limits.max_entries {
             if let Some(oldest) = links
                 .iter()
-                .min_by_key(|(_, e)| **e)
+                .min_by_key(|(_, l)| l.expires)
                 .map(|(k, _)| k.clone())
             {
                 links.remove(&oldest);
             }
         }
-        links.insert(digest(&token), now + self.limits.link_lifetime);
+        links.insert(
+            digest(&token),
+            Link {
+                expires: now + self.limits.link_lifetime,
+                maker,
+            },
+        );
         token
     }
 
-    /// Consumes a login token; returns a new session id and its CSRF token.
-    fn redeem(&self, token: &str) -> Option<(String, String)> {
-        let live = {
+    /// Binds the links made before the router existed to `owner` (the owner's primary key, which
+    /// the local connection string holds): rotating that key ends them and their sessions.
+    pub(crate) fn bind_unowned_links(&self, owner: &Credential) {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        for link in links.values_mut().filter(|l| l.maker.is_none()) {
+            link.maker = Some(owner.clone());
+        }
+    }
+
+    /// Consumes a login token; returns a new session id and its CSRF token. `still_valid` says
+    /// whether the key that made the link still works.
+    fn redeem(
+        &self,
+        token: &str,
+        still_valid: impl FnOnce(Option<&Credential>) -> Option<Credential>,
+    ) -> Option<(String, String)> {
+        let link = {
             let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
             // Looked up by digest: no comparison of the secret itself happens here.
             links
                 .remove(&digest(token))
-                .is_some_and(|exp| exp > Instant::now())
+                .filter(|l| l.expires > Instant::now())
         };
-        if !live {
-            return None;
-        }
+        let maker = still_valid(link?.maker.as_ref())?;
         let (id, csrf) = (random_hex(32), random_hex(32));
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -133,20 +166,21 @@ impl PortalState {
             Session {
                 csrf: csrf.clone(),
                 last_seen: now,
+                maker,
             },
         );
         Some((id, csrf))
     }
 
-    /// The CSRF token of a live session (refreshing its idle timer).
-    fn session_csrf(&self, id: &str) -> Option<String> {
+    /// The CSRF token and maker of a live session (refreshing its idle timer).
+    fn session(&self, id: &str) -> Option<(String, Credential)> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let key = digest(id);
         let idle = self.limits.session_idle;
         match sessions.get_mut(&key) {
             Some(s) if s.last_seen.elapsed() < idle => {
                 s.last_seen = Instant::now();
-                Some(s.csrf.clone())
+                Some((s.csrf.clone(), s.maker.clone()))
             }
             Some(_) => {
                 sessions.remove(&key);
@@ -176,14 +210,27 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
+/// A live session's CSRF token and principal (the operator who opened a login link, with the
+/// current rights of the key that made the link). A session whose maker's key was rotated, or
+/// whose policy was deleted, is ended here.
+fn live_session(state: &AppState, id: &str) -> Option<(String, Principal)> {
+    let (csrf, maker) = state.portal.session(id)?;
+    match state
+        .hub
+        .refresh_principal(&Principal::portal_session(maker, Vec::new()))
+    {
+        Some(who) => Some((csrf, who)),
+        None => {
+            state.portal.end(id);
+            None
+        }
+    }
+}
+
 /// The principal of a portal session: the operator who opened an owner's login link.
 pub(crate) fn session_principal(state: &AppState, headers: &HeaderMap) -> Option<Principal> {
     let id = session_cookie(headers)?;
-    state.portal.session_csrf(&id)?;
-    Some(Principal {
-        policy: "portal".into(),
-        rights: Right::ALL.iter().map(|r| r.name().to_string()).collect(),
-    })
+    live_session(state, &id).map(|(_, who)| who)
 }
 
 /// CSRF protection for every route: a state-changing request authenticated by the session cookie
@@ -206,7 +253,7 @@ pub(crate) async fn csrf_guard(
         return next.run(request).await;
     };
     let refuse = |why: &str| ApiError::new("CsrfRejected", why.to_string()).into_response();
-    let Some(expected) = state.portal.session_csrf(&id) else {
+    let Some((expected, _)) = live_session(&state, &id) else {
         return refuse("the portal session has ended; open a new login link");
     };
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
@@ -265,7 +312,23 @@ fn message_page(status: StatusCode, title: &str, text: &str) -> Response {
 
 /// `GET /portal/login?token=...`: redeems a login link, then redirects without the token.
 pub(crate) async fn login(State(state): State<AppState>, Query(q): Query<LoginQuery>) -> Response {
-    let Some((id, _csrf)) = q.token.as_deref().and_then(|t| state.portal.redeem(t)) else {
+    // The link works only while the key that made it does (a link made by `iothub serve` and
+    // never bound stands for the owner's primary key).
+    let still_valid = |maker: Option<&Credential>| {
+        let maker = match maker {
+            Some(m) => m.clone(),
+            None => state.hub.owner_credential().ok()?,
+        };
+        state
+            .hub
+            .refresh_principal(&Principal::portal_session(maker.clone(), Vec::new()))
+            .map(|_| maker)
+    };
+    let Some((id, _csrf)) = q
+        .token
+        .as_deref()
+        .and_then(|t| state.portal.redeem(t, still_valid))
+    else {
         return message_page(
             StatusCode::UNAUTHORIZED,
             "Login link not valid",
@@ -310,7 +373,7 @@ pub(crate) async fn page(
     let Some(id) = session_cookie(&headers) else {
         return message_page(StatusCode::UNAUTHORIZED, "Sign in", "Open the login link that <code>iothub serve</code> printed, or run <code>iothub portal-link</code> for a new one.");
     };
-    let Some(csrf) = state.portal.session_csrf(&id) else {
+    let Some((csrf, _)) = live_session(&state, &id) else {
         return message_page(StatusCode::UNAUTHORIZED, "Session ended", "Your portal session has ended. Run <code>iothub portal-link</code> for a new login link.");
     };
     let page_name = match uri.path().trim_start_matches("/portal").trim_matches('/') {
@@ -345,24 +408,15 @@ pub(crate) async fn app_css() -> Response {
     secure_headers(([(header::CONTENT_TYPE, "text/css; charset=utf-8")], APP_CSS).into_response())
 }
 
-/// `POST /portal-links` (owner SAS token): a fresh login link for this hub.
+/// `POST /portal-links` (owner SAS token): a fresh login link for this hub, standing for the
+/// caller's key. A portal session cannot make one (`Hub::authorize_portal_link`).
 pub(crate) async fn create_link(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let who = crate::routes::authenticate(&state, &headers)?;
-    if who.policy == "portal" {
-        return Err(ApiError::new(
-            "IotHubForbidden",
-            "a portal session cannot create login links; use a policy token",
-        ));
-    }
-    let check = who.clone();
-    crate::routes::blocking(&state, move |hub| {
-        hub.policy_keys(&check, "iothubowner").map(|_| ())
-    })
-    .await?;
-    let token = state.portal.new_link_token();
+    let maker = crate::routes::blocking(&state, move |hub| hub.authorize_portal_link(&who)).await?;
+    let token = state.portal.new_link(Some(maker));
     Ok(Json(json!({
         "path": format!("/portal/login?token={token}"),
         "expiresInSeconds": state.portal.limits.link_lifetime.as_secs(),

@@ -10,7 +10,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use iothub_hub::{Hub, HubError, IfMatch, Principal, PutCertificate};
+use iothub_hub::{Hub, HubError, IfMatch, PolicyView, Principal, PutCertificate};
+use iothub_pki::policy::format_rights;
+use iothub_store::PolicyRecord;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -50,6 +52,11 @@ pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
 /// Builds the router over `hub`; `portal` holds the portal's login links and sessions.
 pub fn router(hub: Hub, limits: ApiLimits, portal: Arc<crate::portal::PortalState>) -> Router {
+    // The link `iothub serve` printed before the router existed stands for the owner's primary key.
+    match hub.owner_credential() {
+        Ok(owner) => portal.bind_unowned_links(&owner),
+        Err(e) => tracing::warn!(error = %e, "portal links not bound to the owner key"),
+    }
     let state = AppState {
         hub,
         auth_limiter: Arc::new(crate::limiter::AuthFailureLimiter::new(
@@ -104,6 +111,14 @@ pub fn router(hub: Hub, limits: ApiLimits, portal: Arc<crate::portal::PortalStat
             post(azure::hub_verify),
         )
         .route(
+            "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Devices/IotHubs/{resource}/listkeys",
+            post(azure::hub_list_keys),
+        )
+        .route(
+            "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Devices/IotHubs/{resource}/IotHubKeys/{name}/listkeys",
+            post(azure::hub_key_for_name),
+        )
+        .route(
             "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Devices/provisioningServices/{resource}/certificates",
             get(azure::dps_list),
         )
@@ -121,7 +136,12 @@ pub fn router(hub: Hub, limits: ApiLimits, portal: Arc<crate::portal::PortalStat
         )
         .route("/audit", get(audit_log))
         .route("/policies", get(list_policies))
+        .route(
+            "/policies/{name}",
+            get(get_policy).put(put_policy).delete(delete_policy),
+        )
         .route("/policies/{name}/listKeys", post(policy_keys))
+        .route("/policies/{name}/rotateKey", post(rotate_policy_key))
         .route("/openapi.json", get(openapi))
         .route("/portal-links", post(crate::portal::create_link))
         .route("/portal", get(crate::portal::page))
@@ -161,8 +181,10 @@ pub(crate) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Prin
         }
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
+            // Like every other refused token: one answer (see `iothub_hub::auth::TOKEN_REFUSED`).
+            tracing::debug!("request refused: the Authorization header is not ASCII text");
             ApiError::from(HubError::Unauthorized(
-                "the Authorization header is not ASCII text".into(),
+                iothub_hub::auth::TOKEN_REFUSED.into(),
             ))
         })?),
     };
@@ -427,9 +449,23 @@ async fn list_policies(
     let policies = blocking(&state, move |hub| hub.list_policies(&who)).await?;
     let value: Vec<Value> = policies
         .iter()
-        .map(|(name, rights)| json!({ "keyName": name, "rights": rights.join(", ") }))
+        .map(|(name, rights)| json!({ "keyName": name, "rights": format_rights(rights) }))
         .collect();
     Ok(Json(json!({ "value": value })))
+}
+
+/// A policy with its keys, in Azure's `SharedAccessSignatureAuthorizationRule` shape.
+pub(crate) fn policy_with_keys(p: &PolicyRecord) -> Value {
+    json!({
+        "keyName": p.name,
+        "primaryKey": p.primary_key,
+        "secondaryKey": p.secondary_key,
+        "rights": format_rights(&p.rights),
+    })
+}
+
+fn policy_without_keys(p: &PolicyView) -> Value {
+    json!({ "keyName": p.name, "rights": format_rights(&p.rights) })
 }
 
 async fn policy_keys(
@@ -439,12 +475,97 @@ async fn policy_keys(
 ) -> Result<Json<Value>, ApiError> {
     let who = authenticate(&state, &headers)?;
     let p = blocking(&state, move |hub| hub.policy_keys(&who, &name)).await?;
-    Ok(Json(json!({
-        "keyName": p.name,
-        "primaryKey": p.primary_key,
-        "secondaryKey": p.secondary_key,
-        "rights": p.rights.join(", "),
-    })))
+    Ok(Json(policy_with_keys(&p)))
+}
+
+async fn get_policy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    let p = blocking(&state, move |hub| hub.get_policy(&who, &name)).await?;
+    Ok(Json(policy_without_keys(&p)))
+}
+
+#[derive(Debug, Deserialize)]
+struct PutPolicyBody {
+    rights: Option<String>,
+}
+
+/// `PUT /policies/{name}` `{"rights": "RegistryRead, ServiceConnect"}`: creates the policy with
+/// fresh keys (201) or sets the rights of an existing one (200). The answer carries no key.
+async fn put_policy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    let parsed = async {
+        let b: PutPolicyBody = read_json(body, state.limits.max_request_bytes).await?;
+        b.rights.ok_or_else(|| {
+            ApiError::new(
+                "ArgumentInvalid",
+                "the body must carry 'rights': a comma-separated list of RegistryRead, RegistryWrite, ServiceConnect, DeviceConnect",
+            )
+        })
+    }
+    .await;
+    let rights = audited(&state, &who, "policy.put", format!("policy/{name}"), parsed).await?;
+    let (p, created) = blocking(&state, move |hub| hub.put_policy(&who, &name, &rights)).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(policy_without_keys(&p))).into_response())
+}
+
+async fn delete_policy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    blocking(&state, move |hub| hub.delete_policy(&who, &name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct RotateKeyBody {
+    key: Option<String>,
+}
+
+/// `POST /policies/{name}/rotateKey` `{"key": "primary"|"secondary"}`: a new random key replaces
+/// that one at once; the answer is the policy with its keys (owner level only, as listKeys).
+async fn rotate_policy_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    let parsed = async {
+        let b: RotateKeyBody = read_json(body, state.limits.max_request_bytes).await?;
+        b.key.ok_or_else(|| {
+            ApiError::new(
+                "ArgumentInvalid",
+                "the body must carry 'key': \"primary\" or \"secondary\"",
+            )
+        })
+    }
+    .await;
+    let key = audited(
+        &state,
+        &who,
+        "policy.rotateKey",
+        format!("policy/{name}"),
+        parsed,
+    )
+    .await?;
+    let p = blocking(&state, move |hub| hub.rotate_policy_key(&who, &name, &key)).await?;
+    Ok(Json(policy_with_keys(&p)))
 }
 
 async fn openapi(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {

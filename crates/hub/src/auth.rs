@@ -8,38 +8,57 @@ use iothub_store::PolicyRecord;
 
 use crate::{Hub, HubError};
 
-/// A right a policy grants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Right {
-    RegistryRead,
-    RegistryWrite,
-    ServiceConnect,
-    DeviceConnect,
+pub use iothub_pki::policy::{KeySlot, Right};
+
+/// The key that authenticated a caller: its policy, which of the two keys, and the SHA-256 of the
+/// key (never the key itself), so that a later request or a long-lived stream can tell whether
+/// that key still belongs to the policy (`Hub::refresh_principal`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub policy: String,
+    pub slot: KeySlot,
+    key_digest: [u8; 32],
 }
 
-impl Right {
-    pub const ALL: [Right; 4] = [
-        Right::RegistryRead,
-        Right::RegistryWrite,
-        Right::ServiceConnect,
-        Right::DeviceConnect,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Right::RegistryRead => "RegistryRead",
-            Right::RegistryWrite => "RegistryWrite",
-            Right::ServiceConnect => "ServiceConnect",
-            Right::DeviceConnect => "DeviceConnect",
+impl Credential {
+    pub(crate) fn of(policy: &PolicyRecord, slot: KeySlot) -> Credential {
+        Credential {
+            policy: policy.name.clone(),
+            slot,
+            key_digest: key_digest(policy, slot),
         }
     }
+}
+
+// The digest is derived from a secret: Debug names the policy and slot only.
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credential({} {} key)", self.policy, self.slot.name())
+    }
+}
+
+fn key_digest(policy: &PolicyRecord, slot: KeySlot) -> [u8; 32] {
+    let key = match slot {
+        KeySlot::Primary => &policy.primary_key,
+        KeySlot::Secondary => &policy.secondary_key,
+    };
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 /// An authenticated caller: the policy whose key signed its token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
+    /// The actor named in the audit log: the policy, or "portal" for a portal session.
     pub policy: String,
     pub rights: Vec<String>,
+    /// The key behind this caller (a portal session: the key of the login link's maker); None for
+    /// the hub itself.
+    pub credential: Option<Credential>,
+    /// A browser session of the portal: it never reads policy keys nor makes login links.
+    pub portal: bool,
 }
 
 impl Principal {
@@ -48,11 +67,28 @@ impl Principal {
         Principal {
             policy: "system".into(),
             rights: Right::ALL.iter().map(|r| r.name().to_string()).collect(),
+            credential: None,
+            portal: false,
+        }
+    }
+
+    /// A portal session opened from a login link that `maker` created.
+    pub fn portal_session(maker: Credential, rights: Vec<String>) -> Principal {
+        Principal {
+            policy: "portal".into(),
+            rights,
+            credential: Some(maker),
+            portal: true,
         }
     }
 
     pub fn has(&self, right: Right) -> bool {
         self.rights.iter().any(|r| r == right.name())
+    }
+
+    /// Whether the principal holds every right (Azure's `iothubowner`).
+    pub fn is_owner(&self) -> bool {
+        Right::ALL.iter().all(|r| self.has(*r))
     }
 
     /// Refuses with a precise reason unless the principal holds `right`.
@@ -68,6 +104,11 @@ impl Principal {
         }
     }
 }
+
+/// The one answer to every token that is not accepted. Telling an anonymous caller *why* (an
+/// unknown policy name, a wrong signature, an expired token) would let it learn which policy
+/// names exist; the precise cause is logged at debug level instead.
+pub const TOKEN_REFUSED: &str = "the SharedAccessSignature token is not accepted: a token must be well formed, name one of this hub's policies (skn), be signed with one of that policy's keys for one of the hub's host names (sr) and not be expired (se); 'iothub sas-token' makes one";
 
 /// The default policies created on first start, as Azure creates them for a new hub.
 pub const DEFAULT_POLICIES: &[(&str, &[Right])] = &[
@@ -136,49 +177,95 @@ pub fn decode_etag(text: &str) -> Option<u64> {
 }
 
 impl Hub {
-    /// Authenticates an `Authorization` header value (a SharedAccessSignature token).
+    /// Authenticates an `Authorization` header value (a SharedAccessSignature token). Every
+    /// refused token gets the same answer ([`TOKEN_REFUSED`]); the cause is logged at debug level.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, HubError> {
         let header = authorization.ok_or_else(|| {
             HubError::Unauthorized(
                 "no Authorization header; send 'SharedAccessSignature sr=..&sig=..&se=..&skn=..' (see 'iothub sas-token')".into(),
             )
         })?;
-        let token = SasToken::parse(header)?;
+        self.check_token(header).map_err(|cause| {
+            // The cause names no secret (no signature, no key); Debug escapes what the caller sent.
+            tracing::debug!(cause = ?cause, "SharedAccessSignature token refused");
+            HubError::Unauthorized(TOKEN_REFUSED.into())
+        })
+    }
+
+    /// The precise reason a token is refused, for the log; callers get [`TOKEN_REFUSED`].
+    fn check_token(&self, header: &str) -> Result<Principal, String> {
+        let token = SasToken::parse(header).map_err(|e| e.to_string())?;
         let policy_name = token
             .skn
             .clone()
-            .ok_or(iothub_pki::sas::SasError::NoPolicy)?;
+            .ok_or_else(|| iothub_pki::sas::SasError::NoPolicy.to_string())?;
         let policy = self
             .policies
             .read()
-            .map_err(|_| HubError::Internal("policy lock poisoned".into()))?
+            .map_err(|_| "policy lock poisoned".to_string())?
             .iter()
             .find(|p| p.name == policy_name)
             .cloned()
             .ok_or_else(|| {
-                HubError::Unauthorized(format!(
-                    "the token names policy '{policy_name}', which this hub does not have"
-                ))
+                format!("the token names policy '{policy_name}', which this hub does not have")
             })?;
-        let keys: Vec<Vec<u8>> = [&policy.primary_key, &policy.secondary_key]
-            .iter()
-            .filter_map(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
-            .collect();
-        let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        token.check(&policy.name, &key_refs, self.now())?;
+        // A key that is not base64 (never written by the hub) matches nothing, rather than
+        // standing for an empty HMAC key.
+        let signed_with = |k: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(k)
+                .ok()
+                .filter(|k| !k.is_empty())
+                .is_some_and(|k| token.signed_with(&k))
+        };
+        // Both keys are always tried (no early exit), so timing does not tell which one matched.
+        let primary = signed_with(&policy.primary_key);
+        let secondary = signed_with(&policy.secondary_key);
+        let slot = match (primary, secondary) {
+            (true, _) => KeySlot::Primary,
+            (false, true) => KeySlot::Secondary,
+            (false, false) => {
+                return Err(iothub_pki::sas::SasError::BadSignature(policy.name).to_string())
+            }
+        };
+        if token.expiry <= self.now() {
+            return Err(iothub_pki::sas::SasError::Expired {
+                expired_at: iothub_pki::pop::format_time(token.expiry),
+            }
+            .to_string());
+        }
         let resource = token.resource();
         if !self.is_hub_host(&resource) {
-            return Err(HubError::Unauthorized(
-                iothub_pki::sas::SasError::WrongResource {
-                    found: resource,
-                    expected: self.config.host_names.join(", "),
-                }
-                .to_string(),
-            ));
+            return Err(iothub_pki::sas::SasError::WrongResource {
+                found: resource,
+                expected: self.config.host_names.join(", "),
+            }
+            .to_string());
         }
         Ok(Principal {
+            credential: Some(Credential::of(&policy, slot)),
             policy: policy.name,
             rights: policy.rights,
+            portal: false,
+        })
+    }
+
+    /// `who` as it stands now: None once the key behind it was rotated or its policy deleted
+    /// (tokens are stateless, so a stream or a portal session asks this on every step), else the
+    /// principal with its policy's current rights. The hub itself is always current.
+    pub fn refresh_principal(&self, who: &Principal) -> Option<Principal> {
+        let Some(cred) = &who.credential else {
+            return Some(who.clone());
+        };
+        let policies = self.policies.read().ok()?;
+        let policy = policies.iter().find(|p| p.name == cred.policy)?;
+        let now = key_digest(policy, cred.slot);
+        if !iothub_pki::pop::constant_time_eq(&now, &cred.key_digest) {
+            return None;
+        }
+        Some(Principal {
+            rights: policy.rights.clone(),
+            ..who.clone()
         })
     }
 
@@ -250,47 +337,6 @@ impl Hub {
         if let Err(e) = self.store.append_audit(&entry) {
             tracing::error!(error = %e, "could not write an audit entry for a refusal");
         }
-    }
-
-    /// The policies without their keys.
-    pub fn list_policies(&self, who: &Principal) -> Result<Vec<(String, Vec<String>)>, HubError> {
-        self.authorize(
-            who,
-            Right::RegistryRead,
-            "list shared access policies",
-            "policies",
-        )?;
-        Ok(self
-            .policies
-            .read()
-            .map_err(|_| HubError::Internal("policy lock poisoned".into()))?
-            .iter()
-            .map(|p| (p.name.clone(), p.rights.clone()))
-            .collect())
-    }
-
-    /// A policy with its keys; only a caller holding every right (an owner) may read keys.
-    pub fn policy_keys(&self, who: &Principal, name: &str) -> Result<PolicyRecord, HubError> {
-        for right in Right::ALL {
-            self.authorize(
-                who,
-                right,
-                "read shared access policy keys",
-                &format!("policy/{name}"),
-            )?;
-        }
-        self.policies
-            .read()
-            .map_err(|_| HubError::Internal("policy lock poisoned".into()))?
-            .iter()
-            .find(|p| p.name == name)
-            .cloned()
-            .ok_or_else(|| HubError::PolicyNotFound(name.to_string()))
-    }
-
-    /// The owner policy (for the local connection string); the hub reads it itself.
-    pub fn owner_policy(&self) -> Result<PolicyRecord, HubError> {
-        self.policy_keys(&Principal::system(), "iothubowner")
     }
 }
 

@@ -49,12 +49,16 @@ pub const ALL_CODES: &[ErrorCode] = &[
     code(400071, "DeviceAuthenticationInvalid"),
     code(400072, "MessageTooLarge"),
     code(400073, "TwinInvalid"),
+    code(400074, "PolicyNameInvalid"),
+    code(400075, "PolicyRightsInvalid"),
     code(401002, "IotHubUnauthorizedAccess"),
     code(403001, "IotHubForbidden"),
     code(403002, "CsrfRejected"),
     code(403004, "DeviceMaximumQueueDepthExceeded"),
     code(403050, "CertificateLimitReached"),
     code(403051, "DeviceLimitReached"),
+    code(403052, "PolicyLimitReached"),
+    code(403053, "OwnerPolicyProtected"),
     code(404000, "RouteNotFound"),
     code(404001, "DeviceNotFound"),
     code(404103, "DeviceNotOnline"),
@@ -91,8 +95,19 @@ pub enum HubError {
         right: &'static str,
         action: String,
     },
+    /// Refused to a portal session whatever its rights (keys, login links, policy management).
+    #[error("{0}")]
+    PortalRefused(String),
     #[error("{0}")]
     InvalidArgument(String),
+    #[error(transparent)]
+    PolicyName(#[from] iothub_pki::policy::PolicyNameError),
+    #[error(transparent)]
+    PolicyRights(#[from] iothub_pki::policy::RightsError),
+    #[error("the hub already holds its limit of {0} shared access policies; delete one first")]
+    PolicyLimitReached(u64),
+    #[error("{0}")]
+    OwnerPolicyProtected(String),
     #[error(transparent)]
     Name(#[from] NameError),
     #[error("{0}")]
@@ -164,7 +179,12 @@ impl HubError {
         match self {
             HubError::Unauthorized(_) => by_name("IotHubUnauthorizedAccess"),
             HubError::Forbidden { .. } => by_name("IotHubForbidden"),
+            HubError::PortalRefused(_) => by_name("IotHubForbidden"),
             HubError::InvalidArgument(_) => by_name("ArgumentInvalid"),
+            HubError::PolicyName(_) => by_name("PolicyNameInvalid"),
+            HubError::PolicyRights(_) => by_name("PolicyRightsInvalid"),
+            HubError::PolicyLimitReached(_) => by_name("PolicyLimitReached"),
+            HubError::OwnerPolicyProtected(_) => by_name("OwnerPolicyProtected"),
             HubError::Name(_) => by_name("CertificateNameInvalid"),
             HubError::Input(e) => by_name(e.kind()),
             HubError::Upload(e) => by_name(e.kind()),

@@ -16,6 +16,7 @@ pub mod devices;
 pub mod error;
 pub mod methods;
 pub mod peer_text;
+pub mod policies;
 pub mod refusal_budget;
 pub mod sessions;
 pub mod telemetry;
@@ -27,13 +28,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use arc_swap::ArcSwap;
 use iothub_pki::device::TrustIndex;
 
-pub use auth::{IfMatch, Principal, Right};
+pub use auth::{Credential, IfMatch, KeySlot, Principal, Right};
 pub use c2d::C2dSend;
 pub use certificates::{CaView, PutCertificate};
 pub use clock::{Clock, SystemClock};
 pub use devices::{DeviceAuth, DeviceView, PutDevice};
 pub use error::{ErrorCode, HubError};
 use iothub_store::{PolicyRecord, Store};
+pub use policies::PolicyView;
 pub use sessions::{
     Admission, AuthMethod, ConnectRequest, ConnectTicket, Refusal, SessionInfo, SessionSignal,
     Subscriptions,
@@ -117,6 +119,10 @@ pub struct Hub {
     /// Policies are read on every request; they change only through the service layer, which
     /// refreshes this copy.
     pub(crate) policies: Arc<RwLock<Vec<PolicyRecord>>>,
+    /// Serialises policy changes, so that the copy above is reloaded in the order of the writes.
+    pub(crate) policy_writes: Arc<Mutex<()>>,
+    /// Moves on every policy change: live streams re-check their credential (see `policies`).
+    pub(crate) policy_epoch: Arc<tokio::sync::watch::Sender<u64>>,
     /// The trust snapshot (registered CAs by subject), swapped on every CA change.
     pub(crate) trust: Arc<ArcSwap<TrustIndex>>,
     /// Moves on every trust snapshot stored: a CONNECT judged across a move is re-checked (see
@@ -163,6 +169,8 @@ impl Hub {
             config: Arc::new(config),
             clock,
             policies: Arc::new(RwLock::new(policies)),
+            policy_writes: Arc::new(Mutex::new(())),
+            policy_epoch: Arc::new(tokio::sync::watch::channel(0).0),
             trust: Arc::new(ArcSwap::from_pointee(TrustIndex::default())),
             trust_generation: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             anchor_memo: Arc::new(Mutex::new(trust::AnchorMemo::default())),

@@ -80,6 +80,13 @@ impl Store for GatedStore {
     fn insert_policy_if_absent(&self, p: &PolicyRecord) -> Result<bool, StoreError> {
         self.inner.insert_policy_if_absent(p)
     }
+    fn change_policy(
+        &self,
+        c: &iothub_store::PolicyChange,
+        a: &NewAudit,
+    ) -> Result<Option<PolicyRecord>, StoreError> {
+        self.inner.change_policy(c, a)
+    }
     fn get_device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
         let read = self.inner.get_device(id);
         let held = {

@@ -1,4 +1,4 @@
-//! The client commands: `cert ...`, `audit`, `connection-string`, `sas-token`. Each is one or a
+//! The client commands: `cert ...`, `policy ...`, `audit`, `connection-string`, `sas-token`. Each is one or a
 //! few API calls; the hub decides every rule, the CLI only presents the answer (text for people,
 //! `-o json` for scripts: the API's JSON as is).
 
@@ -58,6 +58,39 @@ pub enum CertCommand {
         name: String,
         #[arg(long)]
         etag: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Add a shared access policy with fresh keys, or set the rights of an existing one (its keys
+    /// stay). The built-in iothubowner keeps every right.
+    Add {
+        name: String,
+        /// Comma-separated rights: RegistryRead, RegistryWrite, ServiceConnect, DeviceConnect.
+        #[arg(long)]
+        rights: String,
+    },
+    /// List the policies and their rights (never their keys).
+    List,
+    /// Show one policy's rights; its keys only with --keys.
+    Show {
+        name: String,
+        /// Print the policy's keys too (they are secrets; owner credential required).
+        #[arg(long)]
+        keys: bool,
+    },
+    /// Delete a policy: its keys stop working at once. iothubowner cannot be deleted.
+    Delete { name: String },
+    /// Replace one key with a new random one: the old key stops working at once.
+    Rotate {
+        name: String,
+        /// Which key to replace.
+        #[arg(long, value_parser = ["primary", "secondary"])]
+        key: String,
+        /// Print the policy's keys after the rotation.
+        #[arg(long)]
+        keys: bool,
     },
 }
 
@@ -397,6 +430,143 @@ pub fn audit(target: &HubTarget, output: Output, args: AuditArgs) -> Result<()> 
             Ok(())
         }
     }
+}
+
+fn policy_path(name: &str) -> String {
+    format!("/policies/{}", segment(name))
+}
+
+fn print_policy(v: &Value, keys: bool) {
+    println!("name: {}", text(&v["keyName"]));
+    println!("rights: {}", text(&v["rights"]));
+    if keys {
+        println!("primaryKey: {}", text(&v["primaryKey"]));
+        println!("secondaryKey: {}", text(&v["secondaryKey"]));
+    }
+}
+
+/// Keeps the value of a policy answer that is to be shown: without keys unless asked.
+fn shown_policy(mut v: Value, keys: bool) -> Value {
+    if !keys {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("primaryKey");
+            o.remove("secondaryKey");
+        }
+    }
+    v
+}
+
+pub fn policy(target: &HubTarget, output: Output, cmd: PolicyCommand) -> Result<()> {
+    let api = ApiClient::connect(target)?;
+    match cmd {
+        PolicyCommand::Add { name, rights } => {
+            let v = api.call(
+                Method::PUT,
+                &policy_path(&name),
+                None,
+                Some(&json!({ "rights": rights })),
+            )?;
+            match output {
+                Output::Json => print_json(&v),
+                Output::Text => {
+                    print_policy(&v, false);
+                    eprintln!("keys: iothub policy show {name} --keys");
+                    Ok(())
+                }
+            }
+        }
+        PolicyCommand::List => {
+            let v = api.call(Method::GET, "/policies", None, None)?;
+            match output {
+                Output::Json => print_json(&v),
+                Output::Text => {
+                    println!("{:<24} RIGHTS", "NAME");
+                    for p in v["value"].as_array().cloned().unwrap_or_default() {
+                        println!("{:<24} {}", text(&p["keyName"]), text(&p["rights"]));
+                    }
+                    Ok(())
+                }
+            }
+        }
+        PolicyCommand::Show { name, keys } => {
+            let v = if keys {
+                api.call(
+                    Method::POST,
+                    &format!("{}/listKeys", policy_path(&name)),
+                    None,
+                    None,
+                )?
+            } else {
+                api.call(Method::GET, &policy_path(&name), None, None)?
+            };
+            match output {
+                Output::Json => print_json(&v),
+                Output::Text => {
+                    print_policy(&v, keys);
+                    Ok(())
+                }
+            }
+        }
+        PolicyCommand::Delete { name } => {
+            api.call(Method::DELETE, &policy_path(&name), None, None)?;
+            match output {
+                Output::Json => print_json(&json!({ "deleted": name })),
+                Output::Text => {
+                    println!("deleted {name}");
+                    Ok(())
+                }
+            }
+        }
+        PolicyCommand::Rotate { name, key, keys } => {
+            let v = api.call(
+                Method::POST,
+                &format!("{}/rotateKey", policy_path(&name)),
+                None,
+                Some(&json!({ "key": key })),
+            )?;
+            follow_own_rotation(target, &name, &key, &v)?;
+            match output {
+                Output::Json => print_json(&shown_policy(v, keys)),
+                Output::Text => {
+                    println!("rotated the {key} key of {name}; the old one no longer works");
+                    if keys {
+                        print_policy(&v, true);
+                    }
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// When the key this CLI signed with was the one just replaced, the local connection string
+/// (DATA/connection-string) gets the new key, so that the next command still reaches the hub; a
+/// connection string given with --hub cannot be updated, so the operator is told.
+fn follow_own_rotation(target: &HubTarget, name: &str, slot: &str, answer: &Value) -> Result<()> {
+    let conn = target.connection()?;
+    let (primary, secondary) = (text(&answer["primaryKey"]), text(&answer["secondaryKey"]));
+    if conn.policy != name || conn.key == primary || conn.key == secondary {
+        return Ok(());
+    }
+    let new_key = if slot == "secondary" {
+        secondary
+    } else {
+        primary
+    };
+    if target.connection_string.is_some() {
+        eprintln!(
+            "note: the connection string given with --hub / IOTHUB_CONNECTION_STRING used the key just replaced and no longer works; read the new key with 'iothub policy show {name} --keys' (with another owner credential)"
+        );
+        return Ok(());
+    }
+    let path = target.data.join(crate::serve::CONNECTION_STRING_FILE);
+    let updated = format!(
+        "HostName={};SharedAccessKeyName={};SharedAccessKey={new_key}\n",
+        conn.host_name, conn.policy
+    );
+    crate::files::write_atomic(&path, updated.as_bytes(), 0o600)?;
+    eprintln!("{} now holds the new {slot} key of {name}", path.display());
+    Ok(())
 }
 
 fn policy_key(target: &HubTarget, policy: &str) -> Result<String> {

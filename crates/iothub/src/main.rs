@@ -1,4 +1,4 @@
-//! `iothub`: one binary for the hub (`serve`), its command-line client (`cert`, `audit`,
+//! `iothub`: one binary for the hub (`serve`), its command-line client (`cert`, `policy`, `audit`,
 //! `connection-string`, `sas-token`) and test-PKI helpers (`pki`).
 
 mod bench;
@@ -68,6 +68,9 @@ enum Command {
     Monitor(device_cli::MonitorArgs),
     /// Connected devices and recent connection refusals with their reasons.
     Connections,
+    /// Shared access policies: add with chosen rights, list, show, delete, rotate keys.
+    #[command(subcommand)]
+    Policy(cli::PolicyCommand),
     /// The audit log, newest first.
     Audit(cli::AuditArgs),
     /// Print the owner connection string of the local hub (or of --policy).
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
                     .block_on(serve::run(config))
             }),
         Command::Cert(cmd) => cli::cert(&target, cli.output, cmd),
+        Command::Policy(cmd) => cli::policy(&target, cli.output, cmd),
         Command::Audit(args) => cli::audit(&target, cli.output, args),
         Command::Device(cmd) => device_cli::device(&target, cli.output, cmd),
         Command::C2d(cmd) => device_cli::c2d(&target, cli.output, cmd),

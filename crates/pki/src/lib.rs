@@ -10,6 +10,7 @@
 //! - [`dn`]: render distinguished names as RFC 4514 strings.
 //! - [`pop`]: proof-of-possession rules: upload checks, verification codes, the ordered verify check.
 //! - [`sas`]: SharedAccessSignature tokens, signed and checked exactly as Azure IoT Hub does.
+//! - [`policy`]: shared access policy names, rights lists and key slots as operators write them.
 //! - [`gen`]: certificate and key generation for test PKIs and the one-step `cert prove`.
 
 pub mod cert;
@@ -18,6 +19,7 @@ pub mod device;
 pub mod dn;
 pub mod gen;
 pub mod input;
+pub mod policy;
 pub mod pop;
 pub mod sas;
 

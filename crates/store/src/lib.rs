@@ -109,6 +109,24 @@ pub struct PolicyRecord {
     pub rights: Vec<String>,
 }
 
+/// A change to the shared access policies, applied by [`Store::change_policy`] in one transaction
+/// that checks its precondition and appends the audit entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyChange {
+    /// Create `record`: no policy of that name exists and fewer than `limit` policies exist.
+    Create { record: PolicyRecord, limit: u64 },
+    /// Replace the rights of an existing policy (its keys stay).
+    SetRights { name: String, rights: Vec<String> },
+    /// Replace one key of an existing policy (`secondary`: the secondary key, else the primary).
+    SetKey {
+        name: String,
+        secondary: bool,
+        key: String,
+    },
+    /// Delete an existing policy.
+    Delete { name: String },
+}
+
 /// A registered device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRecord {
@@ -268,6 +286,14 @@ pub trait Store: Send + Sync + 'static {
     fn list_policies(&self) -> Result<Vec<PolicyRecord>, StoreError>;
     /// Inserts a policy unless one of that name exists; returns whether it was inserted.
     fn insert_policy_if_absent(&self, policy: &PolicyRecord) -> Result<bool, StoreError>;
+    /// Applies `change` and appends `audit` in one transaction: `AlreadyExists` or `LimitReached`
+    /// for a create, `NotFound` when the policy to change is missing. Returns the policy as
+    /// stored afterwards (None after a delete).
+    fn change_policy(
+        &self,
+        change: &PolicyChange,
+        audit: &NewAudit,
+    ) -> Result<Option<PolicyRecord>, StoreError>;
 
     fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError>;
     /// Devices ordered by id, after `after` (exclusive), at most `limit`.

@@ -9,8 +9,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::{
     AuditEntry, AuditQuery, C2dRecord, CaChanges, CaRecord, CodeRecord, DeviceActivity,
-    DeviceRecord, Expect, NewAudit, NewMessage, PolicyRecord, Store, StoreError, StoredMessage,
-    TwinRecord,
+    DeviceRecord, Expect, NewAudit, NewMessage, PolicyChange, PolicyRecord, Store, StoreError,
+    StoredMessage, TwinRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -290,6 +290,30 @@ fn current_etag(
     .map_err(backend)
 }
 
+fn policy_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PolicyRecord> {
+    let rights: String = r.get(3)?;
+    Ok(PolicyRecord {
+        name: r.get(0)?,
+        primary_key: r.get(1)?,
+        secondary_key: r.get(2)?,
+        rights: rights
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+fn read_policy(conn: &Connection, name: &str) -> Result<Option<PolicyRecord>, StoreError> {
+    conn.query_row(
+        "SELECT name, primary_key, secondary_key, rights FROM policy WHERE name = ?1",
+        [name],
+        policy_from_row,
+    )
+    .optional()
+    .map_err(backend)
+}
+
 /// The precondition of a delete: the row exists and, when given, its etag is `want`.
 fn check_delete(current: Option<i64>, want: Option<u64>) -> Result<(), StoreError> {
     match (current, want) {
@@ -483,21 +507,7 @@ impl Store for SqliteStore {
                 "SELECT name, primary_key, secondary_key, rights FROM policy ORDER BY name",
             )
             .map_err(backend)?;
-        let rows = stmt
-            .query_map([], |r| {
-                let rights: String = r.get(3)?;
-                Ok(PolicyRecord {
-                    name: r.get(0)?,
-                    primary_key: r.get(1)?,
-                    secondary_key: r.get(2)?,
-                    rights: rights
-                        .split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
-                })
-            })
-            .map_err(backend)?;
+        let rows = stmt.query_map([], policy_from_row).map_err(backend)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(backend)
     }
 
@@ -511,6 +521,70 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         Ok(n == 1)
     }
+    fn change_policy(
+        &self,
+        change: &PolicyChange,
+        audit: &NewAudit,
+    ) -> Result<Option<PolicyRecord>, StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let name = match change {
+            PolicyChange::Create { record, .. } => &record.name,
+            PolicyChange::SetRights { name, .. }
+            | PolicyChange::SetKey { name, .. }
+            | PolicyChange::Delete { name } => name,
+        };
+        let exists = read_policy(&tx, name)?.is_some();
+        match change {
+            PolicyChange::Create { record, limit } => {
+                if exists {
+                    return Err(StoreError::AlreadyExists);
+                }
+                let count: i64 = tx
+                    .query_row("SELECT COUNT(*) FROM policy", [], |r| r.get(0))
+                    .map_err(backend)?;
+                if count as u64 >= *limit {
+                    return Err(StoreError::LimitReached { limit: *limit });
+                }
+                tx.execute(
+                    "INSERT INTO policy (name, primary_key, secondary_key, rights) VALUES (?1, ?2, ?3, ?4)",
+                    params![record.name, record.primary_key, record.secondary_key, record.rights.join(",")],
+                )
+                .map_err(backend)?;
+            }
+            _ if !exists => return Err(StoreError::NotFound),
+            PolicyChange::SetRights { name, rights } => {
+                tx.execute(
+                    "UPDATE policy SET rights = ?2 WHERE name = ?1",
+                    params![name, rights.join(",")],
+                )
+                .map_err(backend)?;
+            }
+            PolicyChange::SetKey {
+                name,
+                secondary,
+                key,
+            } => {
+                let sql = if *secondary {
+                    "UPDATE policy SET secondary_key = ?2 WHERE name = ?1"
+                } else {
+                    "UPDATE policy SET primary_key = ?2 WHERE name = ?1"
+                };
+                tx.execute(sql, params![name, key]).map_err(backend)?;
+            }
+            PolicyChange::Delete { name } => {
+                tx.execute("DELETE FROM policy WHERE name = ?1", [name])
+                    .map_err(backend)?;
+            }
+        }
+        let after = read_policy(&tx, name)?;
+        insert_audit(&tx, audit)?;
+        tx.commit().map_err(backend)?;
+        Ok(after)
+    }
+
     fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
         let conn = self.lock()?;
         // On every device CONNECT: a cached statement (parsing it cost more than the lookup).
@@ -1121,6 +1195,100 @@ mod tests {
                 rights: vec![],
             })
             .unwrap());
+    }
+
+    #[test]
+    fn policy_changes_check_their_precondition_and_audit_in_the_same_transaction() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let p = |name: &str| PolicyRecord {
+            name: name.into(),
+            primary_key: "k1".into(),
+            secondary_key: "k2".into(),
+            rights: vec!["RegistryRead".into()],
+        };
+        let count = |s: &SqliteStore| {
+            s.list_audit(&AuditQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap()
+            .len()
+        };
+        let create = |name: &str, limit| PolicyChange::Create {
+            record: p(name),
+            limit,
+        };
+        assert_eq!(
+            s.change_policy(&create("a", 2), &audit("policy.add"))
+                .unwrap(),
+            Some(p("a"))
+        );
+        // Refusals change nothing and write no audit entry here (the service layer audits them).
+        assert_eq!(
+            s.change_policy(&create("a", 2), &audit("x")),
+            Err(StoreError::AlreadyExists)
+        );
+        s.change_policy(&create("b", 2), &audit("policy.add"))
+            .unwrap();
+        assert_eq!(
+            s.change_policy(&create("c", 2), &audit("x")),
+            Err(StoreError::LimitReached { limit: 2 })
+        );
+        for missing in [
+            PolicyChange::SetRights {
+                name: "zz".into(),
+                rights: vec![],
+            },
+            PolicyChange::SetKey {
+                name: "zz".into(),
+                secondary: false,
+                key: "n".into(),
+            },
+            PolicyChange::Delete { name: "zz".into() },
+        ] {
+            assert_eq!(
+                s.change_policy(&missing, &audit("x")),
+                Err(StoreError::NotFound)
+            );
+        }
+        assert_eq!(count(&s), 2);
+        let rotated = s
+            .change_policy(
+                &PolicyChange::SetKey {
+                    name: "a".into(),
+                    secondary: true,
+                    key: "new".into(),
+                },
+                &audit("policy.rotateKey"),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (rotated.primary_key.as_str(), rotated.secondary_key.as_str()),
+            ("k1", "new")
+        );
+        let changed = s
+            .change_policy(
+                &PolicyChange::SetRights {
+                    name: "a".into(),
+                    rights: vec!["RegistryRead".into(), "ServiceConnect".into()],
+                },
+                &audit("policy.update"),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(changed.rights, ["RegistryRead", "ServiceConnect"]);
+        assert_eq!(changed.secondary_key, "new");
+        assert_eq!(
+            s.change_policy(
+                &PolicyChange::Delete { name: "a".into() },
+                &audit("policy.delete")
+            )
+            .unwrap(),
+            None
+        );
+        assert_eq!(s.list_policies().unwrap(), vec![p("b")]);
+        assert_eq!(count(&s), 5);
     }
 
     #[test]
