@@ -19,7 +19,7 @@ pub struct TestHub {
     /// The MQTT (device) port.
     pub mqtt_port: u16,
     pub first_stdout: Vec<String>,
-    /// Where the hub's stderr (its log, at `info`) goes, when started with [`TestHub::start_logged`].
+    /// Where the hub's stderr (its log, at `info` or the level asked) goes, when started with [`TestHub::start_logged`].
     pub log: Option<PathBuf>,
 }
 
@@ -43,9 +43,14 @@ impl TestHub {
     /// Starts a hub in a fresh temporary directory, its log (level `info`) written to
     /// `hub.log` there (see [`TestHub::log_text`]).
     pub fn start_logged(extra: &[&str]) -> TestHub {
+        TestHub::start_logged_at("info", extra)
+    }
+
+    /// [`TestHub::start_logged`] at another log level (`IOTHUB_LOG`).
+    pub fn start_logged_at(level: &str, extra: &[&str]) -> TestHub {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
-        let mut hub = TestHub::spawn(&dir, extra, Some(&dir.join("hub.log")));
+        let mut hub = TestHub::spawn(&dir, extra, Some((&dir.join("hub.log"), level)));
         hub._tmp = Some(tmp);
         hub
     }
@@ -64,7 +69,7 @@ impl TestHub {
         TestHub::spawn(dir, extra, None)
     }
 
-    fn spawn(dir: &Path, extra: &[&str], log: Option<&Path>) -> TestHub {
+    fn spawn(dir: &Path, extra: &[&str], log: Option<(&Path, &str)>) -> TestHub {
         let mut cmd = Command::new(BIN);
         cmd.arg("--data")
             .arg(dir.join("data"))
@@ -85,8 +90,8 @@ impl TestHub {
             .env_remove("IOTHUB_CONNECTION_STRING")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if let Some(path) = log {
-            cmd.env("IOTHUB_LOG", "info")
+        if let Some((path, level)) = log {
+            cmd.env("IOTHUB_LOG", level)
                 .stderr(std::fs::File::create(path).expect("create the hub's log file"));
         }
         let mut child = cmd.spawn().expect("spawn iothub serve");
@@ -132,7 +137,7 @@ impl TestHub {
             port,
             mqtt_port,
             first_stdout: lines,
-            log: log.map(Path::to_path_buf),
+            log: log.map(|(path, _)| path.to_path_buf()),
         }
     }
 
