@@ -126,7 +126,7 @@ fn private_key_label(text: &str) -> Option<String> {
         label.ends_with("PRIVATE KEY").then(|| {
             // A label is not key material, but only a short one is worth repeating.
             if label.len() <= 40 && label.bytes().all(|b| b.is_ascii_uppercase() || b == b' ') {
-                format!("a '{label}' PEM block")
+                format!("a PEM block labelled '{label}'")
             } else {
                 "a PEM block labelled as a private key".to_string()
             }

@@ -291,7 +291,7 @@ fn refuses_garbage_input() {
     assert_eq!(
         e,
         ProofError::Input(InputError::PrivateKeyIncluded {
-            what: "a 'PRIVATE KEY' PEM block".into()
+            what: "a PEM block labelled 'PRIVATE KEY'".into()
         })
     );
 }
