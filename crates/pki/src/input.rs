@@ -117,15 +117,19 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
 }
 
 /// The label of the first PEM BEGIN line that announces a private key (`PRIVATE KEY`, `RSA PRIVATE
-/// KEY`, `EC PRIVATE KEY`, `ENCRYPTED PRIVATE KEY`, ...), looked for anywhere in the text so that
-/// no layout (one line, a missing END line) hides it.
+/// KEY`, `EC PRIVATE KEY`, `ENCRYPTED PRIVATE KEY`, `OPENSSH PRIVATE KEY`, `PGP PRIVATE KEY BLOCK`:
+/// any label holding PRIVATE, in any case), looked for anywhere in the text so that no layout (one
+/// line, a missing END line) hides it.
 fn private_key_label(text: &str) -> Option<String> {
     text.match_indices("-----BEGIN ").find_map(|(at, begin)| {
         let rest = &text[at + begin.len()..];
         let label = rest[..rest.find("-----").unwrap_or(rest.len())].trim();
-        label.ends_with("PRIVATE KEY").then(|| {
-            // A label is not key material, but only a short one is worth repeating.
-            if label.len() <= 40 && label.bytes().all(|b| b.is_ascii_uppercase() || b == b' ') {
+        label.to_ascii_uppercase().contains("PRIVATE").then(|| {
+            // A label is not key material, but only a short, plain one is worth repeating.
+            let plain = label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b' ');
+            if label.len() <= 40 && plain {
                 format!("a PEM block labelled '{label}'")
             } else {
                 "a PEM block labelled as a private key".to_string()

@@ -650,6 +650,15 @@ fn a_certificate_uploaded_with_its_private_key_is_refused_in_every_shape() {
             "ENCRYPTED PRIVATE KEY",
             pem_block("ENCRYPTED PRIVATE KEY", &pkcs8, "\n"),
         ),
+        (
+            "OPENSSH PRIVATE KEY",
+            pem_block("OPENSSH PRIVATE KEY", &pkcs8, "\n"),
+        ),
+        (
+            "PGP PRIVATE KEY BLOCK",
+            pem_block("PGP PRIVATE KEY BLOCK", &pkcs8, "\n"),
+        ),
+        ("private key", pem_block("private key", &pkcs8, "\n")),
     ];
     for (label, key) in &blocks {
         let secret = pem_body_lines(key);
