@@ -439,7 +439,8 @@ fn proof_of_possession_rejections_then_lower_case_code_verifies() {
     refused(&api, "root", 400, "400063", true, || {
         api.verify("root", &padded, None)
     });
-    refused(&api, "root", 400, "400067", true, || {
+    // A private key is refused for what it is (issue 16, finding 7).
+    refused(&api, "root", 400, "400075", true, || {
         api.verify("root", &root.key, None)
     });
 
@@ -639,7 +640,7 @@ fn upload_rejections() {
     refused(&api, "empty", 400, "400065", true, || {
         api.put("empty", &put_body(" \r\n\t "), None)
     });
-    refused(&api, "keyfile", 400, "400067", true, || {
+    refused(&api, "keyfile", 400, "400075", true, || {
         api.put("keyfile", &put_body(&fresh.key), None)
     });
 
