@@ -1136,7 +1136,7 @@ fn body_lines(pem: &str) -> Vec<&str> {
 }
 
 #[test]
-fn a_ca_uploaded_with_its_private_key_is_400075_and_the_key_is_never_echoed() {
+fn a_ca_uploaded_with_its_private_key_is_400077_and_the_key_is_never_echoed() {
     let env = Env::new();
     let ca = root("Key Bundle Root", KeyKind::EcP256);
     use base64::Engine;
@@ -1146,7 +1146,7 @@ fn a_ca_uploaded_with_its_private_key_is_400075_and_the_key_is_never_echoed() {
         format!("{}{}", ca.key_pem, ca.pem),
         base64::engine::general_purpose::STANDARD.encode(&bundle),
     ] {
-        let err = env.refused(&sys(), &target("bundle"), PUT, 400075, || {
+        let err = env.refused(&sys(), &target("bundle"), PUT, 400077, || {
             env.hub
                 .put_certificate(&sys(), "bundle", &body(&input), None)
         });
@@ -1168,7 +1168,7 @@ fn a_ca_uploaded_with_its_private_key_is_400075_and_the_key_is_never_echoed() {
         iothub_pki::gen::make_verification_cert(&code, &ca.issuer, env.time(), Duration::hours(1))
             .unwrap();
     let with_key = format!("{}{}", g.cert_pem, g.key_pem);
-    env.refused(&sys(), &target("bundle"), VERIFY, 400075, || {
+    env.refused(&sys(), &target("bundle"), VERIFY, 400077, || {
         env.verify("bundle", &with_key)
     });
     assert!(env.verify("bundle", &g.cert_pem).unwrap().is_verified);
@@ -1203,12 +1203,12 @@ fn a_verification_certificate_whose_cn_is_not_text_is_400069() {
 }
 
 #[test]
-fn mismatched_signature_algorithm_fields_are_400074_at_upload_and_verify() {
+fn mismatched_signature_algorithm_fields_are_400076_at_upload_and_verify() {
     let env = Env::new();
     let ca = root("Mismatch Alg Root", KeyKind::EcP256);
     let ca_der = der_of(&ca.pem);
     let bad_ca = resigned(&ca_der, &ca.key_pem, None, ALG_ECDSA_SHA384);
-    let err = env.refused(&sys(), &target("alg"), PUT, 400074, || {
+    let err = env.refused(&sys(), &target("alg"), PUT, 400076, || {
         env.hub
             .put_certificate(&sys(), "alg", &body(&pem_of(&bad_ca)), None)
     });
@@ -1223,7 +1223,7 @@ fn mismatched_signature_algorithm_fields_are_400074_at_upload_and_verify() {
         None,
         ALG_ECDSA_SHA384,
     );
-    let err = env.refused(&sys(), &target("alg"), VERIFY, 400074, || {
+    let err = env.refused(&sys(), &target("alg"), VERIFY, 400076, || {
         env.verify("alg", &pem_of(&vcert))
     });
     assert!(

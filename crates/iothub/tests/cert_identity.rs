@@ -1,7 +1,7 @@
 //! Security review, issue 16, finding 7, over the real binary: a device certificate from a
 //! Verified CA whose CN is not a text string (the bytes DE AD, which read as "DEAD" before) is
 //! refused at CONNECT with CONNACK 5 and a reason that says so, and a CA upload carrying its
-//! private key is refused with 400075 without echoing the key.
+//! private key is refused with 400077 without echoing the key.
 
 mod common;
 
@@ -127,7 +127,7 @@ fn a_device_cn_that_is_not_text_is_refused_at_connect() {
 }
 
 #[test]
-fn a_ca_upload_with_its_private_key_is_400075() {
+fn a_ca_upload_with_its_private_key_is_400077() {
     let hub = TestHub::start(&[]);
     let dir = &hub.dir;
     ok(&hub.cli_in(dir, &["pki", "ca", "bundled", "--force"]));
@@ -145,7 +145,7 @@ fn a_ca_upload_with_its_private_key_is_400075() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        (text.contains("400075") || text.contains("CertificatePrivateKeyIncluded"))
+        (text.contains("400077") || text.contains("CertificatePrivateKeyIncluded"))
             && text.contains("must never leave"),
         "{text}"
     );

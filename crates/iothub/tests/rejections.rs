@@ -440,7 +440,7 @@ fn proof_of_possession_rejections_then_lower_case_code_verifies() {
         api.verify("root", &padded, None)
     });
     // A private key is refused for what it is (issue 16, finding 7).
-    refused(&api, "root", 400, "400075", true, || {
+    refused(&api, "root", 400, "400077", true, || {
         api.verify("root", &root.key, None)
     });
 
@@ -640,7 +640,7 @@ fn upload_rejections() {
     refused(&api, "empty", 400, "400065", true, || {
         api.put("empty", &put_body(" \r\n\t "), None)
     });
-    refused(&api, "keyfile", 400, "400075", true, || {
+    refused(&api, "keyfile", 400, "400077", true, || {
         api.put("keyfile", &put_body(&fresh.key), None)
     });
 
