@@ -45,12 +45,15 @@ pub const ALL_CODES: &[ErrorCode] = &[
     code(400066, "CertificateExpired"),
     code(400067, "CertificatePemInvalid"),
     code(400068, "ProofSignatureAlgorithmRefused"),
+    code(400069, "ProofCommonNameNotText"),
     code(400070, "DeviceIdInvalid"),
     code(400071, "DeviceAuthenticationInvalid"),
     code(400072, "MessageTooLarge"),
     code(400073, "TwinInvalid"),
     code(400074, "PolicyNameInvalid"),
     code(400075, "PolicyRightsInvalid"),
+    code(400076, "CertificateSignatureAlgorithmMismatch"),
+    code(400077, "CertificatePrivateKeyIncluded"),
     code(401002, "IotHubUnauthorizedAccess"),
     code(403001, "IotHubForbidden"),
     code(403002, "CsrfRejected"),
@@ -261,6 +264,9 @@ mod tests {
             "ProofCommonNameMissing",
             "ProofCommonNameMismatch",
             "ProofCertificateNotValidNow",
+            "ProofCommonNameNotText",
+            "CertificateSignatureAlgorithmMismatch",
+            "CertificatePrivateKeyIncluded",
         ];
         for k in kinds {
             assert_eq!(by_name(k).name, k, "{k} has no code");

@@ -284,14 +284,17 @@ fn common_name_other_than_the_code_is_400055() {
             env.verify("mismatch", &vcert)
         });
         match err {
-            HubError::Proof(ProofError::CnMismatch {
-                found,
-                expected_prefix,
-            }) => {
-                assert_eq!(found, cn);
-                assert_eq!(expected_prefix, &code[..8]);
+            HubError::Proof(ProofError::CnMismatch { found }) => {
+                // A CN holding part of the live code is not shown (issue 16, finding 7).
+                let expected = (cn != &code[..47]).then(|| cn.to_string());
+                assert_eq!(found, expected);
             }
             other => panic!("{other:?}"),
+        }
+        // Neither the response nor the audit entry shows any 8 characters of the live code.
+        let detail = env.last_audit().detail;
+        for i in 0..=code.len() - 8 {
+            assert!(!detail.contains(&code[i..i + 8]), "{detail}");
         }
     }
 }
@@ -1113,4 +1116,119 @@ fn verified_ca_survives_a_reopen() {
         .unwrap();
     let n = |e: &str| iothub_hub::auth::decode_etag(e).unwrap();
     assert!(n(&next.etag) > n(&verified.etag));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Security review, issue 16, finding 7.
+
+fn hex_bytes(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// The base64 lines of a PEM text, which no message or audit entry may show.
+fn body_lines(pem: &str) -> Vec<&str> {
+    pem.lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+        .collect()
+}
+
+#[test]
+fn a_ca_uploaded_with_its_private_key_is_400077_and_the_key_is_never_echoed() {
+    let env = Env::new();
+    let ca = root("Key Bundle Root", KeyKind::EcP256);
+    use base64::Engine;
+    let bundle = format!("{}{}", ca.pem, ca.key_pem);
+    for input in [
+        bundle.clone(),
+        format!("{}{}", ca.key_pem, ca.pem),
+        base64::engine::general_purpose::STANDARD.encode(&bundle),
+    ] {
+        let err = env.refused(&sys(), &target("bundle"), PUT, 400077, || {
+            env.hub
+                .put_certificate(&sys(), "bundle", &body(&input), None)
+        });
+        let text = err.to_string();
+        assert!(
+            text.contains("must never leave") && text.contains("upload the certificate alone"),
+            "{text}"
+        );
+        let detail = env.last_audit().detail;
+        for line in body_lines(&ca.key_pem) {
+            assert!(!text.contains(line) && !detail.contains(line), "key echoed");
+        }
+    }
+    assert!(env.try_get("bundle").is_none());
+    // The verification certificate with its key: refused the same way, the code stays live.
+    env.put("bundle", &ca.pem);
+    let code = env.code("bundle");
+    let g =
+        iothub_pki::gen::make_verification_cert(&code, &ca.issuer, env.time(), Duration::hours(1))
+            .unwrap();
+    let with_key = format!("{}{}", g.cert_pem, g.key_pem);
+    env.refused(&sys(), &target("bundle"), VERIFY, 400077, || {
+        env.verify("bundle", &with_key)
+    });
+    assert!(env.verify("bundle", &g.cert_pem).unwrap().is_verified);
+}
+
+#[test]
+fn a_verification_certificate_whose_cn_is_not_text_is_400069() {
+    let env = Env::new();
+    let ca = root("Octet CN Root", KeyKind::EcP256);
+    env.put("octet", &ca.pem);
+    let code = env.code("octet");
+    let template = der_of(&ca.vcert_at(&code, env.time()));
+    // The code's 24 bytes as an OCTET STRING used to read as the code itself (hex).
+    let octet = resigned(
+        &template,
+        &ca.key_pem,
+        Some(cn_name(0x04, &hex_bytes(&code))),
+        ALG_ECDSA_SHA256,
+    );
+    let err = env.refused(&sys(), &target("octet"), VERIFY, 400069, || {
+        env.verify("octet", &pem_of(&octet))
+    });
+    assert!(
+        err.to_string()
+            .contains("CN is an OCTET STRING, not a text string"),
+        "{err}"
+    );
+    assert!(!env.get("octet").is_verified);
+    // The same certificate with the code as text verifies.
+    let text = resigned(&template, &ca.key_pem, None, ALG_ECDSA_SHA256);
+    assert!(env.verify("octet", &pem_of(&text)).unwrap().is_verified);
+}
+
+#[test]
+fn mismatched_signature_algorithm_fields_are_400076_at_upload_and_verify() {
+    let env = Env::new();
+    let ca = root("Mismatch Alg Root", KeyKind::EcP256);
+    let ca_der = der_of(&ca.pem);
+    let bad_ca = resigned(&ca_der, &ca.key_pem, None, ALG_ECDSA_SHA384);
+    let err = env.refused(&sys(), &target("alg"), PUT, 400076, || {
+        env.hub
+            .put_certificate(&sys(), "alg", &body(&pem_of(&bad_ca)), None)
+    });
+    assert!(err.to_string().contains("RFC 5280"), "{err}");
+    assert!(env.try_get("alg").is_none());
+
+    env.put("alg", &ca.pem);
+    let code = env.code("alg");
+    let vcert = resigned(
+        &der_of(&ca.vcert_at(&code, env.time())),
+        &ca.key_pem,
+        None,
+        ALG_ECDSA_SHA384,
+    );
+    let err = env.refused(&sys(), &target("alg"), VERIFY, 400076, || {
+        env.verify("alg", &pem_of(&vcert))
+    });
+    assert!(
+        err.to_string().contains("ecdsa-with-SHA384")
+            && err.to_string().contains("ecdsa-with-SHA256"),
+        "{err}"
+    );
 }

@@ -570,3 +570,53 @@ fn a_recheck_closes_only_the_session_it_judged() {
         "the re-check of the old session closed its replacement"
     );
 }
+
+/// Security review, issue 16, finding 7: a leaf from a Verified CA whose CN is not a text string
+/// (bytes DE AD used to read as device "DEAD") or whose outer signatureAlgorithm differs from
+/// the signed one is refused at CONNECT, with a reason that says so.
+#[test]
+fn a_leaf_with_a_non_text_cn_or_mismatched_algorithm_fields_is_refused_at_connect() {
+    let (env, _) = gated_env();
+    let ca = root("Finding Root", KeyKind::EcP256);
+    register_verified(&env, "finding", &ca);
+    let template = ca.leaf_der("DEAD");
+
+    let octet = resigned(
+        &template,
+        &ca.key_pem,
+        Some(cn_name(0x04, &[0xde, 0xad])),
+        ALG_ECDSA_SHA256,
+    );
+    let req = ca_device(&env, "DEAD", vec![octet]);
+    let reason = env.hub.authenticate_device(&req).unwrap_err();
+    assert!(
+        reason.contains("the leaf certificate's CN is an OCTET STRING, not a text string"),
+        "{reason}"
+    );
+
+    let mismatch = resigned(&template, &ca.key_pem, None, ALG_ECDSA_SHA384);
+    let req = ca_device(&env, "DEAD-2", vec![mismatch]);
+    let reason = env.hub.authenticate_device(&req).unwrap_err();
+    assert!(
+        reason.contains("signature algorithm") && reason.contains("RFC 5280"),
+        "{reason}"
+    );
+
+    // The control: the same leaf re-signed unchanged connects as DEAD.
+    let same = resigned(&template, &ca.key_pem, None, ALG_ECDSA_SHA256);
+    let req = ca_device(&env, "DEAD-3", vec![same.clone()]);
+    assert!(
+        env.hub.authenticate_device(&req).is_err(),
+        "CN DEAD is not DEAD-3"
+    );
+    let req = ConnectRequest {
+        client_id: "DEAD".into(),
+        username: Some("localhost/DEAD/?api-version=2021-04-12".into()),
+        password: None,
+        chain: vec![same],
+        remote: "127.0.0.1:50000".into(),
+    };
+    env.hub
+        .authenticate_device(&req)
+        .expect("a text CN equal to the id");
+}

@@ -386,10 +386,11 @@ fn proof_of_possession_rejections_then_lower_case_code_verifies() {
     let e = refused(&api, "root", 400, "400055", true, || {
         api.verify("root", &mismatch, None)
     });
-    // The message shows the found CN and only a prefix of the live code.
+    // The message shows the found CN and no part of the live code.
     let message = e["message"].as_str().unwrap();
     assert!(message.contains(&"0".repeat(48)), "{message}");
     assert!(!message.contains(&code2), "{message}");
+    assert!(!message.contains(&code2[..8]), "{message}");
 
     // No CN at all.
     let no_cn = signed_without_cn(&root);
@@ -438,7 +439,8 @@ fn proof_of_possession_rejections_then_lower_case_code_verifies() {
     refused(&api, "root", 400, "400063", true, || {
         api.verify("root", &padded, None)
     });
-    refused(&api, "root", 400, "400067", true, || {
+    // A private key is refused for what it is (issue 16, finding 7).
+    refused(&api, "root", 400, "400077", true, || {
         api.verify("root", &root.key, None)
     });
 
@@ -638,7 +640,7 @@ fn upload_rejections() {
     refused(&api, "empty", 400, "400065", true, || {
         api.put("empty", &put_body(" \r\n\t "), None)
     });
-    refused(&api, "keyfile", 400, "400067", true, || {
+    refused(&api, "keyfile", 400, "400077", true, || {
         api.put("keyfile", &put_body(&fresh.key), None)
     });
 

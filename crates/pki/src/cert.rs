@@ -5,6 +5,7 @@
 //! [`crate::pop`].
 
 use aws_lc_rs::digest;
+use x509_parser::der_parser::asn1_rs::{Any, Class, Tag};
 use x509_parser::oid_registry::{
     OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
     OID_SIG_ED25519,
@@ -60,6 +61,86 @@ impl KeyAlgorithm {
     }
 }
 
+/// Why a subject does not name exactly one thing by its CN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommonNameProblem {
+    /// A CN whose value is not a text string: what it is instead, e.g. `an OCTET STRING`.
+    NotText(String),
+    Missing,
+    /// More than one CN (their number).
+    Several(usize),
+}
+
+/// The two signature algorithm fields of a certificate when they differ: the one inside the
+/// TBSCertificate (covered by the signature) and the outer signatureAlgorithm, each described
+/// (name, and parameters when present).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlgorithmMismatch {
+    pub signed: String,
+    pub outer: String,
+}
+
+/// Compares a certificate's outer signatureAlgorithm with the signature field inside its
+/// TBSCertificate, byte for byte (RFC 5280 4.1.1.2 requires them to be the same; only the inner
+/// one is signed, so a difference means the outer one was changed or made by a broken tool, and
+/// different libraries would check the signature with different algorithms). DER that cannot be
+/// walked this far is not a certificate and is refused elsewhere, so it yields `Ok`.
+pub fn check_signature_algorithms(der: &[u8]) -> Result<(), AlgorithmMismatch> {
+    match algorithm_fields(der) {
+        Some((signed, outer)) if signed != outer => Err(AlgorithmMismatch {
+            signed: describe_algorithm(signed),
+            outer: describe_algorithm(outer),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The complete TLV at the start of `d`.
+fn first_tlv(d: &[u8]) -> Option<&[u8]> {
+    let (rest, _) = Any::from_der(d).ok()?;
+    d.get(..d.len() - rest.len())
+}
+
+/// (signature inside the TBSCertificate, outer signatureAlgorithm), each as its DER TLV.
+fn algorithm_fields(der: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (_, certificate) = Any::from_der(der).ok()?;
+    let (after_tbs, tbs) = Any::from_der(certificate.data).ok()?;
+    let outer = first_tlv(after_tbs)?;
+    let mut fields = tbs.data;
+    // version [0] EXPLICIT is optional (absent in X.509 v1).
+    let (rest, first) = Any::from_der(fields).ok()?;
+    if first.class() == Class::ContextSpecific && first.tag() == Tag(0) {
+        fields = rest;
+    }
+    let (after_serial, _) = Any::from_der(fields).ok()?;
+    Some((first_tlv(after_serial)?, outer))
+}
+
+/// An AlgorithmIdentifier as words: its name (or dotted OID), with its parameters in hex if any.
+fn describe_algorithm(tlv: &[u8]) -> String {
+    let parts = Any::from_der(tlv).ok().and_then(|(_, seq)| {
+        let (params, oid) = Any::from_der(seq.data).ok()?;
+        Some((oid.as_oid().ok()?.to_owned(), params))
+    });
+    let Some((oid, params)) = parts else {
+        return format!("an unreadable algorithm identifier ({} bytes)", tlv.len());
+    };
+    let name = x509_parser::objects::oid2sn(&oid, x509_parser::objects::oid_registry())
+        .map(str::to_owned)
+        .unwrap_or_else(|_| oid.to_id_string());
+    if params.is_empty() {
+        name
+    } else {
+        let shown = &params[..params.len().min(32)];
+        let more = if params.len() > shown.len() {
+            "..."
+        } else {
+            ""
+        };
+        format!("{name} with parameters {}{more}", hex::encode(shown))
+    }
+}
+
 /// Everything iothub records about a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
@@ -70,8 +151,12 @@ pub struct CertInfo {
     pub subject_raw: Vec<u8>,
     pub issuer: String,
     pub issuer_raw: Vec<u8>,
-    /// Every subject CN value, in encoding order.
+    /// The text of every subject CN whose value is a text string, in encoding order.
     pub common_names: Vec<String>,
+    /// What every subject CN whose value is not a text string is instead (e.g. `an OCTET
+    /// STRING`), in encoding order: such a CN is never read as text (see
+    /// [`crate::dn::attribute_value_text`]), and [`CertInfo::single_common_name`] refuses it.
+    pub non_text_common_names: Vec<String>,
     /// SHA-1 of the DER, 40 uppercase hex digits (Azure's `thumbprint`).
     pub thumbprint_sha1: String,
     /// SHA-256 of the DER, 64 uppercase hex digits.
@@ -118,15 +203,14 @@ impl CertInfo {
                 _ => {}
             }
         }
-        let common_names = cert
-            .subject()
-            .iter_common_name()
-            // Decoded as the subject shows it (BMPString and UniversalString too); a CN that is no
-            // text at all is kept as hex, which no code or device id can equal.
-            .map(|cn| {
-                crate::dn::attribute_text(cn).unwrap_or_else(|| hex::encode_upper(cn.as_slice()))
-            })
-            .collect();
+        let mut common_names = Vec::new();
+        let mut non_text_common_names = Vec::new();
+        for cn in cert.subject().iter_common_name() {
+            match crate::dn::attribute_value_text(cn) {
+                Ok(text) => common_names.push(text),
+                Err(what) => non_text_common_names.push(what),
+            }
+        }
         Ok(CertInfo {
             der: der.to_vec(),
             subject: rfc4514(cert.subject()),
@@ -134,6 +218,7 @@ impl CertInfo {
             issuer: rfc4514(cert.issuer()),
             issuer_raw: cert.issuer().as_raw().to_vec(),
             common_names,
+            non_text_common_names,
             thumbprint_sha1: hex::encode_upper(
                 digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref(),
             ),
@@ -157,6 +242,20 @@ impl CertInfo {
     /// Whether `now` (Unix seconds) lies inside the validity period, both ends inclusive.
     pub fn is_valid_at(&self, now: i64) -> bool {
         self.not_before <= now && now <= self.not_after
+    }
+
+    /// The one CN of the subject, the name a device or a verification code is matched against.
+    /// A CN that is not a text string is refused before anything else (whatever the count), then
+    /// there must be exactly one CN. Proof of possession and device CONNECT both apply this rule.
+    pub fn single_common_name(&self) -> Result<&str, CommonNameProblem> {
+        if let Some(what) = self.non_text_common_names.first() {
+            return Err(CommonNameProblem::NotText(what.clone()));
+        }
+        match self.common_names.as_slice() {
+            [one] => Ok(one),
+            [] => Err(CommonNameProblem::Missing),
+            many => Err(CommonNameProblem::Several(many.len())),
+        }
     }
 
     /// Whether the certificate names itself as its issuer.

@@ -18,6 +18,7 @@ use crate::device::{ChainOk, NameKey};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedChain {
     pub ca_name: String,
+    /// The leaf's CNs (all text: a chain whose leaf has a CN that is not is never a success).
     pub leaf_common_names: Vec<String>,
     pub valid_from: i64,
     pub valid_until: i64,

@@ -322,6 +322,8 @@ pub enum ChainError {
         subject: String,
         not_after: String,
     },
+    #[error("the leaf certificate's CN is {found}, not a text string; a device certificate's CN must be the device id as text (a UTF8String or PrintableString)")]
+    LeafCommonNameNotText { found: String },
     #[error("the chain does not verify against registered CA '{ca_name}' ({subject}): {reason}")]
     Invalid {
         ca_name: String,
@@ -329,6 +331,9 @@ pub enum ChainError {
         reason: String,
     },
 }
+
+/// Why webpki refuses a certificate whose outer signatureAlgorithm differs from the signed one.
+const SIGNATURE_ALGORITHM_MISMATCH: &str = "a certificate of the chain has a signatureAlgorithm field that differs from the signature algorithm inside its signed part (TBSCertificate); RFC 5280 (4.1.1.2) requires the two to be the same";
 
 fn describe(e: &webpki::Error, now: i64) -> String {
     use webpki::Error as E;
@@ -355,6 +360,7 @@ fn describe(e: &webpki::Error, now: i64) -> String {
         E::EndEntityUsedAsCa => "an intermediate of the chain is not a CA certificate".into(),
         E::PathLenConstraintViolated => "the chain is longer than a CA's path length allows".into(),
         E::UnsupportedCertVersion => "a certificate of the chain is not X.509 v3".into(),
+        E::SignatureAlgorithmMismatch => SIGNATURE_ALGORITHM_MISMATCH.into(),
         E::UnsupportedSignatureAlgorithmContext(_)
         | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
             "a signature algorithm of the chain is not supported".into()
@@ -417,8 +423,12 @@ pub fn validate_chain_bounded(
     }
 
     let leaf_cert = CertificateDer::from(leaf_der.as_slice());
-    let ee = webpki::EndEntityCert::try_from(&leaf_cert)
-        .map_err(|e| ChainError::Unparsable(format!("{e:?}")))?;
+    let ee = webpki::EndEntityCert::try_from(&leaf_cert).map_err(|e| match e {
+        webpki::Error::SignatureAlgorithmMismatch => ChainError::Unparsable(
+            SIGNATURE_ALGORITHM_MISMATCH.replace("a certificate of the chain", "it"),
+        ),
+        other => ChainError::Unparsable(format!("{other:?}")),
+    })?;
     let intermediates: Vec<CertificateDer<'_>> = chain[1..]
         .iter()
         .map(|d| CertificateDer::from(d.as_slice()))
@@ -484,6 +494,14 @@ pub fn validate_chain_bounded(
     } else {
         match attempt(&usable) {
             Ok(ca_name) => {
+                // A chain from a Verified CA still names no device when its leaf has a CN that
+                // is not text (any of them: the CN count is judged by the caller on the text
+                // CNs). Judged after the path, so an untrusted chain hears only about trust.
+                if let Some(found) = leaf.non_text_common_names.first() {
+                    return Err(ChainError::LeafCommonNameNotText {
+                        found: found.clone(),
+                    });
+                }
                 let ca_not_after = usable
                     .iter()
                     .find(|c| c.ca_name == ca_name)

@@ -5,7 +5,7 @@
 //! portal, which use the RFC 4514 form: last RDN first, `,` between RDNs, `+` inside one, and special
 //! characters escaped. Names are compared elsewhere by their raw DER bytes, never by this text.
 
-use x509_parser::der_parser::asn1_rs::Tag;
+use x509_parser::der_parser::asn1_rs::{Class, Tag};
 use x509_parser::x509::{AttributeTypeAndValue, X509Name};
 
 /// Renders a name as an RFC 4514 string, e.g. `CN=Contoso Root,O=Contoso,C=US`.
@@ -43,17 +43,72 @@ fn short_name(oid: &str) -> Option<&'static str> {
 }
 
 /// The text of a string-valued attribute (UTF8String, PrintableString, IA5String, T61String,
-/// BMPString, UniversalString), or None for other encodings or invalid text.
+/// BMPString, UniversalString), or None for other encodings or invalid text. See
+/// [`attribute_value_text`].
 pub fn attribute_text(attr: &AttributeTypeAndValue<'_>) -> Option<String> {
+    attribute_value_text(attr).ok()
+}
+
+/// The text of an attribute, or what its value is instead (e.g. `an OCTET STRING`, `a UTF8String
+/// that is not valid UTF-8`), for messages.
+///
+/// Text strings are UTF8String (valid UTF-8), BMPString (valid UTF-16BE), UniversalString (valid
+/// UTF-32BE), and PrintableString, IA5String and TeletexString holding ASCII only: they are 7-bit
+/// types, or (T.61) a character set whose non-ASCII bytes do not mean what UTF-8 says. Everything
+/// else (an OCTET STRING, a SEQUENCE, a NumericString, ...) is not text: a CN like that names no
+/// device and holds no code, and is never read as the hex of its bytes
+/// (docs/certificate-names.md).
+pub fn attribute_value_text(attr: &AttributeTypeAndValue<'_>) -> Result<String, String> {
     let value = attr.attr_value();
-    match value.header.tag() {
-        Tag::Utf8String | Tag::PrintableString | Tag::Ia5String | Tag::T61String => {
-            std::str::from_utf8(value.data).ok().map(str::to_owned)
+    let tag = value.header.tag();
+    let ascii = |name: &str| {
+        if value.data.is_ascii() {
+            // ASCII is valid UTF-8.
+            Ok(String::from_utf8_lossy(value.data).into_owned())
+        } else {
+            Err(format!("{name} that is not ASCII"))
         }
-        Tag::BmpString => decode_utf16be(value.data),
-        Tag::UniversalString => decode_utf32be(value.data),
-        _ => None,
+    };
+    match tag {
+        Tag::Utf8String => std::str::from_utf8(value.data)
+            .map(str::to_owned)
+            .map_err(|_| "a UTF8String that is not valid UTF-8".to_string()),
+        Tag::PrintableString => ascii("a PrintableString"),
+        Tag::Ia5String => ascii("an IA5String"),
+        Tag::T61String => ascii("a TeletexString"),
+        Tag::BmpString => decode_utf16be(value.data)
+            .ok_or_else(|| "a BMPString that is not valid UTF-16".to_string()),
+        Tag::UniversalString => decode_utf32be(value.data)
+            .ok_or_else(|| "a UniversalString that is not valid UTF-32".to_string()),
+        _ => Err(describe_value(value.header.class(), tag)),
     }
+}
+
+/// What a value that is not text is, in words: `an OCTET STRING`, `a SEQUENCE`, ...
+fn describe_value(class: Class, tag: Tag) -> String {
+    if class != Class::Universal {
+        return format!("a value of {class:?} class tag [{}]", tag.0);
+    }
+    let known = match tag {
+        Tag::Boolean => "a BOOLEAN",
+        Tag::Integer => "an INTEGER",
+        Tag::BitString => "a BIT STRING",
+        Tag::OctetString => "an OCTET STRING",
+        Tag::Null => "a NULL",
+        Tag::Oid => "an OBJECT IDENTIFIER",
+        Tag::Enumerated => "an ENUMERATED",
+        Tag::Sequence => "a SEQUENCE",
+        Tag::Set => "a SET",
+        Tag::NumericString => "a NumericString",
+        Tag::VideotexString => "a VideotexString",
+        Tag::UtcTime => "a UTCTime",
+        Tag::GeneralizedTime => "a GeneralizedTime",
+        Tag::GraphicString => "a GraphicString",
+        Tag::VisibleString => "a VisibleString",
+        Tag::GeneralString => "a GeneralString",
+        _ => return format!("a value of universal tag {}", tag.0),
+    };
+    known.to_string()
 }
 
 fn decode_utf32be(data: &[u8]) -> Option<String> {

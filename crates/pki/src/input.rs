@@ -25,6 +25,9 @@ pub enum InputError {
     NotACertificate { detail: String },
     #[error("the certificate is followed by {extra} unexpected bytes; expected exactly one DER certificate")]
     TrailingData { extra: usize },
+    /// `what` names the kind of key found (a PEM label or a DER structure), never its content.
+    #[error("the upload holds a private key ({what}), and iothub refuses it: a private key, a CA's above all, must never leave your machine; upload the certificate alone (only its CERTIFICATE block) and keep the key where it is")]
+    PrivateKeyIncluded { what: String },
 }
 
 impl InputError {
@@ -38,6 +41,7 @@ impl InputError {
             InputError::NotACertificate { .. } | InputError::TrailingData { .. } => {
                 "CertificateUnparsable"
             }
+            InputError::PrivateKeyIncluded { .. } => "CertificatePrivateKeyIncluded",
         }
     }
 }
@@ -46,7 +50,9 @@ impl InputError {
 ///
 /// Accepted: PEM text (LF or CRLF line ends, surrounding white space), bare base64 of DER (white
 /// space allowed), base64 of PEM text, raw DER bytes. Exactly one certificate, at most `max_len`
-/// bytes of input.
+/// bytes of input. An input that holds a private key anywhere (a PEM block labelled `... PRIVATE
+/// KEY`, or a DER private key alone or after the certificate) is refused as such, whatever else it
+/// holds: the key is never decoded, and the error names only its kind.
 pub fn parse_certificate_input(input: &[u8], max_len: usize) -> Result<Vec<u8>, InputError> {
     if input.len() > max_len {
         return Err(InputError::TooLarge {
@@ -110,7 +116,75 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
     &bytes[start..end]
 }
 
+/// The label of the first PEM BEGIN line that announces a private key (`PRIVATE KEY`, `RSA PRIVATE
+/// KEY`, `EC PRIVATE KEY`, `ENCRYPTED PRIVATE KEY`, `OPENSSH PRIVATE KEY`, `PGP PRIVATE KEY BLOCK`:
+/// any label holding PRIVATE, in any case), looked for anywhere in the text so that no layout (one
+/// line, a missing END line) hides it.
+fn private_key_label(text: &str) -> Option<String> {
+    text.match_indices("-----BEGIN ").find_map(|(at, begin)| {
+        let rest = &text[at + begin.len()..];
+        let label = rest[..rest.find("-----").unwrap_or(rest.len())].trim();
+        label.to_ascii_uppercase().contains("PRIVATE").then(|| {
+            // A label is not key material, but only a short, plain one is worth repeating.
+            let plain = label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b' ');
+            if label.len() <= 40 && plain {
+                format!("a PEM block labelled '{label}'")
+            } else {
+                "a PEM block labelled as a private key".to_string()
+            }
+        })
+    })
+}
+
+/// What kind of private key `der` is, if its structure is one: PKCS#8 (RFC 5958), encrypted
+/// PKCS#8, SEC 1 EC (RFC 5915) or PKCS#1 RSA (RFC 8017). A certificate (SEQUENCE, SEQUENCE,
+/// BIT STRING) matches none of them.
+fn der_private_key_kind(der: &[u8]) -> Option<&'static str> {
+    use x509_parser::der_parser::asn1_rs::{Any, FromDer, Tag};
+    let (_, outer) = Any::from_der(der).ok()?;
+    if outer.tag() != Tag::Sequence {
+        return None;
+    }
+    let mut items: Vec<Any<'_>> = Vec::new();
+    let mut rest = outer.data;
+    while !rest.is_empty() && items.len() < 10 {
+        let (next, item) = Any::from_der(rest).ok()?;
+        items.push(item);
+        rest = next;
+    }
+    let tags: Vec<Tag> = items.iter().map(|i| i.tag()).collect();
+    let small_int = |i: &Any<'_>, values: &[u8]| {
+        i.tag() == Tag::Integer && i.data.len() == 1 && values.contains(&i.data[0])
+    };
+    match tags.as_slice() {
+        [Tag::Integer, Tag::Sequence, Tag::OctetString, ..] if small_int(&items[0], &[0, 1]) => {
+            Some("a PKCS#8 private key in DER")
+        }
+        [Tag::Sequence, Tag::OctetString] => Some("an encrypted PKCS#8 private key in DER"),
+        [Tag::Integer, Tag::OctetString, ..] if small_int(&items[0], &[1]) => {
+            Some("an EC private key (SEC 1) in DER")
+        }
+        [Tag::Integer, more @ ..]
+            if small_int(&items[0], &[0, 1])
+                && more.len() >= 8
+                && more.iter().all(|t| *t == Tag::Integer) =>
+        {
+            Some("an RSA private key (PKCS#1) in DER")
+        }
+        _ => None,
+    }
+}
+
+fn private_key_included(what: impl Into<String>) -> InputError {
+    InputError::PrivateKeyIncluded { what: what.into() }
+}
+
 fn parse_pem(text: &str) -> Result<Vec<u8>, InputError> {
+    if let Some(what) = private_key_label(text) {
+        return Err(private_key_included(what));
+    }
     let mut blocks: Vec<(String, String)> = Vec::new();
     let mut current: Option<(String, String)> = None;
     for raw_line in text.lines() {
@@ -183,6 +257,9 @@ fn parse_der_exact(der: &[u8]) -> Result<Vec<u8>, InputError> {
     match x509_parser::parse_x509_certificate(der) {
         Ok(([], _)) => Ok(der.to_vec()),
         Ok((rest, _)) => {
+            if let Some(what) = der_private_key_kind(rest) {
+                return Err(private_key_included(what));
+            }
             // A second DER certificate appended is "two certificates", anything else is trailing data.
             if rest.first() == Some(&0x30) && x509_parser::parse_x509_certificate(rest).is_ok() {
                 Err(InputError::MultipleCertificates { count: 2 })
@@ -190,9 +267,12 @@ fn parse_der_exact(der: &[u8]) -> Result<Vec<u8>, InputError> {
                 Err(InputError::TrailingData { extra: rest.len() })
             }
         }
-        Err(e) => Err(InputError::NotACertificate {
-            detail: e.to_string(),
-        }),
+        Err(e) => match der_private_key_kind(der) {
+            Some(what) => Err(private_key_included(what)),
+            None => Err(InputError::NotACertificate {
+                detail: e.to_string(),
+            }),
+        },
     }
 }
 

@@ -19,7 +19,7 @@ const SHA1_SIGNATURE_OIDS: [&str; 4] = [
     "1.2.840.10040.4.3",
 ];
 
-use crate::cert::CertInfo;
+use crate::cert::{check_signature_algorithms, CertInfo, CommonNameProblem};
 use crate::input::{parse_certificate_input, InputError};
 
 /// The default lifetime of a verification code: one hour.
@@ -91,6 +91,12 @@ pub enum UploadError {
     UnsupportedKey { subject: String, reason: String },
     #[error("certificate '{subject}' expired at {not_after}; upload a CA certificate that is still valid")]
     Expired { subject: String, not_after: String },
+    #[error("certificate '{subject}' is malformed: its signatureAlgorithm field says {outer} but the signature algorithm inside its signed part (TBSCertificate) says {signed}; RFC 5280 (4.1.1.2) requires the two to be the same, so re-issue the CA certificate with a standard tool")]
+    SignatureAlgorithmMismatch {
+        subject: String,
+        signed: String,
+        outer: String,
+    },
 }
 
 impl UploadError {
@@ -99,12 +105,21 @@ impl UploadError {
             UploadError::NotCa { .. } => "CertificateNotCa",
             UploadError::UnsupportedKey { .. } => "CertificateKeyUnsupported",
             UploadError::Expired { .. } => "CertificateExpired",
+            UploadError::SignatureAlgorithmMismatch { .. } => {
+                "CertificateSignatureAlgorithmMismatch"
+            }
         }
     }
 }
 
-/// Checks that a parsed certificate can be registered as a CA at time `now`.
+/// Checks that a parsed certificate can be registered as a CA at time `now`: its two signature
+/// algorithm fields agree, it is a CA, its key is supported, it has not expired.
 pub fn check_ca_upload(info: &CertInfo, now: i64) -> Result<(), UploadError> {
+    check_signature_algorithms(&info.der).map_err(|m| UploadError::SignatureAlgorithmMismatch {
+        subject: info.subject.clone(),
+        signed: m.signed,
+        outer: m.outer,
+    })?;
     if info.ca.is_none() {
         let found = if info.version < 3 {
             format!(
@@ -147,19 +162,21 @@ pub enum ProofError {
     Input(InputError),
     #[error("Proof-Of-Possession failed: the verification certificate was signed by another CA: expected issuer '{expected}', found '{found}'")]
     IssuerMismatch { expected: String, found: String },
+    #[error("Proof-Of-Possession failed: the verification certificate is malformed: its signatureAlgorithm field says {outer} but the signature algorithm inside its signed part (TBSCertificate) says {signed}; RFC 5280 (4.1.1.2) requires the two to be the same, so make the certificate with a standard tool")]
+    SignatureAlgorithmMismatch { signed: String, outer: String },
     #[error("Proof-Of-Possession failed: the verification certificate is signed with {algorithm}, which iothub refuses; sign it with SHA-256 or stronger")]
     WeakSignature { algorithm: String },
     #[error("Proof-Of-Possession failed: the verification certificate is not signed by the key of certificate '{ca}'")]
     BadSignature { ca: String },
+    #[error("Proof-Of-Possession failed: the verification certificate's CN is {found}, not a text string; its CN must be the verification code as text (a UTF8String or PrintableString)")]
+    CnNotText { found: String },
     #[error("Proof-Of-Possession failed: the verification certificate's subject must hold exactly one CN, the verification code; found {found}")]
     CnCount { found: String },
-    #[error(
-        "Proof-Of-Possession failed: CN is '{found}' but the live code is '{expected_prefix}...'"
-    )]
-    CnMismatch {
-        found: String,
-        expected_prefix: String,
-    },
+    /// `found` is the CN as shown (at most 96 characters), or None when it holds any 8
+    /// consecutive characters of the live code: no part of a live code is ever shown, and a near
+    /// miss would otherwise copy most of it into the response and the audit log.
+    #[error("Proof-Of-Possession failed: {}", cn_mismatch_text(.found))]
+    CnMismatch { found: Option<String> },
     #[error("the verification certificate is not valid now ({now}): it is valid from {not_before} to {not_after}")]
     OutsideValidity {
         now: String,
@@ -177,8 +194,12 @@ impl ProofError {
             ProofError::CodeExpired { .. } => "VerificationCodeExpired",
             ProofError::Input(e) => e.kind(),
             ProofError::IssuerMismatch { .. } => "ProofIssuerMismatch",
+            ProofError::SignatureAlgorithmMismatch { .. } => {
+                "CertificateSignatureAlgorithmMismatch"
+            }
             ProofError::WeakSignature { .. } => "ProofSignatureAlgorithmRefused",
             ProofError::BadSignature { .. } => "ProofSignatureInvalid",
+            ProofError::CnNotText { .. } => "ProofCommonNameNotText",
             ProofError::CnCount { .. } => "ProofCommonNameMissing",
             ProofError::CnMismatch { .. } => "ProofCommonNameMismatch",
             ProofError::OutsideValidity { .. } => "ProofCertificateNotValidNow",
@@ -189,8 +210,9 @@ impl ProofError {
 /// Checks a proof of possession of the private key of the CA `ca` (registered as `ca_name`).
 ///
 /// In order: a live code exists; `verification` is exactly one certificate (at most `max_len`
-/// bytes); its issuer DN equals the CA's subject DN (DER bytes); its signature algorithm is not SHA-1;
-/// its signature verifies with the CA's public key; its subject holds exactly one CN, equal to the
+/// bytes, no private key); its issuer DN equals the CA's subject DN (DER bytes); its two signature
+/// algorithm fields agree; its signature algorithm is not SHA-1; its signature verifies with the
+/// CA's public key; its subject's CNs are text strings, and there is exactly one, equal to the
 /// code (hex, compared without regard to case, in constant time); it is valid at `now`.
 /// Returns the facts of the verification certificate on success.
 pub fn verify_proof(
@@ -237,6 +259,11 @@ pub fn verify_proof(
         });
     }
 
+    check_signature_algorithms(&der).map_err(|m| ProofError::SignatureAlgorithmMismatch {
+        signed: m.signed,
+        outer: m.outer,
+    })?;
+
     let sig_alg = cert.signature_algorithm.algorithm.to_id_string();
     if SHA1_SIGNATURE_OIDS.contains(&sig_alg.as_str()) {
         return Err(ProofError::WeakSignature {
@@ -256,16 +283,17 @@ pub fn verify_proof(
         });
     }
 
-    let cn = match info.common_names.as_slice() {
-        [one] => one,
-        [] => {
+    let cn = match info.single_common_name() {
+        Ok(one) => one,
+        Err(CommonNameProblem::NotText(found)) => return Err(ProofError::CnNotText { found }),
+        Err(CommonNameProblem::Missing) => {
             return Err(ProofError::CnCount {
                 found: "no CN".into(),
             })
         }
-        many => {
+        Err(CommonNameProblem::Several(n)) => {
             return Err(ProofError::CnCount {
-                found: format!("{} CNs", many.len()),
+                found: format!("{n} CNs"),
             })
         }
     };
@@ -274,10 +302,9 @@ pub fn verify_proof(
         cn.to_ascii_uppercase().as_bytes(),
         live_code.to_ascii_uppercase().as_bytes(),
     ) {
-        return Err(ProofError::CnMismatch {
-            found: cn.chars().take(96).collect(),
-            expected_prefix: live_code.chars().take(8).collect(),
-        });
+        let shown: String = cn.chars().take(96).collect();
+        let found = (!holds_part_of(&shown, live_code)).then_some(shown);
+        return Err(ProofError::CnMismatch { found });
     }
 
     if !info.is_valid_at(now) {
@@ -288,6 +315,40 @@ pub fn verify_proof(
         });
     }
     Ok(info)
+}
+
+fn cn_mismatch_text(found: &Option<String>) -> String {
+    let tail = "does not equal the current verification code (hex, compared without regard to case); make the verification certificate with the code generated last";
+    match found {
+        Some(cn) => format!("CN is '{cn}' but it {tail}"),
+        None => {
+            format!("the CN {tail} (the CN is not shown because it holds part of the current code)")
+        }
+    }
+}
+
+/// How many consecutive characters of a live code a message may never show.
+const CODE_WINDOW: usize = 8;
+
+/// Whether `shown` holds any [`CODE_WINDOW`] consecutive characters of `code`, without regard to
+/// case. Every window pair is compared in constant time, so the time taken depends only on the
+/// two lengths, never on the code.
+fn holds_part_of(shown: &str, code: &str) -> bool {
+    let shown = shown.to_ascii_uppercase();
+    let code = code.to_ascii_uppercase();
+    let (s, c) = (shown.as_bytes(), code.as_bytes());
+    // A code shorter than the window (never one iothub makes) is a window of its own.
+    let window = CODE_WINDOW.min(c.len());
+    if window == 0 || s.len() < window {
+        return false;
+    }
+    let mut found = 0u8;
+    for a in s.windows(window) {
+        for b in c.windows(window) {
+            found |= u8::from(constant_time_eq(a, b));
+        }
+    }
+    std::hint::black_box(found) != 0
 }
 
 /// Formats Unix seconds as RFC 3339 UTC (out-of-range values as the number itself).

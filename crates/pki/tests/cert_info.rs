@@ -482,3 +482,55 @@ fn upload_checks_run_in_order() {
         "CertificateKeyUnsupported"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Security review, issue 16, finding 7.
+
+/// A CN whose value is not a text string is never read as text: it used to become the hex of its
+/// bytes, so a CN holding the bytes DE AD read as the device id "DEAD".
+#[test]
+fn a_cn_that_is_not_a_text_string_is_never_read_as_text() {
+    let ca = shared_root(KeyKind::EcP256);
+    for tag in [OCTET_STRING, INTEGER] {
+        let der = p256_signed_with_subject(ca, name_raw(&[(OID_CN, tag, &[0xde, 0xad])]));
+        let i = info(&der);
+        assert!(i.common_names.is_empty(), "{:?}", i.common_names);
+        // The subject still shows it, in RFC 4514's #hex form.
+        assert!(i.subject.starts_with("CN=#"), "{}", i.subject);
+    }
+}
+
+/// RFC 5280 4.1.1.2: a CA whose outer signatureAlgorithm differs from the one in its signed part
+/// is refused at upload, before any other check.
+#[test]
+fn upload_refuses_a_ca_whose_signature_algorithm_fields_differ() {
+    let base = root("mismatch", KeyKind::EcP256);
+    let pkcs8 = base.key().serialize_der();
+    let der = rebuild_with_algorithms(
+        &base.der,
+        ALG_ECDSA_SHA384,
+        ALG_ECDSA_SHA256,
+        |_| {},
+        p256_signer(&pkcs8),
+    );
+    let mut i = info(&der);
+    let e = check_ca_upload(&i, NOW).expect_err("mismatched algorithm fields");
+    assert_eq!(e.kind(), "CertificateSignatureAlgorithmMismatch");
+    let text = e.to_string();
+    assert!(
+        text.contains("CN=mismatch")
+            && text.contains("ecdsa-with-SHA256")
+            && text.contains("ecdsa-with-SHA384")
+            && text.contains("RFC 5280"),
+        "{text}"
+    );
+    // Before "expired".
+    i.not_after = NOW - DAY;
+    assert_eq!(
+        check_ca_upload(&i, NOW).unwrap_err().kind(),
+        "CertificateSignatureAlgorithmMismatch"
+    );
+    // Equal fields (rebuilt the same way) are accepted.
+    let same = rebuild(&base.der, ALG_ECDSA_SHA256, |_| {}, p256_signer(&pkcs8));
+    assert_eq!(check_ca_upload(&info(&same), NOW), Ok(()));
+}

@@ -220,20 +220,11 @@ fn several_certificates_in_one_pem() {
 
 #[test]
 fn a_private_key_block_alone() {
+    // A private key is refused for what it is (see the finding tests at the end of this file);
+    // other blocks that are not certificates are a wrong label.
     let key = shared_root(KeyKind::EcP256).key().serialize_pem();
-    assert_eq!(
-        parse(key.as_bytes()),
-        Err(InputError::WrongPemLabel {
-            label: "PRIVATE KEY".into()
-        })
-    );
-    assert_eq!(err_kind(key.as_bytes()), "CertificatePemInvalid");
-    for label in [
-        "EC PRIVATE KEY",
-        "CERTIFICATE REQUEST",
-        "PUBLIC KEY",
-        "TRUSTED CERTIFICATE",
-    ] {
+    assert_eq!(err_kind(key.as_bytes()), "CertificatePrivateKeyIncluded");
+    for label in ["CERTIFICATE REQUEST", "PUBLIC KEY", "TRUSTED CERTIFICATE"] {
         let pem = pem_block(label, der(), "\n");
         assert_eq!(
             parse(pem.as_bytes()),
@@ -598,4 +589,130 @@ fn verify_proof_accepts_raw_der_ending_in_a_white_space_byte() {
         .find(|d| d[d.len() - 1].is_ascii_whitespace())
         .expect("found");
     verify_proof("ca", &ca.info, &live(&code), &der, MAX, NOW).expect("raw DER proof");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Security review, issue 16, finding 7: an upload that carries a private key.
+
+/// The base64 lines of every PEM block of `pem` (what must never be echoed).
+fn pem_body_lines(pem: &str) -> Vec<String> {
+    pem.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("-----"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Asserts that `input` is refused because it carries a private key, with a message that says
+/// so, tells the operator to upload the certificate alone, and shows none of `secret`.
+fn assert_key_refused(input: &[u8], secret: &[String], what: &str) {
+    let e = parse(input).expect_err(what);
+    assert_eq!(e.kind(), "CertificatePrivateKeyIncluded", "{what}: {e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("private key")
+            && text.contains("must never leave")
+            && text.contains("upload the certificate alone"),
+        "{what}: {text}"
+    );
+    let debug = format!("{e:?}");
+    for line in secret {
+        // Any 16 characters of the key's base64 would be a leak.
+        for start in (0..line.len().saturating_sub(16)).step_by(8) {
+            let piece = &line[start..start + 16];
+            assert!(
+                !text.contains(piece),
+                "{what}: the message shows key material"
+            );
+            assert!(
+                !debug.contains(piece),
+                "{what}: the error shows key material"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_certificate_uploaded_with_its_private_key_is_refused_in_every_shape() {
+    let ca = shared_root(KeyKind::EcP256);
+    let cert = pem_text(der(), "\n");
+    let pkcs8 = ca.key().serialize_der();
+    let pkcs8_pem = ca.key().serialize_pem();
+    // The body of a key block is never decoded, so any body stands for the key here.
+    let blocks = [
+        ("PRIVATE KEY", pkcs8_pem.clone()),
+        (
+            "RSA PRIVATE KEY",
+            pem_block("RSA PRIVATE KEY", &pkcs8, "\n"),
+        ),
+        ("EC PRIVATE KEY", pem_block("EC PRIVATE KEY", &pkcs8, "\n")),
+        (
+            "ENCRYPTED PRIVATE KEY",
+            pem_block("ENCRYPTED PRIVATE KEY", &pkcs8, "\n"),
+        ),
+        (
+            "OPENSSH PRIVATE KEY",
+            pem_block("OPENSSH PRIVATE KEY", &pkcs8, "\n"),
+        ),
+        (
+            "PGP PRIVATE KEY BLOCK",
+            pem_block("PGP PRIVATE KEY BLOCK", &pkcs8, "\n"),
+        ),
+        ("private key", pem_block("private key", &pkcs8, "\n")),
+    ];
+    for (label, key) in &blocks {
+        let secret = pem_body_lines(key);
+        for (shape, input) in [
+            ("key after the certificate", format!("{cert}{key}")),
+            ("key before the certificate", format!("{key}{cert}")),
+            ("CRLF", format!("{cert}{key}").replace('\n', "\r\n")),
+            ("key alone", key.clone()),
+            (
+                "key without its END line",
+                format!(
+                    "{cert}{}",
+                    key.lines().take(2).collect::<Vec<_>>().join("\n")
+                ),
+            ),
+        ] {
+            let what = format!("{label}, {shape}");
+            assert_key_refused(input.as_bytes(), &secret, &what);
+            // Base64 of the PEM text, as the DPS SDK sends certificates.
+            let b64 = B64.encode(input.as_bytes());
+            let mut b64_secret = secret.clone();
+            b64_secret.push(b64.clone());
+            assert_key_refused(b64.as_bytes(), &b64_secret, &format!("{what}, base64"));
+        }
+    }
+}
+
+#[test]
+fn a_der_private_key_is_refused_alone_or_after_a_der_certificate() {
+    let ca = shared_root(KeyKind::EcP256);
+    let pkcs8 = ca.key().serialize_der();
+    let secret = vec![B64.encode(&pkcs8)];
+    let mut both = der().to_vec();
+    both.extend_from_slice(&pkcs8);
+    for (what, input) in [
+        ("DER key alone", pkcs8.clone()),
+        ("DER certificate + DER key", both),
+    ] {
+        assert_key_refused(&input, &secret, what);
+        assert_key_refused(
+            B64.encode(&input).as_bytes(),
+            &[B64.encode(&input)],
+            &format!("{what}, base64"),
+        );
+    }
+}
+
+#[test]
+fn a_proof_uploaded_with_the_private_key_is_refused() {
+    let ca = shared_root(KeyKind::EcP256);
+    let code = new_code();
+    let key = p256_key().serialize_pem();
+    let input = format!("{}{key}", pem_text(&ca.verification(&code), "\n"));
+    let e = verify_proof("root", &ca.info, &live(&code), input.as_bytes(), MAX, NOW)
+        .expect_err("a key in the proof upload");
+    assert_eq!(e.kind(), "CertificatePrivateKeyIncluded", "{e}");
 }

@@ -282,15 +282,16 @@ fn refuses_garbage_input() {
         "CertificateEmpty",
     );
     assert_eq!(e, ProofError::Input(InputError::Empty));
+    // A private key is refused for what it is (issue 16, finding 7).
     let key = pem_block("PRIVATE KEY", &ca.key().serialize_der(), "\n");
     let e = refused(
         prove_input(ca, &live(&code), key.as_bytes(), NOW),
-        "CertificatePemInvalid",
+        "CertificatePrivateKeyIncluded",
     );
     assert_eq!(
         e,
-        ProofError::Input(InputError::WrongPemLabel {
-            label: "PRIVATE KEY".into()
+        ProofError::Input(InputError::PrivateKeyIncluded {
+            what: "a PEM block labelled 'PRIVATE KEY'".into()
         })
     );
 }
@@ -482,10 +483,14 @@ fn refuses_a_certificate_altered_after_signing() {
 fn refuses_a_cn_that_is_not_the_code() {
     let ca = shared_root(KeyKind::EcP256);
     let code = new_code();
-    let prefix: String = code.chars().take(8).collect();
-    let mismatch = |cn: &str| ProofError::CnMismatch {
-        found: cn.chars().take(96).collect(),
-        expected_prefix: prefix.clone(),
+    // A CN holding 8 consecutive characters of the live code is not shown (see
+    // a_cn_mismatch_shows_no_part_of_the_live_code); any other is, up to 96 characters.
+    let mismatch = |cn: &str| {
+        let upper = cn.to_ascii_uppercase();
+        let holds_part = (0..=code.len() - 8).any(|i| upper.contains(&code[i..i + 8]));
+        ProofError::CnMismatch {
+            found: (!holds_part).then(|| cn.chars().take(96).collect()),
+        }
     };
     let other = new_code();
     let cases = [
@@ -510,7 +515,7 @@ fn refuses_a_cn_that_is_not_the_code() {
     );
     assert!(
         e.to_string().contains(&format!(
-            "CN is '{other}' but the live code is '{prefix}...'"
+            "CN is '{other}' but it does not equal the current verification code"
         )),
         "{e}"
     );
@@ -542,7 +547,7 @@ fn refuses_the_code_in_ou_instead_of_cn() {
         "ProofCommonNameMismatch",
     );
     assert!(
-        matches!(&e, ProofError::CnMismatch { found, .. } if found == "device"),
+        matches!(&e, ProofError::CnMismatch { found: Some(found) } if found == "device"),
         "{e:?}"
     );
 }
@@ -979,4 +984,207 @@ fn a_bmp_string_cn_holding_the_code_is_accepted() {
     );
     let der = ca.sign(&leaf_params(dn, NOW - 60, NOW + 60), &p256_key());
     prove(ca, &live(&code), &der, NOW).expect("the CN is the code");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Security review, issue 16, finding 7.
+
+/// A CN whose value is not a text string must never be read as one (it used to be read as the hex
+/// of its bytes, so an OCTET STRING holding the code's 24 bytes proved possession).
+#[test]
+fn refuses_a_cn_that_is_not_a_text_string() {
+    let ca = shared_root(KeyKind::EcP256);
+    let code = new_code();
+    let code_bytes = hex_bytes(&code);
+    let utf8_code = tlv(UTF8, code.as_bytes());
+    let mut bad_utf8 = code.as_bytes().to_vec();
+    bad_utf8[0] = 0xff;
+    let mut non_ascii_printable = code.as_bytes().to_vec();
+    non_ascii_printable[0] = 0xc3;
+    let cases: [(&str, Vec<u8>); 7] = [
+        (
+            "an OCTET STRING",
+            name_raw(&[(OID_CN, OCTET_STRING, &code_bytes)]),
+        ),
+        ("a SEQUENCE", name_raw(&[(OID_CN, SEQUENCE, &utf8_code)])),
+        ("an INTEGER", name_raw(&[(OID_CN, INTEGER, &code_bytes)])),
+        (
+            "a VisibleString",
+            name_raw(&[(OID_CN, VISIBLE, code.as_bytes())]),
+        ),
+        ("a NumericString", name_raw(&[(OID_CN, NUMERIC, b"1234")])),
+        (
+            "a UTF8String that is not valid UTF-8",
+            name_raw(&[(OID_CN, UTF8, &bad_utf8)]),
+        ),
+        (
+            "a PrintableString that is not ASCII",
+            name_raw(&[(OID_CN, PRINTABLE, &non_ascii_printable)]),
+        ),
+    ];
+    for (what, subject) in cases {
+        let der = p256_signed_with_subject(ca, subject);
+        let e = refused(prove(ca, &live(&code), &der, NOW), "ProofCommonNameNotText");
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!(
+                "the verification certificate's CN is {what}, not a text string"
+            )),
+            "{what}: {text}"
+        );
+        // The bytes of a CN that is not text are not shown as if they were a name.
+        assert!(!text.contains(&code), "{what}: {text}");
+    }
+}
+
+/// The string types a CN may use (UTF8String, PrintableString, IA5String, TeletexString with ASCII
+/// text, BMPString, UniversalString) all carry the code.
+#[test]
+fn every_text_string_type_may_carry_the_code() {
+    let ca = shared_root(KeyKind::EcP256);
+    let code = new_code();
+    let utf16: Vec<u8> = code.encode_utf16().flat_map(u16::to_be_bytes).collect();
+    let utf32: Vec<u8> = code
+        .chars()
+        .flat_map(|c| (c as u32).to_be_bytes())
+        .collect();
+    for (tag, value) in [
+        (UTF8, code.as_bytes().to_vec()),
+        (PRINTABLE, code.as_bytes().to_vec()),
+        (IA5, code.as_bytes().to_vec()),
+        (TELETEX, code.as_bytes().to_vec()),
+        (BMP, utf16),
+        (UNIVERSAL, utf32),
+    ] {
+        let der = p256_signed_with_subject(ca, name_raw(&[(OID_CN, tag, &value)]));
+        let info =
+            prove(ca, &live(&code), &der, NOW).unwrap_or_else(|e| panic!("tag {tag:#04x}: {e}"));
+        assert_eq!(info.common_names, vec![code.clone()]);
+    }
+}
+
+/// A CN that is not text is refused whatever the count: beside a text CN equal to the code it
+/// still fails (counting only the text CNs would have admitted it), and before the count.
+#[test]
+fn a_cn_that_is_not_text_is_refused_before_the_cn_count() {
+    let ca = shared_root(KeyKind::EcP256);
+    let code = new_code();
+    for subject in [
+        name_raw(&[
+            (OID_CN, UTF8, code.as_bytes()),
+            (OID_CN, OCTET_STRING, &hex_bytes(&code)),
+        ]),
+        name_raw(&[
+            (OID_CN, OCTET_STRING, &hex_bytes(&code)),
+            (OID_CN, UTF8, code.as_bytes()),
+        ]),
+    ] {
+        let der = p256_signed_with_subject(ca, subject);
+        let e = refused(prove(ca, &live(&code), &der, NOW), "ProofCommonNameNotText");
+        assert!(e.to_string().contains("an OCTET STRING"), "{e}");
+    }
+}
+
+/// RFC 5280 4.1.1.2: the signatureAlgorithm outside the signed part must equal the one inside
+/// it. A certificate whose signed part names one algorithm and whose outer field names another
+/// (or the same OID with other parameters) is refused, however its signature verifies.
+#[test]
+fn refuses_an_outer_signature_algorithm_that_differs_from_the_signed_one() {
+    let ca = shared_root(KeyKind::EcP256);
+    let pkcs8 = ca.key().serialize_der();
+    let code = new_code();
+    let base = ca.verification(&code);
+    for (inner, outer, shown) in [
+        (ALG_ECDSA_SHA384, ALG_ECDSA_SHA256, "ecdsa-with-SHA384"),
+        (ALG_ECDSA_SHA256_NULL, ALG_ECDSA_SHA256, "with parameters"),
+        (ALG_ECDSA_SHA256, ALG_ECDSA_SHA384, "ecdsa-with-SHA384"),
+    ] {
+        let der = rebuild_with_algorithms(&base, inner, outer, |_| {}, p256_signer(&pkcs8));
+        let e = refused(
+            prove(ca, &live(&code), &der, NOW),
+            "CertificateSignatureAlgorithmMismatch",
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("RFC 5280") && text.contains(shown),
+            "{shown}: {text}"
+        );
+    }
+    // The same certificate with the two fields equal proves.
+    let same = rebuild(&base, ALG_ECDSA_SHA256, |_| {}, p256_signer(&pkcs8));
+    prove(ca, &live(&code), &same, NOW).expect("equal algorithm fields");
+}
+
+/// The algorithm fields are compared after the issuer and before SHA-1, the signature, the CN and
+/// the validity.
+#[test]
+fn the_algorithm_fields_are_compared_after_the_issuer_and_before_the_rest() {
+    let ca = shared_root(KeyKind::EcP256);
+    let code = new_code();
+    let other = shared_intermediate();
+    let from_other = rebuild_with_algorithms(
+        &other.verification(&code),
+        ALG_ECDSA_SHA384,
+        ALG_ECDSA_SHA256,
+        |_| {},
+        p256_signer(&other.key().serialize_der()),
+    );
+    refused(
+        prove(ca, &live(&code), &from_other, NOW),
+        "ProofIssuerMismatch",
+    );
+    // Signed by another key, SHA-1 outside, a wrong CN, expired: the mismatch decides.
+    let impostor = impostor_root(KeyKind::EcP256);
+    let messy = rebuild_with_algorithms(
+        &impostor.verification_valid("nope", NOW - 2 * DAY, NOW - DAY),
+        ALG_ECDSA_SHA256,
+        ALG_ECDSA_SHA1,
+        |_| {},
+        p256_signer(&impostor.key().serialize_der()),
+    );
+    refused(
+        prove(ca, &live(&code), &messy, NOW),
+        "CertificateSignatureAlgorithmMismatch",
+    );
+}
+
+/// No part of the live code is shown when a CN does not match: not a prefix, and not a CN that
+/// holds part of it (a near miss would otherwise copy the code into the audit log).
+#[test]
+fn a_cn_mismatch_shows_no_part_of_the_live_code() {
+    let ca = shared_root(KeyKind::EcP256);
+    let code = new_code();
+    let windows: Vec<String> = (0..=code.len() - 8)
+        .map(|i| code[i..i + 8].to_string())
+        .collect();
+    for cn in [
+        new_code(),
+        "device-1".to_string(),
+        code[..47].to_string(),
+        code[1..].to_string(),
+        format!("{code} "),
+        format!(" {}", code.to_ascii_lowercase()),
+        format!("x{}", &code[20..30]),
+    ] {
+        let e = refused(
+            prove(ca, &live(&code), &ca.verification(&cn), NOW),
+            "ProofCommonNameMismatch",
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("does not equal the current verification code"),
+            "{cn}: {text}"
+        );
+        let upper = text.to_ascii_uppercase();
+        for w in &windows {
+            assert!(!upper.contains(w.as_str()), "{cn}: {text} shows {w}");
+        }
+        assert!(!format!("{e:?}").to_ascii_uppercase().contains(&code[..8]));
+    }
+    // A CN that shares nothing with the code is shown, so the operator sees what they sent.
+    let e = refused(
+        prove(ca, &live(&code), &ca.verification("device-1"), NOW),
+        "ProofCommonNameMismatch",
+    );
+    assert!(e.to_string().contains("CN is 'device-1'"), "{e}");
 }

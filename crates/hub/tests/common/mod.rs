@@ -284,3 +284,102 @@ pub fn is_code(code: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Certificates no generator makes (security review, issue 16, finding 7): a tiny DER rewriter
+// (definite lengths only, which is all DER has) and a re-signer with the CA's own key.
+
+/// (header length, content length) of the TLV at the start of `d`.
+fn tlv_header(d: &[u8]) -> (usize, usize) {
+    let first = d[1] as usize;
+    if first < 0x80 {
+        (2, first)
+    } else {
+        let n = first & 0x7f;
+        let len = d[2..2 + n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        (2 + n, len)
+    }
+}
+
+/// The consecutive complete TLVs of `d`.
+fn tlv_items(mut d: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while !d.is_empty() {
+        let (h, l) = tlv_header(d);
+        out.push(d[..h + l].to_vec());
+        d = &d[h + l..];
+    }
+    out
+}
+
+fn content(d: &[u8]) -> &[u8] {
+    let (h, l) = tlv_header(d);
+    &d[h..h + l]
+}
+
+pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// ecdsa-with-SHA256 and ecdsa-with-SHA384 AlgorithmIdentifiers, DER.
+pub const ALG_ECDSA_SHA256: &[u8] = &[
+    0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+];
+pub const ALG_ECDSA_SHA384: &[u8] = &[
+    0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03,
+];
+
+/// A subject Name holding one CN whose value has the raw `tag` and `value` bytes.
+pub fn cn_name(tag: u8, value: &[u8]) -> Vec<u8> {
+    let atv = tlv(
+        0x30,
+        &[tlv(0x06, &[0x55, 0x04, 0x03]), tlv(tag, value)].concat(),
+    );
+    tlv(0x30, &tlv(0x31, &atv))
+}
+
+/// `cert` (DER, v3, signed by the EC P-256 key `issuer_key_pem`) signed again by that key, with
+/// `subject` (DER) as its subject when given, and `inner` as the signature algorithm inside the
+/// TBS while the outer field stays ecdsa-with-SHA256 (the signature is always ECDSA SHA-256).
+pub fn resigned(
+    cert: &[u8],
+    issuer_key_pem: &str,
+    subject: Option<Vec<u8>>,
+    inner: &[u8],
+) -> Vec<u8> {
+    use rcgen::SigningKey;
+    let outer = tlv_items(content(cert));
+    let mut fields = tlv_items(content(&outer[0]));
+    // version, serial, signature, issuer, validity, subject, ...
+    fields[2] = inner.to_vec();
+    if let Some(s) = subject {
+        fields[5] = s;
+    }
+    let tbs = tlv(0x30, &fields.concat());
+    let key = rcgen::KeyPair::from_pem(issuer_key_pem).expect("CA key");
+    let signature = key.sign(&tbs).expect("signs");
+    let mut bits = vec![0u8];
+    bits.extend_from_slice(&signature);
+    tlv(
+        0x30,
+        &[tbs, ALG_ECDSA_SHA256.to_vec(), tlv(0x03, &bits)].concat(),
+    )
+}
+
+/// PEM text of one DER certificate.
+pub fn pem_of(der: &[u8]) -> String {
+    iothub_pki::input::der_to_pem(der)
+}

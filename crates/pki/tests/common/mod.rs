@@ -336,19 +336,39 @@ pub fn rebuild(
     edit: impl FnOnce(&mut Vec<Vec<u8>>),
     sign: impl FnOnce(&[u8]) -> Vec<u8>,
 ) -> Vec<u8> {
+    rebuild_with_algorithms(cert, alg, alg, edit, sign)
+}
+
+/// Like [`rebuild`], with `inner` as the signature algorithm inside the TBS (the signed one) and
+/// `outer` as the certificate's signatureAlgorithm field, which RFC 5280 requires to be equal.
+pub fn rebuild_with_algorithms(
+    cert: &[u8],
+    inner: &[u8],
+    outer: &[u8],
+    edit: impl FnOnce(&mut Vec<Vec<u8>>),
+    sign: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> Vec<u8> {
     let mut items = tbs_items(cert);
-    items[TBS_SIGNATURE] = alg.to_vec();
+    items[TBS_SIGNATURE] = inner.to_vec();
     edit(&mut items);
     let tbs = seq(&items);
     let signature = sign(&tbs);
     let mut bits = vec![0u8];
     bits.extend_from_slice(&signature);
-    seq(&[tbs, alg.to_vec(), tlv(0x03, &bits)])
+    seq(&[tbs, outer.to_vec(), tlv(0x03, &bits)])
 }
 
 /// AlgorithmIdentifiers, DER.
 pub const ALG_ECDSA_SHA256: &[u8] = &[
     0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+];
+/// ecdsa-with-SHA384, 1.2.840.10045.4.3.3.
+pub const ALG_ECDSA_SHA384: &[u8] = &[
+    0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03,
+];
+/// ecdsa-with-SHA256 with an explicit NULL parameter (the same OID, other bytes).
+pub const ALG_ECDSA_SHA256_NULL: &[u8] = &[
+    0x30, 0x0c, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02, 0x05, 0x00,
 ];
 /// sha1WithRSAEncryption, 1.2.840.113549.1.1.5.
 pub const ALG_SHA1_RSA: &[u8] = &[
@@ -389,6 +409,46 @@ pub fn name(rdns: &[&[(&[u8], u8, &str)]]) -> Vec<u8> {
         })
         .collect();
     seq(&rdns)
+}
+
+/// A Name, DER, with one RDN per attribute, each value given as its raw tag and content bytes:
+/// for values no string type can hold (an OCTET STRING, a SEQUENCE, invalid text).
+pub fn name_raw(attributes: &[(&[u8], u8, &[u8])]) -> Vec<u8> {
+    let rdns: Vec<Vec<u8>> = attributes
+        .iter()
+        .map(|(oid, tag, value)| tlv(0x31, &seq(&[tlv(0x06, oid), tlv(*tag, value)])))
+        .collect();
+    seq(&rdns)
+}
+
+/// ASN.1 tags of CN values that are not text strings, and of the other string types.
+pub const OCTET_STRING: u8 = 0x04;
+pub const SEQUENCE: u8 = 0x30;
+pub const INTEGER: u8 = 0x02;
+pub const BMP: u8 = 0x1e;
+pub const UNIVERSAL: u8 = 0x1c;
+pub const TELETEX: u8 = 0x14;
+pub const VISIBLE: u8 = 0x1a;
+pub const NUMERIC: u8 = 0x12;
+
+/// Hex text to bytes (test input only: panics on bad hex).
+pub fn hex_bytes(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// A verification-shaped certificate signed by the EC P-256 CA `ca` whose subject is the Name
+/// `subject` (DER), made by rewriting a generated one and signing it again.
+pub fn p256_signed_with_subject(ca: &Ca, subject: Vec<u8>) -> Vec<u8> {
+    let pkcs8 = ca.key().serialize_der();
+    rebuild(
+        &ca.verification("placeholder"),
+        ALG_ECDSA_SHA256,
+        |items| items[TBS_SUBJECT] = subject,
+        p256_signer(&pkcs8),
+    )
 }
 
 /// A signer for [`rebuild`]: ECDSA P-256 with SHA-256 by the PKCS#8 key `pkcs8`.
