@@ -194,46 +194,18 @@ pub(crate) async fn run(
         chain,
         remote: remote.clone(),
     };
-    // A device whose record is in memory is judged right here (chain checks are CPU work, like
-    // the handshake before them); otherwise one trip to the blocking pool reads the store.
-    // Opening the session touches only memory.
+    // The hub judges, registers the session or records the refusal: one call.
     let clean_session = connect.clean_session;
-    let ticket = hub.connect_ticket();
-    let decision = match hub.authenticate_device_from_memory(&request) {
-        Some(verdict) => {
-            verdict.map(|method| hub.open_session(&request, method, clean_session, ticket))
-        }
-        None => {
-            let hub = hub.clone();
-            tokio::task::spawn_blocking(move || {
-                hub.authenticate_device(&request)
-                    .map(|method| hub.open_session(&request, method, clean_session, ticket))
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("authentication task failed: {e}")))
-        }
+    let Ok(admission) = hub.admit(request, peer, clean_session).await else {
+        let _ = conn
+            .write_packet(&Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: codec::CONNACK_NOT_AUTHORIZED,
+            }))
+            .await;
+        let _ = conn.stream.close().await;
+        return;
     };
-    let admission = match decision {
-        Ok(admission) => admission,
-        Err(reason) => {
-            // Counted before the answer: the device's next connection meets the budget.
-            hub.refuse_connection(&connect.client_id, peer, &reason);
-            let _ = conn
-                .write_packet(&Packet::ConnAck(ConnAck {
-                    session_present: false,
-                    code: codec::CONNACK_NOT_AUTHORIZED,
-                }))
-                .await;
-            let _ = conn.stream.close().await;
-            return;
-        }
-    };
-    if admission.recheck {
-        // A device changed while this one was judged: re-check it against the store. A refusal
-        // arrives as a Close signal, which the session loop acts on.
-        let (hub, id) = (hub.clone(), admission.device_id.clone());
-        tokio::task::spawn_blocking(move || hub.revalidate_device_sessions(&id));
-    }
     if conn
         .write_packet(&Packet::ConnAck(ConnAck {
             session_present: admission.resumed.is_some(),

@@ -6,6 +6,7 @@
 //! thread: the store is SQLite, and the rules are pure CPU work from `iothub-pki`.
 
 pub mod activity;
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod c2d;
@@ -28,6 +29,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use arc_swap::ArcSwap;
 use iothub_pki::device::TrustIndex;
 
+pub use admission::Refusal;
 pub use auth::{Credential, IfMatch, KeySlot, Principal, Right};
 pub use c2d::C2dSend;
 pub use certificates::{CaView, PutCertificate};
@@ -37,8 +39,8 @@ pub use error::{ErrorCode, HubError};
 use iothub_store::{PolicyRecord, Store};
 pub use policies::PolicyView;
 pub use sessions::{
-    Admission, AuthMethod, ConnectRequest, ConnectTicket, Refusal, SessionInfo, SessionSignal,
-    Subscriptions,
+    Admission, AuthMethod, ConnectRequest, ConnectTicket, RecentRefusal, SessionInfo,
+    SessionSignal, Subscriptions,
 };
 
 /// The default of [`HubConfig::mqtt_refusal_limit`]: a device retrying every second with a wrong

@@ -18,6 +18,7 @@ use iothub_pki::CertInfo;
 use iothub_store::DeviceActivity;
 use tokio::sync::mpsc;
 
+use crate::admission::Refusal;
 use crate::auth::{Principal, Right};
 use crate::device_cache::ConnectRecord;
 use crate::devices::{record_auth, DeviceAuth};
@@ -125,9 +126,9 @@ struct SessionEntry {
     methods: bool,
 }
 
-/// A refused connection attempt.
+/// A refused connection attempt, as kept among the recent ones.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Refusal {
+pub struct RecentRefusal {
     pub time: i64,
     pub client_id: String,
     pub remote: String,
@@ -148,7 +149,7 @@ pub(crate) struct Sessions {
     live: HashMap<String, SessionEntry>,
     /// Subscriptions of devices using CleanSession=0, kept in memory between their connections.
     persistent: HashMap<String, Subscriptions>,
-    refusals: VecDeque<Refusal>,
+    refusals: VecDeque<RecentRefusal>,
 }
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -165,6 +166,42 @@ fn username_device(username: &str) -> Option<(&str, &str)> {
     Some((host, device))
 }
 
+/// A selfSigned device: its certificate's thumbprint is one it registered, and the certificate is
+/// inside its validity period.
+fn judge_self_signed(
+    req: &ConnectRequest,
+    primary: &str,
+    secondary: Option<&str>,
+    now: i64,
+) -> Result<AuthMethod, Refusal> {
+    let id = req.client_id.as_str();
+    let leaf = req
+        .chain
+        .first()
+        .ok_or_else(|| Refusal::NoClientCertificate {
+            device_id: id.to_string(),
+            auth_type: "selfSigned",
+        })?;
+    let info =
+        CertInfo::from_der(leaf).map_err(|e| Refusal::CertificateUnreadable(e.to_string()))?;
+    let matches = |t: &str| t == info.thumbprint_sha1 || t == info.thumbprint_sha256;
+    if !(matches(primary) || secondary.is_some_and(matches)) {
+        return Err(Refusal::ThumbprintMismatch {
+            thumbprint: info.thumbprint_sha1,
+            device_id: id.to_string(),
+        });
+    }
+    if !info.is_valid_at(now) {
+        return Err(Refusal::CertificateNotValidNow {
+            not_before: info.not_before,
+            not_after: info.not_after,
+        });
+    }
+    Ok(AuthMethod::SelfSigned {
+        thumbprint: info.thumbprint_sha1,
+    })
+}
+
 impl Hub {
     fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
@@ -174,9 +211,9 @@ impl Hub {
         self.sessions().live.contains_key(device_id)
     }
 
-    /// Decides whether a CONNECT is admitted. Every refusal carries the precise reason, which the
-    /// caller records with [`Hub::refuse_connection`].
-    pub fn authenticate_device(&self, req: &ConnectRequest) -> Result<AuthMethod, String> {
+    /// Decides whether a CONNECT is admitted (a step of [`Hub::admit`], public for the tests that
+    /// interleave a change between the steps). Every refusal carries the precise reason.
+    pub fn authenticate_device(&self, req: &ConnectRequest) -> Result<AuthMethod, Refusal> {
         self.check_connect_names(req)?;
         let id = req.client_id.as_str();
         let device = match self.device_cache.get(id) {
@@ -186,8 +223,10 @@ impl Hub {
                 let record = self
                     .store
                     .get_device(id)
-                    .map_err(|e| format!("the registry is unavailable: {e}"))?
-                    .ok_or_else(|| format!("device '{id}' is not registered"))?;
+                    .map_err(|e| Refusal::RegistryUnavailable(e.to_string()))?
+                    .ok_or_else(|| Refusal::NotRegistered {
+                        device_id: id.to_string(),
+                    })?;
                 self.device_cache.remember(generation, &record)
             }
         };
@@ -200,7 +239,7 @@ impl Hub {
     pub fn authenticate_device_from_memory(
         &self,
         req: &ConnectRequest,
-    ) -> Option<Result<AuthMethod, String>> {
+    ) -> Option<Result<AuthMethod, Refusal>> {
         if let Err(reason) = self.check_connect_names(req) {
             return Some(Err(reason));
         }
@@ -211,34 +250,41 @@ impl Hub {
     /// The client id and username rules of CONNECT, which need no record. The username is
     /// `{host}/{id}/?api-version=...` as the Azure device SDKs form it; the host must be one of the
     /// hub's names (as for SAS tokens), so a device configured for another hub is told so.
-    fn check_connect_names(&self, req: &ConnectRequest) -> Result<(), String> {
+    fn check_connect_names(&self, req: &ConnectRequest) -> Result<(), Refusal> {
         let id = req.client_id.as_str();
         if id.contains('/') {
-            return Err(format!(
-                "client id '{id}' names a module; modules are not supported yet"
-            ));
+            return Err(Refusal::ModuleClientId {
+                client_id: id.to_string(),
+            });
         }
-        validate_device_id(id).map_err(|e| format!("client id: {e}"))?;
+        validate_device_id(id).map_err(Refusal::ClientIdInvalid)?;
+        let client_id = || id.to_string();
         match req.username.as_deref() {
-            None => return Err(format!("no username; expected '{{hub host}}/{id}/?api-version=...'")),
+            None => Err(Refusal::NoUsername {
+                client_id: client_id(),
+            }),
             Some(u) => match username_device(u) {
                 Some((host, dev)) if dev == id => {
-                    if !self.is_hub_host(host) {
-                        return Err(format!(
-                            "the username names host '{host}', which is not this hub (expected one of: {}); expected '{{hub host}}/{id}/?api-version=...'",
-                            self.config.host_names.join(", ")
-                        ));
+                    if self.is_hub_host(host) {
+                        Ok(())
+                    } else {
+                        Err(Refusal::ForeignHost {
+                            host: host.to_string(),
+                            hub_names: self.config.host_names.clone(),
+                            client_id: client_id(),
+                        })
                     }
                 }
-                Some((_, dev)) => {
-                    return Err(format!(
-                        "the username names device '{dev}' but the client id is '{id}'; expected '{{hub host}}/{id}/?api-version=...'"
-                    ))
-                }
-                None => return Err(format!("username '{u}' is not '{{hub host}}/{id}/?api-version=...'")),
+                Some((_, dev)) => Err(Refusal::UsernameNamesOtherDevice {
+                    named: dev.to_string(),
+                    client_id: client_id(),
+                }),
+                None => Err(Refusal::UsernameMalformed {
+                    username: u.to_string(),
+                    client_id: client_id(),
+                }),
             },
         }
-        Ok(())
     }
 
     /// The verdict on a CONNECT whose names passed, given the device's record.
@@ -246,95 +292,95 @@ impl Hub {
         &self,
         req: &ConnectRequest,
         device: &ConnectRecord,
-    ) -> Result<AuthMethod, String> {
+    ) -> Result<AuthMethod, Refusal> {
         let id = req.client_id.as_str();
         if !device.enabled {
-            return Err(format!("device '{id}' is disabled"));
+            return Err(Refusal::Disabled {
+                device_id: id.to_string(),
+            });
         }
         let now = self.now();
         match &device.auth {
-            Some(DeviceAuth::CertificateAuthority) => {
-                if req.chain.is_empty() {
-                    return Err(format!(
-                        "device '{id}' authenticates with certificateAuthority but presented no client certificate"
-                    ));
-                }
-                let ok = self
-                    .validate_device_chain(&req.chain, now)
-                    .map_err(|e| e.to_string())?;
-                // Every CN of the leaf: validate_chain refuses a leaf with a CN that is not
-                // text, so none is missing from this list.
-                match ok.leaf_common_names.as_slice() {
-                    [cn] if cn == id => Ok(AuthMethod::Ca {
-                        ca_name: ok.ca_name,
-                        issuers: ok.issuers,
-                    }),
-                    [cn] => Err(format!("leaf CN '{cn}' is not the client id '{id}'")),
-                    [] => Err(format!(
-                        "the leaf certificate has no CN; expected CN '{id}'"
-                    )),
-                    many => Err(format!(
-                        "the leaf certificate has {} CNs; expected exactly one, '{id}'",
-                        many.len()
-                    )),
-                }
-            }
+            Some(DeviceAuth::CertificateAuthority) => self.judge_ca_chain(req, now),
             Some(DeviceAuth::SelfSigned { primary, secondary }) => {
-                let leaf = req.chain.first().ok_or_else(|| {
-                    format!("device '{id}' authenticates with selfSigned but presented no client certificate")
-                })?;
-                let info = CertInfo::from_der(leaf)
-                    .map_err(|e| format!("the client certificate cannot be read: {e}"))?;
-                let matches = |t: &str| t == info.thumbprint_sha1 || t == info.thumbprint_sha256;
-                if !(matches(primary) || secondary.as_deref().is_some_and(matches)) {
-                    return Err(format!(
-                        "the client certificate's thumbprint {} matches neither registered thumbprint of device '{id}'",
-                        info.thumbprint_sha1
-                    ));
-                }
-                if !info.is_valid_at(now) {
-                    return Err(format!(
-                        "the client certificate is valid from {} to {}, not now",
-                        iothub_pki::pop::format_time(info.not_before),
-                        iothub_pki::pop::format_time(info.not_after)
-                    ));
-                }
-                Ok(AuthMethod::SelfSigned {
-                    thumbprint: info.thumbprint_sha1,
-                })
+                judge_self_signed(req, primary, secondary.as_deref(), now)
             }
             Some(DeviceAuth::Sas { primary, secondary }) => {
-                let password = req.password.as_deref().ok_or_else(|| {
-                    format!("device '{id}' authenticates with sas but sent no SAS token as its password")
-                })?;
-                let text = std::str::from_utf8(password)
-                    .map_err(|_| "the password is not UTF-8 text".to_string())?;
-                let token = SasToken::parse(text).map_err(|e| e.to_string())?;
-                let keys: Vec<Vec<u8>> = [primary, secondary]
-                    .iter()
-                    .filter_map(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
-                    .collect();
-                let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-                token
-                    .check(id, &refs, now)
-                    .map_err(|e| e.to_string().replace("policy '", "device '"))?;
-                let resource = token.resource();
-                let expected_suffix = format!("/devices/{id}");
-                let host_ok = resource
-                    .strip_suffix(&expected_suffix)
-                    .is_some_and(|host| self.is_hub_host(host));
-                if !host_ok {
-                    return Err(format!(
-                        "the SAS token is for '{resource}', expected '{{hub host}}/devices/{id}'"
-                    ));
-                }
-                Ok(AuthMethod::Sas)
+                self.judge_sas_token(req, [primary, secondary], now)
             }
-            None => Err(format!(
-                "device '{id}' has authentication type '{}', which cannot connect",
-                device.auth_type
-            )),
+            None => Err(Refusal::AuthTypeCannotConnect {
+                device_id: id.to_string(),
+                auth_type: device.auth_type.clone(),
+            }),
         }
+    }
+
+    /// A certificateAuthority device: its chain ends at a Verified CA and its leaf's only CN is
+    /// its id.
+    fn judge_ca_chain(&self, req: &ConnectRequest, now: i64) -> Result<AuthMethod, Refusal> {
+        let id = req.client_id.as_str();
+        if req.chain.is_empty() {
+            return Err(Refusal::NoClientCertificate {
+                device_id: id.to_string(),
+                auth_type: "certificateAuthority",
+            });
+        }
+        let ok = self
+            .validate_device_chain(&req.chain, now)
+            .map_err(Refusal::Chain)?;
+        match ok.leaf_common_names.as_slice() {
+            [cn] if cn == id => Ok(AuthMethod::Ca {
+                ca_name: ok.ca_name,
+                issuers: ok.issuers,
+            }),
+            [cn] => Err(Refusal::LeafCnMismatch {
+                cn: cn.clone(),
+                client_id: id.to_string(),
+            }),
+            [] => Err(Refusal::LeafWithoutCn {
+                client_id: id.to_string(),
+            }),
+            many => Err(Refusal::LeafCnCount {
+                count: many.len(),
+                client_id: id.to_string(),
+            }),
+        }
+    }
+
+    /// A sas device: a token signed with one of its keys, unexpired, for this hub's
+    /// `{host}/devices/{id}`.
+    fn judge_sas_token(
+        &self,
+        req: &ConnectRequest,
+        keys: [&String; 2],
+        now: i64,
+    ) -> Result<AuthMethod, Refusal> {
+        let id = req.client_id.as_str();
+        let password = req.password.as_deref().ok_or_else(|| Refusal::NoSasToken {
+            device_id: id.to_string(),
+        })?;
+        let text = std::str::from_utf8(password).map_err(|_| Refusal::PasswordNotText)?;
+        let token = SasToken::parse(text).map_err(Refusal::SasToken)?;
+        let keys: Vec<Vec<u8>> = keys
+            .iter()
+            .filter_map(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
+            .collect();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        token
+            .check_device(id, &refs, now)
+            .map_err(Refusal::SasToken)?;
+        let resource = token.resource();
+        let expected_suffix = format!("/devices/{id}");
+        let host_ok = resource
+            .strip_suffix(&expected_suffix)
+            .is_some_and(|host| self.is_hub_host(host));
+        if !host_ok {
+            return Err(Refusal::SasResource {
+                resource,
+                device_id: id.to_string(),
+            });
+        }
+        Ok(AuthMethod::Sas)
     }
 
     /// Take this before judging a CONNECT, and hand it to [`Hub::open_session`]. A device or
@@ -543,7 +589,7 @@ impl Hub {
         let reason = escaped(reason).into_owned();
         {
             let mut s = self.sessions();
-            s.refusals.push_back(Refusal {
+            s.refusals.push_back(RecentRefusal {
                 time: now,
                 client_id: shown_id.clone(),
                 remote,
@@ -574,7 +620,7 @@ impl Hub {
     pub fn connections(
         &self,
         who: &Principal,
-    ) -> Result<(Vec<SessionInfo>, Vec<Refusal>), HubError> {
+    ) -> Result<(Vec<SessionInfo>, Vec<RecentRefusal>), HubError> {
         self.authorize(who, Right::RegistryRead, "list connections", "connections")?;
         let s = self.sessions();
         let mut live: Vec<SessionInfo> = s

@@ -1,0 +1,261 @@
+//! One CONNECT, one call: [`Hub::admit`] judges a device's CONNECT and registers its session, or
+//! records and returns precisely why not.
+//!
+//! Why one call: admission is a small protocol. A ticket (the device and trust generations) is
+//! taken before the judgement; the session is registered; if a device or trust change landed in
+//! between, the new session is re-checked, because that change looked for it before it existed;
+//! a refusal is counted against the address and recorded before the device hears CONNACK 5. Its
+//! correctness must not depend on an adapter calling four methods in the right order, so the
+//! gateway makes this one call and carries bytes.
+
+use std::net::SocketAddr;
+
+use iothub_pki::device::{ChainError, DeviceIdError};
+use iothub_pki::sas::SasError;
+
+use crate::sessions::{Admission, ConnectRequest};
+use crate::Hub;
+
+/// Why a CONNECT was refused. Its `Display` is the precise reason the device's record, the log
+/// and `iothub connections` show (escaped where it carries peer text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The client id has the `{device}/{module}` form.
+    ModuleClientId {
+        client_id: String,
+    },
+    /// The client id is not a valid device id.
+    ClientIdInvalid(DeviceIdError),
+    /// No username was sent.
+    NoUsername {
+        client_id: String,
+    },
+    /// The username's host is not one of the hub's names.
+    ForeignHost {
+        host: String,
+        hub_names: Vec<String>,
+        client_id: String,
+    },
+    /// The username names another device than the client id.
+    UsernameNamesOtherDevice {
+        named: String,
+        client_id: String,
+    },
+    /// The username is not `{host}/{id}/...`.
+    UsernameMalformed {
+        username: String,
+        client_id: String,
+    },
+    /// The device's record could not be read.
+    RegistryUnavailable(String),
+    NotRegistered {
+        device_id: String,
+    },
+    Disabled {
+        device_id: String,
+    },
+    /// A certificate-authenticated device presented no client certificate.
+    NoClientCertificate {
+        device_id: String,
+        auth_type: &'static str,
+    },
+    /// The presented chain does not end at a Verified CA (or is otherwise invalid).
+    Chain(ChainError),
+    /// The leaf's only CN is not the client id.
+    LeafCnMismatch {
+        cn: String,
+        client_id: String,
+    },
+    LeafWithoutCn {
+        client_id: String,
+    },
+    LeafCnCount {
+        count: usize,
+        client_id: String,
+    },
+    /// A selfSigned device's certificate cannot be parsed.
+    CertificateUnreadable(String),
+    ThumbprintMismatch {
+        thumbprint: String,
+        device_id: String,
+    },
+    /// A selfSigned device's certificate is outside its validity period.
+    CertificateNotValidNow {
+        not_before: i64,
+        not_after: i64,
+    },
+    NoSasToken {
+        device_id: String,
+    },
+    PasswordNotText,
+    /// The SAS token is malformed, unsigned by the device's keys or expired.
+    SasToken(SasError),
+    /// The SAS token is for another resource than this hub's `{host}/devices/{id}`.
+    SasResource {
+        resource: String,
+        device_id: String,
+    },
+    /// The device's stored authentication type is none a device can connect with.
+    AuthTypeCannotConnect {
+        device_id: String,
+        auth_type: String,
+    },
+    /// The judgement itself failed (a blocking task panicked or was cancelled).
+    Internal(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const USERNAME: &str = "{hub host}";
+        match self {
+            Refusal::ModuleClientId { client_id } => write!(
+                f,
+                "client id '{client_id}' names a module; modules are not supported yet"
+            ),
+            Refusal::ClientIdInvalid(e) => write!(f, "client id: {e}"),
+            Refusal::NoUsername { client_id } => write!(
+                f,
+                "no username; expected '{USERNAME}/{client_id}/?api-version=...'"
+            ),
+            Refusal::ForeignHost {
+                host,
+                hub_names,
+                client_id,
+            } => write!(
+                f,
+                "the username names host '{host}', which is not this hub (expected one of: {}); expected '{USERNAME}/{client_id}/?api-version=...'",
+                hub_names.join(", ")
+            ),
+            Refusal::UsernameNamesOtherDevice { named, client_id } => write!(
+                f,
+                "the username names device '{named}' but the client id is '{client_id}'; expected '{USERNAME}/{client_id}/?api-version=...'"
+            ),
+            Refusal::UsernameMalformed {
+                username,
+                client_id,
+            } => write!(
+                f,
+                "username '{username}' is not '{USERNAME}/{client_id}/?api-version=...'"
+            ),
+            Refusal::RegistryUnavailable(e) => write!(f, "the registry is unavailable: {e}"),
+            Refusal::NotRegistered { device_id } => {
+                write!(f, "device '{device_id}' is not registered")
+            }
+            Refusal::Disabled { device_id } => write!(f, "device '{device_id}' is disabled"),
+            Refusal::NoClientCertificate {
+                device_id,
+                auth_type,
+            } => write!(
+                f,
+                "device '{device_id}' authenticates with {auth_type} but presented no client certificate"
+            ),
+            Refusal::Chain(e) => write!(f, "{e}"),
+            Refusal::LeafCnMismatch { cn, client_id } => {
+                write!(f, "leaf CN '{cn}' is not the client id '{client_id}'")
+            }
+            Refusal::LeafWithoutCn { client_id } => write!(
+                f,
+                "the leaf certificate has no CN; expected CN '{client_id}'"
+            ),
+            Refusal::LeafCnCount { count, client_id } => write!(
+                f,
+                "the leaf certificate has {count} CNs; expected exactly one, '{client_id}'"
+            ),
+            Refusal::CertificateUnreadable(e) => {
+                write!(f, "the client certificate cannot be read: {e}")
+            }
+            Refusal::ThumbprintMismatch {
+                thumbprint,
+                device_id,
+            } => write!(
+                f,
+                "the client certificate's thumbprint {thumbprint} matches neither registered thumbprint of device '{device_id}'"
+            ),
+            Refusal::CertificateNotValidNow {
+                not_before,
+                not_after,
+            } => write!(
+                f,
+                "the client certificate is valid from {} to {}, not now",
+                iothub_pki::pop::format_time(*not_before),
+                iothub_pki::pop::format_time(*not_after)
+            ),
+            Refusal::NoSasToken { device_id } => write!(
+                f,
+                "device '{device_id}' authenticates with sas but sent no SAS token as its password"
+            ),
+            Refusal::PasswordNotText => f.write_str("the password is not UTF-8 text"),
+            Refusal::SasToken(e) => write!(f, "{e}"),
+            Refusal::SasResource {
+                resource,
+                device_id,
+            } => write!(
+                f,
+                "the SAS token is for '{resource}', expected '{USERNAME}/devices/{device_id}'"
+            ),
+            Refusal::AuthTypeCannotConnect {
+                device_id,
+                auth_type,
+            } => write!(
+                f,
+                "device '{device_id}' has authentication type '{auth_type}', which cannot connect"
+            ),
+            Refusal::Internal(e) => write!(f, "authentication task failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl Hub {
+    /// Judges a CONNECT and, if admitted, registers its session (closing an older session of the
+    /// same device); if refused, counts the refusal against `peer`'s address and records it
+    /// before returning, so the caller only answers CONNACK 5.
+    ///
+    /// A device whose record is in memory is judged in the caller's task (chain checks are CPU
+    /// work, like the TLS handshake before them); otherwise one trip to the blocking pool reads
+    /// the store. A session registered across a device or trust change is re-checked on the
+    /// blocking pool; a refusal then arrives as a `Close` signal.
+    pub async fn admit(
+        &self,
+        req: ConnectRequest,
+        peer: SocketAddr,
+        clean_session: bool,
+    ) -> Result<Admission, Refusal> {
+        let ticket = self.connect_ticket();
+        let (req, verdict) = match self.authenticate_device_from_memory(&req) {
+            Some(verdict) => (req, verdict),
+            None => {
+                let hub = self.clone();
+                let client_id = req.client_id.clone();
+                match tokio::task::spawn_blocking(move || {
+                    let verdict = hub.authenticate_device(&req);
+                    (req, verdict)
+                })
+                .await
+                {
+                    Ok(judged) => judged,
+                    Err(e) => {
+                        let refusal = Refusal::Internal(e.to_string());
+                        self.refuse_connection(&client_id, peer, &refusal.to_string());
+                        return Err(refusal);
+                    }
+                }
+            }
+        };
+        let method = match verdict {
+            Ok(method) => method,
+            Err(refusal) => {
+                // Counted before the answer: the device's next connection meets the budget.
+                self.refuse_connection(&req.client_id, peer, &refusal.to_string());
+                return Err(refusal);
+            }
+        };
+        let admission = self.open_session(&req, method, clean_session, ticket);
+        if admission.recheck {
+            let (hub, id) = (self.clone(), admission.device_id.clone());
+            tokio::task::spawn_blocking(move || hub.revalidate_device_sessions(&id));
+        }
+        Ok(admission)
+    }
+}
