@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::mqtt_client::{Connected, MqttClient};
+use iothub_client::mqtt::{Connected, MqttClient};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
@@ -799,7 +799,7 @@ fn register_cas(hub: &crate::client::HubTarget, count: usize, parallel: usize) -
                         now + time::Duration::days(30),
                     )?;
                     let issuer = CaIssuer::from_pem(&ca.cert_pem, &ca.key_pem)?;
-                    crate::cli::add_and_prove(&api, &name, &ca.cert_pem, &issuer)
+                    iothub_client::proof::add_and_prove(&api, &name, &ca.cert_pem, &issuer)
                         .with_context(|| format!("registering {name}"))?;
                     if i % 500 == 499 {
                         eprint!("\rcas: {}/{count}", i + 1);

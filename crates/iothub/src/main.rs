@@ -8,7 +8,6 @@ mod config;
 mod demo;
 mod device_cli;
 mod files;
-mod mqtt_client;
 mod pki_cmd;
 mod serve;
 
