@@ -2,6 +2,7 @@
 //! hold only as many connections as its open-file limit allows, so with `--per-process` the rest
 //! are held by helper processes of this same binary.
 
+use std::ffi::OsString;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -37,6 +38,25 @@ async fn open_idle(t: &Target, skip: usize, count: usize) -> Result<Vec<MqttClie
     Ok(held)
 }
 
+/// The command line of a helper (this binary again) holding identities `skip..skip + count`.
+pub(crate) fn helper_args(t: &Target, skip: usize, count: usize) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["idle".into(), "--dir".into(), t.dir.clone().into()];
+    for (flag, value) in [
+        ("--addr", t.addr.to_string()),
+        ("--server-name", t.server_name.clone()),
+        ("--clients", count.to_string()),
+        ("--skip", skip.to_string()),
+    ] {
+        args.extend([flag.into(), value.into()]);
+    }
+    args.extend(["--broker-ca".into(), t.broker_ca.clone().into()]);
+    args.push("--hold".into());
+    if t.tls12 {
+        args.push("--tls12".into());
+    }
+    args
+}
+
 /// A helper process holding part of the idle connections.
 struct IdleHelper {
     child: std::process::Child,
@@ -48,24 +68,7 @@ impl IdleHelper {
         use std::process::{Command, Stdio};
         let exe = std::env::current_exe().context("the generator's own path")?;
         let child = Command::new(exe)
-            .args(["idle", "--dir"])
-            .arg(&t.dir)
-            .args([
-                "--addr",
-                &t.addr.to_string(),
-                "--server-name",
-                &t.server_name,
-            ])
-            .arg("--broker-ca")
-            .arg(&t.broker_ca)
-            .args([
-                "--clients",
-                &count.to_string(),
-                "--skip",
-                &skip.to_string(),
-                "--hold",
-            ])
-            .args(t.tls12.then_some("--tls12"))
+            .args(helper_args(t, skip, count))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -137,3 +137,113 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> BenchCommand {
+        let mut line = vec!["iothub-bench"];
+        line.extend_from_slice(args);
+        Cli::try_parse_from(line)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .command
+    }
+
+    #[test]
+    fn every_mode_takes_the_flags_scripts_bench_passes() {
+        let target = [
+            "--dir",
+            "ids",
+            "--broker-ca",
+            "ca.pem",
+            "--seconds",
+            "2",
+            "--addr",
+            "127.0.0.1:8883",
+            "--server-pid",
+            "1",
+            "--label",
+            "x",
+            "--out",
+            "r.json",
+        ];
+        let with = |mode: &str, extra: &[&str]| {
+            let mut args = vec![mode];
+            args.extend_from_slice(&target);
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        let BenchCommand::Connect(t) = with("connect", &["--clients", "8", "--resume", "--tls12"])
+        else {
+            panic!("not connect")
+        };
+        assert!(t.resume && t.tls12 && t.clients == 8);
+        let BenchCommand::Telemetry(t) = with("telemetry", &["--inflight", "8", "--size", "256"])
+        else {
+            panic!("not telemetry")
+        };
+        assert_eq!((t.inflight, t.size), (8, 256));
+        let BenchCommand::Idle(t) = with("idle", &["--clients", "20", "--per-process", "8"]) else {
+            panic!("not idle")
+        };
+        assert_eq!(t.per_process, Some(8));
+        assert!(matches!(
+            parse(&["floor", "--seconds", "0.1"]),
+            BenchCommand::Floor { .. }
+        ));
+        assert!(matches!(
+            parse(&["identities", "--dir", "ids", "--count", "20"]),
+            BenchCommand::Identities { count: 20, .. }
+        ));
+        let BenchCommand::Cas { count, hub, .. } =
+            parse(&["cas", "--data", "hub", "--count", "50"])
+        else {
+            panic!("not cas")
+        };
+        assert_eq!((count, hub.data), (50, PathBuf::from("hub")));
+    }
+
+    /// `idle --per-process` re-spawns this binary: the helper's command line must parse as the
+    /// holding part of the same run.
+    #[test]
+    fn an_idle_helper_command_line_is_an_idle_run_of_this_binary() {
+        let BenchCommand::Idle(t) = parse(&[
+            "idle",
+            "--dir",
+            "ids",
+            "--broker-ca",
+            "ca.pem",
+            "--addr",
+            "127.0.0.1:8883",
+            "--server-name",
+            "hub.local",
+            "--clients",
+            "20",
+            "--per-process",
+            "8",
+            "--tls12",
+        ]) else {
+            panic!("not idle")
+        };
+        let line: Vec<String> = idle::helper_args(&t, 8, 8)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        let line: Vec<&str> = line.iter().map(String::as_str).collect();
+        let BenchCommand::Idle(helper) = parse(&line) else {
+            panic!("the helper's command line is not idle: {line:?}")
+        };
+        assert!(helper.hold && helper.tls12);
+        assert_eq!((helper.skip, helper.clients), (8, 8));
+        assert_eq!(helper.per_process, None);
+        assert_eq!((helper.dir, helper.broker_ca), (t.dir, t.broker_ca));
+        assert_eq!((helper.addr, helper.server_name), (t.addr, t.server_name));
+    }
+}
