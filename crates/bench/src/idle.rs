@@ -30,7 +30,7 @@ async fn open_idle(t: &Target, skip: usize, count: usize) -> Result<Vec<MqttClie
     for (i, id) in ids.iter().enumerate().skip(skip) {
         held.push(connect_once(t, &mut configs, i, id).await?);
         // Only the connections are kept, not one TLS configuration per connection.
-        configs.built.clear();
+        configs.forget();
         if !t.hold && held.len() % 500 == 0 {
             eprint!("\ropen: {}", held.len());
         }

@@ -63,6 +63,7 @@ pub struct Target {
     pub(crate) hold: bool,
 }
 
+/// The `p` quantile (0 to 1) of sorted samples, 0 when there are none.
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -70,6 +71,7 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Prints a run's result with its label and the machine's core count, and writes it to `--out`.
 pub(crate) fn report(t: &Target, mut v: Value) -> Result<()> {
     v["label"] = json!(t.label);
     v["machine"] =

@@ -16,7 +16,7 @@ pub(crate) struct ClientConfigs {
     ca: Vec<u8>,
     resume: bool,
     tls12: bool,
-    pub(crate) built: HashMap<usize, Arc<rustls::ClientConfig>>,
+    built: HashMap<usize, Arc<rustls::ClientConfig>>,
 }
 
 impl ClientConfigs {
@@ -27,6 +27,11 @@ impl ClientConfigs {
             tls12,
             built: Default::default(),
         }
+    }
+
+    /// Forgets the configurations built so far (a connection keeps its own).
+    pub(crate) fn forget(&mut self) {
+        self.built.clear();
     }
 
     /// The configuration of identity `index`, built on first use.
