@@ -1,2 +1,2 @@
-//! The HTTPS API client lives in the `iothub-client` crate; these names keep `crate::client::...` paths working.
+//! The API client lives in `iothub-client`; these names keep `crate::client::...` paths working.
 pub use iothub_client::{segment, unix_now, ApiClient, HubTarget};
