@@ -327,7 +327,7 @@ def main():
     lines += [
         "Measured by `scripts/bench` in one run on one machine (the load generator competes with the",
         "server for the same cores: read the server CPU per connect beside the rates). Same load",
-        "generator (`iothub bench`), same device identities (root > intermediate > leaf, ECDSA P-256),",
+        "generator (`iothub-bench`), same device identities (root > intermediate > leaf, ECDSA P-256),",
         "same server certificate, TLS 1.3 (TLS 1.2 where marked), mutual TLS required by both.",
         "iothub stores every QoS 1 message durably before its PUBACK; Mosquitto here runs with",
         "`persistence false` (its PUBACK involves no disk) and `set_tcp_nodelay true` (its default,",
@@ -392,12 +392,12 @@ def main():
     lines.append("")
     if floor_ms is not None:
         lines.append(
-            f"- aws-lc-rs (what iothub ships), from `iothub bench floor`: **{floor_ms:.3f} ms** "
+            f"- aws-lc-rs (what iothub ships), from `iothub-bench floor`: **{floor_ms:.3f} ms** "
             f"(sign {fmt(floor.get('sign_us'), 1)} µs, verify {fmt(floor.get('verify_us'), 1)} µs, "
             f"X25519 {fmt(floor.get('x25519_us'), 1)} µs); iothub spends {fx(cpu_vs_floor)} that "
             f"per full connect.")
     else:
-        lines.append("- aws-lc-rs: not measured (`iothub bench floor` left no result).")
+        lines.append("- aws-lc-rs: not measured (`iothub-bench floor` left no result).")
     if ossl_ms is not None:
         lines.append(
             f"- OpenSSL (what Mosquitto ships), from `openssl speed`: {ossl_ms:.3f} ms "

@@ -10,8 +10,8 @@ Usage: profile-report.py PERF_SCRIPT_OUTPUT STORM_JSON [FLOOR_JSON]
        profile-report.py --ratio FULL_PERF FULL_STORM RESUMED_PERF RESUMED_STORM
        profile-report.py --self-test
   PERF_SCRIPT_OUTPUT: `perf script -F comm,ip,sym` of the hub, recorded with call graphs;
-  STORM_JSON: the `iothub bench connect -o json` result of the storm that was recorded;
-  FLOOR_JSON: an `iothub bench floor` result: a full handshake's groups are then also set
+  STORM_JSON: the `iothub-bench connect` result (JSON) of the storm that was recorded;
+  FLOOR_JSON: an `iothub-bench floor` result: a full handshake's groups are then also set
   against the floor.
   --ratio: how many times a resumed connect's server CPU fits in a full one's, with and without
   iothub's own code.

@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 
 use crate::client::{segment, unix_now, ApiClient, HubTarget};
 use crate::Output;
-use iothub_pki::gen::CaIssuer;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CertCommand {
@@ -325,7 +324,7 @@ fn prove(api: &ApiClient, output: Output, name: &str, key_path: &PathBuf) -> Res
             key_path.display()
         )
     })?;
-    let v = prove_with(api, name, &ca_pem, &text(&current["etag"]), &issuer)?;
+    let v = iothub_client::proof::prove_with(api, name, &ca_pem, &text(&current["etag"]), &issuer)?;
     match output {
         Output::Json => print_json(&v),
         Output::Text => {
@@ -333,72 +332,6 @@ fn prove(api: &ApiClient, output: Output, name: &str, key_path: &PathBuf) -> Res
             Ok(())
         }
     }
-}
-
-/// Adds a CA certificate under `name` and proves possession of its key (`issuer`): what
-/// `cert add` + `cert prove` do, for callers that register many CAs (`bench cas`).
-pub fn add_and_prove(
-    api: &ApiClient,
-    name: &str,
-    ca_pem: &str,
-    issuer: &CaIssuer,
-) -> Result<Value> {
-    let added = api.call(
-        Method::PUT,
-        &cert_path(name),
-        None,
-        Some(&json!({ "properties": { "certificate": ca_pem } })),
-    )?;
-    prove_with(api, name, ca_pem, &text(&added["etag"]), issuer)
-}
-
-/// Fetches a verification code for CA `name` (at `etag`), signs the verification certificate
-/// with `issuer` and has the hub verify it.
-fn prove_with(
-    api: &ApiClient,
-    name: &str,
-    ca_pem: &str,
-    etag: &str,
-    issuer: &CaIssuer,
-) -> Result<Value> {
-    let coded = api.call(
-        Method::POST,
-        &format!("{}/generateVerificationCode", cert_path(name)),
-        Some(etag),
-        None,
-    )?;
-    let code = text(prop(&coded, "verificationCode"));
-    let now = time::OffsetDateTime::now_utc();
-    let verification =
-        iothub_pki::gen::make_verification_cert(&code, issuer, now, time::Duration::hours(1))?;
-
-    // Apply the hub's own rule locally first: a certificate we cannot reproduce exactly (e.g. a CA
-    // subject with repeated attribute types) is explained here instead of being refused remotely.
-    let ca_der = iothub_pki::parse_certificate_input(ca_pem.as_bytes(), usize::MAX)?;
-    let ca_info = iothub_pki::CertInfo::from_der(&ca_der)?;
-    let state = iothub_pki::pop::CodeState::Live {
-        code: code.clone(),
-        expires_at: unix_now() + 60,
-    };
-    if let Err(e) = iothub_pki::pop::verify_proof(
-        name,
-        &ca_info,
-        &state,
-        verification.cert_pem.as_bytes(),
-        usize::MAX,
-        unix_now(),
-    ) {
-        bail!(
-            "the verification certificate made locally would be refused ({e}); make it with openssl instead (subject CN={code}) and run 'iothub cert verify {name} FILE'"
-        );
-    }
-    let v = api.call(
-        Method::POST,
-        &format!("{}/verify", cert_path(name)),
-        Some(&text(&coded["etag"])),
-        Some(&json!({ "certificate": verification.cert_pem })),
-    )?;
-    Ok(v)
 }
 
 pub fn audit(target: &HubTarget, output: Output, args: AuditArgs) -> Result<()> {
@@ -559,7 +492,7 @@ fn follow_own_rotation(target: &HubTarget, name: &str, slot: &str, answer: &Valu
         );
         return Ok(());
     }
-    let path = target.data.join(crate::serve::CONNECTION_STRING_FILE);
+    let path = target.data.join(iothub_client::layout::CONNECTION_STRING);
     let updated = format!(
         "HostName={};SharedAccessKeyName={};SharedAccessKey={new_key}\n",
         conn.host_name, conn.policy

@@ -12,7 +12,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::client::{ApiClient, HubTarget};
-use crate::mqtt_client::{Connected, MqttClient};
+use iothub_client::layout;
+use iothub_client::mqtt::{Connected, MqttClient};
 
 struct Hub {
     child: Child,
@@ -89,7 +90,8 @@ fn run_in(dir: &Path) -> Result<()> {
     );
     let (_hub, mqtt_addr) = start_hub(&data)?;
     done(format!(
-        "HTTPS API and MQTT on {mqtt_addr} (hub CA: data/tls/ca.pem)"
+        "HTTPS API and MQTT on {mqtt_addr} (hub CA: data/{})",
+        layout::HUB_CA
     ));
     let target = HubTarget {
         data: data.clone(),
@@ -104,7 +106,7 @@ fn run_in(dir: &Path) -> Result<()> {
             .enable_all()
             .build()?,
         mqtt_addr,
-        ca_pem: std::fs::read(data.join("tls/ca.pem"))?,
+        ca_pem: std::fs::read(data.join(layout::HUB_CA))?,
     };
     let issuer = story.prove_root()?;
     let dev = story.register_sensor(&issuer)?;
@@ -241,8 +243,9 @@ impl Story<'_> {
     /// cloud-to-device message.
     fn telemetry_and_c2d(&self, dev: &iothub_pki::gen::Generated) -> Result<()> {
         step(9, "Connect over MQTT/TLS with the device certificate and send telemetry", &format!(
-            "mosquitto_pub -h localhost -p {} --cafile data/tls/ca.pem --cert demo-sensor.pem --key demo-sensor.key -i demo-sensor -u 'localhost/demo-sensor/?api-version=2021-04-12' -t 'devices/demo-sensor/messages/events/unit=C' -m '{{\"t\":21.5}}' -q 1",
-            self.mqtt_addr.port()
+            "mosquitto_pub -h localhost -p {} --cafile data/{} --cert demo-sensor.pem --key demo-sensor.key -i demo-sensor -u 'localhost/demo-sensor/?api-version=2021-04-12' -t 'devices/demo-sensor/messages/events/unit=C' -m '{{\"t\":21.5}}' -q 1",
+            self.mqtt_addr.port(),
+            layout::HUB_CA
         ));
         let mut device = match self.rt.block_on(MqttClient::connect(
             self.mqtt_addr,

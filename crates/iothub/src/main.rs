@@ -1,14 +1,12 @@
 //! `iothub`: one binary for the hub (`serve`), its command-line client (`cert`, `policy`, `audit`,
 //! `connection-string`, `sas-token`) and test-PKI helpers (`pki`).
 
-mod bench;
 mod cli;
 mod client;
 mod config;
 mod demo;
 mod device_cli;
 mod files;
-mod mqtt_client;
 mod pki_cmd;
 mod serve;
 
@@ -79,9 +77,6 @@ enum Command {
     PortalLink,
     /// Print a SharedAccessSignature token for a hub policy.
     SasToken(cli::SasTokenArgs),
-    /// Load generator: connect storms, telemetry and idle connections over mutual TLS.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
     /// Run the whole story against a temporary hub, step by step, with the equivalent commands.
     Demo,
     /// Make test certificates: CAs, device certificates, verification certificates.
@@ -123,7 +118,6 @@ fn main() -> ExitCode {
         Command::PortalLink => cli::portal_link(&target, cli.output),
         Command::Pki(cmd) => pki_cmd::run(cli.output, cmd),
         Command::Demo => demo::run(),
-        Command::Bench(cmd) => bench::run(cmd, &target),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

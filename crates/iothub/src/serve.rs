@@ -4,7 +4,8 @@
 //! First start creates, under the data directory: `iothub.db` (SQLite), `tls/ca.pem` + `tls/ca.key`
 //! (the hub's own local CA, which clients trust), `tls/server.pem` + `tls/server.key` (re-issued on
 //! every start so that its SANs follow the configuration), and `connection-string` (the owner
-//! connection string, mode 0600, rewritten on every start with the current host and port).
+//! connection string, mode 0600, rewritten on every start with the current host and port). The
+//! names are `iothub_client::layout`'s, which the CLI reads too.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,8 +21,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::config::ServeConfig;
 use crate::files::{create_private_dir, write_atomic};
-
-pub const CONNECTION_STRING_FILE: &str = "connection-string";
+use iothub_client::layout;
 
 /// Prints a status line to stdout, ignoring failures: the hub must keep serving (and never panic)
 /// when nobody reads its stdout any more, as under a supervisor that closed it.
@@ -31,7 +31,6 @@ macro_rules! status {
         let _ = writeln!(std::io::stdout().lock(), $($arg)*);
     }};
 }
-pub const HUB_CA_FILE: &str = "tls/ca.pem";
 
 /// The system's host name, if it has one.
 fn system_hostname() -> Option<String> {
@@ -54,10 +53,10 @@ pub fn hub_names(config: &ServeConfig) -> Vec<String> {
     names
 }
 
-/// Loads the hub's local CA, creating it on first start.
-fn load_or_create_tls_ca(tls_dir: &Path) -> Result<CaIssuer> {
-    let cert_path = tls_dir.join("ca.pem");
-    let key_path = tls_dir.join("ca.key");
+/// Loads the hub's local CA from the data directory, creating it on first start.
+fn load_or_create_tls_ca(data: &Path) -> Result<CaIssuer> {
+    let cert_path = data.join(layout::HUB_CA);
+    let key_path = data.join(layout::HUB_CA_KEY);
     if !cert_path.exists() || !key_path.exists() {
         let now = OffsetDateTime::now_utc();
         let ca = gen::make_ca(
@@ -74,8 +73,10 @@ fn load_or_create_tls_ca(tls_dir: &Path) -> Result<CaIssuer> {
         .with_context(|| format!("cannot read {}", cert_path.display()))?;
     let key = std::fs::read_to_string(&key_path)
         .with_context(|| format!("cannot read {}", key_path.display()))?;
-    CaIssuer::from_pem(&cert, &key)
-        .with_context(|| format!("the hub TLS CA in {} is unusable", tls_dir.display()))
+    CaIssuer::from_pem(&cert, &key).with_context(|| {
+        let tls_dir = data.join(layout::TLS_DIR);
+        format!("the hub TLS CA in {} is unusable", tls_dir.display())
+    })
 }
 
 /// The hub's TLS identity: a server certificate for `names` (re-issued at every start, so that
@@ -85,8 +86,8 @@ struct ServerIdentity {
     key: PrivateKeyDer<'static>,
 }
 
-fn server_identity(tls_dir: &Path, names: &[String]) -> Result<ServerIdentity> {
-    let ca = load_or_create_tls_ca(tls_dir)?;
+fn server_identity(data: &Path, names: &[String]) -> Result<ServerIdentity> {
+    let ca = load_or_create_tls_ca(data)?;
     let now = OffsetDateTime::now_utc();
     let leaf = gen::make_leaf(
         names.first().map(String::as_str).unwrap_or("localhost"),
@@ -96,8 +97,16 @@ fn server_identity(tls_dir: &Path, names: &[String]) -> Result<ServerIdentity> {
         now - Duration::hours(1),
         now + Duration::days(397),
     )?;
-    write_atomic(&tls_dir.join("server.key"), leaf.key_pem.as_bytes(), 0o600)?;
-    write_atomic(&tls_dir.join("server.pem"), leaf.cert_pem.as_bytes(), 0o644)?;
+    write_atomic(
+        &data.join(layout::SERVER_KEY),
+        leaf.key_pem.as_bytes(),
+        0o600,
+    )?;
+    write_atomic(
+        &data.join(layout::SERVER_CERT),
+        leaf.cert_pem.as_bytes(),
+        0o644,
+    )?;
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes()).collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes())?;
@@ -138,13 +147,13 @@ pub fn connection_string(host: &str, port: u16, policy: &str, key: &str) -> Stri
 pub async fn run(config: ServeConfig) -> Result<()> {
     let data: PathBuf = config.data.clone();
     create_private_dir(&data)?;
-    let tls_dir = data.join("tls");
+    let tls_dir = data.join(layout::TLS_DIR);
     // Owner-only, like the data directory: it holds the hub CA's and the server's keys.
     create_private_dir(&tls_dir)?;
 
     // The database holds policy keys: create it owner-only before SQLite opens it (SQLite gives its
     // -wal and -shm files the database file's mode).
-    let db_path = data.join("iothub.db");
+    let db_path = data.join(layout::DATABASE);
     if !db_path.exists() {
         write_atomic(&db_path, b"", 0o600)?;
     }
@@ -176,7 +185,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         Arc::new(SystemClock),
     )?;
     let new_owner = hub.ensure_default_policies()?;
-    let identity = server_identity(&tls_dir, &names)?;
+    let identity = server_identity(&data, &names)?;
     let tls = api_tls(&identity)?;
     let device_tls =
         iothub_gateway::server_config(identity.chain.clone(), identity.key.clone_key())?;
@@ -198,7 +207,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         &owner.primary_key,
     );
     write_atomic(
-        &data.join(CONNECTION_STRING_FILE),
+        &data.join(layout::CONNECTION_STRING),
         format!("{conn_str}\n").as_bytes(),
         0o600,
     )?;
@@ -207,12 +216,12 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     if new_owner.is_some() {
         status!(
             "owner connection string written to {} (mode 0600; 'iothub connection-string' prints it)",
-            data.join(CONNECTION_STRING_FILE).display()
+            data.join(layout::CONNECTION_STRING).display()
         );
     }
     status!(
         "hub TLS CA certificate: {}",
-        data.join(HUB_CA_FILE).display()
+        data.join(layout::HUB_CA).display()
     );
     let portal = Arc::new(iothub_api::PortalState::new(iothub_api::PortalLimits {
         link_lifetime: std::time::Duration::from_secs(config.portal_link_lifetime_secs as u64),

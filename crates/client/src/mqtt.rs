@@ -1,6 +1,7 @@
-//! A minimal MQTT 3.1.1 device client over TLS with a client certificate, for `iothub demo`: just
-//! what a device does against the hub (CONNECT, PUBLISH at QoS 1, SUBSCRIBE, receive and
-//! acknowledge a PUBLISH). It uses the hub's own codec, so the demo exercises both directions.
+//! A minimal MQTT 3.1.1 device client over TLS with a client certificate, for `iothub demo` and
+//! the load generator (`iothub-bench`): just what a device does against the hub (CONNECT, PUBLISH
+//! at QoS 1, SUBSCRIBE, receive and acknowledge a PUBLISH). It uses the hub's own codec, so the
+//! demo exercises both directions.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,14 +133,17 @@ impl MqttClient {
         self.stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
     }
 
-    pub(crate) async fn send(&mut self, packet: &Packet) -> Result<()> {
+    /// Sends one packet as is: for callers that drive the protocol themselves (the load
+    /// generator keeps several QoS 1 messages in flight).
+    pub async fn send(&mut self, packet: &Packet) -> Result<()> {
         let mut out = BytesMut::new();
         codec::encode(packet, &mut out).map_err(|e| anyhow!("{e}"))?;
         self.stream.write_all(&out).await?;
         Ok(())
     }
 
-    pub(crate) async fn recv(&mut self, timeout: Duration) -> Result<Packet> {
+    /// Reads the next packet from the hub, waiting at most `timeout`.
+    pub async fn recv(&mut self, timeout: Duration) -> Result<Packet> {
         tokio::time::timeout(timeout, async {
             loop {
                 if let Some(p) =
@@ -156,7 +160,8 @@ impl MqttClient {
         .map_err(|_| anyhow!("no answer from the hub within {timeout:?}"))?
     }
 
-    pub(crate) fn pkid(&mut self) -> u16 {
+    /// The next packet identifier (1 to 65535, then 1 again).
+    pub fn pkid(&mut self) -> u16 {
         let id = self.next_pkid;
         self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
         id
