@@ -25,6 +25,7 @@ use crate::routes::{
     AppState,
 };
 use crate::shapes::certificate_description;
+use iothub_hub::error as codes;
 
 // ----- twins and direct methods ------------------------------------------------------------------
 
@@ -182,7 +183,7 @@ fn check_resource(state: &AppState, p: &ArmPath) -> Result<(), ApiError> {
     let hub_name = &state.hub.config().hub_name;
     if !p.resource.eq_ignore_ascii_case(hub_name) {
         return Err(ApiError::new(
-            "RouteNotFound",
+            codes::ROUTE_NOT_FOUND,
             format!(
                 "this hub is '{hub_name}'; there is no resource '{}' here",
                 p.resource
@@ -259,7 +260,7 @@ async fn arm_delete(state: AppState, headers: HeaderMap, p: ArmPath) -> Result<R
     {
         Ok(()) => Ok(StatusCode::OK.into_response()),
         // The management SDKs document delete as idempotent: a missing certificate is no error.
-        Err(e) if e.code.name == "CertificateNotFound" => {
+        Err(e) if e.code == codes::CERTIFICATE_NOT_FOUND => {
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Err(e) => Err(e),

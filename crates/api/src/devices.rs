@@ -22,6 +22,7 @@ use crate::body::read_json;
 use crate::error::ApiError;
 use crate::routes::{audited, authenticate, blocking, if_match, AppState};
 use crate::shapes::rfc1123;
+use iothub_hub::error as codes;
 
 /// RFC 3339, with Azure's "never" value for a time that never was.
 fn iso(t: Option<i64>) -> String {
@@ -235,11 +236,14 @@ pub(crate) async fn send_c2d(
             (None, Some(b64)) => base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
                 .map_err(|e| {
-                    ApiError::new("ArgumentInvalid", format!("bodyBase64 is not base64: {e}"))
+                    ApiError::new(
+                        codes::ARGUMENT_INVALID,
+                        format!("bodyBase64 is not base64: {e}"),
+                    )
                 })?,
             _ => {
                 return Err(ApiError::new(
-                    "ArgumentInvalid",
+                    codes::ARGUMENT_INVALID,
                     "give exactly one of 'body' (text) and 'bodyBase64'",
                 ))
             }

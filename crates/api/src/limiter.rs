@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
 use crate::routes::AppState;
+use iothub_hub::error as codes;
 
 const WINDOW: Duration = Duration::from_secs(60);
 /// Addresses tracked at most (oldest windows dropped beyond).
@@ -68,7 +69,7 @@ pub(crate) async fn limit_auth_failures(
     if let Some(ip) = ip {
         if let Some(wait) = state.auth_limiter.blocked_for(ip) {
             let mut r = ApiError::new(
-                "ThrottlingException",
+                codes::THROTTLING_EXCEPTION,
                 format!("too many failed authentications from {ip}; try again in {wait} s"),
             )
             .into_response();

@@ -23,6 +23,7 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::routes::AppState;
+use iothub_hub::error as codes;
 
 pub const SESSION_COOKIE: &str = "iothub_session";
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -252,7 +253,7 @@ pub(crate) async fn csrf_guard(
     let Some(id) = session_cookie(headers) else {
         return next.run(request).await;
     };
-    let refuse = |why: &str| ApiError::new("CsrfRejected", why.to_string()).into_response();
+    let refuse = |why: &str| ApiError::new(codes::CSRF_REJECTED, why.to_string()).into_response();
     let Some((expected, _)) = live_session(&state, &id) else {
         return refuse("the portal session has ended; open a new login link");
     };

@@ -20,6 +20,7 @@ use crate::azure;
 use crate::body::read_json;
 use crate::error::ApiError;
 use crate::shapes::{certificate_description, rfc1123, PutBody, VerifyBody};
+use iothub_hub::error as codes;
 
 /// Limits of the API layer.
 #[derive(Debug, Clone)]
@@ -231,7 +232,7 @@ where
     let hub = state.hub.clone();
     tokio::task::spawn_blocking(move || op(&hub))
         .await
-        .map_err(|e| ApiError::new("ServerError", format!("request task failed: {e}")))?
+        .map_err(|e| ApiError::new(codes::SERVER_ERROR, format!("request task failed: {e}")))?
         .map_err(ApiError::from)
 }
 
@@ -248,7 +249,7 @@ pub(crate) async fn read_put_certificate(
         let fields = parsed.properties.unwrap_or(parsed.legacy);
         let certificate = fields.certificate.ok_or_else(|| {
             ApiError::new(
-                "ArgumentInvalid",
+                codes::ARGUMENT_INVALID,
                 "the body must carry properties.certificate: the CA certificate as PEM text or base64 of DER",
             )
         })?;
@@ -279,7 +280,7 @@ pub(crate) async fn read_verification_certificate(
         let parsed: VerifyBody = read_json(body, state.limits.max_request_bytes).await?;
         parsed.certificate.ok_or_else(|| {
             ApiError::new(
-                "ArgumentInvalid",
+                codes::ARGUMENT_INVALID,
                 "the body must carry 'certificate': the verification certificate as PEM text or base64 of DER",
             )
         })
@@ -506,7 +507,7 @@ async fn put_policy(
         let b: PutPolicyBody = read_json(body, state.limits.max_request_bytes).await?;
         b.rights.ok_or_else(|| {
             ApiError::new(
-                "ArgumentInvalid",
+                codes::ARGUMENT_INVALID,
                 "the body must carry 'rights': a comma-separated list of RegistryRead, RegistryWrite, ServiceConnect, DeviceConnect",
             )
         })
@@ -550,7 +551,7 @@ async fn rotate_policy_key(
         let b: RotateKeyBody = read_json(body, state.limits.max_request_bytes).await?;
         b.key.ok_or_else(|| {
             ApiError::new(
-                "ArgumentInvalid",
+                codes::ARGUMENT_INVALID,
                 "the body must carry 'key': \"primary\" or \"secondary\"",
             )
         })
@@ -586,7 +587,7 @@ async fn method_not_allowed(
     // Authenticated first: an anonymous caller cannot tell known paths from unknown ones.
     authenticate(&state, &headers)?;
     Err(ApiError::new(
-        "MethodNotAllowed",
+        codes::METHOD_NOT_ALLOWED,
         format!("{method} is not supported on {}", uri.path()),
     ))
 }
@@ -599,7 +600,7 @@ async fn not_found(
     // Unknown paths are refused as unauthorized first, so the route table is not probeable.
     authenticate(&state, &headers)?;
     Err(ApiError::new(
-        "RouteNotFound",
+        codes::ROUTE_NOT_FOUND,
         format!("no such route: {}", uri.path()),
     ))
 }
