@@ -2,10 +2,10 @@
 //! limit), and both an oversize body and malformed JSON get a specific JSON error.
 
 use axum::body::Body;
+use iothub_hub::error as codes;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
-use iothub_hub::error as codes;
 
 /// Reads at most `limit` bytes of `body` and parses them as JSON of type `T`.
 pub async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {

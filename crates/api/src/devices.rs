@@ -13,6 +13,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
+use iothub_hub::error as codes;
 use iothub_hub::{C2dSend, DeviceView, PutDevice};
 use iothub_store::{C2dRecord, StoredMessage};
 use serde::Deserialize;
@@ -20,9 +21,8 @@ use serde_json::{json, Value};
 
 use crate::body::read_json;
 use crate::error::ApiError;
-use crate::routes::{audited, authenticate, blocking, if_match, AppState};
 use crate::shapes::rfc1123;
-use iothub_hub::error as codes;
+use crate::state::{audited, authenticate, blocking, if_match, with_etag, AppState};
 
 /// RFC 3339, with Azure's "never" value for a time that never was.
 fn iso(t: Option<i64>) -> String {
@@ -87,13 +87,6 @@ struct KeysBody {
 struct ThumbprintsBody {
     primary_thumbprint: Option<String>,
     secondary_thumbprint: Option<String>,
-}
-
-fn with_etag(mut response: Response, etag: &str) -> Response {
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
-        response.headers_mut().insert(axum::http::header::ETAG, v);
-    }
-    response
 }
 
 pub(crate) async fn get_device(
