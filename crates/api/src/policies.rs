@@ -11,9 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use iothub_hub::error as codes;
-use iothub_hub::PolicyView;
+use iothub_hub::{PolicyRecord, PolicyView};
 use iothub_pki::policy::format_rights;
-use iothub_store::PolicyRecord;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
