@@ -14,17 +14,17 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use iothub_hub::error as codes;
 use iothub_hub::{CaView, HubError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::body::read_json;
+use crate::certificates::{read_put_certificate, read_verification_certificate};
 use crate::error::ApiError;
-use crate::routes::{
-    audited, authenticate, blocking, if_match, read_put_certificate, read_verification_certificate,
-    AppState,
-};
+use crate::policies::policy_with_keys;
 use crate::shapes::certificate_description;
+use crate::state::{audited, authenticate, blocking, if_match, AppState};
 
 // ----- twins and direct methods ------------------------------------------------------------------
 
@@ -182,7 +182,7 @@ fn check_resource(state: &AppState, p: &ArmPath) -> Result<(), ApiError> {
     let hub_name = &state.hub.config().hub_name;
     if !p.resource.eq_ignore_ascii_case(hub_name) {
         return Err(ApiError::new(
-            "RouteNotFound",
+            codes::ROUTE_NOT_FOUND,
             format!(
                 "this hub is '{hub_name}'; there is no resource '{}' here",
                 p.resource
@@ -259,7 +259,7 @@ async fn arm_delete(state: AppState, headers: HeaderMap, p: ArmPath) -> Result<R
     {
         Ok(()) => Ok(StatusCode::OK.into_response()),
         // The management SDKs document delete as idempotent: a missing certificate is no error.
-        Err(e) if e.code.name == "CertificateNotFound" => {
+        Err(e) if e.code == codes::CERTIFICATE_NOT_FOUND => {
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Err(e) => Err(e),
@@ -398,7 +398,7 @@ pub(crate) async fn hub_list_keys(
         let who = authenticate(&state, &headers)?;
         check_resource(&state, &p)?;
         let all = blocking(&state, move |hub| hub.all_policy_keys(&who)).await?;
-        let value: Vec<Value> = all.iter().map(crate::routes::policy_with_keys).collect();
+        let value: Vec<Value> = all.iter().map(policy_with_keys).collect();
         Ok(Json(json!({ "value": value, "nextLink": null })).into_response())
     }
     .await;
@@ -417,7 +417,7 @@ pub(crate) async fn hub_key_for_name(
         check_resource(&state, &p)?;
         let name = cert_name(&p);
         let policy = blocking(&state, move |hub| hub.policy_keys(&who, &name)).await?;
-        Ok(Json(crate::routes::policy_with_keys(&policy)).into_response())
+        Ok(Json(policy_with_keys(&policy)).into_response())
     }
     .await;
     respond(Plane::IotHub, r)

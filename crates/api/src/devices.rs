@@ -13,15 +13,15 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use iothub_hub::{C2dSend, DeviceView, PutDevice};
-use iothub_store::{C2dRecord, StoredMessage};
+use iothub_hub::error as codes;
+use iothub_hub::{C2dSend, C2dView, DeviceView, MessageView, PutDevice};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::body::read_json;
 use crate::error::ApiError;
-use crate::routes::{audited, authenticate, blocking, if_match, AppState};
 use crate::shapes::rfc1123;
+use crate::state::{audited, authenticate, blocking, if_match, with_etag, AppState};
 
 /// RFC 3339, with Azure's "never" value for a time that never was.
 fn iso(t: Option<i64>) -> String {
@@ -86,13 +86,6 @@ struct KeysBody {
 struct ThumbprintsBody {
     primary_thumbprint: Option<String>,
     secondary_thumbprint: Option<String>,
-}
-
-fn with_etag(mut response: Response, etag: &str) -> Response {
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
-        response.headers_mut().insert(axum::http::header::ETAG, v);
-    }
-    response
 }
 
 pub(crate) async fn get_device(
@@ -189,8 +182,7 @@ pub(crate) async fn delete_device(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn c2d_json(m: &C2dRecord) -> Value {
-    let props: Value = serde_json::from_str(&m.properties).unwrap_or_default();
+fn c2d_json(m: &C2dView) -> Value {
     json!({
         "id": m.id,
         "deviceId": m.device_id,
@@ -200,8 +192,8 @@ fn c2d_json(m: &C2dRecord) -> Value {
         "expiryTimeUtc": rfc1123(m.expiry),
         "deliveredTime": m.delivered_at.map(rfc1123),
         "deliveryCount": m.delivery_count,
-        "systemProperties": props["system"],
-        "properties": props["application"],
+        "systemProperties": m.system_properties,
+        "properties": m.properties,
         "body": String::from_utf8(m.body.clone()).ok(),
         "bodyBase64": base64::engine::general_purpose::STANDARD.encode(&m.body),
     })
@@ -235,11 +227,14 @@ pub(crate) async fn send_c2d(
             (None, Some(b64)) => base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
                 .map_err(|e| {
-                    ApiError::new("ArgumentInvalid", format!("bodyBase64 is not base64: {e}"))
+                    ApiError::new(
+                        codes::ARGUMENT_INVALID,
+                        format!("bodyBase64 is not base64: {e}"),
+                    )
                 })?,
             _ => {
                 return Err(ApiError::new(
-                    "ArgumentInvalid",
+                    codes::ARGUMENT_INVALID,
                     "give exactly one of 'body' (text) and 'bodyBase64'",
                 ))
             }
@@ -281,25 +276,22 @@ pub(crate) async fn list_c2d(
 }
 
 /// A device-to-cloud message as `az iot hub monitor-events` shows events, plus its offset.
-pub fn message_json(m: &StoredMessage) -> Value {
-    let msg = &m.message;
-    let mut system: serde_json::Map<String, Value> =
-        serde_json::from_str(&msg.system_properties).unwrap_or_default();
+pub fn message_json(m: &MessageView) -> Value {
+    let mut system = m.system_properties.clone();
     system.insert(
         "iothub-connection-device-id".into(),
-        msg.device_id.clone().into(),
+        m.device_id.clone().into(),
     );
-    system.insert("iothub-enqueuedtime".into(), iso(Some(msg.enqueued)).into());
-    let properties: Value = serde_json::from_str(&msg.properties).unwrap_or_default();
+    system.insert("iothub-enqueuedtime".into(), iso(Some(m.enqueued)).into());
     json!({
         "offset": m.offset,
-        "deviceId": msg.device_id,
-        "moduleId": msg.module_id,
-        "enqueuedTime": iso(Some(msg.enqueued)),
-        "properties": properties,
+        "deviceId": m.device_id,
+        "moduleId": m.module_id,
+        "enqueuedTime": iso(Some(m.enqueued)),
+        "properties": m.properties,
         "systemProperties": system,
-        "body": String::from_utf8(msg.body.clone()).ok(),
-        "bodyBase64": base64::engine::general_purpose::STANDARD.encode(&msg.body),
+        "body": String::from_utf8(m.body.clone()).ok(),
+        "bodyBase64": base64::engine::general_purpose::STANDARD.encode(&m.body),
     })
 }
 
@@ -360,7 +352,7 @@ pub(crate) async fn stream_messages(
             (watch, policies),
             start,
             device,
-            Vec::<StoredMessage>::new(),
+            Vec::<MessageView>::new(),
         ),
         |(hub, who, (mut watch, mut policies), mut next, device, mut buffered)| async move {
             loop {

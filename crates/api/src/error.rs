@@ -4,7 +4,7 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use iothub_hub::error::{by_name, ErrorCode};
+use iothub_hub::error::ErrorCode;
 use iothub_hub::HubError;
 
 /// An error answer of the API.
@@ -17,9 +17,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(name: &str, message: impl Into<String>) -> ApiError {
+    /// An error the API decides itself (a body it cannot read, an unknown route), with one of the
+    /// hub's codes (`iothub_hub::error::ARGUMENT_INVALID`...): the code is a constant, not a name
+    /// looked up, so a misspelt code does not compile.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
-            code: by_name(name),
+            code,
             message: message.into(),
             numeric: false,
         }

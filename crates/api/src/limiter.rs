@@ -5,16 +5,16 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use iothub_hub::error as codes;
 
 use crate::error::ApiError;
-use crate::routes::AppState;
 
 const WINDOW: Duration = Duration::from_secs(60);
 /// Addresses tracked at most (oldest windows dropped beyond).
@@ -60,15 +60,15 @@ impl AuthFailureLimiter {
 
 /// Middleware over every route: refuses an address over its failure limit, and counts 401s.
 pub(crate) async fn limit_auth_failures(
-    State(state): State<AppState>,
+    State(limiter): State<Arc<AuthFailureLimiter>>,
     request: Request,
     next: Next,
 ) -> Response {
     let ip = request.extensions().get::<PeerAddr>().map(|p| p.0.ip());
     if let Some(ip) = ip {
-        if let Some(wait) = state.auth_limiter.blocked_for(ip) {
+        if let Some(wait) = limiter.blocked_for(ip) {
             let mut r = ApiError::new(
-                "ThrottlingException",
+                codes::THROTTLING_EXCEPTION,
                 format!("too many failed authentications from {ip}; try again in {wait} s"),
             )
             .into_response();
@@ -88,7 +88,7 @@ pub(crate) async fn limit_auth_failures(
     }
     let response = next.run(request).await;
     if let (Some(ip), StatusCode::UNAUTHORIZED) = (ip, response.status()) {
-        state.auth_limiter.record_failure(ip);
+        limiter.record_failure(ip);
     }
     response
 }

@@ -1,31 +1,26 @@
-//! The web portal's plumbing: one-time login links, browser sessions, CSRF protection, security
-//! headers and the embedded static assets. The portal's pages call the very same API routes as the
-//! CLI (authenticated by the session cookie instead of a SAS token), so no rule lives here.
+//! The web portal's memory: one-time login links and browser sessions (each remembering the key
+//! that made its link, and ending with that key), and the session cookie. The portal's pages call
+//! the very same API routes as the CLI (authenticated by the session cookie instead of a SAS
+//! token), so no rule lives here.
 //!
 //! Login: `iothub serve` prints a link with a random single-use token (or `iothub portal-link`
 //! asks the hub for a fresh one). Opening it consumes the token, creates a session, sets the
 //! cookie (HttpOnly, Secure, SameSite=Strict) and redirects to a URL without the token. Every
 //! state-changing request made with the cookie must carry the session's CSRF token in
 //! `X-CSRF-Token`, and, when the browser sends `Origin`, come from the hub's own origin.
+//!
+//! Why apart from the portal's routes, pages and CSRF guard (`portal_routes`): the request
+//! helpers (`state`) need a session's principal to authenticate a browser, and those routes need
+//! the helpers; split so, imports go one way. This file imports nothing of the crate.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::Json;
-use iothub_hub::{Credential, Principal};
-use serde::Deserialize;
-use serde_json::json;
-
-use crate::error::ApiError;
-use crate::routes::AppState;
+use axum::http::{header, HeaderMap};
+use iothub_hub::{Credential, Hub, Principal};
 
 pub const SESSION_COOKIE: &str = "iothub_session";
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// Limits of the portal.
 #[derive(Debug, Clone)]
@@ -134,7 +129,7 @@ impl PortalState {
 
     /// Consumes a login token; returns a new session id and its CSRF token. `still_valid` says
     /// whether the key that made the link still works.
-    fn redeem(
+    pub(crate) fn redeem(
         &self,
         token: &str,
         still_valid: impl FnOnce(Option<&Credential>) -> Option<Credential>,
@@ -173,7 +168,7 @@ impl PortalState {
     }
 
     /// The CSRF token and maker of a live session (refreshing its idle timer).
-    fn session(&self, id: &str) -> Option<(String, Credential)> {
+    pub(crate) fn session(&self, id: &str) -> Option<(String, Credential)> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let key = digest(id);
         let idle = self.limits.session_idle;
@@ -190,7 +185,7 @@ impl PortalState {
         }
     }
 
-    fn end(&self, id: &str) {
+    pub(crate) fn end(&self, id: &str) {
         self.sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -210,215 +205,29 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-/// A live session's CSRF token and principal (the operator who opened a login link, with the
-/// current rights of the key that made the link). A session whose maker's key was rotated, or
-/// whose policy was deleted, is ended here.
-fn live_session(state: &AppState, id: &str) -> Option<(String, Principal)> {
-    let (csrf, maker) = state.portal.session(id)?;
-    match state
-        .hub
-        .refresh_principal(&Principal::portal_session(maker, Vec::new()))
-    {
-        Some(who) => Some((csrf, who)),
-        None => {
-            state.portal.end(id);
-            None
+impl PortalState {
+    /// A live session's CSRF token and principal (the operator who opened a login link, with the
+    /// current rights of the key that made the link). A session whose maker's key was rotated, or
+    /// whose policy was deleted, is ended here.
+    pub(crate) fn live_session(&self, hub: &Hub, id: &str) -> Option<(String, Principal)> {
+        let (csrf, maker) = self.session(id)?;
+        match hub.refresh_principal(&Principal::portal_session(maker, Vec::new())) {
+            Some(who) => Some((csrf, who)),
+            None => {
+                self.end(id);
+                None
+            }
         }
     }
-}
 
-/// The principal of a portal session: the operator who opened an owner's login link.
-pub(crate) fn session_principal(state: &AppState, headers: &HeaderMap) -> Option<Principal> {
-    let id = session_cookie(headers)?;
-    live_session(state, &id).map(|(_, who)| who)
-}
-
-/// CSRF protection for every route: a state-changing request authenticated by the session cookie
-/// (not by an Authorization header) must carry the session's CSRF token and, if the browser sends
-/// an Origin, come from this hub's origin.
-pub(crate) async fn csrf_guard(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let safe = matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS
-    );
-    let headers = request.headers();
-    if safe || headers.contains_key(header::AUTHORIZATION) {
-        return next.run(request).await;
+    /// The principal of a portal session: the operator who opened an owner's login link.
+    pub(crate) fn session_principal(&self, hub: &Hub, headers: &HeaderMap) -> Option<Principal> {
+        let id = session_cookie(headers)?;
+        self.live_session(hub, &id).map(|(_, who)| who)
     }
-    let Some(id) = session_cookie(headers) else {
-        return next.run(request).await;
-    };
-    let refuse = |why: &str| ApiError::new("CsrfRejected", why.to_string()).into_response();
-    let Some((expected, _)) = live_session(&state, &id) else {
-        return refuse("the portal session has ended; open a new login link");
-    };
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        if origin != format!("https://{host}") {
-            return refuse(&format!("cross-origin request from '{origin}' refused"));
-        }
+
+    /// How long a login link made now stays usable.
+    pub(crate) fn link_lifetime(&self) -> Duration {
+        self.limits.link_lifetime
     }
-    let given = headers
-        .get("x-csrf-token")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !iothub_pki::pop::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-        return refuse("missing or wrong X-CSRF-Token for this portal session");
-    }
-    next.run(request).await
-}
-
-fn secure_headers(mut response: Response) -> Response {
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
-#[derive(Debug, Deserialize)]
-pub(crate) struct LoginQuery {
-    token: Option<String>,
-}
-
-const PAGE: &str = include_str!("../portal/index.html");
-const APP_JS: &str = include_str!("../portal/app.js");
-const APP_CSS: &str = include_str!("../portal/app.css");
-
-fn message_page(status: StatusCode, title: &str, text: &str) -> Response {
-    let body = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>iothub - {title}</title><link rel=\"stylesheet\" href=\"/portal/static/app.css\"></head><body><main class=\"narrow\"><h1>{title}</h1><p>{text}</p></main></body></html>"
-    );
-    secure_headers((status, Html(body)).into_response())
-}
-
-/// `GET /portal/login?token=...`: redeems a login link, then redirects without the token.
-pub(crate) async fn login(State(state): State<AppState>, Query(q): Query<LoginQuery>) -> Response {
-    // The link works only while the key that made it does (a link made by `iothub serve` and
-    // never bound stands for the owner's primary key).
-    let still_valid = |maker: Option<&Credential>| {
-        let maker = match maker {
-            Some(m) => m.clone(),
-            None => state.hub.owner_credential().ok()?,
-        };
-        state
-            .hub
-            .refresh_principal(&Principal::portal_session(maker.clone(), Vec::new()))
-            .map(|_| maker)
-    };
-    let Some((id, _csrf)) = q
-        .token
-        .as_deref()
-        .and_then(|t| state.portal.redeem(t, still_valid))
-    else {
-        return message_page(
-            StatusCode::UNAUTHORIZED,
-            "Login link not valid",
-            "This login link is unknown, already used or expired. Run <code>iothub portal-link</code> on the hub's machine for a new one.",
-        );
-    };
-    let mut response = Redirect::to("/portal/certificates").into_response();
-    let cookie = format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; Secure; SameSite=Strict");
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    secure_headers(response)
-}
-
-/// `POST /portal/logout`.
-pub(crate) async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(id) = session_cookie(&headers) {
-        state.portal.end(&id);
-    }
-    let mut response = Redirect::to("/portal/signed-out").into_response();
-    let cookie = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0");
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    secure_headers(response)
-}
-
-pub(crate) async fn signed_out() -> Response {
-    message_page(
-        StatusCode::OK,
-        "Signed out",
-        "You are signed out. Open a new login link to sign in again.",
-    )
-}
-
-/// The portal's pages: one shell; the script renders the page named by the path.
-pub(crate) async fn page(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-) -> Response {
-    let Some(id) = session_cookie(&headers) else {
-        return message_page(StatusCode::UNAUTHORIZED, "Sign in", "Open the login link that <code>iothub serve</code> printed, or run <code>iothub portal-link</code> for a new one.");
-    };
-    let Some((csrf, _)) = live_session(&state, &id) else {
-        return message_page(StatusCode::UNAUTHORIZED, "Session ended", "Your portal session has ended. Run <code>iothub portal-link</code> for a new login link.");
-    };
-    let page_name = match uri.path().trim_start_matches("/portal").trim_matches('/') {
-        "" | "certificates" => "certificates",
-        "devices" => "devices",
-        "connections" => "connections",
-        _ => {
-            return message_page(
-                StatusCode::NOT_FOUND,
-                "Not found",
-                "There is no such portal page.",
-            )
-        }
-    };
-    let html = PAGE
-        .replace("{{csrf}}", &csrf)
-        .replace("{{page}}", page_name);
-    secure_headers(Html(html).into_response())
-}
-
-pub(crate) async fn app_js() -> Response {
-    secure_headers(
-        (
-            [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-            APP_JS,
-        )
-            .into_response(),
-    )
-}
-
-pub(crate) async fn app_css() -> Response {
-    secure_headers(([(header::CONTENT_TYPE, "text/css; charset=utf-8")], APP_CSS).into_response())
-}
-
-/// `POST /portal-links` (owner SAS token): a fresh login link for this hub, standing for the
-/// caller's key. A portal session cannot make one (`Hub::authorize_portal_link`).
-pub(crate) async fn create_link(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let who = crate::routes::authenticate(&state, &headers)?;
-    let maker = crate::routes::blocking(&state, move |hub| hub.authorize_portal_link(&who)).await?;
-    let token = state.portal.new_link(Some(maker));
-    Ok(Json(json!({
-        "path": format!("/portal/login?token={token}"),
-        "expiresInSeconds": state.portal.limits.link_lifetime.as_secs(),
-    })))
 }

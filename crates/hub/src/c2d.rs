@@ -23,6 +23,55 @@ pub struct C2dSend {
     pub ttl_secs: Option<i64>,
 }
 
+/// A cloud-to-device message as the service side sees it, its properties parsed. The store keeps
+/// them as one JSON text, `{"system": {...}, "application": {...}}`: written and read only here
+/// (`encode_properties`, `C2dView::of`), so no adapter knows that shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct C2dView {
+    pub id: i64,
+    pub device_id: String,
+    pub message_id: String,
+    /// System properties (`$.cid`, `$.ct`, `$.ce`): a JSON object, null if unreadable.
+    pub system_properties: serde_json::Value,
+    /// Application properties: a JSON object, null if unreadable.
+    pub properties: serde_json::Value,
+    pub body: Vec<u8>,
+    /// Unix seconds.
+    pub created: i64,
+    pub expiry: i64,
+    /// "queued", "delivered" or "expired".
+    pub state: String,
+    pub delivered_at: Option<i64>,
+    pub delivery_count: i64,
+}
+
+impl C2dView {
+    fn of(r: C2dRecord) -> C2dView {
+        let properties: serde_json::Value = serde_json::from_str(&r.properties).unwrap_or_default();
+        C2dView {
+            id: r.id,
+            device_id: r.device_id,
+            message_id: r.message_id,
+            system_properties: properties["system"].clone(),
+            properties: properties["application"].clone(),
+            body: r.body,
+            created: r.created,
+            expiry: r.expiry,
+            state: r.state,
+            delivered_at: r.delivered_at,
+            delivery_count: r.delivery_count,
+        }
+    }
+}
+
+/// The stored text of a message's properties (read back by [`C2dView::of`]).
+fn encode_properties(
+    system: serde_json::Map<String, serde_json::Value>,
+    application: serde_json::Map<String, serde_json::Value>,
+) -> String {
+    serde_json::json!({ "system": system, "application": application }).to_string()
+}
+
 impl Hub {
     /// Queues a message for a device and wakes its session.
     pub fn send_c2d(
@@ -30,7 +79,7 @@ impl Hub {
         who: &Principal,
         device_id: &str,
         msg: &C2dSend,
-    ) -> Result<C2dRecord, HubError> {
+    ) -> Result<C2dView, HubError> {
         self.authorize(
             who,
             Right::ServiceConnect,
@@ -80,7 +129,7 @@ impl Hub {
                 .collect(),
         };
         let now = self.now();
-        let properties = serde_json::json!({ "system": system, "application": custom }).to_string();
+        let properties = encode_properties(system, custom);
         let record = C2dRecord {
             id: 0,
             device_id: device_id.to_string(),
@@ -105,7 +154,7 @@ impl Hub {
                 other => HubError::Internal(other.to_string()),
             })?;
         self.wake_device(device_id);
-        Ok(stored)
+        Ok(C2dView::of(stored))
     }
 
     /// A device's messages, newest first.
@@ -114,7 +163,7 @@ impl Hub {
         who: &Principal,
         device_id: &str,
         limit: u32,
-    ) -> Result<Vec<C2dRecord>, HubError> {
+    ) -> Result<Vec<C2dView>, HubError> {
         self.authorize(
             who,
             Right::ServiceConnect,
@@ -127,7 +176,12 @@ impl Hub {
         }
         // Expire what is due before showing states.
         self.store.pending_c2d(device_id, self.now())?;
-        Ok(self.store.list_c2d(device_id, limit.clamp(1, 1000))?)
+        Ok(self
+            .store
+            .list_c2d(device_id, limit.clamp(1, 1000))?
+            .into_iter()
+            .map(C2dView::of)
+            .collect())
     }
 
     /// Messages waiting for a connected device (oldest first); the gateway publishes them.
@@ -143,5 +197,40 @@ impl Hub {
     /// A delivery attempt was made.
     pub fn c2d_attempted(&self, id: i64) -> Result<(), HubError> {
         Ok(self.store.count_c2d_attempt(id)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_read_back_as_written() {
+        let mut system = serde_json::Map::new();
+        system.insert("$.ct".into(), "application/json".into());
+        let mut application = serde_json::Map::new();
+        application.insert("colour".into(), "blue".into());
+        let record = C2dRecord {
+            id: 7,
+            device_id: "d".into(),
+            message_id: "m".into(),
+            properties: encode_properties(system.clone(), application.clone()),
+            body: b"hi".to_vec(),
+            created: 1,
+            expiry: 2,
+            state: "queued".into(),
+            delivered_at: None,
+            delivery_count: 0,
+        };
+        let view = C2dView::of(record.clone());
+        assert_eq!(view.system_properties, serde_json::Value::Object(system));
+        assert_eq!(view.properties, serde_json::Value::Object(application));
+        assert_eq!((view.id, view.body.as_slice()), (7, &b"hi"[..]));
+        // Unreadable stored text shows as null properties, as the API always rendered it.
+        let view = C2dView::of(C2dRecord {
+            properties: "not json".into(),
+            ..record
+        });
+        assert!(view.system_properties.is_null() && view.properties.is_null());
     }
 }

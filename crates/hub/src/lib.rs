@@ -31,17 +31,21 @@ use iothub_pki::device::TrustIndex;
 
 pub use admission::Refusal;
 pub use auth::{Credential, IfMatch, KeySlot, Principal, Right};
-pub use c2d::C2dSend;
+pub use c2d::{C2dSend, C2dView};
 pub use certificates::{CaView, PutCertificate};
 pub use clock::{Clock, SystemClock};
 pub use devices::{DeviceAuth, DeviceView, PutDevice};
 pub use error::{ErrorCode, HubError};
-use iothub_store::{PolicyRecord, Store};
+/// A policy with its keys, as `Hub::policy_keys` hands it out: plain data (name, two keys,
+/// rights), re-exported so that adapters take it from the service layer, not the store.
+pub use iothub_store::PolicyRecord;
+use iothub_store::Store;
 pub use policies::PolicyView;
 pub use sessions::{
     Admission, AuthMethod, ConnectRequest, ConnectTicket, RecentRefusal, SessionInfo,
     SessionSignal, Subscriptions,
 };
+pub use telemetry::MessageView;
 
 /// The default of [`HubConfig::mqtt_refusal_limit`]: a device retrying every second with a wrong
 /// credential, or a few of them behind one NAT address, stays under it; a flood is cut to one

@@ -69,6 +69,38 @@ impl TelemetryWriter {
     }
 }
 
+/// A device-to-cloud message as readers see it: its property bags parsed from the stored JSON
+/// text here, once, so that no adapter knows how they are stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageView {
+    /// Monotonic, starting at 1, never reused.
+    pub offset: i64,
+    pub device_id: String,
+    pub module_id: Option<String>,
+    /// Unix seconds.
+    pub enqueued: i64,
+    /// System properties (`$.mid`...); empty if the stored text is not a JSON object.
+    pub system_properties: serde_json::Map<String, serde_json::Value>,
+    /// Application properties (a JSON object; null if the stored text is not JSON).
+    pub properties: serde_json::Value,
+    pub body: Vec<u8>,
+}
+
+impl MessageView {
+    fn of(stored: StoredMessage) -> MessageView {
+        let m = stored.message;
+        MessageView {
+            offset: stored.offset,
+            system_properties: serde_json::from_str(&m.system_properties).unwrap_or_default(),
+            properties: serde_json::from_str(&m.properties).unwrap_or_default(),
+            device_id: m.device_id,
+            module_id: m.module_id,
+            enqueued: m.enqueued,
+            body: m.body,
+        }
+    }
+}
+
 impl Hub {
     /// Queues a message for the durable write; the receiver yields its offset once committed.
     pub fn store_telemetry(&self, message: NewMessage) -> oneshot::Receiver<Result<i64, HubError>> {
@@ -94,7 +126,7 @@ impl Hub {
         from: i64,
         device_id: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<StoredMessage>, HubError> {
+    ) -> Result<Vec<MessageView>, HubError> {
         self.authorize(
             who,
             Right::ServiceConnect,
@@ -103,7 +135,10 @@ impl Hub {
         )?;
         Ok(self
             .store
-            .read_messages(from.max(1), device_id, limit.clamp(1, 1000))?)
+            .read_messages(from.max(1), device_id, limit.clamp(1, 1000))?
+            .into_iter()
+            .map(MessageView::of)
+            .collect())
     }
 
     /// A watch of the last committed offset, for followers.
