@@ -122,8 +122,6 @@ class SasCredential:
 class Hub:
     """One running `iothub serve` in a temporary directory, its CLI, and the SDK clients aimed at it."""
 
-    wait_for = staticmethod(wait_for)
-
     def __init__(self):
         _ensure_binary()
         self.dir = tempfile.mkdtemp(prefix="iothub-sdk-")

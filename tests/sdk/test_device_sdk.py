@@ -18,9 +18,7 @@ Run: python -m pytest tests/sdk/test_device_sdk.py -q   (IOTHUB_BIN overrides th
 """
 import base64
 import datetime
-import hashlib
 import json
-import ssl
 import subprocess
 import threading
 import time
@@ -30,7 +28,7 @@ import pytest
 from azure.iot.device import Message
 from azure.iot.device.exceptions import ConnectionFailedError, CredentialError
 
-from conftest import wait_for
+from conftest import sha1_thumbprint, wait_for
 
 # Property keys and values that need percent-encoding in the MQTT topic's property bag.
 PROPERTIES = {
@@ -223,8 +221,8 @@ def test_cloud_to_device_message_with_properties(hub, device_clients, root_ca, w
     assert m.correlation_id == "corr-42"
     assert m.content_type == "text/plain; charset=utf-8"
     assert m.custom_properties == props
-    hub.wait_for("the message recorded as delivered",
-                 lambda: c2d_states(hub, device_id)[message_id]["state"] == "delivered", timeout=5)
+    wait_for("the message recorded as delivered",
+             lambda: c2d_states(hub, device_id)[message_id]["state"] == "delivered", timeout=5)
 
 
 def test_cloud_to_device_message_via_the_handler_set_after_connect(hub):
@@ -260,9 +258,9 @@ def test_c2d_subscription_survives_a_reconnect_with_clean_session_0(hub, device_
     client.connect()
     client.on_message_received = received.append     # SUBSCRIBE devices/{id}/messages/devicebound/#
     hub.cli("c2d", "send", device_id, "before", "--message-id", "before")
-    hub.wait_for("the first message", lambda: received, timeout=5)
+    wait_for("the first message", lambda: received, timeout=5)
     client.disconnect()
-    hub.wait_for("the session closed", lambda: device_id not in hub.live_ids(), timeout=3)
+    wait_for("the session closed", lambda: device_id not in hub.live_ids(), timeout=3)
     hub.cli("c2d", "send", device_id, "while offline", "--message-id", "offline")
     client.connect()                                 # same client id, CleanSession=0: no new SUBSCRIBE
     hub.cli("c2d", "send", device_id, "after", "--message-id", "after")
@@ -304,7 +302,7 @@ def test_expired_cloud_to_device_message_is_not_delivered(hub, device_clients, r
     assert client.receive_message(timeout=0.5) is None
     states = c2d_states(hub, device_id)
     assert states["expires"]["state"] == "expired", states
-    hub.wait_for("'lives' recorded as delivered", lambda: c2d_states(hub, device_id)["lives"]["state"] == "delivered")
+    wait_for("'lives' recorded as delivered", lambda: c2d_states(hub, device_id)["lives"]["state"] == "delivered")
 
 
 # ==== 3. Refusals ================================================================================
@@ -349,7 +347,7 @@ def test_refused_device_raises_credential_error_with_recorded_reason(hub, device
         client.connect()
     assert time.monotonic() - started < 5
     assert not client.connected
-    reasons = hub.wait_for("a recorded refusal", lambda: hub.refusals(device_id), timeout=3)
+    reasons = wait_for("a recorded refusal", lambda: hub.refusals(device_id), timeout=3)
     assert REFUSALS[case] in reasons[0], reasons
     assert device_id not in hub.live_ids()
 
@@ -393,7 +391,7 @@ def sas_wrong_key_refusal(hub, device_clients):
     client = device_clients(hub.sas_client(device_id, wrong))
     with pytest.raises(CredentialError):
         client.connect()
-    reasons = hub.wait_for("a recorded refusal", lambda: hub.refusals(device_id), timeout=3)
+    reasons = wait_for("a recorded refusal", lambda: hub.refusals(device_id), timeout=3)
     return device_id, reasons[0]
 
 
@@ -430,7 +428,7 @@ def test_trust_change_closes_a_live_session_at_once(hub, device_clients, action)
     client.on_connection_state_change = on_state_change
     client.connect()
     assert client.connected
-    hub.wait_for("the session listed as live", lambda: device_id in hub.live_ids(), timeout=3)
+    wait_for("the session listed as live", lambda: device_id in hub.live_ids(), timeout=3)
 
     issued = time.monotonic()          # the CLI's own start-up (a process, an HTTPS call) counts too
     if action == "cert-delete":
@@ -454,7 +452,7 @@ def test_trust_change_closes_a_live_session_at_once(hub, device_clients, action)
     again = device_clients(hub.x509_client(device_id, cert, key))
     with pytest.raises(CredentialError):
         again.connect()
-    reasons = hub.wait_for("the reconnect refused", lambda: [r for r in hub.refusals(device_id) if refused in r], timeout=3)
+    reasons = wait_for("the reconnect refused", lambda: [r for r in hub.refusals(device_id) if refused in r], timeout=3)
     assert reasons
 
 
@@ -527,8 +525,7 @@ def self_signed(hub, device_id):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
                     "-nodes", "-keyout", key, "-out", cert, "-subj", f"/CN={device_id}", "-days", "30"],
                    check=True, capture_output=True)
-    der = ssl.PEM_cert_to_DER_cert(hub.read(device_id + ".pem"))
-    return cert, key, hashlib.sha1(der).hexdigest().upper()
+    return cert, key, sha1_thumbprint(hub.read(device_id + ".pem"))
 
 
 @pytest.mark.parametrize("registered", ["matching", "other"])
@@ -542,7 +539,7 @@ def test_self_signed_device(hub, device_clients, registered):
     if registered == "other":
         with pytest.raises(CredentialError):
             client.connect()
-        reasons = hub.wait_for("a recorded refusal", lambda: hub.refusals(device_id), timeout=3)
+        reasons = wait_for("a recorded refusal", lambda: hub.refusals(device_id), timeout=3)
         assert "matches neither registered thumbprint" in reasons[0], reasons
         return
     client.connect()
