@@ -33,8 +33,8 @@ from azure.core.credentials import AccessToken
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("IOTHUB_BIN", os.path.join(REPO, "target", "debug", "iothub"))
 HUB_NAME = "iothub"          # the hub's `--name` (the default, passed anyway); also the ARM/DPS resource name
-SUBSCRIPTION = "sub-1"       # any value: the hub ignores the subscription segment
-RG = "rg"                    # likewise the resource group
+SUBSCRIPTION = "sub-1"       # any value: the hub checks neither, only echoes them in resource ids
+RG = "rg"                    # (test_mgmt_create_or_update_new_certificate_is_unverified reads them there)
 IPS = [f"127.0.0.{n}" for n in range(60, 100)]
 MQTT_PORT = 8883             # the device SDK's, not configurable
 START_TIMEOUT = 60.0         # a debug build on a loaded machine can be slow to start
