@@ -255,8 +255,9 @@ impl<'a> PathCheck<'a> {
     }
 }
 
-/// The name of the CA of `set` that `anchor` was made from (`anchors` holds, in order, the trust
-/// anchors made from `set`; one that could not be made shifts the rest, as webpki was given them).
+/// The name of the CA of `set` that `anchor` was made from. `anchors` holds the trust anchors made
+/// from `set`, paired with it by position: that assumes every CA of `set` made one (a CA webpki
+/// could not read would shift the names after it; the registry only holds CAs that parsed).
 fn anchor_name(
     set: &[&AnchorEntry],
     anchors: &[TrustAnchor<'_>],
