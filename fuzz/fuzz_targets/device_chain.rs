@@ -7,7 +7,8 @@
 #![no_main]
 use std::sync::OnceLock;
 
-use iothub_pki::device::{validate_chain, AnchorEntry, TrustIndex};
+use iothub_pki::chain::validate_chain;
+use iothub_pki::trust_index::{AnchorEntry, TrustIndex};
 use iothub_pki::CertInfo;
 use libfuzzer_sys::fuzz_target;
 

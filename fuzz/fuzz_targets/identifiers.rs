@@ -5,13 +5,13 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    if iothub_pki::device::validate_device_id(&text).is_ok() {
+    if iothub_pki::device_id::validate_device_id(&text).is_ok() {
         assert!(text.len() <= 128 && text.is_ascii() && !text.contains('/'));
     }
     if iothub_pki::pop::validate_ca_name(&text).is_ok() {
         assert!(!text.is_empty() && text.len() <= 64);
     }
-    if let Ok(t) = iothub_pki::device::normalize_thumbprint(&text) {
+    if let Ok(t) = iothub_pki::thumbprint::normalize_thumbprint(&text) {
         assert!(t.len() == 40 || t.len() == 64);
     }
 });

@@ -2,7 +2,7 @@
 //! expiry), delivered by the gateway when the device subscribes, redelivered after reconnect until
 //! the device acknowledges (PUBACK), and visible with their state (queued, delivered, expired).
 
-use iothub_pki::device::validate_device_id;
+use iothub_pki::device_id::validate_device_id;
 use iothub_store::{C2dRecord, StoreError};
 
 use crate::auth::{Principal, Right};

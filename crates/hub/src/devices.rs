@@ -4,7 +4,8 @@
 //! Every change that can affect a connected device (disabled, deleted, authentication changed)
 //! is handed to the session registry at once, which closes the sessions it no longer admits.
 
-use iothub_pki::device::{normalize_thumbprint, validate_device_id};
+use iothub_pki::device_id::validate_device_id;
+use iothub_pki::thumbprint::normalize_thumbprint;
 use iothub_store::{DeviceActivity, DeviceRecord, Expect, StoreError};
 
 use crate::auth::{encode_etag, IfMatch, Principal, Right};

@@ -146,7 +146,7 @@ pub enum HubError {
     )]
     LimitReached(u64),
     #[error(transparent)]
-    DeviceId(#[from] iothub_pki::device::DeviceIdError),
+    DeviceId(#[from] iothub_pki::device_id::DeviceIdError),
     #[error("{0}")]
     DeviceAuthInvalid(String),
     #[error("device '{0}' is not registered")]

@@ -27,7 +27,7 @@ pub mod twins;
 use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
-use iothub_pki::device::TrustIndex;
+use iothub_pki::trust_index::TrustIndex;
 
 pub use admission::Refusal;
 pub use auth::{Credential, IfMatch, KeySlot, Principal, Right};
@@ -109,7 +109,7 @@ impl Default for HubConfig {
             refusals_kept: 1000,
             mqtt_refusal_limit: DEFAULT_MQTT_REFUSAL_LIMIT,
             hub_name: "iothub".into(),
-            max_chain_len: iothub_pki::device::DEFAULT_MAX_CHAIN_LEN,
+            max_chain_len: iothub_pki::chain::DEFAULT_MAX_CHAIN_LEN,
             chain_cache_entries: 100_000,
             device_cache_entries: 100_000,
         }

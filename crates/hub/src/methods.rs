@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use iothub_pki::device::validate_device_id;
+use iothub_pki::device_id::validate_device_id;
 use serde_json::Value;
 use tokio::sync::oneshot;
 

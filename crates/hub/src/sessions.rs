@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine as _;
-use iothub_pki::device::{validate_device_id, NameKey};
+use iothub_pki::device_id::validate_device_id;
 use iothub_pki::sas::SasToken;
+use iothub_pki::trust_index::NameKey;
 use iothub_pki::CertInfo;
 use iothub_store::DeviceActivity;
 use tokio::sync::mpsc;
@@ -43,7 +44,7 @@ pub enum AuthMethod {
     Ca {
         ca_name: String,
         /// The issuer names of the presented chain: a change to a CA with one of these subjects
-        /// re-checks the session (see `iothub_pki::device::NameKey`).
+        /// re-checks the session (see `iothub_pki::trust_index::NameKey`).
         issuers: Arc<[NameKey]>,
     },
     SelfSigned {
@@ -646,7 +647,7 @@ impl Hub {
 
     /// Re-checks the CA sessions a trust change can affect: those whose chain names one of
     /// `changed` as an issuer (a CA deleted, replaced, verified or no longer Verified). Every
-    /// other session's verdict cannot have changed (see `iothub_pki::device::NameKey`).
+    /// other session's verdict cannot have changed (see `iothub_pki::trust_index::NameKey`).
     pub(crate) fn revalidate_sessions_naming(&self, changed: &HashSet<NameKey>) {
         if changed.is_empty() {
             return;

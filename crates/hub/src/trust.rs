@@ -8,8 +8,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use iothub_pki::chain::{validate_chain_bounded, ChainError};
 use iothub_pki::chain_cache::{chain_key, ChainCache, VerifiedChain};
-use iothub_pki::device::{validate_chain_bounded, ChainError, ParsedAnchor, TrustIndex};
+use iothub_pki::trust_index::{ParsedAnchor, TrustIndex};
 
 use crate::{Hub, HubError};
 

@@ -6,7 +6,7 @@
 
 use serde_json::{json, Map, Value};
 
-use iothub_pki::device::validate_device_id;
+use iothub_pki::device_id::validate_device_id;
 use iothub_store::{StoreError, TwinRecord};
 
 use crate::auth::{encode_etag, IfMatch, Principal, Right};

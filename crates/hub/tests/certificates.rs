@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 
 use common::*;
 use iothub_hub::{CaView, HubConfig, HubError, IfMatch, PutCertificate};
-use iothub_pki::device::{validate_chain, ChainError};
+use iothub_pki::chain::{validate_chain, ChainError};
 use iothub_pki::gen::KeyKind;
 use iothub_pki::input::InputError;
 use iothub_pki::pop::{ProofError, UploadError};

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use iothub_hub::{ConnectRequest, HubConfig, PutDevice, SessionSignal};
-use iothub_pki::device::validate_chain;
+use iothub_pki::chain::validate_chain;
 use iothub_pki::gen::KeyKind;
 use iothub_store::*;
 

@@ -12,7 +12,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::device::{ChainOk, NameKey};
+use crate::chain::ChainOk;
+use crate::trust_index::NameKey;
 
 /// What a cached verdict keeps: only what CONNECT needs (held per device, so kept small).
 #[derive(Debug, Clone, PartialEq, Eq)]

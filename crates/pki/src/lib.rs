@@ -12,16 +12,29 @@
 //! - [`sas`]: SharedAccessSignature tokens, signed and checked exactly as Azure IoT Hub does.
 //! - [`policy`]: shared access policy names, rights lists and key slots as operators write them.
 //! - [`gen`]: certificate and key generation for test PKIs and the one-step `cert prove`.
+//! - [`device_id`]: which device ids are valid (Azure's rule).
+//! - [`thumbprint`]: certificate thumbprints in one canonical form.
+//! - [`trust_index`]: the registered CAs by subject DER, a cheap-to-change immutable snapshot,
+//!   and the [`trust_index::NameKey`]s that say which chains a CA change can affect.
+//! - [`chain`]: whether a device's presented chain leads to a Verified CA, with a precise reason.
+//! - [`chain_cache`]: verdicts on chains already validated against one trust snapshot.
+//! - `sharded` (private): the copy-on-write sharded map the trust index is built on.
 
 pub mod cert;
+pub mod chain;
 pub mod chain_cache;
-pub mod device;
+pub mod device_id;
 pub mod dn;
 pub mod gen;
 pub mod input;
 pub mod policy;
 pub mod pop;
 pub mod sas;
+mod sharded;
+#[cfg(test)]
+mod test_certs;
+pub mod thumbprint;
+pub mod trust_index;
 
 pub use cert::{CertInfo, KeyAlgorithm};
 pub use input::{parse_certificate_input, InputError, DEFAULT_MAX_CERTIFICATE_BYTES};

@@ -223,26 +223,7 @@ pub fn verify_proof(
     max_len: usize,
     now: i64,
 ) -> Result<CertInfo, ProofError> {
-    let live_code = match code {
-        CodeState::None => {
-            return Err(ProofError::NoCode {
-                ca: ca_name.to_string(),
-            })
-        }
-        CodeState::Used { at } => {
-            return Err(ProofError::CodeUsed {
-                ca: ca_name.to_string(),
-                at: format_time(*at),
-            })
-        }
-        CodeState::Live { expires_at, .. } if *expires_at <= now => {
-            return Err(ProofError::CodeExpired {
-                ca: ca_name.to_string(),
-                expired_at: format_time(*expires_at),
-            })
-        }
-        CodeState::Live { code, .. } => code,
-    };
+    let live_code = live_code(ca_name, code, now)?;
 
     let der = parse_certificate_input(verification, max_len).map_err(ProofError::Input)?;
     let info = CertInfo::from_der(&der).map_err(ProofError::Input)?;
@@ -315,6 +296,25 @@ pub fn verify_proof(
         });
     }
     Ok(info)
+}
+
+/// The code a verification certificate must carry at `now`, or why there is none: the first check
+/// of a proof, made before the upload is even parsed.
+fn live_code<'c>(ca_name: &str, code: &'c CodeState, now: i64) -> Result<&'c str, ProofError> {
+    match code {
+        CodeState::None => Err(ProofError::NoCode {
+            ca: ca_name.to_string(),
+        }),
+        CodeState::Used { at } => Err(ProofError::CodeUsed {
+            ca: ca_name.to_string(),
+            at: format_time(*at),
+        }),
+        CodeState::Live { expires_at, .. } if *expires_at <= now => Err(ProofError::CodeExpired {
+            ca: ca_name.to_string(),
+            expired_at: format_time(*expires_at),
+        }),
+        CodeState::Live { code, .. } => Ok(code),
+    }
 }
 
 fn cn_mismatch_text(found: &Option<String>) -> String {

@@ -5,8 +5,9 @@
 mod common;
 
 use common::*;
-use iothub_pki::device::{validate_chain, AnchorEntry, ChainError, TrustIndex};
+use iothub_pki::chain::{validate_chain, ChainError};
 use iothub_pki::gen::KeyKind;
+use iothub_pki::trust_index::{AnchorEntry, TrustIndex};
 
 /// The trust index holding `ca` as a Verified CA named "root".
 fn trusting(ca: &Ca) -> TrustIndex {
