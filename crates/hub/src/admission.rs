@@ -10,7 +10,8 @@
 
 use std::net::SocketAddr;
 
-use iothub_pki::device::{ChainError, DeviceIdError};
+use iothub_pki::chain::ChainError;
+use iothub_pki::device_id::DeviceIdError;
 use iothub_pki::sas::SasError;
 
 use crate::sessions::{Admission, ConnectRequest};
