@@ -322,7 +322,10 @@ mod delivery_tests {
                 ("n".to_string(), None)
             ]
         );
-        assert_eq!((d.id, d.delivery_count, d.body.as_slice()), (7, 2, &b"hi"[..]));
+        assert_eq!(
+            (d.id, d.delivery_count, d.body.as_slice()),
+            (7, 2, &b"hi"[..])
+        );
         let d = C2dDelivery::of(C2dView::of(C2dRecord {
             properties: "not json".into(),
             ..record

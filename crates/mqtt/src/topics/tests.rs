@@ -191,7 +191,10 @@ fn c2d_delivery_topic_leads_with_mid_and_to() {
 
 #[test]
 fn topics_published_to_devices() {
-    assert_eq!(twin_response_topic(200, "1"), "$iothub/twin/res/200/?$rid=1");
+    assert_eq!(
+        twin_response_topic(200, "1"),
+        "$iothub/twin/res/200/?$rid=1"
+    );
     // The $rid is echoed byte for byte, percent-encoding included.
     assert_eq!(
         twin_response_topic(400, "a%20b"),
