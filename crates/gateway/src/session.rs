@@ -574,15 +574,15 @@ impl Session {
         }
     }
 
-    /// Marks which of the device's subscriptions a filter it (un)subscribed names.
+    /// Marks the delivery a filter the device (un)subscribed names as on or off.
     fn set_subscribed(&mut self, filter: &str, on: bool) {
-        if filter.starts_with("devices/") {
-            self.state.c2d_subscribed = on;
-        } else if filter.starts_with("$iothub/twin/PATCH/properties/desired") {
-            self.state.desired_subscribed = on;
-        } else if filter.starts_with("$iothub/methods/POST") {
-            self.state.methods_subscribed = on;
-        }
+        let flag = match topics::Delivery::of_filter(filter) {
+            Some(topics::Delivery::CloudToDevice) => &mut self.state.c2d_subscribed,
+            Some(topics::Delivery::DesiredProperties) => &mut self.state.desired_subscribed,
+            Some(topics::Delivery::Methods) => &mut self.state.methods_subscribed,
+            None => return,
+        };
+        *flag = on;
     }
 
     /// SUBSCRIBE: every filter authorised (one refusal ends the session), granted at most QoS 1;

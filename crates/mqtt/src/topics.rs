@@ -359,6 +359,34 @@ pub fn method_request_topic(name: &str, rid: u64) -> String {
     format!("$iothub/methods/POST/{name}/?$rid={rid}")
 }
 
+/// Which of a device's deliveries a subscription filter names: what a session starts (SUBSCRIBE)
+/// or stops (UNSUBSCRIBE) sending. Twin responses need no subscription state: they answer requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// `devices/{id}/messages/devicebound/#`.
+    CloudToDevice,
+    /// `$iothub/twin/PATCH/properties/desired/#`.
+    DesiredProperties,
+    /// `$iothub/methods/POST/#`.
+    Methods,
+}
+
+impl Delivery {
+    /// The delivery a filter names, judged by its prefix alone: whether the device may subscribe
+    /// to it is [`device_may_subscribe`]'s question, and an UNSUBSCRIBE is not checked.
+    pub fn of_filter(filter: &str) -> Option<Delivery> {
+        if filter.starts_with("devices/") {
+            Some(Delivery::CloudToDevice)
+        } else if filter.starts_with("$iothub/twin/PATCH/properties/desired") {
+            Some(Delivery::DesiredProperties)
+        } else if filter.starts_with("$iothub/methods/POST") {
+            Some(Delivery::Methods)
+        } else {
+            None
+        }
+    }
+}
+
 /// Whether the topic name `topic` matches the filter `filter` (MQTT 3.1.1 §4.7).
 ///
 /// A level is a wildcard only where the specification allows one: `+` as a whole level, `#` as the

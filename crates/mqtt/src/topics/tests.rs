@@ -190,6 +190,26 @@ fn c2d_delivery_topic_leads_with_mid_and_to() {
 }
 
 #[test]
+fn deliveries_named_by_filters() {
+    for (filter, delivery) in [
+        (
+            "devices/d/messages/devicebound/#",
+            Some(Delivery::CloudToDevice),
+        ),
+        ("devices/other/anything", Some(Delivery::CloudToDevice)),
+        (
+            "$iothub/twin/PATCH/properties/desired/#",
+            Some(Delivery::DesiredProperties),
+        ),
+        ("$iothub/methods/POST/#", Some(Delivery::Methods)),
+        ("$iothub/twin/res/#", None),
+        ("#", None),
+    ] {
+        assert_eq!(Delivery::of_filter(filter), delivery, "{filter}");
+    }
+}
+
+#[test]
 fn topics_published_to_devices() {
     assert_eq!(
         twin_response_topic(200, "1"),
