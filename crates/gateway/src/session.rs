@@ -13,12 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use iothub_hub::{ConnectRequest, Hub, SessionSignal};
-use iothub_mqtt::codec::{self, ConnAck, Packet, Publish, SubAck};
+use iothub_hub::{Admission, ConnectRequest, DeviceMessage, Hub, SessionSignal};
+use iothub_mqtt::codec::{self, ConnAck, Connect, Packet, Publish, SubAck};
 use iothub_mqtt::topics::{self, DeviceTopic};
-use iothub_store::NewMessage;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::server::GatewayLimits;
@@ -103,6 +102,8 @@ impl Conn {
     }
 }
 
+/// Serves one device connection to its end: TLS, CONNECT, the hub's admission, the session, its
+/// close (and Will).
 pub(crate) async fn run(
     stream: TcpStream,
     peer: SocketAddr,
@@ -112,31 +113,70 @@ pub(crate) async fn run(
     stop: watch::Receiver<bool>,
 ) {
     let remote = peer.to_string();
+    let Some((mut conn, chain)) = accept_tls(stream, peer, tls, &hub, &limits).await else {
+        return;
+    };
+    let Some(connect) = read_connect(&mut conn, peer, &hub, &limits).await else {
+        return;
+    };
+    let Some(admission) = admit(&mut conn, peer, &remote, &hub, &connect, chain).await else {
+        return;
+    };
+    let keep_alive = connect.keep_alive.min(limits.max_keep_alive);
+    let (mut session, mut signals) = Session::open(conn, hub, limits, admission, &connect, remote);
+    // A resumed session was subscribed to C2D: what waits is delivered now, as after SUBSCRIBE.
+    if session.state.c2d_subscribed {
+        if let Err(e) = session.deliver_c2d().await {
+            session.record_refusal(&e);
+        }
+    }
+    let end = session.serve(keep_alive, &mut signals, stop).await;
+    session.close(end, &connect).await;
+}
+
+/// Completes the TLS handshake (within the handshake timeout): the connection and the chain the
+/// device presented (empty when none), or None once the failure is recorded.
+async fn accept_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    hub: &Hub,
+    limits: &GatewayLimits,
+) -> Option<(Conn, Vec<Vec<u8>>)> {
     let tls = match tokio::time::timeout(limits.handshake_timeout, DeviceTls::accept(stream, tls))
         .await
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             hub.refuse_connection("", peer, &format!("TLS handshake failed: {e}"));
-            return;
+            return None;
         }
         Err(_) => {
             hub.refuse_connection("", peer, "TLS handshake timed out");
-            return;
+            return None;
         }
     };
     let chain: Vec<Vec<u8>> = tls
         .peer_certificates()
         .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
         .unwrap_or_default();
-    let mut conn = Conn {
+    let conn = Conn {
         stream: tls,
         buf: BytesMut::with_capacity(4096),
         max_packet: limits.max_message_bytes + 64 * 1024,
         max_message: limits.max_message_bytes,
     };
+    Some((conn, chain))
+}
 
-    // CONNECT must come first, within the handshake timeout.
+/// Reads the CONNECT, which must come first, within the handshake timeout, at MQTT 3.1.1.
+/// Anything else is recorded (answered CONNACK 1 for another protocol level) and None.
+async fn read_connect(
+    conn: &mut Conn,
+    peer: SocketAddr,
+    hub: &Hub,
+    limits: &GatewayLimits,
+) -> Option<Connect> {
     let connect = match tokio::time::timeout(limits.handshake_timeout, conn.read_packet()).await {
         Ok(Ok(Some(Packet::Connect(c)))) => c,
         Ok(Ok(Some(other))) => {
@@ -145,17 +185,14 @@ pub(crate) async fn run(
                 peer,
                 &format!("the first packet was {}, not CONNECT", other.name()),
             );
-            return;
+            return None;
         }
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Err(error)) => {
             // An MQTT 5 (or other unknown level) CONNECT gets CONNACK 1 before the close.
             if let ReadError::Protocol(codec::DecodeError::InvalidProtocol { .. }) = &error {
                 let _ = conn
-                    .write_packet(&Packet::ConnAck(ConnAck {
-                        session_present: false,
-                        code: codec::CONNACK_UNACCEPTABLE_PROTOCOL,
-                    }))
+                    .write_packet(&connack(codec::CONNACK_UNACCEPTABLE_PROTOCOL))
                     .await;
             }
             let reason = match &error {
@@ -163,11 +200,11 @@ pub(crate) async fn run(
                 ReadError::Io(_) => error.to_string(),
             };
             hub.refuse_connection("", peer, &reason);
-            return;
+            return None;
         }
         Err(_) => {
             hub.refuse_connection("", peer, "no CONNECT within the timeout");
-            return;
+            return None;
         }
     };
     if connect.protocol_level != 4 {
@@ -180,31 +217,44 @@ pub(crate) async fn run(
             ),
         );
         let _ = conn
-            .write_packet(&Packet::ConnAck(ConnAck {
-                session_present: false,
-                code: codec::CONNACK_UNACCEPTABLE_PROTOCOL,
-            }))
+            .write_packet(&connack(codec::CONNACK_UNACCEPTABLE_PROTOCOL))
             .await;
-        return;
+        return None;
     }
+    Some(connect)
+}
+
+/// A CONNACK without a session present (every refusal, and a fresh session).
+fn connack(code: u8) -> Packet {
+    Packet::ConnAck(ConnAck {
+        session_present: false,
+        code,
+    })
+}
+
+/// The hub judges the CONNECT, registers the session or records the refusal (one call); the
+/// device gets CONNACK from its result. None: refused, or the CONNACK could not be sent.
+async fn admit(
+    conn: &mut Conn,
+    peer: SocketAddr,
+    remote: &str,
+    hub: &Hub,
+    connect: &Connect,
+    chain: Vec<Vec<u8>>,
+) -> Option<Admission> {
     let request = ConnectRequest {
         client_id: connect.client_id.clone(),
         username: connect.username.clone(),
         password: connect.password.clone(),
         chain,
-        remote: remote.clone(),
+        remote: remote.to_string(),
     };
-    // The hub judges, registers the session or records the refusal: one call.
-    let clean_session = connect.clean_session;
-    let Ok(admission) = hub.admit(request, peer, clean_session).await else {
+    let Ok(admission) = hub.admit(request, peer, connect.clean_session).await else {
         let _ = conn
-            .write_packet(&Packet::ConnAck(ConnAck {
-                session_present: false,
-                code: codec::CONNACK_NOT_AUTHORIZED,
-            }))
+            .write_packet(&connack(codec::CONNACK_NOT_AUTHORIZED))
             .await;
         let _ = conn.stream.close().await;
-        return;
+        return None;
     };
     if conn
         .write_packet(&Packet::ConnAck(ConnAck {
@@ -219,65 +269,9 @@ pub(crate) async fn run(
             admission.session_id,
             "could not send CONNACK",
         );
-        return;
+        return None;
     }
-
-    let keep_alive = connect.keep_alive.min(limits.max_keep_alive);
-    let resumed = admission.resumed.unwrap_or_default();
-    let mut state = SessionState {
-        device_id: admission.device_id.clone(),
-        session_id: admission.session_id,
-        persistent: !clean_session,
-        c2d_subscribed: resumed.c2d,
-        desired_subscribed: resumed.desired,
-        methods_subscribed: resumed.methods,
-        max_inflight: limits.max_inflight.max(1),
-        unacked: VecDeque::new(),
-        max_unacked: limits.max_unacked_telemetry.max(1),
-        c2d_more: false,
-        inflight: HashMap::new(),
-        next_pkid: 1,
-        last_touch: Instant::now(),
-    };
-    let mut signals = admission.signals;
-    // A resumed session was subscribed to C2D: what waits is delivered now, as after SUBSCRIBE.
-    if state.c2d_subscribed {
-        if let Err(e) = deliver_c2d(&mut conn, &hub, &mut state).await {
-            hub.record_refusal(&admission.device_id, &remote, &e);
-        }
-    }
-    let end = serve_session(
-        &mut conn,
-        &hub,
-        &limits,
-        keep_alive,
-        &mut state,
-        &mut signals,
-        stop,
-    )
-    .await;
-    let _ = conn.stream.close().await;
-    let (reason, cause) = match &end {
-        End::Normal(r) => (r.clone(), false),
-        End::Cause(r) => (r.clone(), true),
-    };
-    if cause {
-        hub.record_refusal(&admission.device_id, &remote, &reason);
-        // The Will message (if any) is forwarded as telemetry when the session did not end cleanly.
-        if let Some(will) = &connect.will {
-            if let Ok(DeviceTopic::Telemetry { bag, .. }) =
-                topics::device_may_publish(&admission.device_id, &will.topic)
-            {
-                if let Ok(message) =
-                    telemetry_message(&admission.device_id, bag, &will.payload, will.retain, true)
-                {
-                    let _ = hub.store_telemetry(message).await;
-                }
-            }
-        }
-    }
-    // Memory only (the activity it records is written behind), so no blocking thread.
-    hub.close_session(&admission.device_id, admission.session_id, &reason);
+    Some(admission)
 }
 
 struct SessionState {
@@ -354,308 +348,453 @@ async fn wait_stored(receipt: &mut StoreReceipt) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds the stored form of a telemetry message from its property bag.
-fn telemetry_message(
-    device_id: &str,
+/// A device's message for the hub, its topic's property bag decoded here: a bag that does not
+/// decode ends the session with this reason, before the hub is asked anything.
+fn device_message<'a>(
+    device_id: &'a str,
     bag: &str,
-    payload: &[u8],
+    body: &'a [u8],
     retain: bool,
     will: bool,
-) -> Result<NewMessage, String> {
+) -> Result<DeviceMessage<'a>, String> {
     let parsed =
         topics::parse_property_bag(bag).map_err(|e| format!("invalid property bag: {e}"))?;
-    let mut system = serde_json::Map::new();
-    for (k, v) in parsed.system {
-        system.insert(k, v.map(Into::into).unwrap_or(serde_json::Value::Null));
-    }
-    let mut custom = serde_json::Map::new();
-    for (k, v) in parsed.custom {
-        custom.insert(k, v.map(Into::into).unwrap_or(serde_json::Value::Null));
-    }
-    if retain {
-        custom.insert("mqtt-retain".into(), "true".into());
-    }
-    if will {
-        custom.insert("iothub-MessageType".into(), "Will".into());
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    Ok(NewMessage {
-        device_id: device_id.to_string(),
-        module_id: None,
-        enqueued: now,
-        system_properties: serde_json::Value::Object(system).to_string(),
-        properties: serde_json::Value::Object(custom).to_string(),
-        body: payload.to_vec(),
+    Ok(DeviceMessage {
+        device_id,
+        system: parsed.system,
+        custom: parsed.custom,
+        body,
+        retain,
+        will,
     })
 }
 
-async fn serve_session(
-    conn: &mut Conn,
-    hub: &Hub,
-    limits: &GatewayLimits,
-    keep_alive: u16,
-    state: &mut SessionState,
-    signals: &mut tokio::sync::mpsc::UnboundedReceiver<SessionSignal>,
-    mut stop: watch::Receiver<bool>,
-) -> End {
-    // MQTT 3.1.1: the server closes after 1.5 times the keep-alive without a packet.
-    let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-    let mut deadline = grace.map(|g| Instant::now() + g);
-    loop {
-        if let Err(e) = ack_stored(conn, state).await {
-            return End::Cause(e);
-        }
-        // Packets already buffered are served before waiting on anything else.
-        let packet = match codec::decode(&mut conn.buf, conn.max_packet) {
-            Ok(Some(p)) => Some(p),
-            Ok(None) => None,
-            Err(e) => return End::Cause(protocol_error_text(&e, conn.max_message)),
+/// What woke a session waiting with nothing buffered to decode.
+enum Wake {
+    /// Bytes arrived (Ok(0): the device closed the connection).
+    Read(std::io::Result<usize>),
+    /// The oldest pending message is stored: the loop's top acknowledges it.
+    Stored,
+    Signal(Option<SessionSignal>),
+    Shutdown,
+    KeepAliveExpired,
+}
+
+/// An admitted session: the connection, what the session knows, and the hub it asks.
+struct Session {
+    conn: Conn,
+    hub: Hub,
+    limits: Arc<GatewayLimits>,
+    state: SessionState,
+    /// The peer's address, recorded with the reason of a close for cause.
+    remote: String,
+}
+
+impl Session {
+    /// The session of an admission, with the subscriptions it resumed, and its signal channel.
+    fn open(
+        conn: Conn,
+        hub: Hub,
+        limits: Arc<GatewayLimits>,
+        admission: Admission,
+        connect: &Connect,
+        remote: String,
+    ) -> (Session, mpsc::UnboundedReceiver<SessionSignal>) {
+        let resumed = admission.resumed.unwrap_or_default();
+        let state = SessionState {
+            device_id: admission.device_id,
+            session_id: admission.session_id,
+            persistent: !connect.clean_session,
+            c2d_subscribed: resumed.c2d,
+            desired_subscribed: resumed.desired,
+            methods_subscribed: resumed.methods,
+            max_inflight: limits.max_inflight.max(1),
+            unacked: VecDeque::new(),
+            max_unacked: limits.max_unacked_telemetry.max(1),
+            c2d_more: false,
+            inflight: HashMap::new(),
+            next_pkid: 1,
+            last_touch: Instant::now(),
         };
-        let packet = match packet {
-            Some(p) => p,
-            None => {
-                let sleep = async {
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d).await,
-                        None => std::future::pending().await,
+        let session = Session {
+            conn,
+            hub,
+            limits,
+            state,
+            remote,
+        };
+        (session, admission.signals)
+    }
+
+    fn record_refusal(&self, reason: &str) {
+        self.hub
+            .record_refusal(&self.state.device_id, &self.remote, reason);
+    }
+
+    /// Serves packets and signals until the session ends, and says why.
+    async fn serve(
+        &mut self,
+        keep_alive: u16,
+        signals: &mut mpsc::UnboundedReceiver<SessionSignal>,
+        mut stop: watch::Receiver<bool>,
+    ) -> End {
+        // MQTT 3.1.1: the server closes after 1.5 times the keep-alive without a packet.
+        let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let mut deadline = grace.map(|g| Instant::now() + g);
+        loop {
+            if let Err(e) = ack_stored(&mut self.conn, &mut self.state).await {
+                return End::Cause(e);
+            }
+            // Packets already buffered are served before waiting on anything else.
+            let packet = match codec::decode(&mut self.conn.buf, self.conn.max_packet) {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    let wake = self.wait(deadline, signals, &mut stop).await;
+                    if let Err(end) = self.on_wake(wake, keep_alive).await {
+                        return end;
                     }
-                };
-                let oldest_stored = async {
-                    match state.unacked.front_mut() {
-                        Some((_, receipt)) => wait_stored(receipt).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    read = conn.stream.read_buf(&mut conn.buf) => match read {
-                        Ok(0) => return End::Normal("the device closed the connection".into()),
-                        Ok(_) => continue,
-                        Err(e) => return End::Normal(format!("connection lost: {e}")),
-                    },
-                    // The oldest pending message is stored: the loop's top acknowledges it.
-                    _ = oldest_stored => continue,
-                    signal = signals.recv() => match signal {
-                        Some(SessionSignal::Close(reason)) => return End::Cause(reason),
-                        Some(SessionSignal::C2dAvailable) => {
-                            if let Err(e) = deliver_c2d(conn, hub, state).await {
-                                return End::Cause(e);
-                            }
-                            continue;
-                        }
-                        Some(SessionSignal::DesiredPatch(patch)) => {
-                            if state.desired_subscribed {
-                                let version = serde_json::from_str::<serde_json::Value>(&patch)
-                                    .ok()
-                                    .and_then(|v| v["$version"].as_i64())
-                                    .unwrap_or_default();
-                                let topic = format!("$iothub/twin/PATCH/properties/desired/?$version={version}");
-                                if let Err(e) = publish_qos0(conn, topic, patch.into_bytes()).await {
-                                    return End::Normal(e);
-                                }
-                            }
-                            continue;
-                        }
-                        Some(SessionSignal::MethodRequest { rid, name, payload }) => {
-                            let topic = format!("$iothub/methods/POST/{name}/?$rid={rid}");
-                            if let Err(e) = publish_qos0(conn, topic, payload).await {
-                                return End::Normal(e);
-                            }
-                            continue;
-                        }
-                        None => return End::Cause("the hub ended the session".into()),
-                    },
-                    _ = stop.changed() => return End::Normal("the hub is shutting down".into()),
-                    _ = sleep => return End::Cause(format!(
-                        "keep-alive expired: no packet for 1.5 x {keep_alive} s"
-                    )),
+                    continue;
                 }
+                Err(e) => return End::Cause(protocol_error_text(&e, self.conn.max_message)),
+            };
+            deadline = grace.map(|g| Instant::now() + g);
+            if let Err(end) = self.on_packet(packet).await {
+                return end;
+            }
+        }
+    }
+
+    /// Waits for bytes, a commit, a signal from the hub, shutdown or the keep-alive deadline.
+    async fn wait(
+        &mut self,
+        deadline: Option<Instant>,
+        signals: &mut mpsc::UnboundedReceiver<SessionSignal>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Wake {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
             }
         };
-        deadline = grace.map(|g| Instant::now() + g);
-        if state.last_touch.elapsed() > Duration::from_secs(10) {
-            state.last_touch = Instant::now();
-            let (hub, id) = (hub.clone(), state.device_id.clone());
+        let oldest_stored = async {
+            match self.state.unacked.front_mut() {
+                Some((_, receipt)) => wait_stored(receipt).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            read = self.conn.stream.read_buf(&mut self.conn.buf) => Wake::Read(read),
+            _ = oldest_stored => Wake::Stored,
+            signal = signals.recv() => Wake::Signal(signal),
+            _ = stop.changed() => Wake::Shutdown,
+            _ = sleep => Wake::KeepAliveExpired,
+        }
+    }
+
+    /// Acts on what woke the session; Err ends it.
+    async fn on_wake(&mut self, wake: Wake, keep_alive: u16) -> Result<(), End> {
+        match wake {
+            Wake::Read(Ok(0)) => Err(End::Normal("the device closed the connection".into())),
+            Wake::Read(Ok(_)) | Wake::Stored => Ok(()),
+            Wake::Read(Err(e)) => Err(End::Normal(format!("connection lost: {e}"))),
+            Wake::Signal(Some(signal)) => self.on_signal(signal).await,
+            Wake::Signal(None) => Err(End::Cause("the hub ended the session".into())),
+            Wake::Shutdown => Err(End::Normal("the hub is shutting down".into())),
+            Wake::KeepAliveExpired => Err(End::Cause(format!(
+                "keep-alive expired: no packet for 1.5 x {keep_alive} s"
+            ))),
+        }
+    }
+
+    /// A signal from the hub: close, C2D waiting, a desired patch or a method call to publish.
+    async fn on_signal(&mut self, signal: SessionSignal) -> Result<(), End> {
+        match signal {
+            SessionSignal::Close(reason) => Err(End::Cause(reason)),
+            SessionSignal::C2dAvailable => self.deliver_c2d().await.map_err(End::Cause),
+            SessionSignal::DesiredPatch(patch) => {
+                if !self.state.desired_subscribed {
+                    return Ok(());
+                }
+                let version = serde_json::from_str::<serde_json::Value>(&patch)
+                    .ok()
+                    .and_then(|v| v["$version"].as_i64())
+                    .unwrap_or_default();
+                let topic = topics::desired_patch_topic(version);
+                publish_qos0(&mut self.conn, topic, patch.into_bytes())
+                    .await
+                    .map_err(End::Normal)
+            }
+            SessionSignal::MethodRequest { rid, name, payload } => {
+                let topic = topics::method_request_topic(&name, rid);
+                publish_qos0(&mut self.conn, topic, payload)
+                    .await
+                    .map_err(End::Normal)
+            }
+        }
+    }
+
+    /// A packet from the device; Err ends the session.
+    async fn on_packet(&mut self, packet: Packet) -> Result<(), End> {
+        if self.state.last_touch.elapsed() > Duration::from_secs(10) {
+            self.state.last_touch = Instant::now();
+            let (hub, id) = (self.hub.clone(), self.state.device_id.clone());
             tokio::task::spawn_blocking(move || hub.touch_device(&id));
         }
         if !matches!(
             packet,
             Packet::Publish(_) | Packet::PubAck(_) | Packet::PingReq
         ) {
-            if let Err(e) = ack_all_stored(conn, state).await {
-                return End::Cause(e);
-            }
+            ack_all_stored(&mut self.conn, &mut self.state)
+                .await
+                .map_err(End::Cause)?;
         }
         match packet {
-            Packet::Publish(p) => {
-                if let Err(reason) = handle_publish(conn, hub, limits, state, p).await {
-                    return End::Cause(reason);
-                }
-            }
-            Packet::PubAck(pkid) => {
-                if let Some(id) = state.inflight.remove(&pkid) {
-                    let hub2 = hub.clone();
-                    let _ = tokio::task::spawn_blocking(move || hub2.c2d_delivered(id)).await;
-                    // A slot is free: send what waits beyond the in-flight limit.
-                    if state.c2d_more {
-                        if let Err(e) = deliver_c2d(conn, hub, state).await {
-                            return End::Cause(e);
-                        }
-                    }
-                }
-            }
-            Packet::Subscribe(s) => {
-                let mut codes = Vec::with_capacity(s.filters.len());
-                for (filter, qos) in &s.filters {
-                    if let Err(e) = topics::device_may_subscribe(&state.device_id, filter) {
-                        return End::Cause(format!("subscription refused: {e}"));
-                    }
-                    if filter.starts_with("devices/") {
-                        state.c2d_subscribed = true;
-                    } else if filter.starts_with("$iothub/twin/PATCH/properties/desired") {
-                        state.desired_subscribed = true;
-                    } else if filter.starts_with("$iothub/methods/POST") {
-                        state.methods_subscribed = true;
-                    }
-                    codes.push((*qos).min(1));
-                }
-                report_subscriptions(hub, state).await;
-                if let Err(e) = conn
-                    .write_packet(&Packet::SubAck(SubAck {
-                        pkid: s.pkid,
-                        return_codes: codes,
-                    }))
-                    .await
-                {
-                    return End::Normal(e);
-                }
-                if state.c2d_subscribed {
-                    if let Err(e) = deliver_c2d(conn, hub, state).await {
-                        return End::Cause(e);
-                    }
-                }
-            }
+            Packet::Publish(p) => self.on_publish(p).await.map_err(End::Cause),
+            Packet::PubAck(pkid) => self.on_c2d_ack(pkid).await.map_err(End::Cause),
+            Packet::Subscribe(s) => self.on_subscribe(s).await,
             Packet::Unsubscribe(u) => {
                 for f in &u.filters {
-                    if f.starts_with("devices/") {
-                        state.c2d_subscribed = false;
-                    } else if f.starts_with("$iothub/twin/PATCH/properties/desired") {
-                        state.desired_subscribed = false;
-                    } else if f.starts_with("$iothub/methods/POST") {
-                        state.methods_subscribed = false;
-                    }
+                    self.set_subscribed(f, false);
                 }
-                report_subscriptions(hub, state).await;
-                if let Err(e) = conn.write_packet(&Packet::UnsubAck(u.pkid)).await {
-                    return End::Normal(e);
-                }
+                report_subscriptions(&self.hub, &self.state).await;
+                (self.conn.write_packet(&Packet::UnsubAck(u.pkid)).await).map_err(End::Normal)
             }
             Packet::PingReq => {
-                if let Err(e) = conn.write_packet(&Packet::PingResp).await {
-                    return End::Normal(e);
-                }
+                (self.conn.write_packet(&Packet::PingResp).await).map_err(End::Normal)
             }
-            Packet::Disconnect => return End::Normal("the device disconnected".into()),
-            Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
-                return End::Cause("QoS 2 is not supported: the hub grants QoS 0 and 1 only".into())
-            }
-            other => return End::Cause(format!("unexpected {} from a device", other.name())),
+            Packet::Disconnect => Err(End::Normal("the device disconnected".into())),
+            Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => Err(End::Cause(
+                "QoS 2 is not supported: the hub grants QoS 0 and 1 only".into(),
+            )),
+            other => Err(End::Cause(format!(
+                "unexpected {} from a device",
+                other.name()
+            ))),
         }
     }
-}
 
-async fn handle_publish(
-    conn: &mut Conn,
-    hub: &Hub,
-    limits: &GatewayLimits,
-    state: &mut SessionState,
-    p: Publish,
-) -> Result<(), String> {
-    if p.qos == 2 {
-        return Err("QoS 2 PUBLISH refused: the hub supports QoS 0 and 1".into());
+    /// Marks the delivery a filter the device (un)subscribed names as on or off.
+    fn set_subscribed(&mut self, filter: &str, on: bool) {
+        let flag = match topics::Delivery::of_filter(filter) {
+            Some(topics::Delivery::CloudToDevice) => &mut self.state.c2d_subscribed,
+            Some(topics::Delivery::DesiredProperties) => &mut self.state.desired_subscribed,
+            Some(topics::Delivery::Methods) => &mut self.state.methods_subscribed,
+            None => return,
+        };
+        *flag = on;
     }
-    if p.payload.len() > limits.max_message_bytes {
-        return Err(format!(
-            "the message is {} bytes; at most {} bytes are accepted",
-            p.payload.len(),
-            limits.max_message_bytes
-        ));
-    }
-    let topic =
-        topics::device_may_publish(&state.device_id, &p.topic).map_err(|e| e.to_string())?;
-    if !matches!(topic, DeviceTopic::Telemetry { .. }) {
-        // Twin and method traffic is answered at once: earlier telemetry is acknowledged first.
-        ack_all_stored(conn, state).await?;
-    }
-    let bag = match topic {
-        DeviceTopic::Telemetry {
-            bag,
-            module_id: None,
-            ..
-        } => bag.to_string(),
-        DeviceTopic::Telemetry {
-            module_id: Some(_), ..
-        } => return Err("module telemetry is not supported yet".into()),
-        DeviceTopic::TwinGet { rid } => {
-            let (hub2, id) = (hub.clone(), state.device_id.clone());
-            let twin = tokio::task::spawn_blocking(move || hub2.twin_for_device(&id))
-                .await
-                .map_err(|e| format!("twin task failed: {e}"))?;
-            let (status, body) = match twin {
-                Ok(v) => (200, v.to_string().into_bytes()),
-                Err(e) => (e.code().status, Vec::new()),
-            };
-            ack(conn, &p).await?;
-            return publish_qos0(conn, format!("$iothub/twin/res/{status}/?$rid={rid}"), body)
-                .await;
+
+    /// SUBSCRIBE: every filter authorised (one refusal ends the session), granted at most QoS 1;
+    /// C2D delivery starts once subscribed.
+    async fn on_subscribe(&mut self, s: codec::Subscribe) -> Result<(), End> {
+        let mut codes = Vec::with_capacity(s.filters.len());
+        for (filter, qos) in &s.filters {
+            if let Err(e) = topics::device_may_subscribe(&self.state.device_id, filter) {
+                return Err(End::Cause(format!("subscription refused: {e}")));
+            }
+            self.set_subscribed(filter, true);
+            codes.push((*qos).min(1));
         }
-        DeviceTopic::TwinPatchReported { rid } => {
-            let outcome = match serde_json::from_slice::<serde_json::Value>(&p.payload) {
-                Ok(patch) => {
-                    let (hub2, id) = (hub.clone(), state.device_id.clone());
-                    tokio::task::spawn_blocking(move || hub2.patch_reported(&id, &patch))
-                        .await
-                        .map_err(|e| format!("twin task failed: {e}"))?
+        report_subscriptions(&self.hub, &self.state).await;
+        let suback = Packet::SubAck(SubAck {
+            pkid: s.pkid,
+            return_codes: codes,
+        });
+        self.conn.write_packet(&suback).await.map_err(End::Normal)?;
+        if self.state.c2d_subscribed {
+            self.deliver_c2d().await.map_err(End::Cause)?;
+        }
+        Ok(())
+    }
+
+    /// PUBACK of a C2D message: delivered; a freed in-flight slot sends what waited.
+    async fn on_c2d_ack(&mut self, pkid: u16) -> Result<(), String> {
+        let Some(id) = self.state.inflight.remove(&pkid) else {
+            return Ok(());
+        };
+        let hub = self.hub.clone();
+        let _ = tokio::task::spawn_blocking(move || hub.c2d_delivered(id)).await;
+        if self.state.c2d_more {
+            self.deliver_c2d().await?;
+        }
+        Ok(())
+    }
+
+    /// PUBLISH from the device: telemetry to the writer, twin and method traffic to the hub.
+    async fn on_publish(&mut self, p: Publish) -> Result<(), String> {
+        if p.qos == 2 {
+            return Err("QoS 2 PUBLISH refused: the hub supports QoS 0 and 1".into());
+        }
+        if p.payload.len() > self.limits.max_message_bytes {
+            return Err(format!(
+                "the message is {} bytes; at most {} bytes are accepted",
+                p.payload.len(),
+                self.limits.max_message_bytes
+            ));
+        }
+        let topic = topics::device_may_publish(&self.state.device_id, &p.topic)
+            .map_err(|e| e.to_string())?;
+        if !matches!(topic, DeviceTopic::Telemetry { .. }) {
+            // Twin and method traffic is answered at once: earlier telemetry is acknowledged first.
+            ack_all_stored(&mut self.conn, &mut self.state).await?;
+        }
+        match topic {
+            DeviceTopic::Telemetry {
+                bag,
+                module_id: None,
+                ..
+            } => self.store_telemetry(&p, bag).await,
+            DeviceTopic::Telemetry {
+                module_id: Some(_), ..
+            } => Err("module telemetry is not supported yet".into()),
+            DeviceTopic::TwinGet { rid } => self.answer_twin_get(&p, rid).await,
+            DeviceTopic::TwinPatchReported { rid } => self.answer_reported_patch(&p, rid).await,
+            DeviceTopic::MethodResponse { status, rid } => {
+                if let Ok(rid) = rid.parse::<u64>() {
+                    let (hub, id, payload) = (
+                        self.hub.clone(),
+                        self.state.device_id.clone(),
+                        p.payload.to_vec(),
+                    );
+                    let _ = tokio::task::spawn_blocking(move || {
+                        hub.method_response(&id, rid, status, &payload)
+                    })
+                    .await;
                 }
-                Err(e) => Err(iothub_hub::HubError::TwinInvalid(format!(
-                    "the reported patch is not JSON: {e}"
-                ))),
-            };
-            ack(conn, &p).await?;
-            let topic = match outcome {
-                Ok(version) => format!("$iothub/twin/res/204/?$rid={rid}&$version={version}"),
-                Err(e) => format!("$iothub/twin/res/{}/?$rid={rid}", e.code().status),
-            };
-            return publish_qos0(conn, topic, Vec::new()).await;
-        }
-        DeviceTopic::MethodResponse { status, rid } => {
-            if let Ok(rid) = rid.parse::<u64>() {
-                let (hub2, id, payload) =
-                    (hub.clone(), state.device_id.clone(), p.payload.to_vec());
-                let _ = tokio::task::spawn_blocking(move || {
-                    hub2.method_response(&id, rid, status, &payload)
-                })
-                .await;
+                ack(&mut self.conn, &p).await
             }
-            return ack(conn, &p).await;
+            DeviceTopic::Other => Err(format!("'{}' is not a topic of this hub", p.topic)),
         }
-        DeviceTopic::Other => return Err(format!("'{}' is not a topic of this hub", p.topic)),
-    };
-    let message = telemetry_message(&state.device_id, &bag, &p.payload, p.retain, false)?;
-    let stored = hub.store_telemetry(message);
-    if p.qos == 1 {
-        // Acknowledge only what is durable; meanwhile read on (see `SessionState::unacked`).
-        while state.unacked.len() >= state.max_unacked {
-            if let Some((_, receipt)) = state.unacked.front_mut() {
-                wait_stored(receipt).await?;
-            }
-            ack_stored(conn, state).await?;
-        }
-        state.unacked.push_back((p.pkid, stored));
     }
-    Ok(())
+
+    /// Telemetry: one hub call hands it to the writer; QoS 1 is acknowledged only once durable,
+    /// and meanwhile the session reads on (see `SessionState::unacked`).
+    async fn store_telemetry(&mut self, p: &Publish, bag: &str) -> Result<(), String> {
+        let message = device_message(&self.state.device_id, bag, &p.payload, p.retain, false)?;
+        let stored = self.hub.store_device_message(message);
+        if p.qos == 1 {
+            while self.state.unacked.len() >= self.state.max_unacked {
+                if let Some((_, receipt)) = self.state.unacked.front_mut() {
+                    wait_stored(receipt).await?;
+                }
+                ack_stored(&mut self.conn, &mut self.state).await?;
+            }
+            self.state.unacked.push_back((p.pkid, stored));
+        }
+        Ok(())
+    }
+
+    /// `$iothub/twin/GET`: the twin (200) or the hub's error status, on the device's `$rid`.
+    async fn answer_twin_get(&mut self, p: &Publish, rid: &str) -> Result<(), String> {
+        let (hub, id) = (self.hub.clone(), self.state.device_id.clone());
+        let twin = tokio::task::spawn_blocking(move || hub.twin_for_device(&id))
+            .await
+            .map_err(|e| format!("twin task failed: {e}"))?;
+        let (status, body) = match twin {
+            Ok(v) => (200, v.to_string().into_bytes()),
+            Err(e) => (e.code().status, Vec::new()),
+        };
+        ack(&mut self.conn, p).await?;
+        let topic = topics::twin_response_topic(status, rid);
+        publish_qos0(&mut self.conn, topic, body).await
+    }
+
+    /// A reported-properties patch: 204 with the new version, or the hub's error status.
+    async fn answer_reported_patch(&mut self, p: &Publish, rid: &str) -> Result<(), String> {
+        let outcome = match serde_json::from_slice::<serde_json::Value>(&p.payload) {
+            Ok(patch) => {
+                let (hub, id) = (self.hub.clone(), self.state.device_id.clone());
+                tokio::task::spawn_blocking(move || hub.patch_reported(&id, &patch))
+                    .await
+                    .map_err(|e| format!("twin task failed: {e}"))?
+            }
+            Err(e) => Err(iothub_hub::HubError::TwinInvalid(format!(
+                "the reported patch is not JSON: {e}"
+            ))),
+        };
+        ack(&mut self.conn, p).await?;
+        let topic = match outcome {
+            Ok(version) => topics::twin_patched_topic(rid, version),
+            Err(e) => topics::twin_response_topic(e.code().status, rid),
+        };
+        publish_qos0(&mut self.conn, topic, Vec::new()).await
+    }
+
+    /// Publishes queued cloud-to-device messages not yet in flight in this session.
+    async fn deliver_c2d(&mut self) -> Result<(), String> {
+        if !self.state.c2d_subscribed {
+            return Ok(());
+        }
+        let pending = {
+            let (hub, id) = (self.hub.clone(), self.state.device_id.clone());
+            tokio::task::spawn_blocking(move || hub.c2d_deliveries(&id))
+                .await
+                .map_err(|e| format!("delivery task failed: {e}"))?
+                .map_err(|e| format!("cannot read queued messages: {e}"))?
+        };
+        let state = &mut self.state;
+        state.c2d_more = false;
+        for m in pending {
+            if state.inflight.len() >= state.max_inflight {
+                // The rest follows as the device acknowledges (see PUBACK handling).
+                state.c2d_more = true;
+                break;
+            }
+            if state.inflight.values().any(|id| *id == m.id) {
+                continue;
+            }
+            let pkid = next_pkid(state);
+            let topic =
+                topics::c2d_delivery_topic(&m.device_id, &m.message_id, &m.system, &m.application);
+            let publish = Packet::Publish(Publish {
+                // Sent before (an earlier session, or a resumed one): MQTT-3.3.1-1 wants DUP set.
+                dup: m.delivery_count > 0,
+                qos: 1,
+                retain: false,
+                topic,
+                pkid,
+                payload: m.body.into(),
+            });
+            self.conn.write_packet(&publish).await?;
+            state.inflight.insert(pkid, m.id);
+            let hub = self.hub.clone();
+            tokio::task::spawn_blocking(move || hub.c2d_attempted(m.id));
+        }
+        Ok(())
+    }
+
+    /// Closes the connection and the hub's session; a close for cause is recorded and sends the
+    /// CONNECT's Will (if any) as telemetry, as the device asked for an unclean end.
+    async fn close(mut self, end: End, connect: &Connect) {
+        let _ = self.conn.stream.close().await;
+        let (reason, cause) = match end {
+            End::Normal(r) => (r, false),
+            End::Cause(r) => (r, true),
+        };
+        if cause {
+            self.record_refusal(&reason);
+            if let Some(will) = &connect.will {
+                self.send_will(will).await;
+            }
+        }
+        // Memory only (the activity it records is written behind), so no blocking thread.
+        self.hub
+            .close_session(&self.state.device_id, self.state.session_id, &reason);
+    }
+
+    /// Stores the Will when its topic is the device's own telemetry; waits for its commit.
+    async fn send_will(&self, will: &codec::Will) {
+        let device_id = &self.state.device_id;
+        let Ok(DeviceTopic::Telemetry { bag, .. }) =
+            topics::device_may_publish(device_id, &will.topic)
+        else {
+            return;
+        };
+        if let Ok(message) = device_message(device_id, bag, &will.payload, will.retain, true) {
+            let _ = self.hub.store_device_message(message).await;
+        }
+    }
 }
 
 /// Tells the hub what the session is subscribed to (direct methods are routed to subscribed
@@ -696,68 +835,6 @@ async fn publish_qos0(conn: &mut Conn, topic: String, payload: Vec<u8>) -> Resul
         payload: payload.into(),
     }))
     .await
-}
-
-/// Publishes queued cloud-to-device messages not yet in flight in this session.
-async fn deliver_c2d(conn: &mut Conn, hub: &Hub, state: &mut SessionState) -> Result<(), String> {
-    if !state.c2d_subscribed {
-        return Ok(());
-    }
-    let pending = {
-        let (hub, id) = (hub.clone(), state.device_id.clone());
-        tokio::task::spawn_blocking(move || hub.pending_c2d(&id))
-            .await
-            .map_err(|e| format!("delivery task failed: {e}"))?
-            .map_err(|e| format!("cannot read queued messages: {e}"))?
-    };
-    state.c2d_more = false;
-    for m in pending {
-        if state.inflight.len() >= state.max_inflight {
-            // The rest follows as the device acknowledges (see PUBACK handling).
-            state.c2d_more = true;
-            break;
-        }
-        if state.inflight.values().any(|id| *id == m.id) {
-            continue;
-        }
-        let pkid = next_pkid(state);
-        let props: serde_json::Value = serde_json::from_str(&m.properties).unwrap_or_default();
-        let mut system = vec![
-            ("$.mid".to_string(), Some(m.message_id.clone())),
-            (
-                "$.to".to_string(),
-                Some(format!("/devices/{}/messages/deviceBound", m.device_id)),
-            ),
-        ];
-        if let Some(obj) = props["system"].as_object() {
-            for (k, v) in obj {
-                system.push((k.clone(), v.as_str().map(str::to_owned)));
-            }
-        }
-        let custom: Vec<(String, Option<String>)> = props["application"]
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let topic = topics::c2d_topic(&m.device_id, &topics::encode_property_bag(&system, &custom));
-        let publish = Packet::Publish(Publish {
-            // Sent before (an earlier session, or a resumed one): MQTT-3.3.1-1 wants DUP set.
-            dup: m.delivery_count > 0,
-            qos: 1,
-            retain: false,
-            topic,
-            pkid,
-            payload: m.body.clone().into(),
-        });
-        conn.write_packet(&publish).await?;
-        state.inflight.insert(pkid, m.id);
-        let hub = hub.clone();
-        tokio::task::spawn_blocking(move || hub.c2d_attempted(m.id));
-    }
-    Ok(())
 }
 
 fn next_pkid(state: &mut SessionState) -> u16 {

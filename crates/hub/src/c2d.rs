@@ -234,3 +234,102 @@ mod tests {
         assert!(view.system_properties.is_null() && view.properties.is_null());
     }
 }
+
+/// A queued message as the gateway publishes it to a device: its properties as the name/value
+/// pairs of a topic's property bag (a value that is not text has no value), so that the
+/// transport never reads the stored JSON nor `serde_json` values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct C2dDelivery {
+    pub id: i64,
+    pub device_id: String,
+    pub message_id: String,
+    /// `$.cid`, `$.ct`, `$.ce`, in the stored order.
+    pub system: Vec<(String, Option<String>)>,
+    /// Application properties, in the stored order.
+    pub application: Vec<(String, Option<String>)>,
+    pub body: Vec<u8>,
+    /// Attempts so far: more than 0 means this is a redelivery (MQTT DUP).
+    pub delivery_count: i64,
+}
+
+impl C2dDelivery {
+    fn of(view: C2dView) -> C2dDelivery {
+        let pairs = |v: &serde_json::Value| -> Vec<(String, Option<String>)> {
+            v.as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        C2dDelivery {
+            id: view.id,
+            system: pairs(&view.system_properties),
+            application: pairs(&view.properties),
+            device_id: view.device_id,
+            message_id: view.message_id,
+            body: view.body,
+            delivery_count: view.delivery_count,
+        }
+    }
+}
+
+impl Hub {
+    /// [`Hub::pending_c2d`] as the gateway delivers them, oldest first.
+    pub fn c2d_deliveries(&self, device_id: &str) -> Result<Vec<C2dDelivery>, HubError> {
+        Ok(self
+            .pending_c2d(device_id)?
+            .into_iter()
+            .map(|r| C2dDelivery::of(C2dView::of(r)))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod delivery_tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_carries_the_properties_as_pairs() {
+        let mut system = serde_json::Map::new();
+        system.insert("$.ct".into(), "application/json".into());
+        let mut application = serde_json::Map::new();
+        application.insert("n".into(), 3.into());
+        application.insert("colour".into(), "blue".into());
+        let record = C2dRecord {
+            id: 7,
+            device_id: "d".into(),
+            message_id: "m".into(),
+            properties: encode_properties(system, application),
+            body: b"hi".to_vec(),
+            created: 1,
+            expiry: 2,
+            state: "queued".into(),
+            delivered_at: None,
+            delivery_count: 2,
+        };
+        let d = C2dDelivery::of(C2dView::of(record.clone()));
+        assert_eq!(
+            d.system,
+            vec![("$.ct".to_string(), Some("application/json".to_string()))]
+        );
+        // A value that is not text (never written by the hub) travels as a bare name.
+        assert_eq!(
+            d.application,
+            vec![
+                ("colour".to_string(), Some("blue".to_string())),
+                ("n".to_string(), None)
+            ]
+        );
+        assert_eq!(
+            (d.id, d.delivery_count, d.body.as_slice()),
+            (7, 2, &b"hi"[..])
+        );
+        let d = C2dDelivery::of(C2dView::of(C2dRecord {
+            properties: "not json".into(),
+            ..record
+        }));
+        assert!(d.system.is_empty() && d.application.is_empty());
+    }
+}

@@ -31,7 +31,7 @@ use iothub_pki::trust_index::TrustIndex;
 
 pub use admission::Refusal;
 pub use auth::{Credential, IfMatch, KeySlot, Principal, Right};
-pub use c2d::{C2dSend, C2dView};
+pub use c2d::{C2dDelivery, C2dSend, C2dView};
 pub use certificates::{CaView, PutCertificate};
 pub use clock::{Clock, SystemClock};
 pub use devices::{DeviceAuth, DeviceView, PutDevice};
@@ -45,7 +45,7 @@ pub use sessions::{
     Admission, AuthMethod, ConnectRequest, ConnectTicket, RecentRefusal, SessionInfo,
     SessionSignal, Subscriptions,
 };
-pub use telemetry::MessageView;
+pub use telemetry::{DeviceMessage, MessageView};
 
 /// The default of [`HubConfig::mqtt_refusal_limit`]: a device retrying every second with a wrong
 /// credential, or a few of them behind one NAT address, stays under it; a flood is cut to one

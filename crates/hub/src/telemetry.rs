@@ -157,3 +157,112 @@ impl Hub {
         Ok(self.store.prune_messages(before)?)
     }
 }
+
+/// A message as a device published it, handed over by the gateway: the topic's property bag
+/// already decoded (`mqtt::topics::PropertyBag`'s two halves, in topic order), the payload as
+/// sent. The hub, not the transport, decides how it is stored and stamps it with its own clock.
+/// The bag is taken by value: its strings move into the stored row uncopied.
+#[derive(Debug, Clone)]
+pub struct DeviceMessage<'a> {
+    pub device_id: &'a str,
+    /// `$.`-prefixed properties (`$.mid`, `$.ct`...); `None` is a name without `=`.
+    pub system: Vec<(String, Option<String>)>,
+    /// Application properties.
+    pub custom: Vec<(String, Option<String>)>,
+    pub body: &'a [u8],
+    /// The PUBLISH had RETAIN set: kept as the application property `mqtt-retain`.
+    pub retain: bool,
+    /// The connection's Will, sent because the session did not end cleanly: marked with
+    /// `iothub-MessageType: Will`, as Azure does.
+    pub will: bool,
+}
+
+impl DeviceMessage<'_> {
+    /// The stored row: property bags as JSON objects (a name without a value is null).
+    fn row(self, enqueued: i64) -> NewMessage {
+        let object = |pairs: Vec<(String, Option<String>)>| {
+            let mut map = serde_json::Map::new();
+            for (k, v) in pairs {
+                map.insert(k, v.map(Into::into).unwrap_or(serde_json::Value::Null));
+            }
+            map
+        };
+        let system = object(self.system);
+        let mut custom = object(self.custom);
+        if self.retain {
+            custom.insert("mqtt-retain".into(), "true".into());
+        }
+        if self.will {
+            custom.insert("iothub-MessageType".into(), "Will".into());
+        }
+        NewMessage {
+            device_id: self.device_id.to_string(),
+            module_id: None,
+            enqueued,
+            system_properties: serde_json::Value::Object(system).to_string(),
+            properties: serde_json::Value::Object(custom).to_string(),
+            body: self.body.to_vec(),
+        }
+    }
+}
+
+impl Hub {
+    /// Queues a device's message for the durable write ([`Hub::store_telemetry`]), stamped now by
+    /// the hub's clock; the receiver yields its offset once committed.
+    pub fn store_device_message(
+        &self,
+        message: DeviceMessage<'_>,
+    ) -> oneshot::Receiver<Result<i64, HubError>> {
+        self.store_telemetry(message.row(self.now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(p: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_owned)))
+            .collect()
+    }
+
+    #[test]
+    fn a_device_message_is_stored_as_the_gateway_stored_it() {
+        let system = pairs(&[("$.mid", Some("m1")), ("$.ct", Some("application/json"))]);
+        let custom = pairs(&[("b", Some("x&y")), ("a", None), ("e", Some(""))]);
+        let message = DeviceMessage {
+            device_id: "dev1",
+            system,
+            custom,
+            body: b"{}",
+            retain: false,
+            will: false,
+        };
+        let row = message.clone().row(1_700_000_000);
+        assert_eq!(
+            (row.device_id.as_str(), row.module_id, row.enqueued),
+            ("dev1", None, 1_700_000_000)
+        );
+        assert_eq!(
+            row.system_properties,
+            r#"{"$.ct":"application/json","$.mid":"m1"}"#
+        );
+        assert_eq!(row.properties, r#"{"a":null,"b":"x&y","e":""}"#);
+        assert_eq!(row.body, b"{}");
+        // A retained Will carries both marks; an empty bag is an empty object.
+        let row = DeviceMessage {
+            system: Vec::new(),
+            custom: Vec::new(),
+            retain: true,
+            will: true,
+            ..message
+        }
+        .row(0);
+        assert_eq!(row.system_properties, "{}");
+        assert_eq!(
+            row.properties,
+            r#"{"iothub-MessageType":"Will","mqtt-retain":"true"}"#
+        );
+    }
+}

@@ -298,3 +298,84 @@ fn every_acknowledged_message_survives_a_sigkill() {
         bodies.len()
     );
 }
+
+/// Every stored message of `id` as the API renders it, oldest first.
+fn stored_json(hub: &TestHub, id: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = hub
+        .client()
+        .get(format!(
+            "{}/messages?from=1&deviceId={id}&limit=1000",
+            hub.base()
+        ))
+        .header("Authorization", hub.owner_token())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    v["value"].as_array().unwrap().clone()
+}
+
+/// Connects `id` with a Will on its own telemetry topic.
+fn device_with_will(hub: &TestHub, id: &str, will_payload: &str) -> RawDevice {
+    let config = client_config(
+        hub,
+        &hub.dir.join(format!("{id}.pem")),
+        &hub.dir.join(format!("{id}.key")),
+    )
+    .unwrap();
+    let connect = iothub_mqtt::codec::Connect {
+        protocol_level: 4,
+        client_id: id.into(),
+        clean_session: true,
+        keep_alive: 60,
+        username: Some(format!("localhost/{id}/?api-version=2021-04-12")),
+        password: None,
+        will: Some(iothub_mqtt::codec::Will {
+            topic: format!("devices/{id}/messages/events/%24.ct=text%2Fplain&kind=last%20words"),
+            payload: will_payload.as_bytes().to_vec().into(),
+            qos: 0,
+            retain: true,
+        }),
+    };
+    let (d, code) = RawDevice::connect_packet(hub, config, connect, None).unwrap();
+    assert_eq!(code, 0, "{id} refused");
+    d
+}
+
+/// The Will is stored as telemetry (its bag, `mqtt-retain`, `iothub-MessageType: Will`) when a
+/// session ends for cause, and not when the device disconnects cleanly.
+#[test]
+fn a_will_is_stored_only_when_the_session_ends_for_cause() {
+    let hub = TestHub::start(&[]);
+    verified_root_with_devices(&hub, &["willing"]);
+
+    let mut d = device_with_will(&hub, "willing", "clean");
+    d.send(&Packet::Disconnect).unwrap();
+    assert!(d.recv().is_err(), "the hub closes after DISCONNECT");
+
+    let mut d = device_with_will(&hub, "willing", "bye");
+    // QoS 2 is refused: the session ends for cause.
+    d.send(&Packet::PubRel(1)).unwrap();
+    assert!(d.recv().is_err(), "the hub closes after a QoS 2 packet");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let messages = loop {
+        let messages = stored_json(&hub, "willing");
+        if !messages.is_empty() || Instant::now() > deadline {
+            break messages;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let will = &messages[0];
+    assert_eq!(will["body"], "bye");
+    assert_eq!(
+        will["properties"],
+        serde_json::json!({"kind": "last words", "mqtt-retain": "true", "iothub-MessageType": "Will"})
+    );
+    assert_eq!(will["systemProperties"]["$.ct"], "text/plain");
+    // Stamped by the hub's clock.
+    let enqueued = will["systemProperties"]["iothub-enqueuedtime"]
+        .as_str()
+        .unwrap();
+    assert!(!enqueued.is_empty());
+}

@@ -282,13 +282,21 @@ pub fn encode_property_bag(
     system: &[(String, Option<String>)],
     custom: &[(String, Option<String>)],
 ) -> String {
+    encode_bag_entries(system.iter().collect(), custom)
+}
+
+/// [`encode_property_bag`] over borrowed system entries, so that a caller adding entries of its
+/// own (`c2d_delivery_topic`) copies none of the others.
+fn encode_bag_entries(
+    mut system: Vec<&(String, Option<String>)>,
+    custom: &[(String, Option<String>)],
+) -> String {
     let rank = |key: &str| {
         SYSTEM_ORDER
             .iter()
             .position(|known| *known == key)
             .unwrap_or(SYSTEM_ORDER.len())
     };
-    let mut system: Vec<_> = system.iter().collect();
     system.sort_by_key(|(key, _)| rank(key));
     let mut custom: Vec<_> = custom.iter().collect();
     custom.sort_by(|a, b| a.0.cmp(&b.0));
@@ -309,6 +317,74 @@ pub fn encode_property_bag(
 /// The topic on which a device receives a cloud-to-device message.
 pub fn c2d_topic(device_id: &str, bag: &str) -> String {
     format!("devices/{device_id}/messages/devicebound/{bag}")
+}
+
+/// The topic of one cloud-to-device delivery: the message id as `$.mid` and the device's
+/// devicebound address as `$.to` (the Azure SDKs read both from the bag), then the message's own
+/// system and application properties, encoded by [`encode_property_bag`].
+pub fn c2d_delivery_topic(
+    device_id: &str,
+    message_id: &str,
+    system: &[(String, Option<String>)],
+    custom: &[(String, Option<String>)],
+) -> String {
+    let mid = ("$.mid".to_string(), Some(message_id.to_string()));
+    let to = (
+        "$.to".to_string(),
+        Some(format!("/devices/{device_id}/messages/deviceBound")),
+    );
+    let entries = [&mid, &to].into_iter().chain(system).collect();
+    c2d_topic(device_id, &encode_bag_entries(entries, custom))
+}
+
+/// The answer to a twin request (`$iothub/twin/GET`, or a refused reported patch): the status,
+/// with the device's `$rid` echoed as it sent it (still percent-encoded).
+pub fn twin_response_topic(status: u16, rid: &str) -> String {
+    format!("$iothub/twin/res/{status}/?$rid={rid}")
+}
+
+/// The answer to an accepted reported-properties patch: 204 with the twin's new reported version.
+pub fn twin_patched_topic(rid: &str, version: i64) -> String {
+    format!("$iothub/twin/res/204/?$rid={rid}&$version={version}")
+}
+
+/// Where a desired-properties patch is published to a subscribed device.
+pub fn desired_patch_topic(version: i64) -> String {
+    format!("$iothub/twin/PATCH/properties/desired/?$version={version}")
+}
+
+/// Where a direct-method call is published to a subscribed device; the device answers on
+/// `$iothub/methods/res/{status}/?$rid={rid}` with the same `rid`.
+pub fn method_request_topic(name: &str, rid: u64) -> String {
+    format!("$iothub/methods/POST/{name}/?$rid={rid}")
+}
+
+/// Which of a device's deliveries a subscription filter names: what a session starts (SUBSCRIBE)
+/// or stops (UNSUBSCRIBE) sending. Twin responses need no subscription state: they answer requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// `devices/{id}/messages/devicebound/#`.
+    CloudToDevice,
+    /// `$iothub/twin/PATCH/properties/desired/#`.
+    DesiredProperties,
+    /// `$iothub/methods/POST/#`.
+    Methods,
+}
+
+impl Delivery {
+    /// The delivery a filter names, judged by its prefix alone: whether the device may subscribe
+    /// to it is [`device_may_subscribe`]'s question, and an UNSUBSCRIBE is not checked.
+    pub fn of_filter(filter: &str) -> Option<Delivery> {
+        if filter.starts_with("devices/") {
+            Some(Delivery::CloudToDevice)
+        } else if filter.starts_with("$iothub/twin/PATCH/properties/desired") {
+            Some(Delivery::DesiredProperties)
+        } else if filter.starts_with("$iothub/methods/POST") {
+            Some(Delivery::Methods)
+        } else {
+            None
+        }
+    }
 }
 
 /// Whether the topic name `topic` matches the filter `filter` (MQTT 3.1.1 §4.7).

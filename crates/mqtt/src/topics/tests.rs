@@ -170,6 +170,84 @@ fn c2d_topics() {
 }
 
 #[test]
+fn c2d_delivery_topic_leads_with_mid_and_to() {
+    // Stored system properties take their rank among $.mid and $.to; application ones follow
+    // sorted; a property without a value is written as its bare name.
+    assert_eq!(
+        c2d_delivery_topic(
+            "dev 1",
+            "m/1",
+            &props(&[("$.ct", Some("application/json")), ("$.cid", Some("c1"))]),
+            &props(&[("z", Some("a&b")), ("a", None)]),
+        ),
+        "devices/dev 1/messages/devicebound/%24.mid=m%2F1&%24.cid=c1&%24.ct=application%2Fjson\
+         &%24.to=%2Fdevices%2Fdev%201%2Fmessages%2FdeviceBound&a&z=a%26b"
+    );
+    assert_eq!(
+        c2d_delivery_topic("d", "m", &[], &[]),
+        "devices/d/messages/devicebound/%24.mid=m&%24.to=%2Fdevices%2Fd%2Fmessages%2FdeviceBound"
+    );
+}
+
+#[test]
+fn deliveries_named_by_filters() {
+    for (filter, delivery) in [
+        (
+            "devices/d/messages/devicebound/#",
+            Some(Delivery::CloudToDevice),
+        ),
+        ("devices/other/anything", Some(Delivery::CloudToDevice)),
+        (
+            "$iothub/twin/PATCH/properties/desired/#",
+            Some(Delivery::DesiredProperties),
+        ),
+        ("$iothub/methods/POST/#", Some(Delivery::Methods)),
+        ("$iothub/twin/res/#", None),
+        ("#", None),
+    ] {
+        assert_eq!(Delivery::of_filter(filter), delivery, "{filter}");
+    }
+}
+
+#[test]
+fn topics_published_to_devices() {
+    assert_eq!(
+        twin_response_topic(200, "1"),
+        "$iothub/twin/res/200/?$rid=1"
+    );
+    // The $rid is echoed byte for byte, percent-encoding included.
+    assert_eq!(
+        twin_response_topic(400, "a%20b"),
+        "$iothub/twin/res/400/?$rid=a%20b"
+    );
+    assert_eq!(
+        twin_patched_topic("7", 12),
+        "$iothub/twin/res/204/?$rid=7&$version=12"
+    );
+    assert_eq!(
+        desired_patch_topic(3),
+        "$iothub/twin/PATCH/properties/desired/?$version=3"
+    );
+    assert_eq!(
+        method_request_topic("reboot", 42),
+        "$iothub/methods/POST/reboot/?$rid=42"
+    );
+    // What the hub publishes is what a device may subscribe to.
+    for topic in [
+        twin_response_topic(200, "1"),
+        desired_patch_topic(3),
+        method_request_topic("reboot", 42),
+    ] {
+        let filter = format!("{}#", &topic[..=topic.find("/?").unwrap()]);
+        assert!(device_may_subscribe("d", &filter).is_ok(), "{filter}");
+    }
+    assert!(filter_matches(
+        "devices/d/messages/devicebound/#",
+        &c2d_delivery_topic("d", "m", &[], &[])
+    ));
+}
+
+#[test]
 fn device_topics() {
     assert_eq!(
         DeviceTopic::parse("devices/dev1/messages/events"),
