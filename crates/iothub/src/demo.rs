@@ -11,9 +11,9 @@ use anyhow::{bail, Context, Result};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::client::{ApiClient, HubTarget};
 use iothub_client::layout;
 use iothub_client::mqtt::{Connected, MqttClient};
+use iothub_client::{ApiClient, HubTarget};
 
 struct Hub {
     child: Child,
