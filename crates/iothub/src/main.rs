@@ -195,3 +195,104 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// What `iothub ARGS --help` prints.
+    fn help(args: &[&str]) -> String {
+        let argv = std::iter::once("iothub").chain(args.iter().copied());
+        let err = Cli::try_parse_from(argv.chain(["--help"])).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp, "{args:?}");
+        err.to_string()
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn only_commands_that_talk_to_a_hub_list_hub_options() {
+        for talks_to_none in [
+            &["serve"][..],
+            &["demo"],
+            &["pki"],
+            &["pki", "ca"],
+            &["pki", "device"],
+            &["pki", "verification-cert"],
+        ] {
+            let text = help(talks_to_none);
+            assert!(!text.contains("--hub"), "{talks_to_none:?}:\n{text}");
+        }
+        for talks in [
+            &["cert"][..],
+            &["cert", "add"],
+            &["device", "list"],
+            &["c2d", "send"],
+            &["monitor"],
+            &["connections"],
+            &["policy", "rotate"],
+            &["audit"],
+            &["connection-string"],
+            &["portal-link"],
+            &["sas-token"],
+        ] {
+            let text = help(talks);
+            assert!(
+                text.contains("--hub <HUB>") && text.contains("--hub-ca <HUB_CA>"),
+                "{talks:?}:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn hub_options_are_taken_before_or_after_the_command() {
+        let conn = "HostName=h;SharedAccessKeyName=p;SharedAccessKey=aGk=";
+        for argv in [
+            &[
+                "iothub", "--hub", conn, "--hub-ca", "ca.pem", "cert", "list",
+            ][..],
+            &[
+                "iothub", "cert", "--hub", conn, "--hub-ca", "ca.pem", "list",
+            ],
+            &[
+                "iothub", "cert", "list", "--hub", conn, "--hub-ca", "ca.pem",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Cert { hub, .. } = cli.command else {
+                panic!("{argv:?} is not cert")
+            };
+            assert_eq!(hub.hub.as_deref(), Some(conn), "{argv:?}");
+            assert_eq!(hub.hub_ca, Some(PathBuf::from("ca.pem")), "{argv:?}");
+        }
+    }
+
+    /// Every argument a user can see says what it is, positional ones included.
+    #[test]
+    fn every_argument_has_a_description() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if !arg.is_hide_set() && arg.get_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "iothub", &mut missing);
+        assert!(missing.is_empty(), "no help: {missing:?}");
+        let add = help(&["cert", "add"]);
+        assert!(
+            add.contains("<NAME>  The name the hub keeps the certificate under"),
+            "{add}"
+        );
+    }
+}

@@ -52,7 +52,8 @@ pub fn shown(v: &Value) -> String {
     iothub_hub::peer_text::escaped(&text(v)).into_owned()
 }
 
-/// The items of a list answer (`[...]`, or `{"value": [...]}` when `v` is that field).
+/// The elements of a list answer (the answer itself, or its `value` field); none when the hub
+/// sent something else, so text output prints an empty list rather than failing.
 pub fn items(v: &Value) -> Vec<Value> {
     v.as_array().cloned().unwrap_or_default()
 }
