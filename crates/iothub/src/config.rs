@@ -175,6 +175,11 @@ pub fn parse_duration(text: &str) -> Result<i64> {
     parse_duration_max(text, 30 * 24 * 3600)
 }
 
+/// Parses how long telemetry is kept: up to ten years, so days are allowed too.
+fn parse_retention(text: &str) -> Result<i64> {
+    parse_duration_max(text, 3650 * 86400)
+}
+
 /// Parses a duration with units s, m, h or d, from 1 second to `max` seconds.
 pub fn parse_duration_max(text: &str, max: i64) -> Result<i64> {
     let t = text.trim();
@@ -202,239 +207,317 @@ pub fn parse_duration_max(text: &str, max: i64) -> Result<i64> {
     Ok(secs)
 }
 
-impl ServeConfig {
-    /// Merges flags/environment, the TOML file and defaults.
-    pub fn resolve(data_flag: Option<&Path>, args: &ServeArgs) -> Result<ServeConfig> {
-        let file = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| {
-                    format!("cannot read the configuration file {}", path.display())
-                })?;
-                toml::from_str::<FileConfig>(&text).with_context(|| {
-                    format!("the configuration file {} is invalid", path.display())
-                })?
-            }
-            None => FileConfig::default(),
-        };
-        let code_lifetime = match (&args.code_lifetime, &file.code_lifetime) {
-            (Some(flag), _) => parse_duration(flag).context("--code-lifetime")?,
-            (None, Some(toml::Value::Integer(n))) => parse_duration(&n.to_string()).context("code_lifetime")?,
-            (None, Some(toml::Value::String(s))) => parse_duration(s).context("code_lifetime")?,
-            (None, Some(other)) => bail!("code_lifetime in the configuration file is {other:?}; expected a number of seconds or a string such as \"1h\""),
-            (None, None) => iothub_pki::pop::DEFAULT_CODE_LIFETIME_SECS,
-        };
-        let telemetry_retention = match (&args.telemetry_retention, &file.telemetry_retention) {
-            (Some(flag), _) => parse_duration_max(flag, 3650 * 86400).context("--telemetry-retention")?,
-            (None, Some(toml::Value::Integer(n))) => parse_duration_max(&n.to_string(), 3650 * 86400).context("telemetry_retention")?,
-            (None, Some(toml::Value::String(s))) => parse_duration_max(s, 3650 * 86400).context("telemetry_retention")?,
-            (None, Some(other)) => bail!("telemetry_retention in the configuration file is {other:?}; expected seconds or a string such as \"7d\""),
-            (None, None) => 7 * 86400,
-        };
-        let hostnames = if !args.hostnames.is_empty() {
-            args.hostnames.clone()
-        } else {
-            file.hostnames.unwrap_or_default()
-        };
-        for h in &hostnames {
-            if h.is_empty()
-                || h.len() > 253
-                || !h
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'))
-            {
-                bail!("--hostname '{h}' is not a host name or IP address");
-            }
+/// The precedence rule of every setting, written once: the flag (clap has already put its
+/// `IOTHUB_*` variable there when the flag is absent) over the file over the default.
+fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
+    flag.or(file).unwrap_or(default)
+}
+
+/// A duration the file may give as a number of seconds or as text (`code_lifetime`,
+/// `telemetry_retention`); errors name the flag, or the file's key when the value came from there.
+struct FileDuration {
+    flag: &'static str,
+    key: &'static str,
+    parse: fn(&str) -> Result<i64>,
+    default_secs: i64,
+    /// How the file's value should look, for the error about a value of the wrong type.
+    expected: &'static str,
+}
+
+impl FileDuration {
+    fn resolve(&self, flag: Option<&str>, file: Option<&toml::Value>) -> Result<i64> {
+        let parse = self.parse;
+        match (flag, file) {
+            (Some(flag), _) => parse(flag).context(self.flag),
+            (None, Some(toml::Value::Integer(n))) => parse(&n.to_string()).context(self.key),
+            (None, Some(toml::Value::String(s))) => parse(s).context(self.key),
+            (None, Some(other)) => bail!(
+                "{} in the configuration file is {other:?}; expected {}",
+                self.key,
+                self.expected
+            ),
+            (None, None) => Ok(self.default_secs),
         }
-        let config = ServeConfig {
-            data: data_flag
-                .map(Path::to_path_buf)
-                .or(file.data)
-                .unwrap_or_else(|| PathBuf::from("./data")),
-            https: args
-                .https
-                .or(file.https)
-                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8443))),
-            mqtt: args
-                .mqtt
-                .or(file.mqtt)
-                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8883))),
-            hostnames,
-            name: args
-                .name
-                .clone()
-                .or(file.name)
-                .unwrap_or_else(|| "iothub".into()),
-            code_lifetime_secs: code_lifetime,
-            ca_limit: args
-                .ca_limit
-                .or(file.ca_limit)
-                .unwrap_or(iothub_pki::pop::DEFAULT_CA_LIMIT),
-            allow_verify_on_upload: args
-                .allow_verify_on_upload
-                .or(file.allow_verify_on_upload)
-                .unwrap_or(false),
-            max_request_bytes: args
-                .max_request_bytes
-                .or(file.max_request_bytes)
-                .unwrap_or(256 * 1024),
-            max_certificate_bytes: args
-                .max_certificate_bytes
-                .or(file.max_certificate_bytes)
-                .unwrap_or(iothub_pki::DEFAULT_MAX_CERTIFICATE_BYTES),
-            max_connections: args
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(1024),
-            max_device_connections: args
-                .max_device_connections
-                .or(file.max_device_connections)
-                .unwrap_or(10_000),
-            max_message_bytes: args
-                .max_message_bytes
-                .or(file.max_message_bytes)
-                .unwrap_or(256 * 1024),
-            device_limit: args.device_limit.or(file.device_limit).unwrap_or(1_000_000),
-            c2d_max_pending: args.c2d_max_pending.or(file.c2d_max_pending).unwrap_or(50),
-            telemetry_retention_secs: telemetry_retention,
-            auth_failure_limit: args
-                .auth_failure_limit
-                .or(file.auth_failure_limit)
-                .unwrap_or(300),
-            mqtt_refusal_limit: args
-                .mqtt_refusal_limit
-                .or(file.mqtt_refusal_limit)
-                .unwrap_or(iothub_hub::DEFAULT_MQTT_REFUSAL_LIMIT),
-            handshake_timeout_secs: match args
-                .handshake_timeout
-                .as_ref()
-                .or(file.handshake_timeout.as_ref())
-            {
-                Some(text) => parse_duration_max(text, 300).context("--handshake-timeout")?,
-                None => 10,
-            },
-            max_chain_length: args.max_chain_length.or(file.max_chain_length).unwrap_or(8),
-            max_inflight: args.max_inflight.or(file.max_inflight).unwrap_or(10),
-            max_unacked_telemetry: args
-                .max_unacked_telemetry
-                .or(file.max_unacked_telemetry)
-                .unwrap_or(64),
-            max_keep_alive: {
-                let secs = args.max_keep_alive.or(file.max_keep_alive).unwrap_or(1177);
-                match u16::try_from(secs) {
-                    Ok(secs) if secs >= 1 => secs,
-                    _ => bail!("--max-keep-alive is {secs}; expected 1 to 65535 seconds"),
-                }
-            },
-            chain_cache_entries: args
-                .chain_cache_entries
-                .or(file.chain_cache_entries)
-                .unwrap_or(100_000),
-            device_cache_entries: args
-                .device_cache_entries
-                .or(file.device_cache_entries)
-                .unwrap_or(100_000),
-            portal_link_lifetime_secs: match args
-                .portal_link_lifetime
-                .as_ref()
-                .or(file.portal_link_lifetime.as_ref())
-            {
-                Some(text) => {
-                    parse_duration_max(text, 24 * 3600).context("--portal-link-lifetime")?
-                }
-                None => 15 * 60,
-            },
+    }
+}
+
+const CODE_LIFETIME: FileDuration = FileDuration {
+    flag: "--code-lifetime",
+    key: "code_lifetime",
+    parse: parse_duration,
+    default_secs: iothub_pki::pop::DEFAULT_CODE_LIFETIME_SECS,
+    expected: "a number of seconds or a string such as \"1h\"",
+};
+
+const TELEMETRY_RETENTION: FileDuration = FileDuration {
+    flag: "--telemetry-retention",
+    key: "telemetry_retention",
+    parse: parse_retention,
+    default_secs: 7 * 86400,
+    expected: "seconds or a string such as \"7d\"",
+};
+
+/// A duration given as text by the flag or the file alike; errors name the flag.
+fn text_duration(
+    flag: Option<&String>,
+    file: Option<&String>,
+    max_secs: i64,
+    default_secs: i64,
+    name: &'static str,
+) -> Result<i64> {
+    match flag.or(file) {
+        Some(text) => parse_duration_max(text, max_secs).context(name),
+        None => Ok(default_secs),
+    }
+}
+
+impl FileConfig {
+    /// The `--config` file, or no settings at all without one.
+    fn read(path: Option<&Path>) -> Result<FileConfig> {
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
         };
-        if config.ca_limit == 0 {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+        toml::from_str::<FileConfig>(&text)
+            .with_context(|| format!("the configuration file {} is invalid", path.display()))
+    }
+}
+
+/// The names clients use for the hub: each must be a host name or an IP address, since it goes
+/// into the server certificate and the connection string.
+fn hostnames(args: &ServeArgs, file: &FileConfig) -> Result<Vec<String>> {
+    let hostnames = if !args.hostnames.is_empty() {
+        args.hostnames.clone()
+    } else {
+        file.hostnames.clone().unwrap_or_default()
+    };
+    for h in &hostnames {
+        if h.is_empty()
+            || h.len() > 253
+            || !h
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'))
+        {
+            bail!("--hostname '{h}' is not a host name or IP address");
+        }
+    }
+    Ok(hostnames)
+}
+
+/// MQTT's keep-alive is a 16-bit number of seconds; 0 would mean "never time out".
+fn keep_alive(secs: u32) -> Result<u16> {
+    match u16::try_from(secs) {
+        Ok(secs) if secs >= 1 => Ok(secs),
+        _ => bail!("--max-keep-alive is {secs}; expected 1 to 65535 seconds"),
+    }
+}
+
+impl ServeConfig {
+    /// Merges flags/environment, the TOML file and defaults, then checks every value.
+    pub fn resolve(data_flag: Option<&Path>, args: &ServeArgs) -> Result<ServeConfig> {
+        let file = FileConfig::read(args.config.as_deref())?;
+        let code_lifetime_secs =
+            CODE_LIFETIME.resolve(args.code_lifetime.as_deref(), file.code_lifetime.as_ref())?;
+        let telemetry_retention_secs = TELEMETRY_RETENTION.resolve(
+            args.telemetry_retention.as_deref(),
+            file.telemetry_retention.as_ref(),
+        )?;
+        let hostnames = hostnames(args, &file)?;
+        let handshake_timeout_secs = text_duration(
+            args.handshake_timeout.as_ref(),
+            file.handshake_timeout.as_ref(),
+            300,
+            10,
+            "--handshake-timeout",
+        )?;
+        let max_keep_alive = keep_alive(pick(args.max_keep_alive, file.max_keep_alive, 1177))?;
+        let portal_link_lifetime_secs = text_duration(
+            args.portal_link_lifetime.as_ref(),
+            file.portal_link_lifetime.as_ref(),
+            24 * 3600,
+            15 * 60,
+            "--portal-link-lifetime",
+        )?;
+        let config = ServeConfig {
+            // Listeners and the hub's identity.
+            data: pick(
+                data_flag.map(Path::to_path_buf),
+                file.data,
+                PathBuf::from("./data"),
+            ),
+            https: pick(
+                args.https,
+                file.https,
+                SocketAddr::from(([0, 0, 0, 0], 8443)),
+            ),
+            mqtt: pick(args.mqtt, file.mqtt, SocketAddr::from(([0, 0, 0, 0], 8883))),
+            hostnames,
+            name: pick(args.name.clone(), file.name, "iothub".into()),
+            // Certificates and proof of possession.
+            code_lifetime_secs,
+            ca_limit: pick(
+                args.ca_limit,
+                file.ca_limit,
+                iothub_pki::pop::DEFAULT_CA_LIMIT,
+            ),
+            allow_verify_on_upload: pick(
+                args.allow_verify_on_upload,
+                file.allow_verify_on_upload,
+                false,
+            ),
+            max_certificate_bytes: pick(
+                args.max_certificate_bytes,
+                file.max_certificate_bytes,
+                iothub_pki::DEFAULT_MAX_CERTIFICATE_BYTES,
+            ),
+            max_chain_length: pick(args.max_chain_length, file.max_chain_length, 8),
+            chain_cache_entries: pick(args.chain_cache_entries, file.chain_cache_entries, 100_000),
+            // Connections and requests.
+            max_request_bytes: pick(args.max_request_bytes, file.max_request_bytes, 256 * 1024),
+            max_connections: pick(args.max_connections, file.max_connections, 1024),
+            max_device_connections: pick(
+                args.max_device_connections,
+                file.max_device_connections,
+                10_000,
+            ),
+            max_message_bytes: pick(args.max_message_bytes, file.max_message_bytes, 256 * 1024),
+            auth_failure_limit: pick(args.auth_failure_limit, file.auth_failure_limit, 300),
+            mqtt_refusal_limit: pick(
+                args.mqtt_refusal_limit,
+                file.mqtt_refusal_limit,
+                iothub_hub::DEFAULT_MQTT_REFUSAL_LIMIT,
+            ),
+            handshake_timeout_secs,
+            max_inflight: pick(args.max_inflight, file.max_inflight, 10),
+            max_unacked_telemetry: pick(args.max_unacked_telemetry, file.max_unacked_telemetry, 64),
+            max_keep_alive,
+            // Devices and their messages.
+            device_limit: pick(args.device_limit, file.device_limit, 1_000_000),
+            c2d_max_pending: pick(args.c2d_max_pending, file.c2d_max_pending, 50),
+            telemetry_retention_secs,
+            device_cache_entries: pick(
+                args.device_cache_entries,
+                file.device_cache_entries,
+                100_000,
+            ),
+            // The portal.
+            portal_link_lifetime_secs,
+        };
+        config.check_certificate_limits()?;
+        config.check_connection_limits()?;
+        config.check_device_limits()?;
+        config.check_name()?;
+        Ok(config)
+    }
+
+    fn check_certificate_limits(&self) -> Result<()> {
+        if self.ca_limit == 0 {
             bail!("--ca-limit must be at least 1");
         }
-        if config.max_certificate_bytes < 1024 || config.max_certificate_bytes > 16 * 1024 * 1024 {
+        if self.max_certificate_bytes < 1024 || self.max_certificate_bytes > 16 * 1024 * 1024 {
             bail!(
                 "--max-certificate-bytes is {}; expected 1024 to 16777216",
-                config.max_certificate_bytes
+                self.max_certificate_bytes
             );
         }
-        if config.max_request_bytes < config.max_certificate_bytes {
+        // A certificate arrives inside a request body.
+        if self.max_request_bytes < self.max_certificate_bytes {
             bail!(
                 "--max-request-bytes ({}) must be at least --max-certificate-bytes ({})",
-                config.max_request_bytes,
-                config.max_certificate_bytes
+                self.max_request_bytes,
+                self.max_certificate_bytes
             );
         }
+        Ok(())
+    }
+
+    fn check_connection_limits(&self) -> Result<()> {
         // Upper bounds: a connection needs a file descriptor, so far more than a million is a
         // typo; and the connection semaphores cannot count past u32 permits.
-        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&config.max_connections) {
+        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&self.max_connections) {
             bail!(
                 "--max-connections is {}; expected 1 to {MAX_CONNECTIONS_LIMIT}",
-                config.max_connections
+                self.max_connections
             );
         }
-        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&config.max_device_connections) {
+        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&self.max_device_connections) {
             bail!(
                 "--max-device-connections is {}; expected 1 to {MAX_CONNECTIONS_LIMIT}",
-                config.max_device_connections
+                self.max_device_connections
             );
         }
-        if !(1..=16 * 1024 * 1024).contains(&config.max_message_bytes) {
+        if !(1..=16 * 1024 * 1024).contains(&self.max_message_bytes) {
             bail!(
                 "--max-message-bytes is {}; expected 1 to 16777216",
-                config.max_message_bytes
+                self.max_message_bytes
             );
         }
-        if config.auth_failure_limit == 0 {
+        if self.auth_failure_limit == 0 {
             bail!("--auth-failure-limit must be at least 1");
         }
-        if config.mqtt_refusal_limit > MAX_REFUSAL_LIMIT {
+        if self.mqtt_refusal_limit > MAX_REFUSAL_LIMIT {
             bail!(
                 "--mqtt-refusal-limit is {}; expected 0 (never close) to {MAX_REFUSAL_LIMIT}",
-                config.mqtt_refusal_limit
+                self.mqtt_refusal_limit
             );
         }
-        if !(1..=32).contains(&config.max_chain_length) {
+        Ok(())
+    }
+
+    fn check_device_limits(&self) -> Result<()> {
+        if !(1..=32).contains(&self.max_chain_length) {
             bail!(
                 "--max-chain-length is {}; expected 1 to 32",
-                config.max_chain_length
+                self.max_chain_length
             );
         }
-        if !(1..=1000).contains(&config.max_inflight) {
+        if !(1..=1000).contains(&self.max_inflight) {
             bail!(
                 "--max-inflight is {}; expected 1 to 1000",
-                config.max_inflight
+                self.max_inflight
             );
         }
-        if !(1..=10_000).contains(&config.max_unacked_telemetry) {
+        if !(1..=10_000).contains(&self.max_unacked_telemetry) {
             bail!(
                 "--max-unacked-telemetry is {}; expected 1 to 10000",
-                config.max_unacked_telemetry
+                self.max_unacked_telemetry
             );
         }
-        if config.chain_cache_entries > 10_000_000 {
+        if self.chain_cache_entries > 10_000_000 {
             bail!(
                 "--chain-cache-entries is {}; expected 0 to 10000000",
-                config.chain_cache_entries
+                self.chain_cache_entries
             );
         }
-        if config.device_cache_entries > 10_000_000 {
+        if self.device_cache_entries > 10_000_000 {
             bail!(
                 "--device-cache-entries is {}; expected 0 to 10000000",
-                config.device_cache_entries
+                self.device_cache_entries
             );
         }
-        if config.device_limit == 0 {
+        if self.device_limit == 0 {
             bail!("--device-limit must be at least 1");
         }
-        if !(1..=10_000).contains(&config.c2d_max_pending) {
+        if !(1..=10_000).contains(&self.c2d_max_pending) {
             bail!(
                 "--c2d-max-pending is {}; expected 1 to 10000",
-                config.c2d_max_pending
+                self.c2d_max_pending
             );
         }
-        if iothub_pki::pop::validate_ca_name(&config.name).is_err() {
+        Ok(())
+    }
+
+    /// The hub's name is used as a resource name (ARM routes), so it follows the same rule as
+    /// certificate names.
+    fn check_name(&self) -> Result<()> {
+        if iothub_pki::pop::validate_ca_name(&self.name).is_err() {
             bail!(
                 "--name '{}' is invalid: expected 1 to 64 letters, digits, '-', '.' or '_'",
-                config.name
+                self.name
             );
         }
-        Ok(config)
+        Ok(())
     }
 }
 

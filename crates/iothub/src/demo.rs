@@ -11,9 +11,9 @@ use anyhow::{bail, Context, Result};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::client::{ApiClient, HubTarget};
 use iothub_client::layout;
 use iothub_client::mqtt::{Connected, MqttClient};
+use iothub_client::{ApiClient, HubTarget};
 
 struct Hub {
     child: Child,
@@ -37,8 +37,14 @@ fn done(detail: impl std::fmt::Display) {
     println!("     ok: {detail}");
 }
 
-/// Starts `iothub serve` on loopback ports in `data`, returning the child and the two addresses.
-fn start_hub(data: &Path) -> Result<(Hub, std::net::SocketAddr)> {
+/// Where the demo's hub listens, as it reported.
+struct Listening {
+    https: std::net::SocketAddr,
+    mqtt: std::net::SocketAddr,
+}
+
+/// Starts `iothub serve` on loopback ports in `data`, returning the child and its two addresses.
+fn start_hub(data: &Path) -> Result<(Hub, Listening)> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .arg("--data")
@@ -51,20 +57,23 @@ fn start_hub(data: &Path) -> Result<(Hub, std::net::SocketAddr)> {
         .context("cannot start the hub")?;
     let stdout = child.stdout.take().context("no hub stdout")?;
     let hub = Hub { child };
-    let mut mqtt = None;
+    let (mut mqtt, mut https) = (None, None);
+    // The hub reports MQTT first and HTTPS last, when it is ready to serve.
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         if let Some(a) = line.strip_prefix("mqtt listening on ") {
             mqtt = Some(a.parse()?);
         }
-        if line.starts_with("https listening on ") {
+        if let Some(a) = line.strip_prefix("https listening on ") {
+            https = Some(a.parse()?);
             break;
         }
     }
-    Ok((
-        hub,
-        mqtt.context("the hub did not report its MQTT address")?,
-    ))
+    let listening = Listening {
+        https: https.context("the hub did not report its HTTPS address")?,
+        mqtt: mqtt.context("the hub did not report its MQTT address")?,
+    };
+    Ok((hub, listening))
 }
 
 pub fn run() -> Result<()> {
@@ -88,9 +97,11 @@ fn run_in(dir: &Path) -> Result<()> {
         "Start a hub with a fresh data directory (TLS identity and owner credential are created)",
         "iothub serve --data ./data",
     );
-    let (_hub, mqtt_addr) = start_hub(&data)?;
+    let (_hub, listening) = start_hub(&data)?;
     done(format!(
-        "HTTPS API and MQTT on {mqtt_addr} (hub CA: data/{})",
+        "HTTPS API on {}, MQTT on {} (hub CA: data/{})",
+        listening.https,
+        listening.mqtt,
         layout::HUB_CA
     ));
     let target = HubTarget {
@@ -105,7 +116,7 @@ fn run_in(dir: &Path) -> Result<()> {
         rt: tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?,
-        mqtt_addr,
+        mqtt_addr: listening.mqtt,
         ca_pem: std::fs::read(data.join(layout::HUB_CA))?,
     };
     let issuer = story.prove_root()?;

@@ -8,7 +8,7 @@
 //! names are `iothub_client::layout`'s, which the CLI reads too.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -145,145 +145,25 @@ pub fn connection_string(host: &str, port: u16, policy: &str, key: &str) -> Stri
 }
 
 pub async fn run(config: ServeConfig) -> Result<()> {
-    let data: PathBuf = config.data.clone();
-    create_private_dir(&data)?;
-    let tls_dir = data.join(layout::TLS_DIR);
-    // Owner-only, like the data directory: it holds the hub CA's and the server's keys.
-    create_private_dir(&tls_dir)?;
-
-    // The database holds policy keys: create it owner-only before SQLite opens it (SQLite gives its
-    // -wal and -shm files the database file's mode).
-    let db_path = data.join(layout::DATABASE);
-    if !db_path.exists() {
-        write_atomic(&db_path, b"", 0o600)?;
-    }
-    std::fs::set_permissions(
-        &db_path,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )?;
-    let store = SqliteStore::open(&db_path)
-        .with_context(|| format!("cannot open the database in {}", data.display()))?;
     let names = hub_names(&config);
-    let hub = Hub::new(
-        Arc::new(store),
-        HubConfig {
-            code_lifetime_secs: config.code_lifetime_secs,
-            ca_limit: config.ca_limit,
-            allow_verify_on_upload: config.allow_verify_on_upload,
-            max_certificate_bytes: config.max_certificate_bytes,
-            host_names: names.clone(),
-            device_limit: config.device_limit,
-            c2d_max_pending: config.c2d_max_pending,
-            telemetry_retention_secs: config.telemetry_retention_secs,
-            hub_name: config.name.clone(),
-            max_chain_len: config.max_chain_length,
-            chain_cache_entries: config.chain_cache_entries,
-            device_cache_entries: config.device_cache_entries,
-            mqtt_refusal_limit: config.mqtt_refusal_limit,
-            ..HubConfig::default()
-        },
-        Arc::new(SystemClock),
-    )?;
-    let new_owner = hub.ensure_default_policies()?;
-    let identity = server_identity(&data, &names)?;
+    let (hub, new_owner) = open_hub(&config, &names)?;
+    let identity = server_identity(&config.data, &names)?;
     let tls = api_tls(&identity)?;
     let device_tls =
         iothub_gateway::server_config(identity.chain.clone(), identity.key.clone_key())?;
-
-    let listener = tokio::net::TcpListener::bind(config.https)
-        .await
-        .with_context(|| format!("cannot listen on {} (--https)", config.https))?;
-    let https_addr: SocketAddr = listener.local_addr()?;
-    let mqtt_listener = tokio::net::TcpListener::bind(config.mqtt)
-        .await
-        .with_context(|| format!("cannot listen on {} (--mqtt)", config.mqtt))?;
-    let mqtt_addr: SocketAddr = mqtt_listener.local_addr()?;
-
-    let owner = hub.owner_policy()?;
-    let conn_str = connection_string(
-        &connect_host(&config),
-        https_addr.port(),
-        &owner.name,
-        &owner.primary_key,
-    );
-    write_atomic(
-        &data.join(layout::CONNECTION_STRING),
-        format!("{conn_str}\n").as_bytes(),
-        0o600,
-    )?;
-    // Nothing secret goes to stdout by default: stdout usually ends up in a log (journal,
-    // container logs), and whoever reads a login link or the owner key there holds the hub.
-    if new_owner.is_some() {
-        status!(
-            "owner connection string written to {} (mode 0600; 'iothub connection-string' prints it)",
-            data.join(layout::CONNECTION_STRING).display()
-        );
-    }
-    status!(
-        "hub TLS CA certificate: {}",
-        data.join(layout::HUB_CA).display()
-    );
-    let portal = Arc::new(iothub_api::PortalState::new(iothub_api::PortalLimits {
-        link_lifetime: std::time::Duration::from_secs(config.portal_link_lifetime_secs as u64),
-        ..Default::default()
-    }));
-    let port_part = if https_addr.port() == 443 {
-        String::new()
-    } else {
-        format!(":{}", https_addr.port())
-    };
-    let portal_url = format!("https://{}{port_part}/portal", connect_host(&config));
-    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        // An operator watching the terminal gets a link to click; it is single use.
-        status!(
-            "portal (single-use login link, valid {} s; 'iothub portal-link' makes another):\n  {portal_url}/login?token={}",
-            config.portal_link_lifetime_secs,
-            portal.new_link_token()
-        );
-    } else {
-        status!("portal: {portal_url} (sign in with a link from 'iothub portal-link')");
-    }
-    status!("mqtt listening on {mqtt_addr}");
-    status!("https listening on {https_addr}");
-    tracing::info!(%https_addr, %mqtt_addr, hub = %config.name, "iothub serving");
+    let listeners = Listeners::bind(&config).await?;
+    let portal = announce(&config, &hub, &listeners, new_owner)?;
 
     // One shutdown signal for every listener.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let gateway = tokio::spawn(iothub_gateway::serve(
-        mqtt_listener,
+        listeners.mqtt,
         device_tls,
         hub.clone(),
-        iothub_gateway::GatewayLimits {
-            max_connections: config.max_device_connections,
-            max_message_bytes: config.max_message_bytes,
-            max_inflight: config.max_inflight,
-            max_unacked_telemetry: config.max_unacked_telemetry,
-            max_keep_alive: config.max_keep_alive,
-            handshake_timeout: std::time::Duration::from_secs(config.handshake_timeout_secs as u64),
-            ..Default::default()
-        },
+        gateway_limits(&config),
         stopped(stop_rx.clone()),
     ));
-    let pruner = {
-        let hub = hub.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
-            loop {
-                every.tick().await;
-                let hub = hub.clone();
-                match tokio::task::spawn_blocking(move || hub.prune_telemetry()).await {
-                    Ok(Ok(n)) if n > 0 => {
-                        tracing::info!(pruned = n, "telemetry past retention deleted")
-                    }
-                    Ok(Err(e)) => tracing::warn!(error = %e, "telemetry pruning failed"),
-                    _ => {}
-                }
-            }
-        })
-    };
+    let pruner = spawn_pruner(hub.clone());
     let flush_hub = hub.clone();
     let router = iothub_api::router(
         hub,
@@ -294,7 +174,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         portal,
     );
     let api = tokio::spawn(iothub_api::serve_tls(
-        listener,
+        listeners.https,
         tls,
         router,
         iothub_api::ServerLimits {
@@ -313,6 +193,173 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     flush_hub.flush_activity();
     status!("iothub stopped");
     Ok(())
+}
+
+/// Creates the data directory (owner-only) and opens the store and the hub over it, answering to
+/// `names`; true when this start created the owner policy.
+fn open_hub(config: &ServeConfig, names: &[String]) -> Result<(Hub, bool)> {
+    let data = &config.data;
+    create_private_dir(data)?;
+    // Owner-only, like the data directory: it holds the hub CA's and the server's keys.
+    create_private_dir(&data.join(layout::TLS_DIR))?;
+
+    // The database holds policy keys: create it owner-only before SQLite opens it (SQLite gives its
+    // -wal and -shm files the database file's mode).
+    let db_path = data.join(layout::DATABASE);
+    if !db_path.exists() {
+        write_atomic(&db_path, b"", 0o600)?;
+    }
+    std::fs::set_permissions(
+        &db_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    let store = SqliteStore::open(&db_path)
+        .with_context(|| format!("cannot open the database in {}", data.display()))?;
+    let hub = Hub::new(
+        Arc::new(store),
+        HubConfig {
+            code_lifetime_secs: config.code_lifetime_secs,
+            ca_limit: config.ca_limit,
+            allow_verify_on_upload: config.allow_verify_on_upload,
+            max_certificate_bytes: config.max_certificate_bytes,
+            host_names: names.to_vec(),
+            device_limit: config.device_limit,
+            c2d_max_pending: config.c2d_max_pending,
+            telemetry_retention_secs: config.telemetry_retention_secs,
+            hub_name: config.name.clone(),
+            max_chain_len: config.max_chain_length,
+            chain_cache_entries: config.chain_cache_entries,
+            device_cache_entries: config.device_cache_entries,
+            mqtt_refusal_limit: config.mqtt_refusal_limit,
+            ..HubConfig::default()
+        },
+        Arc::new(SystemClock),
+    )?;
+    let new_owner = hub.ensure_default_policies()?.is_some();
+    Ok((hub, new_owner))
+}
+
+/// The two listening sockets, bound before anything is announced so that the printed addresses
+/// (port 0 resolved) are the real ones.
+struct Listeners {
+    https: tokio::net::TcpListener,
+    https_addr: SocketAddr,
+    mqtt: tokio::net::TcpListener,
+    mqtt_addr: SocketAddr,
+}
+
+impl Listeners {
+    async fn bind(config: &ServeConfig) -> Result<Listeners> {
+        let https = tokio::net::TcpListener::bind(config.https)
+            .await
+            .with_context(|| format!("cannot listen on {} (--https)", config.https))?;
+        let https_addr = https.local_addr()?;
+        let mqtt = tokio::net::TcpListener::bind(config.mqtt)
+            .await
+            .with_context(|| format!("cannot listen on {} (--mqtt)", config.mqtt))?;
+        let mqtt_addr = mqtt.local_addr()?;
+        Ok(Listeners {
+            https,
+            https_addr,
+            mqtt,
+            mqtt_addr,
+        })
+    }
+}
+
+/// Writes the owner connection string for the bound port and tells the operator where things
+/// are; the portal's memory is made here because a terminal gets a first login link from it.
+fn announce(
+    config: &ServeConfig,
+    hub: &Hub,
+    listeners: &Listeners,
+    new_owner: bool,
+) -> Result<Arc<iothub_api::PortalState>> {
+    let data = &config.data;
+    let (https_addr, mqtt_addr) = (listeners.https_addr, listeners.mqtt_addr);
+    let owner = hub.owner_policy()?;
+    let conn_str = connection_string(
+        &connect_host(config),
+        https_addr.port(),
+        &owner.name,
+        &owner.primary_key,
+    );
+    write_atomic(
+        &data.join(layout::CONNECTION_STRING),
+        format!("{conn_str}\n").as_bytes(),
+        0o600,
+    )?;
+    // Nothing secret goes to stdout by default: stdout usually ends up in a log (journal,
+    // container logs), and whoever reads a login link or the owner key there holds the hub.
+    if new_owner {
+        status!(
+            "owner connection string written to {} (mode 0600; 'iothub connection-string' prints it)",
+            data.join(layout::CONNECTION_STRING).display()
+        );
+    }
+    status!(
+        "hub TLS CA certificate: {}",
+        data.join(layout::HUB_CA).display()
+    );
+    let portal = Arc::new(iothub_api::PortalState::new(iothub_api::PortalLimits {
+        link_lifetime: std::time::Duration::from_secs(config.portal_link_lifetime_secs as u64),
+        ..Default::default()
+    }));
+    let port_part = if https_addr.port() == 443 {
+        String::new()
+    } else {
+        format!(":{}", https_addr.port())
+    };
+    let portal_url = format!("https://{}{port_part}/portal", connect_host(config));
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        // An operator watching the terminal gets a link to click; it is single use.
+        status!(
+            "portal (single-use login link, valid {} s; 'iothub portal-link' makes another):\n  {portal_url}/login?token={}",
+            config.portal_link_lifetime_secs,
+            portal.new_link_token()
+        );
+    } else {
+        status!("portal: {portal_url} (sign in with a link from 'iothub portal-link')");
+    }
+    status!("mqtt listening on {mqtt_addr}");
+    status!("https listening on {https_addr}");
+    tracing::info!(%https_addr, %mqtt_addr, hub = %config.name, "iothub serving");
+    Ok(portal)
+}
+
+/// Resolves when the shutdown signal is raised.
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn gateway_limits(config: &ServeConfig) -> iothub_gateway::GatewayLimits {
+    iothub_gateway::GatewayLimits {
+        max_connections: config.max_device_connections,
+        max_message_bytes: config.max_message_bytes,
+        max_inflight: config.max_inflight,
+        max_unacked_telemetry: config.max_unacked_telemetry,
+        max_keep_alive: config.max_keep_alive,
+        handshake_timeout: std::time::Duration::from_secs(config.handshake_timeout_secs as u64),
+        ..Default::default()
+    }
+}
+
+/// Deletes telemetry past its retention once a minute, on a blocking thread (it is a store write).
+fn spawn_pruner(hub: Hub) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            let hub = hub.clone();
+            match tokio::task::spawn_blocking(move || hub.prune_telemetry()).await {
+                Ok(Ok(n)) if n > 0 => {
+                    tracing::info!(pruned = n, "telemetry past retention deleted")
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "telemetry pruning failed"),
+                _ => {}
+            }
+        }
+    })
 }
 
 async fn shutdown_signal() {

@@ -9,7 +9,7 @@ use serde_json::json;
 use time::{Duration, OffsetDateTime};
 
 use crate::files::write_new;
-use crate::Output;
+use crate::output::Output;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct KeyArgs {
@@ -39,6 +39,7 @@ impl KeyArgs {
 pub enum PkiCommand {
     /// Make a root CA, or with --parent an intermediate CA: NAME.pem and NAME.key.
     Ca {
+        /// The CA's name: the files are NAME.pem and NAME.key.
         name: String,
         /// Subject CN [default: NAME].
         #[arg(long)]
@@ -46,8 +47,10 @@ pub enum PkiCommand {
         /// Sign with this CA: PARENT.pem and PARENT.key (or give --parent-cert and --parent-key).
         #[arg(long, conflicts_with_all = ["parent_cert", "parent_key"])]
         parent: Option<PathBuf>,
+        /// The signing CA's certificate (PEM), with --parent-key.
         #[arg(long, requires = "parent_key")]
         parent_cert: Option<PathBuf>,
+        /// The signing CA's private key (PEM), with --parent-cert.
         #[arg(long, requires = "parent_cert")]
         parent_key: Option<PathBuf>,
         #[command(flatten)]
@@ -58,37 +61,48 @@ pub enum PkiCommand {
         /// Directory to write into.
         #[arg(long, default_value = ".")]
         out_dir: PathBuf,
+        /// Overwrite files that already exist.
         #[arg(long)]
         force: bool,
     },
     /// Make a device certificate with CN = ID and the clientAuth usage, signed by a CA: ID.pem
     /// (leaf followed by the CA chain) and ID.key.
     Device {
+        /// The device id: the certificate's CN, and the files ID.pem and ID.key.
         id: String,
+        /// The signing CA's certificate (PEM; its chain is appended to ID.pem).
         #[arg(long)]
         ca_cert: PathBuf,
+        /// The signing CA's private key (PEM).
         #[arg(long)]
         ca_key: PathBuf,
         #[command(flatten)]
         key: KeyArgs,
+        /// Validity in days.
         #[arg(long, default_value_t = 365)]
         days: i64,
+        /// Directory to write into.
         #[arg(long, default_value = ".")]
         out_dir: PathBuf,
+        /// Overwrite files that already exist.
         #[arg(long)]
         force: bool,
     },
     /// Make a verification certificate offline: CN = CODE, signed by the CA.
     VerificationCert {
+        /// The CA's certificate (PEM).
         #[arg(long)]
         ca_cert: PathBuf,
+        /// The CA's private key (PEM).
         #[arg(long)]
         ca_key: PathBuf,
+        /// The verification code the hub gave ('iothub cert code').
         #[arg(long)]
         code: String,
         /// Output file (its key goes beside it, with .key).
         #[arg(long, default_value = "verification.pem")]
         out: PathBuf,
+        /// Overwrite files that already exist.
         #[arg(long)]
         force: bool,
     },

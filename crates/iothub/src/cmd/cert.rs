@@ -1,0 +1,246 @@
+//! `iothub cert ...`: CA certificates and their proof of possession. Each subcommand is one or a
+//! few API calls; the hub decides every rule, this file only sends the request and presents the
+//! answer.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use base64::Engine as _;
+use iothub_client::{segment, ApiClient, HubTarget};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::output::{items, prop, shown, text, Output};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CertCommand {
+    /// Register a CA certificate (PEM or DER file) under NAME; it starts Unverified.
+    Add {
+        /// The name the hub keeps the certificate under.
+        name: String,
+        /// The CA certificate: PEM, or binary DER.
+        file: PathBuf,
+        /// Replace the certificate registered under NAME (resets it to Unverified, unless the
+        /// certificate is byte-for-byte the one already registered).
+        #[arg(long)]
+        replace: bool,
+        /// Ask for the CA to be Verified on upload (only if the hub allows it).
+        #[arg(long)]
+        verified: bool,
+    },
+    /// List the CA certificates.
+    List,
+    /// Show one CA certificate.
+    Show {
+        /// The certificate's name on the hub.
+        name: String,
+    },
+    /// Generate a fresh verification code; prints the code alone.
+    Code {
+        /// The certificate's name on the hub.
+        name: String,
+        /// Only if the certificate's etag is still this one.
+        #[arg(long)]
+        etag: Option<String>,
+    },
+    /// Verify proof of possession with a verification certificate (CN = the code, signed by the CA).
+    Verify {
+        /// The certificate's name on the hub.
+        name: String,
+        /// The verification certificate: PEM, or binary DER.
+        file: PathBuf,
+        /// Only if the certificate's etag is still this one.
+        #[arg(long)]
+        etag: Option<String>,
+    },
+    /// Prove possession in one step: fetch a code, sign a verification certificate locally with the
+    /// CA key (it never leaves this machine), upload it and verify.
+    Prove {
+        /// The certificate's name on the hub.
+        name: String,
+        /// The CA's private key (PKCS#8, PKCS#1 or SEC1 PEM).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Delete a CA certificate.
+    Delete {
+        /// The certificate's name on the hub.
+        name: String,
+        /// Only if the certificate's etag is still this one.
+        #[arg(long)]
+        etag: Option<String>,
+    },
+}
+
+pub fn run(target: &HubTarget, output: Output, cmd: CertCommand) -> Result<()> {
+    let api = ApiClient::connect(target)?;
+    match cmd {
+        CertCommand::Add {
+            name,
+            file,
+            replace,
+            verified,
+        } => add(&api, output, &name, &file, replace, verified),
+        CertCommand::List => list(&api, output),
+        CertCommand::Show { name } => show(&api, output, &name),
+        CertCommand::Code { name, etag } => code(&api, output, &name, etag.as_deref()),
+        CertCommand::Verify { name, file, etag } => {
+            let certificate = read_certificate_file(&file)?;
+            let v = api.call(
+                Method::POST,
+                &format!("{}/verify", cert_path(&name)),
+                etag.as_deref(),
+                Some(&json!({ "certificate": certificate })),
+            )?;
+            output.answer(&v, || println!("{}", summary(&v)))
+        }
+        CertCommand::Prove { name, key } => prove(&api, output, &name, &key),
+        CertCommand::Delete { name, etag } => {
+            api.call(Method::DELETE, &cert_path(&name), etag.as_deref(), None)?;
+            output.answer(&json!({ "deleted": name }), || println!("deleted {name}"))
+        }
+    }
+}
+
+fn cert_path(name: &str) -> String {
+    format!("/certificates/{}", segment(name))
+}
+
+/// One line about a certificate: what `add`, `verify` and `prove` answer with.
+fn summary(v: &Value) -> String {
+    format!(
+        "{}: {} (subject {}, thumbprint {}, expires {})",
+        shown(&v["name"]),
+        shown(prop(v, "status")),
+        shown(prop(v, "subject")),
+        shown(prop(v, "thumbprint")),
+        shown(prop(v, "expiry"))
+    )
+}
+
+/// Reads a certificate file: PEM text as is, binary DER as base64 (as Azure's CLI sends it).
+fn read_certificate_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
+    })
+}
+
+/// `cert add`: a new name, or with `--replace` the current etag of the name so the hub replaces
+/// exactly the certificate just read.
+fn add(
+    api: &ApiClient,
+    output: Output,
+    name: &str,
+    file: &Path,
+    replace: bool,
+    verified: bool,
+) -> Result<()> {
+    let certificate = read_certificate_file(file)?;
+    let mut properties = json!({ "certificate": certificate });
+    if verified {
+        properties["isVerified"] = json!(true);
+    }
+    let etag = if replace {
+        let current = api.call(Method::GET, &cert_path(name), None, None)?;
+        Some(text(&current["etag"]))
+    } else {
+        None
+    };
+    let v = api.call(
+        Method::PUT,
+        &cert_path(name),
+        etag.as_deref(),
+        Some(&json!({ "properties": properties })),
+    )?;
+    output.answer(&v, || println!("{}", summary(&v)))
+}
+
+fn list(api: &ApiClient, output: Output) -> Result<()> {
+    let v = api.call(Method::GET, "/certificates", None, None)?;
+    output.answer(&v, || {
+        let items = items(&v["value"]);
+        if items.is_empty() {
+            println!("no CA certificates");
+            return;
+        }
+        println!(
+            "{:<24} {:<10} {:<40} {:<29} SUBJECT",
+            "NAME", "STATUS", "THUMBPRINT", "EXPIRY"
+        );
+        for c in items {
+            println!(
+                "{:<24} {:<10} {:<40} {:<29} {}",
+                shown(&c["name"]),
+                shown(prop(&c, "status")),
+                shown(prop(&c, "thumbprint")),
+                shown(prop(&c, "expiry")),
+                shown(prop(&c, "subject"))
+            );
+        }
+    })
+}
+
+fn show(api: &ApiClient, output: Output, name: &str) -> Result<()> {
+    let v = api.call(Method::GET, &cert_path(name), None, None)?;
+    output.answer(&v, || {
+        println!("name: {}", shown(&v["name"]));
+        println!("etag: {}", shown(&v["etag"]));
+        for key in [
+            "status",
+            "subject",
+            "issuer",
+            "thumbprint",
+            "thumbprintSha256",
+            "notBefore",
+            "expiry",
+            "keyAlgorithm",
+            "isRoot",
+            "pathLengthConstraint",
+            "subjectKeyIdentifier",
+            "authorityKeyIdentifier",
+            "serialNumber",
+            "created",
+            "updated",
+            "verificationCodeExpiry",
+        ] {
+            println!("{key}: {}", shown(prop(&v, key)));
+        }
+    })
+}
+
+/// `cert code`: the code alone on stdout (so `$(iothub cert code NAME)` is the code), what to do
+/// with it on stderr.
+fn code(api: &ApiClient, output: Output, name: &str, etag: Option<&str>) -> Result<()> {
+    let v = api.call(
+        Method::POST,
+        &format!("{}/generateVerificationCode", cert_path(name)),
+        etag,
+        None,
+    )?;
+    output.answer(&v, || {
+        println!("{}", text(prop(&v, "verificationCode")));
+        eprintln!(
+            "code for '{name}' live until {}; make a certificate with subject CN=<code> signed by the CA's key, then: iothub cert verify {name} <file>",
+            shown(prop(&v, "verificationCodeExpiry"))
+        );
+    })
+}
+
+/// `cert prove`: the whole proof of possession in one step, the key staying on this machine.
+fn prove(api: &ApiClient, output: Output, name: &str, key_path: &Path) -> Result<()> {
+    let key_pem = std::fs::read_to_string(key_path)
+        .with_context(|| format!("cannot read {}", key_path.display()))?;
+    let current = api.call(Method::GET, &cert_path(name), None, None)?;
+    let ca_pem = text(prop(&current, "certificate"));
+    // Check the key against the CA before changing anything on the hub.
+    let issuer = iothub_pki::gen::CaIssuer::from_pem(&ca_pem, &key_pem).with_context(|| {
+        format!(
+            "{} cannot sign for certificate '{name}'",
+            key_path.display()
+        )
+    })?;
+    let v = iothub_client::proof::prove_with(api, name, &ca_pem, &text(&current["etag"]), &issuer)?;
+    output.answer(&v, || println!("{}", summary(&v)))
+}
