@@ -194,7 +194,7 @@ impl Hub {
         let activity = self.device_activity(&record.device_id)?;
         let connected = self.is_connected(&record.device_id);
         let c2d_queued = self
-            .store
+            .store()
             .count_pending_c2d(&record.device_id, self.now())?;
         Ok(DeviceView {
             etag: encode_etag(record.etag),
@@ -224,7 +224,7 @@ impl Hub {
         self.authorize(who, Right::RegistryRead, "read devices", &target(id))?;
         validate_device_id(id)?;
         let record = self
-            .store
+            .store()
             .get_device(id)?
             .ok_or_else(|| HubError::DeviceNotFound(id.to_string()))?;
         self.device_view(record)
@@ -238,7 +238,7 @@ impl Hub {
         limit: u32,
     ) -> Result<Vec<DeviceView>, HubError> {
         self.authorize(who, Right::RegistryRead, "list devices", "devices")?;
-        self.store
+        self.store()
             .list_devices(after, limit.clamp(1, 1000))?
             .into_iter()
             .map(|r| self.device_view(r))
@@ -266,7 +266,7 @@ impl Hub {
                 Ok(WritePlan {
                     created: true,
                     expect: Expect::Absent {
-                        limit: self.config.device_limit,
+                        limit: self.config().device_limit,
                     },
                     generation_id,
                     created_at: now,
@@ -318,7 +318,7 @@ impl Hub {
             let status = request.checked_status()?;
             let auth = request.auth()?;
             let now = self.now();
-            let existing = self.store.get_device(id)?;
+            let existing = self.store().get_device(id)?;
             let plan = self.write_plan(id, existing.as_ref(), if_match, &status, now)?;
             let created = plan.created;
             let expect = plan.expect;
@@ -331,9 +331,9 @@ impl Hub {
                 auth.type_name()
             );
             let audit = self.audit_entry(who, ACTION, &target(id), &Ok(detail));
-            let written = self.store.write_device(&record, expect, &audit);
+            let written = self.store().write_device(&record, expect, &audit);
             // Whatever the store answered (an error may follow a commit), CONNECT re-reads it.
-            self.device_cache.forget(id);
+            self.device_cache().forget(id);
             let stored = written.map_err(|e| Self::device_store_error(id, e, if_match))?;
             if !created {
                 self.revalidate_device_sessions(id);
@@ -378,7 +378,7 @@ impl Hub {
         let run = || -> Result<(), HubError> {
             validate_device_id(id)?;
             let record = self
-                .store
+                .store()
                 .get_device(id)?
                 .ok_or_else(|| HubError::DeviceNotFound(id.to_string()))?;
             if let Some(m) = if_match {
@@ -391,11 +391,13 @@ impl Hub {
                 }
             }
             let audit = self.audit_entry(who, ACTION, &target(id), &Ok("deleted device".into()));
-            let deleted = self.store.delete_device(id, Some(record.etag), &audit);
-            self.device_cache.forget(id);
+            let deleted = self.store().delete_device(id, Some(record.etag), &audit);
+            self.device_cache().forget(id);
             deleted.map_err(|e| Self::device_store_error(id, e, if_match))?;
             self.forget_activity(id);
-            self.forget_session_state(id);
+            // Its persistent session and any held refusal reason: a device made again with the
+            // same id must not inherit them.
+            self.sessions().forget_device(id);
             self.revalidate_device_sessions(id);
             Ok(())
         };
