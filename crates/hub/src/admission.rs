@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 
 use iothub_pki::device::{ChainError, DeviceIdError};
 use iothub_pki::sas::SasError;
+use iothub_store::AuthType;
 
 use crate::sessions::{Admission, ConnectRequest};
 use crate::Hub;
@@ -57,7 +58,7 @@ pub enum Refusal {
     /// A certificate-authenticated device presented no client certificate.
     NoClientCertificate {
         device_id: String,
-        auth_type: &'static str,
+        auth_type: AuthType,
     },
     /// The presented chain does not end at a Verified CA (or is otherwise invalid).
     Chain(ChainError),
@@ -98,7 +99,7 @@ pub enum Refusal {
     /// The device's stored authentication type is none a device can connect with.
     AuthTypeCannotConnect {
         device_id: String,
-        auth_type: String,
+        auth_type: AuthType,
     },
     /// The judgement itself failed (a blocking task panicked or was cancelled).
     Internal(String),

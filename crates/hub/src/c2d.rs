@@ -3,7 +3,7 @@
 //! the device acknowledges (PUBACK), and visible with their state (queued, delivered, expired).
 
 use iothub_pki::device::validate_device_id;
-use iothub_store::{C2dRecord, StoreError};
+use iothub_store::{C2dRecord, C2dState, StoreError};
 
 use crate::auth::{Principal, Right};
 use crate::{Hub, HubError};
@@ -39,8 +39,7 @@ pub struct C2dView {
     /// Unix seconds.
     pub created: i64,
     pub expiry: i64,
-    /// "queued", "delivered" or "expired".
-    pub state: String,
+    pub state: C2dState,
     pub delivered_at: Option<i64>,
     pub delivery_count: i64,
 }
@@ -138,7 +137,7 @@ impl Hub {
             body: msg.body.clone(),
             created: now,
             expiry: now + ttl,
-            state: "queued".into(),
+            state: C2dState::Queued,
             delivered_at: None,
             delivery_count: 0,
         };
@@ -218,7 +217,7 @@ mod tests {
             body: b"hi".to_vec(),
             created: 1,
             expiry: 2,
-            state: "queued".into(),
+            state: C2dState::Queued,
             delivered_at: None,
             delivery_count: 0,
         };

@@ -37,6 +37,10 @@ pub use error::{ErrorCode, HubError};
 /// rights), re-exported so that adapters take it from the service layer, not the store.
 pub use iothub_store::PolicyRecord;
 use iothub_store::Store;
+/// The typed seams of a device record and a cloud-to-device message: spelled once in the store's
+/// record types (their text columns), re-exported so adapters render them with `as_str` without
+/// depending on the store.
+pub use iothub_store::{AuthType, C2dState, DeviceStatus};
 pub use policies::PolicyView;
 pub use sessions::{
     Admission, AuthMethod, ConnectRequest, ConnectTicket, RecentRefusal, SessionInfo,

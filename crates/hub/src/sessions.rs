@@ -24,7 +24,7 @@ use base64::Engine as _;
 use iothub_pki::device::{validate_device_id, NameKey};
 use iothub_pki::sas::SasToken;
 use iothub_pki::CertInfo;
-use iothub_store::DeviceActivity;
+use iothub_store::{AuthType, DeviceActivity, DeviceStatus};
 use tokio::sync::mpsc;
 
 use crate::admission::Refusal;
@@ -64,9 +64,13 @@ pub enum AuthMethod {
 impl std::fmt::Display for AuthMethod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            AuthMethod::Ca { ca_name, .. } => write!(f, "certificateAuthority via '{ca_name}'"),
-            AuthMethod::SelfSigned { thumbprint } => write!(f, "selfSigned {thumbprint}"),
-            AuthMethod::Sas => f.write_str("sas"),
+            AuthMethod::Ca { ca_name, .. } => {
+                write!(f, "{} via '{ca_name}'", AuthType::CertificateAuthority)
+            }
+            AuthMethod::SelfSigned { thumbprint } => {
+                write!(f, "{} {thumbprint}", AuthType::SelfSigned)
+            }
+            AuthMethod::Sas => f.write_str(AuthType::Sas.as_str()),
         }
     }
 }
@@ -377,7 +381,7 @@ fn judge_self_signed(
         .first()
         .ok_or_else(|| Refusal::NoClientCertificate {
             device_id: id.to_string(),
-            auth_type: "selfSigned",
+            auth_type: AuthType::SelfSigned,
         })?;
     let info =
         CertInfo::from_der(leaf).map_err(|e| Refusal::CertificateUnreadable(e.to_string()))?;
@@ -503,7 +507,7 @@ impl Hub {
             }
             None => Err(Refusal::AuthTypeCannotConnect {
                 device_id: id.to_string(),
-                auth_type: device.auth_type.clone(),
+                auth_type: device.auth_type,
             }),
         }
     }
@@ -515,7 +519,7 @@ impl Hub {
         if req.chain.is_empty() {
             return Err(Refusal::NoClientCertificate {
                 device_id: id.to_string(),
-                auth_type: "certificateAuthority",
+                auth_type: AuthType::CertificateAuthority,
             });
         }
         let ok = self
@@ -843,7 +847,7 @@ impl Hub {
         };
         let reason = match self.store().get_device(device_id) {
             Ok(None) => Some(format!("device '{device_id}' was deleted")),
-            Ok(Some(r)) if r.status != "enabled" => {
+            Ok(Some(r)) if r.status != DeviceStatus::Enabled => {
                 Some(format!("device '{device_id}' was disabled"))
             }
             Ok(Some(r)) => {
