@@ -4,7 +4,7 @@
 //! in one transaction every half second (and on shutdown); reads merge what is pending, so the
 //! API and portal never show stale facts. A crash loses at most the last half second of them.
 //!
-//! Owns: [`ActivityBuffer`] — the facts waiting to be written, and the flusher thread (which
+//! Owns: `ActivityBuffer` — the facts waiting to be written, and the flusher thread (which
 //! holds its own handle to the store). Asks of others: the store for the facts already written
 //! (`device_activity` merges them). Sessions record connects, disconnects and refusals here;
 //! devices forget a deleted device's pending facts.

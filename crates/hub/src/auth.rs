@@ -1,6 +1,10 @@
 //! Who is calling, and what they may do: SharedAccessSignature tokens checked against the hub's
 //! shared access policies (Azure's model: `iothubowner`, `service`, `device`, `registryRead`,
 //! `registryReadWrite`), rights per operation, and etag preconditions.
+//!
+//! Owns no state. Asks of others: the policies part for the in-memory policies
+//! (`Policies::read`, `Policies::replace` when the defaults are made), the config for host names,
+//! the store for audit entries.
 
 use base64::Engine as _;
 use iothub_pki::sas::SasToken;

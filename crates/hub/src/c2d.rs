@@ -1,6 +1,9 @@
 //! Cloud-to-device messages: queued durably per device (a bounded queue, each message with an
 //! expiry), delivered by the gateway when the device subscribes, redelivered after reconnect until
-//! the device acknowledges (PUBACK), and visible with their state (queued, delivered, expired).
+//! the device acknowledges (PUBACK), and visible with their state (`C2dState`).
+//!
+//! Owns no in-memory state: the queue is the store's (limits from the config). Asks of others:
+//! sessions, to wake the device's live session when a message is queued.
 
 use iothub_pki::device::validate_device_id;
 use iothub_store::{C2dRecord, C2dState, StoreError};

@@ -3,6 +3,9 @@
 //! Each operation checks rights, applies the rules of `iothub_pki::pop` in the documented order,
 //! writes through one atomic store call (precondition + change + audit entry), and audits refusals
 //! too. A refused request changes nothing but the audit log.
+//!
+//! Owns no state: CAs live in the store. Asks of others: trust, after every change that landed
+//! (`trust_changed`: rebuild, then re-check the sessions naming the changed subjects).
 
 use iothub_pki::pop::{self, CodeState};
 use iothub_pki::CertInfo;

@@ -14,6 +14,10 @@
 //! `capacity` of them: when full it starts over, which costs store reads, never a wrong verdict.
 //! This is the one place that must change for a multi-node hub, where another node's write has
 //! to reach `forget` too.
+//!
+//! Owns: [`DeviceCache`] — the records and the generation, behind its own lock. Asks nothing of
+//! others; `devices` forgets, `admission` gets and remembers, the CONNECT ticket reads the
+//! generation.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -3,6 +3,11 @@
 //!
 //! Every change that can affect a connected device (disabled, deleted, authentication changed)
 //! is handed to the session registry at once, which closes the sessions it no longer admits.
+//!
+//! Owns no in-memory state: records are the store's, and what CONNECT keeps of them is the device
+//! cache's (`device_cache`). The cross-cutting rule lives here: every device write forgets the
+//! device's cache entry once the store call returns, then re-checks that device's session
+//! (sessions); a delete also drops its pending activity and its persistent session.
 
 use iothub_pki::device::{normalize_thumbprint, validate_device_id};
 use iothub_store::{AuthType, DeviceActivity, DeviceRecord, DeviceStatus, Expect, StoreError};

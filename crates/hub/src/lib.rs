@@ -1,9 +1,27 @@
 //! The service layer of iothub: the one place where the hub's rules are applied.
 //!
-//! Why: the HTTPS API, the web portal, the Azure-shaped routes and (later) the MQTT gateway are
-//! thin adapters. They authenticate a caller through [`Hub::authenticate`] and then call a method
-//! of [`Hub`]; no adapter repeats a rule. Everything here is synchronous and runs on a blocking
-//! thread: the store is SQLite, and the rules are pure CPU work from `iothub-pki`.
+//! Why: the HTTPS API, the web portal, the Azure-shaped routes and the MQTT gateway are thin
+//! adapters. They authenticate a caller through [`Hub::authenticate`] (a device through
+//! [`Hub::admit`]) and then call a method of [`Hub`]; no adapter repeats a rule. Nearly everything
+//! here is synchronous and runs on a blocking thread: the store is SQLite, and the rules are pure
+//! CPU work from `iothub-pki` (`admit` is async only to judge a cached device in the caller's task).
+//!
+//! [`Hub`] is the composition of parts, each owning its state privately in its own module, with a
+//! small interface the rest of the hub calls:
+//!
+//! | part | module | owns |
+//! |---|---|---|
+//! | `Policies` | `policies` | the in-memory policies, their write lock, the change epoch |
+//! | `Trust` | `trust` | the trust snapshot, its generation, the anchor memo, rebuild requests, the chain cache |
+//! | `DeviceCache` | `device_cache` | what CONNECT needs of each device, and its generation |
+//! | `Sessions` | `sessions` | live sessions, persistent subscriptions, recent refusals, the refusal budget |
+//! | `Telemetry` | `telemetry` | the group-commit writer thread and the watch of the last offset |
+//! | `PendingCalls` | `methods` | direct-method calls waiting for an answer |
+//! | `ActivityBuffer` | `activity` | connection facts waiting to be written, and their flusher |
+//!
+//! The store, the config and the clock are shared by all. `admission`, `devices`, `certificates`,
+//! `c2d`, `twins`, `auth` and `audit` own no in-memory state: they apply rules over the store and
+//! ask the parts. Each module's opening comment says what it owns and what it asks of others.
 
 pub mod activity;
 pub mod admission;

@@ -2,7 +2,7 @@
 //! The hub publishes `$iothub/methods/POST/{name}/?$rid={rid}` to the device's session and matches
 //! the device's `$iothub/methods/res/{status}/?$rid={rid}` to the waiting caller.
 //!
-//! Owns: [`PendingCalls`] — the calls waiting for their device's answer, by request id. Asks of
+//! Owns: `PendingCalls` — the calls waiting for their device's answer, by request id. Asks of
 //! others: the store (the device exists), sessions (is the device's session subscribed to
 //! methods; the request goes to it as a `SessionSignal::MethodRequest`), `authorize`.
 

@@ -12,10 +12,10 @@
 //! things made with a key (event streams, portal sessions) re-check their `Credential` through
 //! `Hub::refresh_principal` whenever the policies change.
 //!
-//! Owns: [`Policies`] — the in-memory copy of the policies (read on every request), the lock
+//! Owns: `Policies` — the in-memory copy of the policies (read on every request), the lock
 //! that serialises policy changes, and the epoch that moves on each. Asks of others: the store
 //! (each change, with its audit entry, in one call; then the list reloaded), `authorize` and
-//! `refuse` (`auth`, `audit`). `auth` reads the copy through [`Policies::read`].
+//! `refuse` (`auth`, `audit`). `auth` reads the copy through `Policies::read`.
 
 use iothub_pki::policy::{format_rights, parse_rights, validate_policy_name, KeySlot, Right};
 use std::sync::{Mutex, MutexGuard, RwLock};
@@ -337,7 +337,7 @@ impl Hub {
 
     /// One policy change: the store call (precondition + audit entry in one transaction), then the
     /// in-memory copy reloaded and the epoch moved, all before the caller gets its answer, so
-    /// that the next request already sees the change. The caller holds [`Policies::writing`].
+    /// that the next request already sees the change. The caller holds `Policies::writing`.
     fn write_policy(
         &self,
         who: &Principal,

@@ -1,18 +1,20 @@
-//! Device sessions: authentication at MQTT CONNECT, the registry of live sessions (one per
-//! device), recent refusals with their exact reasons, and closing sessions the hub no longer admits.
+//! Device sessions: the registry of live sessions (one per device), recent refusals with their
+//! exact reasons, the refusal budget, and closing sessions the hub no longer admits. The judgement
+//! of a CONNECT is `admission`'s; this module registers what it admitted.
 //!
 //! The gateway owns sockets; this module owns decisions. A session is registered with a channel the
 //! gateway listens on; the hub sends `Close(reason)` on it when trust or the device changes, and
 //! `C2dAvailable` when a cloud-to-device message is queued.
 //!
-//! Owns: [`Sessions`] — the live sessions (one per device, with the chain each was admitted
+//! Owns: `Sessions` — the live sessions (one per device, with the chain each was admitted
 //! with), the persistent-session subscriptions (CleanSession=0), the recent refusals, and the
 //! refusal budget of the device listener (`refusal_budget`'s rules, under this part's lock).
-//! Asks of others: the device cache (`device_cache`) for a CONNECT's record and generation, or
-//! the store on a miss; trust (`trust`) to validate chains and for its generation; activity
-//! (`activity`) to record connects, disconnects and `lastRefusal`. Devices and trust call
-//! [`Hub::revalidate_device_sessions`] and `revalidate_sessions_naming` after their changes;
-//! c2d, twins and methods signal a device's live session through `signal_device`.
+//! Asks of others: the device cache's and trust's generations for a CONNECT's ticket
+//! ([`Hub::connect_ticket`]); trust to re-validate chains and the store to re-read a device when
+//! re-checking sessions; activity (`activity`) to record connects, disconnects and `lastRefusal`.
+//! Devices and trust call [`Hub::revalidate_device_sessions`] and `revalidate_sessions_naming`
+//! after their changes; c2d, twins and methods signal a device's live session through
+//! `signal_device`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -20,16 +22,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use base64::Engine as _;
 use iothub_pki::device::{validate_device_id, NameKey};
-use iothub_pki::sas::SasToken;
 use iothub_pki::CertInfo;
 use iothub_store::{AuthType, DeviceActivity, DeviceStatus};
 use tokio::sync::mpsc;
 
-use crate::admission::Refusal;
 use crate::auth::{Principal, Right};
-use crate::device_cache::ConnectRecord;
 use crate::devices::{record_auth, DeviceAuth};
 use crate::peer_text::escaped;
 use crate::refusal_budget::{self, RefusalBudget, RefusalVerdict, SweepEvent};
@@ -359,225 +357,9 @@ fn log_budget_ended(ip: IpAddr, dropped: u64) {
     tracing::info!(remote = %ip, dropped, "connections from {ip} are judged again: {dropped} were dropped unjudged in its minute over --mqtt-refusal-limit");
 }
 
-fn username_device(username: &str) -> Option<(&str, &str)> {
-    // "{host}/{deviceId}/?api-version=..." (host may carry a port).
-    let mut parts = username.splitn(3, '/');
-    let host = parts.next()?;
-    let device = parts.next()?;
-    Some((host, device))
-}
-
-/// A selfSigned device: its certificate's thumbprint is one it registered, and the certificate is
-/// inside its validity period.
-fn judge_self_signed(
-    req: &ConnectRequest,
-    primary: &str,
-    secondary: Option<&str>,
-    now: i64,
-) -> Result<AuthMethod, Refusal> {
-    let id = req.client_id.as_str();
-    let leaf = req
-        .chain
-        .first()
-        .ok_or_else(|| Refusal::NoClientCertificate {
-            device_id: id.to_string(),
-            auth_type: AuthType::SelfSigned,
-        })?;
-    let info =
-        CertInfo::from_der(leaf).map_err(|e| Refusal::CertificateUnreadable(e.to_string()))?;
-    let matches = |t: &str| t == info.thumbprint_sha1 || t == info.thumbprint_sha256;
-    if !(matches(primary) || secondary.is_some_and(matches)) {
-        return Err(Refusal::ThumbprintMismatch {
-            thumbprint: info.thumbprint_sha1,
-            device_id: id.to_string(),
-        });
-    }
-    if !info.is_valid_at(now) {
-        return Err(Refusal::CertificateNotValidNow {
-            not_before: info.not_before,
-            not_after: info.not_after,
-        });
-    }
-    Ok(AuthMethod::SelfSigned {
-        thumbprint: info.thumbprint_sha1,
-    })
-}
-
 impl Hub {
     pub(crate) fn is_connected(&self, device_id: &str) -> bool {
         self.sessions().is_connected(device_id)
-    }
-
-    /// Decides whether a CONNECT is admitted (a step of [`Hub::admit`], public for the tests that
-    /// interleave a change between the steps). Every refusal carries the precise reason.
-    pub fn authenticate_device(&self, req: &ConnectRequest) -> Result<AuthMethod, Refusal> {
-        self.check_connect_names(req)?;
-        let id = req.client_id.as_str();
-        let device = match self.device_cache().get(id) {
-            Some(device) => device,
-            None => {
-                let generation = self.device_cache().generation();
-                let record = self
-                    .store()
-                    .get_device(id)
-                    .map_err(|e| Refusal::RegistryUnavailable(e.to_string()))?
-                    .ok_or_else(|| Refusal::NotRegistered {
-                        device_id: id.to_string(),
-                    })?;
-                self.device_cache().remember(generation, &record)
-            }
-        };
-        self.judge_connect(req, &device)
-    }
-
-    /// [`Hub::authenticate_device`] without touching the store, for callers that must not
-    /// block (the gateway's async tasks): None when the device's record is not in memory, and
-    /// the caller should then run `authenticate_device` on a blocking thread.
-    pub fn authenticate_device_from_memory(
-        &self,
-        req: &ConnectRequest,
-    ) -> Option<Result<AuthMethod, Refusal>> {
-        if let Err(reason) = self.check_connect_names(req) {
-            return Some(Err(reason));
-        }
-        let device = self.device_cache().get(&req.client_id)?;
-        Some(self.judge_connect(req, &device))
-    }
-
-    /// The client id and username rules of CONNECT, which need no record. The username is
-    /// `{host}/{id}/?api-version=...` as the Azure device SDKs form it; the host must be one of the
-    /// hub's names (as for SAS tokens), so a device configured for another hub is told so.
-    fn check_connect_names(&self, req: &ConnectRequest) -> Result<(), Refusal> {
-        let id = req.client_id.as_str();
-        if id.contains('/') {
-            return Err(Refusal::ModuleClientId {
-                client_id: id.to_string(),
-            });
-        }
-        validate_device_id(id).map_err(Refusal::ClientIdInvalid)?;
-        let client_id = || id.to_string();
-        match req.username.as_deref() {
-            None => Err(Refusal::NoUsername {
-                client_id: client_id(),
-            }),
-            Some(u) => match username_device(u) {
-                Some((host, dev)) if dev == id => {
-                    if self.is_hub_host(host) {
-                        Ok(())
-                    } else {
-                        Err(Refusal::ForeignHost {
-                            host: host.to_string(),
-                            hub_names: self.config().host_names.clone(),
-                            client_id: client_id(),
-                        })
-                    }
-                }
-                Some((_, dev)) => Err(Refusal::UsernameNamesOtherDevice {
-                    named: dev.to_string(),
-                    client_id: client_id(),
-                }),
-                None => Err(Refusal::UsernameMalformed {
-                    username: u.to_string(),
-                    client_id: client_id(),
-                }),
-            },
-        }
-    }
-
-    /// The verdict on a CONNECT whose names passed, given the device's record.
-    fn judge_connect(
-        &self,
-        req: &ConnectRequest,
-        device: &ConnectRecord,
-    ) -> Result<AuthMethod, Refusal> {
-        let id = req.client_id.as_str();
-        if !device.enabled {
-            return Err(Refusal::Disabled {
-                device_id: id.to_string(),
-            });
-        }
-        let now = self.now();
-        match &device.auth {
-            Some(DeviceAuth::CertificateAuthority) => self.judge_ca_chain(req, now),
-            Some(DeviceAuth::SelfSigned { primary, secondary }) => {
-                judge_self_signed(req, primary, secondary.as_deref(), now)
-            }
-            Some(DeviceAuth::Sas { primary, secondary }) => {
-                self.judge_sas_token(req, [primary, secondary], now)
-            }
-            None => Err(Refusal::AuthTypeCannotConnect {
-                device_id: id.to_string(),
-                auth_type: device.auth_type,
-            }),
-        }
-    }
-
-    /// A certificateAuthority device: its chain ends at a Verified CA and its leaf's only CN is
-    /// its id.
-    fn judge_ca_chain(&self, req: &ConnectRequest, now: i64) -> Result<AuthMethod, Refusal> {
-        let id = req.client_id.as_str();
-        if req.chain.is_empty() {
-            return Err(Refusal::NoClientCertificate {
-                device_id: id.to_string(),
-                auth_type: AuthType::CertificateAuthority,
-            });
-        }
-        let ok = self
-            .validate_device_chain(&req.chain, now)
-            .map_err(Refusal::Chain)?;
-        match ok.leaf_common_names.as_slice() {
-            [cn] if cn == id => Ok(AuthMethod::Ca {
-                ca_name: ok.ca_name,
-                issuers: ok.issuers,
-            }),
-            [cn] => Err(Refusal::LeafCnMismatch {
-                cn: cn.clone(),
-                client_id: id.to_string(),
-            }),
-            [] => Err(Refusal::LeafWithoutCn {
-                client_id: id.to_string(),
-            }),
-            many => Err(Refusal::LeafCnCount {
-                count: many.len(),
-                client_id: id.to_string(),
-            }),
-        }
-    }
-
-    /// A sas device: a token signed with one of its keys, unexpired, for this hub's
-    /// `{host}/devices/{id}`.
-    fn judge_sas_token(
-        &self,
-        req: &ConnectRequest,
-        keys: [&String; 2],
-        now: i64,
-    ) -> Result<AuthMethod, Refusal> {
-        let id = req.client_id.as_str();
-        let password = req.password.as_deref().ok_or_else(|| Refusal::NoSasToken {
-            device_id: id.to_string(),
-        })?;
-        let text = std::str::from_utf8(password).map_err(|_| Refusal::PasswordNotText)?;
-        let token = SasToken::parse(text).map_err(Refusal::SasToken)?;
-        let keys: Vec<Vec<u8>> = keys
-            .iter()
-            .filter_map(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
-            .collect();
-        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        token
-            .check_device(id, &refs, now)
-            .map_err(Refusal::SasToken)?;
-        let resource = token.resource();
-        let expected_suffix = format!("/devices/{id}");
-        let host_ok = resource
-            .strip_suffix(&expected_suffix)
-            .is_some_and(|host| self.is_hub_host(host));
-        if !host_ok {
-            return Err(Refusal::SasResource {
-                resource,
-                device_id: id.to_string(),
-            });
-        }
-        Ok(AuthMethod::Sas)
     }
 
     /// Take this before judging a CONNECT, and hand it to [`Hub::open_session`]. A device or

@@ -3,7 +3,7 @@
 //! moment), so many devices publishing at once share commits instead of queueing behind each
 //! other's fsyncs. Readers get messages by offset; followers wait on a watch of the last offset.
 //!
-//! Owns: [`Telemetry`] — the handle to the writer thread and the watch of the last committed
+//! Owns: `Telemetry` — the handle to the writer thread and the watch of the last committed
 //! offset (the writer moves it after each commit). Asks of others: the store (`append_messages`
 //! on the writer thread; reads and retention through the hub's store), the clock and
 //! `telemetry_retention_secs` for pruning, and `authorize` for reads.

@@ -4,10 +4,10 @@
 //! chain names a changed CA's subject as an issuer) are checked again, and the ones the new trust
 //! set no longer admits are closed.
 //!
-//! Owns: [`Trust`] — the snapshot (`ArcSwap<TrustIndex>`), its generation, the anchor memo (each
+//! Owns: `Trust` — the snapshot (`ArcSwap<TrustIndex>`), its generation, the anchor memo (each
 //! CA parsed once per version; its lock makes rebuilds run one at a time), the rebuild requests,
 //! and the cache of validated chains that follows the snapshot.
-//! Asks of others: the store (passed in to [`Trust::rebuild`]: `ca_changes_since`,
+//! Asks of others: the store (passed in to `Trust::rebuild`: `ca_changes_since`,
 //! `list_ca_versions`, `get_ca`); the hub then hands the changed subjects to the sessions part
 //! ([`Hub::rebuild_trust`] is that cross-cutting rule), which re-checks the sessions naming them.
 
@@ -33,7 +33,7 @@ pub(crate) struct Trust {
     /// makes trust rebuilds run one at a time.
     anchor_memo: Mutex<AnchorMemo>,
     /// Trust rebuilds asked for so far: a rebuild that finds its request already covered by one
-    /// that read the registry after it returns at once (see [`Trust::rebuild`]).
+    /// that read the registry after it returns at once (see `Trust::rebuild`).
     requests: AtomicU64,
     /// Device chains validated against the snapshot held beside them.
     chain_cache: Mutex<(Arc<TrustIndex>, ChainCache)>,

@@ -3,6 +3,9 @@
 //! with `$version` and `$metadata` (`$lastUpdated` per property), a twin etag, and a size limit of
 //! 32 KiB per section. Patches merge (JSON merge patch: `null` deletes a key). A desired change
 //! reaches the device's live session at once; a reconnecting device catches up with a twin GET.
+//!
+//! Owns no in-memory state: twins are the store's. Asks of others: sessions (is the device
+//! connected; desired patches signalled to its session), activity (last activity in the twin).
 
 use serde_json::{json, Map, Value};
 
