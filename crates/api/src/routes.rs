@@ -199,4 +199,37 @@ mod tests {
         );
         assert!(paths.len() >= 7);
     }
+
+    /// The published schema offers exactly the values the hub accepts on a device put: the
+    /// statuses, and the authentication types a device can connect with (`none` is read, never
+    /// written).
+    #[test]
+    fn openapi_device_enums_are_the_hub_values() {
+        let spec: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        let listed = |pointer: &str| -> Vec<String> {
+            spec.pointer(pointer).unwrap()["enum"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
+        };
+        let statuses: Vec<String> = iothub_hub::DeviceStatus::ALL
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            listed("/components/schemas/Device/properties/status"),
+            statuses
+        );
+        let types: Vec<String> = iothub_hub::AuthType::ALL
+            .iter()
+            .filter(|t| **t != iothub_hub::AuthType::None)
+            .map(|t| t.to_string())
+            .collect();
+        assert_eq!(
+            listed("/components/schemas/Device/properties/authentication/properties/type"),
+            types
+        );
+    }
 }

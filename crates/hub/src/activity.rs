@@ -3,6 +3,11 @@
 //! connect storms at about 90 per second (scripts/bench). Updates are merged in memory and written
 //! in one transaction every half second (and on shutdown); reads merge what is pending, so the
 //! API and portal never show stale facts. A crash loses at most the last half second of them.
+//!
+//! Owns: `ActivityBuffer` — the facts waiting to be written, and the flusher thread (which
+//! holds its own handle to the store). Asks of others: the store for the facts already written
+//! (`device_activity` merges them). Sessions record connects, disconnects and refusals here;
+//! devices forget a deleted device's pending facts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -14,6 +19,7 @@ use crate::{Hub, HubError};
 
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
+/// The activity part of the hub (see the module comment).
 #[derive(Default)]
 pub(crate) struct ActivityBuffer {
     pending: Mutex<HashMap<String, DeviceActivity>>,
@@ -93,13 +99,13 @@ impl ActivityBuffer {
 impl Hub {
     /// Records connection facts of a device (written within half a second).
     pub(crate) fn record_activity(&self, device_id: &str, update: DeviceActivity) {
-        self.activity.record(device_id, update);
+        self.activity().record(device_id, update);
     }
 
     /// The connection facts of a device: stored, merged with what is pending.
     pub(crate) fn device_activity(&self, device_id: &str) -> Result<DeviceActivity, HubError> {
-        let mut stored = self.store.get_device_activity(device_id)?;
-        if let Some(pending) = self.activity.pending_for(device_id) {
+        let mut stored = self.store().get_device_activity(device_id)?;
+        if let Some(pending) = self.activity().pending_for(device_id) {
             merge(&mut stored, &pending);
         }
         Ok(stored)
@@ -107,11 +113,11 @@ impl Hub {
 
     /// Drops pending facts of a deleted device.
     pub(crate) fn forget_activity(&self, device_id: &str) {
-        self.activity.forget(device_id);
+        self.activity().forget(device_id);
     }
 
     /// Writes pending connection facts now (on shutdown).
     pub fn flush_activity(&self) {
-        self.activity.flush(self.store.as_ref());
+        self.activity().flush(self.store().as_ref());
     }
 }

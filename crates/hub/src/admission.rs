@@ -7,14 +7,24 @@
 //! a refusal is counted against the address and recorded before the device hears CONNACK 5. Its
 //! correctness must not depend on an adapter calling four methods in the right order, so the
 //! gateway makes this one call and carries bytes.
+//!
+//! The judgement itself lives here too ([`Hub::authenticate_device`]: names, record, then the
+//! rule of the device's authentication type). Owns no state. Asks of others: the device cache
+//! for the record (the store on a miss, remembered under the cache's generation rule), trust to
+//! validate a CA chain, sessions to take the ticket, register the session and count refusals.
 
 use std::net::SocketAddr;
 
+use base64::Engine as _;
 use iothub_pki::chain::ChainError;
-use iothub_pki::device_id::DeviceIdError;
-use iothub_pki::sas::SasError;
+use iothub_pki::device_id::{validate_device_id, DeviceIdError};
+use iothub_pki::sas::{SasError, SasToken};
+use iothub_pki::CertInfo;
+use iothub_store::AuthType;
 
-use crate::sessions::{Admission, ConnectRequest};
+use crate::device_cache::ConnectRecord;
+use crate::devices::DeviceAuth;
+use crate::sessions::{Admission, AuthMethod, ConnectRequest};
 use crate::Hub;
 
 /// Why a CONNECT was refused. Its `Display` is the precise reason the device's record, the log
@@ -58,7 +68,7 @@ pub enum Refusal {
     /// A certificate-authenticated device presented no client certificate.
     NoClientCertificate {
         device_id: String,
-        auth_type: &'static str,
+        auth_type: AuthType,
     },
     /// The presented chain does not end at a Verified CA (or is otherwise invalid).
     Chain(ChainError),
@@ -99,7 +109,7 @@ pub enum Refusal {
     /// The device's stored authentication type is none a device can connect with.
     AuthTypeCannotConnect {
         device_id: String,
-        auth_type: String,
+        auth_type: AuthType,
     },
     /// The judgement itself failed (a blocking task panicked or was cancelled).
     Internal(String),
@@ -258,5 +268,223 @@ impl Hub {
             tokio::task::spawn_blocking(move || hub.revalidate_device_sessions(&id));
         }
         Ok(admission)
+    }
+}
+
+fn username_device(username: &str) -> Option<(&str, &str)> {
+    // "{host}/{deviceId}/?api-version=..." (host may carry a port).
+    let mut parts = username.splitn(3, '/');
+    let host = parts.next()?;
+    let device = parts.next()?;
+    Some((host, device))
+}
+
+/// A selfSigned device: its certificate's thumbprint is one it registered, and the certificate is
+/// inside its validity period.
+fn judge_self_signed(
+    req: &ConnectRequest,
+    primary: &str,
+    secondary: Option<&str>,
+    now: i64,
+) -> Result<AuthMethod, Refusal> {
+    let id = req.client_id.as_str();
+    let leaf = req
+        .chain
+        .first()
+        .ok_or_else(|| Refusal::NoClientCertificate {
+            device_id: id.to_string(),
+            auth_type: AuthType::SelfSigned,
+        })?;
+    let info =
+        CertInfo::from_der(leaf).map_err(|e| Refusal::CertificateUnreadable(e.to_string()))?;
+    let matches = |t: &str| t == info.thumbprint_sha1 || t == info.thumbprint_sha256;
+    if !(matches(primary) || secondary.is_some_and(matches)) {
+        return Err(Refusal::ThumbprintMismatch {
+            thumbprint: info.thumbprint_sha1,
+            device_id: id.to_string(),
+        });
+    }
+    if !info.is_valid_at(now) {
+        return Err(Refusal::CertificateNotValidNow {
+            not_before: info.not_before,
+            not_after: info.not_after,
+        });
+    }
+    Ok(AuthMethod::SelfSigned {
+        thumbprint: info.thumbprint_sha1,
+    })
+}
+
+impl Hub {
+    /// Decides whether a CONNECT is admitted (a step of [`Hub::admit`], public for the tests that
+    /// interleave a change between the steps). Every refusal carries the precise reason.
+    pub fn authenticate_device(&self, req: &ConnectRequest) -> Result<AuthMethod, Refusal> {
+        self.check_connect_names(req)?;
+        let id = req.client_id.as_str();
+        let device = match self.device_cache().get(id) {
+            Some(device) => device,
+            None => {
+                let generation = self.device_cache().generation();
+                let record = self
+                    .store()
+                    .get_device(id)
+                    .map_err(|e| Refusal::RegistryUnavailable(e.to_string()))?
+                    .ok_or_else(|| Refusal::NotRegistered {
+                        device_id: id.to_string(),
+                    })?;
+                self.device_cache().remember(generation, &record)
+            }
+        };
+        self.judge_connect(req, &device)
+    }
+
+    /// [`Hub::authenticate_device`] without touching the store, for callers that must not
+    /// block (the gateway's async tasks): None when the device's record is not in memory, and
+    /// the caller should then run `authenticate_device` on a blocking thread.
+    pub fn authenticate_device_from_memory(
+        &self,
+        req: &ConnectRequest,
+    ) -> Option<Result<AuthMethod, Refusal>> {
+        if let Err(reason) = self.check_connect_names(req) {
+            return Some(Err(reason));
+        }
+        let device = self.device_cache().get(&req.client_id)?;
+        Some(self.judge_connect(req, &device))
+    }
+
+    /// The client id and username rules of CONNECT, which need no record. The username is
+    /// `{host}/{id}/?api-version=...` as the Azure device SDKs form it; the host must be one of the
+    /// hub's names (as for SAS tokens), so a device configured for another hub is told so.
+    fn check_connect_names(&self, req: &ConnectRequest) -> Result<(), Refusal> {
+        let id = req.client_id.as_str();
+        if id.contains('/') {
+            return Err(Refusal::ModuleClientId {
+                client_id: id.to_string(),
+            });
+        }
+        validate_device_id(id).map_err(Refusal::ClientIdInvalid)?;
+        let client_id = || id.to_string();
+        match req.username.as_deref() {
+            None => Err(Refusal::NoUsername {
+                client_id: client_id(),
+            }),
+            Some(u) => match username_device(u) {
+                Some((host, dev)) if dev == id => {
+                    if self.is_hub_host(host) {
+                        Ok(())
+                    } else {
+                        Err(Refusal::ForeignHost {
+                            host: host.to_string(),
+                            hub_names: self.config().host_names.clone(),
+                            client_id: client_id(),
+                        })
+                    }
+                }
+                Some((_, dev)) => Err(Refusal::UsernameNamesOtherDevice {
+                    named: dev.to_string(),
+                    client_id: client_id(),
+                }),
+                None => Err(Refusal::UsernameMalformed {
+                    username: u.to_string(),
+                    client_id: client_id(),
+                }),
+            },
+        }
+    }
+
+    /// The verdict on a CONNECT whose names passed, given the device's record.
+    fn judge_connect(
+        &self,
+        req: &ConnectRequest,
+        device: &ConnectRecord,
+    ) -> Result<AuthMethod, Refusal> {
+        let id = req.client_id.as_str();
+        if !device.enabled {
+            return Err(Refusal::Disabled {
+                device_id: id.to_string(),
+            });
+        }
+        let now = self.now();
+        match &device.auth {
+            Some(DeviceAuth::CertificateAuthority) => self.judge_ca_chain(req, now),
+            Some(DeviceAuth::SelfSigned { primary, secondary }) => {
+                judge_self_signed(req, primary, secondary.as_deref(), now)
+            }
+            Some(DeviceAuth::Sas { primary, secondary }) => {
+                self.judge_sas_token(req, [primary, secondary], now)
+            }
+            None => Err(Refusal::AuthTypeCannotConnect {
+                device_id: id.to_string(),
+                auth_type: device.auth_type,
+            }),
+        }
+    }
+
+    /// A certificateAuthority device: its chain ends at a Verified CA and its leaf's only CN is
+    /// its id.
+    fn judge_ca_chain(&self, req: &ConnectRequest, now: i64) -> Result<AuthMethod, Refusal> {
+        let id = req.client_id.as_str();
+        if req.chain.is_empty() {
+            return Err(Refusal::NoClientCertificate {
+                device_id: id.to_string(),
+                auth_type: AuthType::CertificateAuthority,
+            });
+        }
+        let ok = self
+            .validate_device_chain(&req.chain, now)
+            .map_err(Refusal::Chain)?;
+        match ok.leaf_common_names.as_slice() {
+            [cn] if cn == id => Ok(AuthMethod::Ca {
+                ca_name: ok.ca_name,
+                issuers: ok.issuers,
+            }),
+            [cn] => Err(Refusal::LeafCnMismatch {
+                cn: cn.clone(),
+                client_id: id.to_string(),
+            }),
+            [] => Err(Refusal::LeafWithoutCn {
+                client_id: id.to_string(),
+            }),
+            many => Err(Refusal::LeafCnCount {
+                count: many.len(),
+                client_id: id.to_string(),
+            }),
+        }
+    }
+
+    /// A sas device: a token signed with one of its keys, unexpired, for this hub's
+    /// `{host}/devices/{id}`.
+    fn judge_sas_token(
+        &self,
+        req: &ConnectRequest,
+        keys: [&String; 2],
+        now: i64,
+    ) -> Result<AuthMethod, Refusal> {
+        let id = req.client_id.as_str();
+        let password = req.password.as_deref().ok_or_else(|| Refusal::NoSasToken {
+            device_id: id.to_string(),
+        })?;
+        let text = std::str::from_utf8(password).map_err(|_| Refusal::PasswordNotText)?;
+        let token = SasToken::parse(text).map_err(Refusal::SasToken)?;
+        let keys: Vec<Vec<u8>> = keys
+            .iter()
+            .filter_map(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
+            .collect();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        token
+            .check_device(id, &refs, now)
+            .map_err(Refusal::SasToken)?;
+        let resource = token.resource();
+        let expected_suffix = format!("/devices/{id}");
+        let host_ok = resource
+            .strip_suffix(&expected_suffix)
+            .is_some_and(|host| self.is_hub_host(host));
+        if !host_ok {
+            return Err(Refusal::SasResource {
+                resource,
+                device_id: id.to_string(),
+            });
+        }
+        Ok(AuthMethod::Sas)
     }
 }

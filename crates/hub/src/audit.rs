@@ -1,5 +1,8 @@
 //! The audit log's entries, built in one place for every operation of the service layer:
 //! who acted, what, on which target, and the precise outcome or reason (never a secret).
+//!
+//! Owns no state: the audit log is the store's, and a change writes its entry in the same store
+//! call as the change itself. Asks of others: the clock, the store (`append_audit` for refusals).
 
 use iothub_store::NewAudit;
 
@@ -39,7 +42,7 @@ impl Hub {
         err: HubError,
     ) -> Result<T, HubError> {
         let entry = self.audit_entry(who, action, target, &Err(err.clone()));
-        if let Err(e) = self.store.append_audit(&entry) {
+        if let Err(e) = self.store().append_audit(&entry) {
             tracing::error!(error = %e, "could not write an audit entry for a refusal");
         }
         Err(err)

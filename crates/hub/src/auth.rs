@@ -1,6 +1,10 @@
 //! Who is calling, and what they may do: SharedAccessSignature tokens checked against the hub's
 //! shared access policies (Azure's model: `iothubowner`, `service`, `device`, `registryRead`,
 //! `registryReadWrite`), rights per operation, and etag preconditions.
+//!
+//! Owns no state. Asks of others: the policies part for the in-memory policies
+//! (`Policies::read`, `Policies::replace` when the defaults are made), the config for host names,
+//! the store for audit entries.
 
 use base64::Engine as _;
 use iothub_pki::sas::SasToken;
@@ -200,12 +204,9 @@ impl Hub {
             .clone()
             .ok_or_else(|| iothub_pki::sas::SasError::NoPolicy.to_string())?;
         let policy = self
-            .policies
-            .read()
-            .map_err(|_| "policy lock poisoned".to_string())?
-            .iter()
-            .find(|p| p.name == policy_name)
-            .cloned()
+            .policies()
+            .read(|held| held.iter().find(|p| p.name == policy_name).cloned())
+            .ok_or_else(|| "policy lock poisoned".to_string())?
             .ok_or_else(|| {
                 format!("the token names policy '{policy_name}', which this hub does not have")
             })?;
@@ -238,7 +239,7 @@ impl Hub {
         if !self.is_hub_host(&resource) {
             return Err(iothub_pki::sas::SasError::WrongResource {
                 found: resource,
-                expected: self.config.host_names.join(", "),
+                expected: self.config().host_names.join(", "),
             }
             .to_string());
         }
@@ -257,23 +258,26 @@ impl Hub {
         let Some(cred) = &who.credential else {
             return Some(who.clone());
         };
-        let policies = self.policies.read().ok()?;
-        let policy = policies.iter().find(|p| p.name == cred.policy)?;
-        let now = key_digest(policy, cred.slot);
-        if !iothub_pki::pop::constant_time_eq(&now, &cred.key_digest) {
-            return None;
-        }
-        Some(Principal {
-            rights: policy.rights.clone(),
-            ..who.clone()
-        })
+        self.policies()
+            .read(|held| {
+                let policy = held.iter().find(|p| p.name == cred.policy)?;
+                let now = key_digest(policy, cred.slot);
+                if !iothub_pki::pop::constant_time_eq(&now, &cred.key_digest) {
+                    return None;
+                }
+                Some(Principal {
+                    rights: policy.rights.clone(),
+                    ..who.clone()
+                })
+            })
+            .flatten()
     }
 
     /// Whether `resource` names this hub: one of its host names, with or without a port,
     /// compared without regard to case.
     pub(crate) fn is_hub_host(&self, resource: &str) -> bool {
         let host = strip_port(resource);
-        self.config
+        self.config()
             .host_names
             .iter()
             .any(|h| strip_port(h).eq_ignore_ascii_case(host))
@@ -294,15 +298,11 @@ impl Hub {
                 secondary_key: key()?,
                 rights: rights.iter().map(|r| r.name().to_string()).collect(),
             };
-            if self.store.insert_policy_if_absent(&policy)? && *name == "iothubowner" {
+            if self.store().insert_policy_if_absent(&policy)? && *name == "iothubowner" {
                 created_owner = Some(policy);
             }
         }
-        *self
-            .policies
-            .write()
-            .map_err(|_| HubError::Internal("policy lock poisoned".into()))? =
-            self.store.list_policies()?;
+        self.policies().replace(self.store().list_policies()?)?;
         Ok(created_owner)
     }
 
@@ -334,7 +334,7 @@ impl Hub {
         let mut entry = self.audit_entry(who, action, target, &Ok(message.to_string()));
         entry.success = false;
         entry.code = Some(code.to_string());
-        if let Err(e) = self.store.append_audit(&entry) {
+        if let Err(e) = self.store().append_audit(&entry) {
             tracing::error!(error = %e, "could not write an audit entry for a refusal");
         }
     }

@@ -1,9 +1,12 @@
 //! Cloud-to-device messages: queued durably per device (a bounded queue, each message with an
 //! expiry), delivered by the gateway when the device subscribes, redelivered after reconnect until
-//! the device acknowledges (PUBACK), and visible with their state (queued, delivered, expired).
+//! the device acknowledges (PUBACK), and visible with their state (`C2dState`).
+//!
+//! Owns no in-memory state: the queue is the store's (limits from the config). Asks of others:
+//! sessions, to wake the device's live session when a message is queued.
 
 use iothub_pki::device_id::validate_device_id;
-use iothub_store::{C2dRecord, StoreError};
+use iothub_store::{C2dRecord, C2dState, StoreError};
 
 use crate::auth::{Principal, Right};
 use crate::{Hub, HubError};
@@ -39,8 +42,7 @@ pub struct C2dView {
     /// Unix seconds.
     pub created: i64,
     pub expiry: i64,
-    /// "queued", "delivered" or "expired".
-    pub state: String,
+    pub state: C2dState,
     pub delivered_at: Option<i64>,
     pub delivery_count: i64,
 }
@@ -87,18 +89,18 @@ impl Hub {
             &format!("device/{device_id}"),
         )?;
         validate_device_id(device_id)?;
-        let max = self.config.c2d_max_bytes;
+        let max = self.config().c2d_max_bytes;
         if msg.body.len() > max {
             return Err(HubError::MessageTooLarge {
                 size: msg.body.len(),
                 max,
             });
         }
-        let ttl = msg.ttl_secs.unwrap_or(self.config.c2d_ttl_secs);
-        if !(1..=self.config.c2d_max_ttl_secs).contains(&ttl) {
+        let ttl = msg.ttl_secs.unwrap_or(self.config().c2d_ttl_secs);
+        if !(1..=self.config().c2d_max_ttl_secs).contains(&ttl) {
             return Err(HubError::InvalidArgument(format!(
                 "the time to live is {ttl} seconds; expected 1 to {}",
-                self.config.c2d_max_ttl_secs
+                self.config().c2d_max_ttl_secs
             )));
         }
         let mut system = serde_json::Map::new();
@@ -138,13 +140,13 @@ impl Hub {
             body: msg.body.clone(),
             created: now,
             expiry: now + ttl,
-            state: "queued".into(),
+            state: C2dState::Queued,
             delivered_at: None,
             delivery_count: 0,
         };
         let stored = self
-            .store
-            .enqueue_c2d(&record, self.config.c2d_max_pending)
+            .store()
+            .enqueue_c2d(&record, self.config().c2d_max_pending)
             .map_err(|e| match e {
                 StoreError::NotFound => HubError::DeviceNotFound(device_id.to_string()),
                 StoreError::LimitReached { limit } => HubError::QueueFull {
@@ -171,13 +173,13 @@ impl Hub {
             &format!("device/{device_id}"),
         )?;
         validate_device_id(device_id)?;
-        if self.store.get_device(device_id)?.is_none() {
+        if self.store().get_device(device_id)?.is_none() {
             return Err(HubError::DeviceNotFound(device_id.to_string()));
         }
         // Expire what is due before showing states.
-        self.store.pending_c2d(device_id, self.now())?;
+        self.store().pending_c2d(device_id, self.now())?;
         Ok(self
-            .store
+            .store()
             .list_c2d(device_id, limit.clamp(1, 1000))?
             .into_iter()
             .map(C2dView::of)
@@ -186,17 +188,17 @@ impl Hub {
 
     /// Messages waiting for a connected device (oldest first); the gateway publishes them.
     pub fn pending_c2d(&self, device_id: &str) -> Result<Vec<C2dRecord>, HubError> {
-        Ok(self.store.pending_c2d(device_id, self.now())?)
+        Ok(self.store().pending_c2d(device_id, self.now())?)
     }
 
     /// The device acknowledged a message.
     pub fn c2d_delivered(&self, id: i64) -> Result<(), HubError> {
-        Ok(self.store.mark_c2d_delivered(id, self.now())?)
+        Ok(self.store().mark_c2d_delivered(id, self.now())?)
     }
 
     /// A delivery attempt was made.
     pub fn c2d_attempted(&self, id: i64) -> Result<(), HubError> {
-        Ok(self.store.count_c2d_attempt(id)?)
+        Ok(self.store().count_c2d_attempt(id)?)
     }
 }
 
@@ -218,7 +220,7 @@ mod tests {
             body: b"hi".to_vec(),
             created: 1,
             expiry: 2,
-            state: "queued".into(),
+            state: C2dState::Queued,
             delivered_at: None,
             delivery_count: 0,
         };
@@ -305,7 +307,7 @@ mod delivery_tests {
             body: b"hi".to_vec(),
             created: 1,
             expiry: 2,
-            state: "queued".into(),
+            state: C2dState::Queued,
             delivered_at: None,
             delivery_count: 2,
         };

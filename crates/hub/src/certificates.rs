@@ -3,6 +3,9 @@
 //! Each operation checks rights, applies the rules of `iothub_pki::pop` in the documented order,
 //! writes through one atomic store call (precondition + change + audit entry), and audits refusals
 //! too. A refused request changes nothing but the audit log.
+//!
+//! Owns no state: CAs live in the store. Asks of others: trust, after every change that landed
+//! (`trust_changed`: rebuild, then re-check the sessions naming the changed subjects).
 
 use iothub_pki::pop::{self, CodeState};
 use iothub_pki::CertInfo;
@@ -67,7 +70,7 @@ impl Hub {
     }
 
     fn load(&self, name: &str) -> Result<CaRecord, HubError> {
-        self.store
+        self.store()
             .get_ca(name)?
             .ok_or_else(|| HubError::NotFound(name.to_string()))
     }
@@ -114,7 +117,7 @@ impl Hub {
             "list certificates",
             "certificates",
         )?;
-        self.store
+        self.store()
             .list_cas()?
             .iter()
             .map(|r| self.view(r))
@@ -161,15 +164,15 @@ impl Hub {
         pop::validate_ca_name(name)?;
         let der = iothub_pki::parse_certificate_input(
             request.certificate.as_bytes(),
-            self.config.max_certificate_bytes,
+            self.config().max_certificate_bytes,
         )?;
         let info = CertInfo::from_der(&der)?;
         let now = self.now();
         pop::check_ca_upload(&info, now)?;
-        if request.is_verified == Some(true) && !self.config.allow_verify_on_upload {
+        if request.is_verified == Some(true) && !self.config().allow_verify_on_upload {
             return Err(HubError::VerifyOnUploadNotAllowed);
         }
-        let existing = self.store.get_ca(name)?;
+        let existing = self.store().get_ca(name)?;
         let (record, expect, created) = match (existing, if_match) {
             (None, Some(_)) => return Err(HubError::NothingToReplace(name.to_string())),
             (None, None) => (
@@ -184,7 +187,7 @@ impl Hub {
                     code: CodeRecord::None,
                 },
                 Expect::Absent {
-                    limit: self.config.ca_limit,
+                    limit: self.config().ca_limit,
                 },
                 true,
             ),
@@ -230,7 +233,7 @@ impl Hub {
         );
         let audit = self.audit_entry(who, "certificate.put", &target(name), &Ok(detail));
         let stored = self
-            .store
+            .store()
             .write_ca(&record, expect, &audit)
             .map_err(|e| Self::store_error(name, &info.thumbprint_sha1, e, if_match))?;
         self.trust_changed();
@@ -261,7 +264,7 @@ impl Hub {
                 &target(name),
                 &Ok(format!("deleted (thumbprint {})", record.thumbprint)),
             );
-            self.store
+            self.store()
                 .delete_ca(name, Some(record.etag), &audit)
                 .map_err(|e| Self::store_error(name, &record.thumbprint, e, if_match))?;
             self.trust_changed();
@@ -292,7 +295,7 @@ impl Hub {
             let code = pop::generate_code()
                 .map_err(|_| HubError::Internal("the system random source failed".into()))?;
             let now = self.now();
-            let expires_at = now + self.config.code_lifetime_secs;
+            let expires_at = now + self.config().code_lifetime_secs;
             let updated = CaRecord {
                 code: CodeRecord::Live {
                     code: code.clone(),
@@ -312,7 +315,7 @@ impl Hub {
                 )),
             );
             let stored = self
-                .store
+                .store()
                 .write_ca(&updated, Expect::Etag(record.etag), &audit)
                 .map_err(|e| Self::store_error(name, &record.thumbprint, e, if_match))?;
             Ok((self.view(&stored)?, code, expires_at))
@@ -356,7 +359,7 @@ impl Hub {
                 &ca,
                 &code_state,
                 verification_certificate.as_bytes(),
-                self.config.max_certificate_bytes,
+                self.config().max_certificate_bytes,
                 now,
             )?;
             let updated = CaRecord {
@@ -375,7 +378,7 @@ impl Hub {
                 )),
             );
             let stored = self
-                .store
+                .store()
                 .write_ca(&updated, Expect::Etag(record.etag), &audit)
                 .map_err(|e| Self::store_error(name, &record.thumbprint, e, if_match))?;
             self.trust_changed();
@@ -393,7 +396,7 @@ impl Hub {
         limit: u32,
     ) -> Result<Vec<AuditEntry>, HubError> {
         self.authorize(who, Right::RegistryRead, "read the audit log", "audit")?;
-        Ok(self.store.list_audit(&AuditQuery {
+        Ok(self.store().list_audit(&AuditQuery {
             target: target.map(str::to_owned),
             before,
             limit: limit.clamp(1, 1000),

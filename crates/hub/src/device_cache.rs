@@ -14,11 +14,15 @@
 //! `capacity` of them: when full it starts over, which costs store reads, never a wrong verdict.
 //! This is the one place that must change for a multi-node hub, where another node's write has
 //! to reach `forget` too.
+//!
+//! Owns: [`DeviceCache`] — the records and the generation, behind its own lock. Asks nothing of
+//! others; `devices` forgets, `admission` gets and remembers, the CONNECT ticket reads the
+//! generation.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use iothub_store::DeviceRecord;
+use iothub_store::{AuthType, DeviceRecord, DeviceStatus};
 
 use crate::devices::{record_auth, DeviceAuth};
 
@@ -28,15 +32,15 @@ pub(crate) struct ConnectRecord {
     pub enabled: bool,
     /// None: an authentication type that cannot connect (named in `auth_type`).
     pub auth: Option<DeviceAuth>,
-    pub auth_type: String,
+    pub auth_type: AuthType,
 }
 
 impl ConnectRecord {
     pub(crate) fn from_record(record: &DeviceRecord) -> ConnectRecord {
         ConnectRecord {
-            enabled: record.status == "enabled",
+            enabled: record.status == DeviceStatus::Enabled,
             auth: record_auth(record),
-            auth_type: record.auth_type.clone(),
+            auth_type: record.auth_type,
         }
     }
 }
@@ -119,10 +123,10 @@ mod tests {
             device_id: id.into(),
             generation_id: "g".into(),
             etag: 1,
-            status: status.into(),
+            status: DeviceStatus::parse(status).unwrap(),
             status_reason: None,
             status_updated: 0,
-            auth_type: auth_type.into(),
+            auth_type: AuthType::parse(auth_type).unwrap(),
             primary_thumbprint: None,
             secondary_thumbprint: None,
             primary_key: Some("cHJpbWFyeQ==".into()),

@@ -3,10 +3,15 @@
 //!
 //! Every change that can affect a connected device (disabled, deleted, authentication changed)
 //! is handed to the session registry at once, which closes the sessions it no longer admits.
+//!
+//! Owns no in-memory state: records are the store's, and what CONNECT keeps of them is the device
+//! cache's (`device_cache`). The cross-cutting rule lives here: every device write forgets the
+//! device's cache entry once the store call returns, then re-checks that device's session
+//! (sessions); a delete also drops its pending activity and its persistent session.
 
 use iothub_pki::device_id::validate_device_id;
 use iothub_pki::thumbprint::normalize_thumbprint;
-use iothub_store::{DeviceActivity, DeviceRecord, Expect, StoreError};
+use iothub_store::{AuthType, DeviceActivity, DeviceRecord, DeviceStatus, Expect, StoreError};
 
 use crate::auth::{encode_etag, IfMatch, Principal, Right};
 use crate::{Hub, HubError};
@@ -26,22 +31,28 @@ pub enum DeviceAuth {
 }
 
 impl DeviceAuth {
-    pub fn type_name(&self) -> &'static str {
+    pub fn auth_type(&self) -> AuthType {
         match self {
-            DeviceAuth::CertificateAuthority => "certificateAuthority",
-            DeviceAuth::SelfSigned { .. } => "selfSigned",
-            DeviceAuth::Sas { .. } => "sas",
+            DeviceAuth::CertificateAuthority => AuthType::CertificateAuthority,
+            DeviceAuth::SelfSigned { .. } => AuthType::SelfSigned,
+            DeviceAuth::Sas { .. } => AuthType::Sas,
         }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        self.auth_type().as_str()
     }
 }
 
 /// A create-or-update request, as the Azure device JSON carries it.
 #[derive(Debug, Clone, Default)]
 pub struct PutDevice {
-    /// "enabled" (default) or "disabled".
+    /// A [`DeviceStatus`]'s text, as the JSON carries it (default enabled); checked here, so that
+    /// an unknown status is refused with the precise reason.
     pub status: Option<String>,
     pub status_reason: Option<String>,
-    /// "certificateAuthority", "selfSigned" or "sas" (default "sas", as Azure).
+    /// An [`AuthType`]'s text: certificateAuthority, selfSigned or sas (default sas, as Azure);
+    /// checked here like `status`.
     pub auth_type: Option<String>,
     pub primary_thumbprint: Option<String>,
     pub secondary_thumbprint: Option<String>,
@@ -83,21 +94,27 @@ fn new_key() -> Result<String, HubError> {
 }
 
 impl PutDevice {
-    /// The requested status: "enabled" (the default) or "disabled".
-    fn checked_status(&self) -> Result<String, HubError> {
-        match self.status.as_deref().unwrap_or("enabled") {
-            s @ ("enabled" | "disabled") => Ok(s.to_string()),
-            other => Err(HubError::InvalidArgument(format!(
-                "status '{other}' is invalid; expected 'enabled' or 'disabled'"
-            ))),
+    /// The requested status: enabled (the default) or disabled.
+    fn checked_status(&self) -> Result<DeviceStatus, HubError> {
+        match &self.status {
+            None => Ok(DeviceStatus::Enabled),
+            Some(text) => DeviceStatus::parse(text).ok_or_else(|| {
+                HubError::InvalidArgument(format!(
+                    "status '{text}' is invalid; expected '{}' or '{}'",
+                    DeviceStatus::Enabled,
+                    DeviceStatus::Disabled
+                ))
+            }),
         }
     }
 
     /// Resolves the requested authentication, generating SAS keys that were not given.
     fn auth(&self) -> Result<DeviceAuth, HubError> {
-        match self.auth_type.as_deref().unwrap_or("sas") {
-            "certificateAuthority" => Ok(DeviceAuth::CertificateAuthority),
-            "selfSigned" => {
+        // Azure's default is sas; `none` is a type this hub does not create.
+        let text = self.auth_type.as_deref().unwrap_or(AuthType::Sas.as_str());
+        match AuthType::parse(text) {
+            Some(AuthType::CertificateAuthority) => Ok(DeviceAuth::CertificateAuthority),
+            Some(AuthType::SelfSigned) => {
                 let primary = self.primary_thumbprint.as_deref().ok_or_else(|| {
                     HubError::DeviceAuthInvalid(
                         "selfSigned authentication needs x509Thumbprint.primaryThumbprint".into(),
@@ -105,12 +122,14 @@ impl PutDevice {
                 })?;
                 let primary = normalize_thumbprint(primary).map_err(HubError::DeviceAuthInvalid)?;
                 let secondary = match self.secondary_thumbprint.as_deref() {
-                    Some(s) if !s.is_empty() => Some(normalize_thumbprint(s).map_err(HubError::DeviceAuthInvalid)?),
+                    Some(s) if !s.is_empty() => {
+                        Some(normalize_thumbprint(s).map_err(HubError::DeviceAuthInvalid)?)
+                    }
                     _ => None,
                 };
                 Ok(DeviceAuth::SelfSigned { primary, secondary })
             }
-            "sas" => {
+            Some(AuthType::Sas) => {
                 let primary = match &self.primary_key {
                     Some(k) if !k.is_empty() => validate_key("symmetricKey.primaryKey", k)?,
                     _ => new_key()?,
@@ -121,8 +140,11 @@ impl PutDevice {
                 };
                 Ok(DeviceAuth::Sas { primary, secondary })
             }
-            other => Err(HubError::DeviceAuthInvalid(format!(
-                "authentication type '{other}' is not supported; expected certificateAuthority, selfSigned or sas"
+            Some(AuthType::None) | None => Err(HubError::DeviceAuthInvalid(format!(
+                "authentication type '{text}' is not supported; expected {}, {} or {}",
+                AuthType::CertificateAuthority,
+                AuthType::SelfSigned,
+                AuthType::Sas
             ))),
         }
     }
@@ -142,7 +164,7 @@ impl WritePlan {
     fn record(
         self,
         id: &str,
-        status: &str,
+        status: DeviceStatus,
         status_reason: Option<String>,
         auth: &DeviceAuth,
         now: i64,
@@ -160,10 +182,10 @@ impl WritePlan {
             device_id: id.to_string(),
             generation_id: self.generation_id,
             etag: 0,
-            status: status.to_string(),
+            status,
             status_reason,
             status_updated: self.status_updated,
-            auth_type: auth.type_name().to_string(),
+            auth_type: auth.auth_type(),
             primary_thumbprint: pt,
             secondary_thumbprint: st,
             primary_key: pk,
@@ -176,17 +198,17 @@ impl WritePlan {
 
 /// The authentication of a stored device.
 pub fn record_auth(r: &DeviceRecord) -> Option<DeviceAuth> {
-    match r.auth_type.as_str() {
-        "certificateAuthority" => Some(DeviceAuth::CertificateAuthority),
-        "selfSigned" => Some(DeviceAuth::SelfSigned {
+    match r.auth_type {
+        AuthType::CertificateAuthority => Some(DeviceAuth::CertificateAuthority),
+        AuthType::SelfSigned => Some(DeviceAuth::SelfSigned {
             primary: r.primary_thumbprint.clone().unwrap_or_default(),
             secondary: r.secondary_thumbprint.clone(),
         }),
-        "sas" => Some(DeviceAuth::Sas {
+        AuthType::Sas => Some(DeviceAuth::Sas {
             primary: r.primary_key.clone().unwrap_or_default(),
             secondary: r.secondary_key.clone().unwrap_or_default(),
         }),
-        _ => None,
+        AuthType::None => None,
     }
 }
 
@@ -195,7 +217,7 @@ impl Hub {
         let activity = self.device_activity(&record.device_id)?;
         let connected = self.is_connected(&record.device_id);
         let c2d_queued = self
-            .store
+            .store()
             .count_pending_c2d(&record.device_id, self.now())?;
         Ok(DeviceView {
             etag: encode_etag(record.etag),
@@ -225,7 +247,7 @@ impl Hub {
         self.authorize(who, Right::RegistryRead, "read devices", &target(id))?;
         validate_device_id(id)?;
         let record = self
-            .store
+            .store()
             .get_device(id)?
             .ok_or_else(|| HubError::DeviceNotFound(id.to_string()))?;
         self.device_view(record)
@@ -239,7 +261,7 @@ impl Hub {
         limit: u32,
     ) -> Result<Vec<DeviceView>, HubError> {
         self.authorize(who, Right::RegistryRead, "list devices", "devices")?;
-        self.store
+        self.store()
             .list_devices(after, limit.clamp(1, 1000))?
             .into_iter()
             .map(|r| self.device_view(r))
@@ -253,7 +275,7 @@ impl Hub {
         id: &str,
         existing: Option<&DeviceRecord>,
         if_match: Option<&IfMatch>,
-        status: &str,
+        status: DeviceStatus,
         now: i64,
     ) -> Result<WritePlan, HubError> {
         match (existing, if_match) {
@@ -267,7 +289,7 @@ impl Hub {
                 Ok(WritePlan {
                     created: true,
                     expect: Expect::Absent {
-                        limit: self.config.device_limit,
+                        limit: self.config().device_limit,
                     },
                     generation_id,
                     created_at: now,
@@ -319,11 +341,11 @@ impl Hub {
             let status = request.checked_status()?;
             let auth = request.auth()?;
             let now = self.now();
-            let existing = self.store.get_device(id)?;
-            let plan = self.write_plan(id, existing.as_ref(), if_match, &status, now)?;
+            let existing = self.store().get_device(id)?;
+            let plan = self.write_plan(id, existing.as_ref(), if_match, status, now)?;
             let created = plan.created;
             let expect = plan.expect;
-            let record = plan.record(id, &status, request.status_reason.clone(), &auth, now);
+            let record = plan.record(id, status, request.status_reason.clone(), &auth, now);
             // Keys and thumbprints are not written to the audit log.
             let detail = format!(
                 "{} device, {}, authentication {}",
@@ -332,9 +354,9 @@ impl Hub {
                 auth.type_name()
             );
             let audit = self.audit_entry(who, ACTION, &target(id), &Ok(detail));
-            let written = self.store.write_device(&record, expect, &audit);
+            let written = self.store().write_device(&record, expect, &audit);
             // Whatever the store answered (an error may follow a commit), CONNECT re-reads it.
-            self.device_cache.forget(id);
+            self.device_cache().forget(id);
             let stored = written.map_err(|e| Self::device_store_error(id, e, if_match))?;
             if !created {
                 self.revalidate_device_sessions(id);
@@ -355,9 +377,17 @@ impl Hub {
         let current = self.get_device(who, id)?;
         let r = &current.record;
         let request = PutDevice {
-            status: Some(if enabled { "enabled" } else { "disabled" }.to_string()),
+            status: Some(
+                if enabled {
+                    DeviceStatus::Enabled
+                } else {
+                    DeviceStatus::Disabled
+                }
+                .as_str()
+                .to_string(),
+            ),
             status_reason: reason.or_else(|| r.status_reason.clone()),
-            auth_type: Some(r.auth_type.clone()),
+            auth_type: Some(r.auth_type.as_str().to_string()),
             primary_thumbprint: r.primary_thumbprint.clone(),
             secondary_thumbprint: r.secondary_thumbprint.clone(),
             primary_key: r.primary_key.clone(),
@@ -379,7 +409,7 @@ impl Hub {
         let run = || -> Result<(), HubError> {
             validate_device_id(id)?;
             let record = self
-                .store
+                .store()
                 .get_device(id)?
                 .ok_or_else(|| HubError::DeviceNotFound(id.to_string()))?;
             if let Some(m) = if_match {
@@ -392,11 +422,13 @@ impl Hub {
                 }
             }
             let audit = self.audit_entry(who, ACTION, &target(id), &Ok("deleted device".into()));
-            let deleted = self.store.delete_device(id, Some(record.etag), &audit);
-            self.device_cache.forget(id);
+            let deleted = self.store().delete_device(id, Some(record.etag), &audit);
+            self.device_cache().forget(id);
             deleted.map_err(|e| Self::device_store_error(id, e, if_match))?;
             self.forget_activity(id);
-            self.forget_session_state(id);
+            // Its persistent session and any held refusal reason: a device made again with the
+            // same id must not inherit them.
+            self.sessions().forget_device(id);
             self.revalidate_device_sessions(id);
             Ok(())
         };

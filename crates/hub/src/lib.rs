@@ -1,9 +1,27 @@
 //! The service layer of iothub: the one place where the hub's rules are applied.
 //!
-//! Why: the HTTPS API, the web portal, the Azure-shaped routes and (later) the MQTT gateway are
-//! thin adapters. They authenticate a caller through [`Hub::authenticate`] and then call a method
-//! of [`Hub`]; no adapter repeats a rule. Everything here is synchronous and runs on a blocking
-//! thread: the store is SQLite, and the rules are pure CPU work from `iothub-pki`.
+//! Why: the HTTPS API, the web portal, the Azure-shaped routes and the MQTT gateway are thin
+//! adapters. They authenticate a caller through [`Hub::authenticate`] (a device through
+//! [`Hub::admit`]) and then call a method of [`Hub`]; no adapter repeats a rule. Nearly everything
+//! here is synchronous and runs on a blocking thread: the store is SQLite, and the rules are pure
+//! CPU work from `iothub-pki` (`admit` is async only to judge a cached device in the caller's task).
+//!
+//! [`Hub`] is the composition of parts, each owning its state privately in its own module, with a
+//! small interface the rest of the hub calls:
+//!
+//! | part | module | owns |
+//! |---|---|---|
+//! | `Policies` | `policies` | the in-memory policies, their write lock, the change epoch |
+//! | `Trust` | `trust` | the trust snapshot, its generation, the anchor memo, rebuild requests, the chain cache |
+//! | `DeviceCache` | `device_cache` | what CONNECT needs of each device, and its generation |
+//! | `Sessions` | `sessions` | live sessions, persistent subscriptions, recent refusals, the refusal budget |
+//! | `Telemetry` | `telemetry` | the group-commit writer thread and the watch of the last offset |
+//! | `PendingCalls` | `methods` | direct-method calls waiting for an answer |
+//! | `ActivityBuffer` | `activity` | connection facts waiting to be written, and their flusher |
+//!
+//! The store, the config and the clock are shared by all. `admission`, `devices`, `certificates`,
+//! `c2d`, `twins`, `auth` and `audit` own no in-memory state: they apply rules over the store and
+//! ask the parts. Each module's opening comment says what it owns and what it asks of others.
 
 pub mod activity;
 pub mod admission;
@@ -24,10 +42,7 @@ pub mod telemetry;
 pub mod trust;
 pub mod twins;
 
-use std::sync::{Arc, Mutex, RwLock};
-
-use arc_swap::ArcSwap;
-use iothub_pki::trust_index::TrustIndex;
+use std::sync::Arc;
 
 pub use admission::Refusal;
 pub use auth::{Credential, IfMatch, KeySlot, Principal, Right};
@@ -40,6 +55,10 @@ pub use error::{ErrorCode, HubError};
 /// rights), re-exported so that adapters take it from the service layer, not the store.
 pub use iothub_store::PolicyRecord;
 use iothub_store::Store;
+/// The typed seams of a device record and a cloud-to-device message: spelled once in the store's
+/// record types (their text columns), re-exported so adapters render them with `as_str` without
+/// depending on the store.
+pub use iothub_store::{AuthType, C2dState, DeviceStatus};
 pub use policies::PolicyView;
 pub use sessions::{
     Admission, AuthMethod, ConnectRequest, ConnectTicket, RecentRefusal, SessionInfo,
@@ -116,43 +135,37 @@ impl Default for HubConfig {
     }
 }
 
-/// The hub's service layer. Cheap to clone (shared state behind `Arc`).
+/// The hub's service layer: the composition of its parts. Cheap to clone (each part behind an
+/// `Arc`).
+///
+/// Each part owns its state, private to its module, and offers a small interface; the rest of
+/// the hub reaches a part only through the accessors below (a test checks that no other file
+/// names these fields). `Hub` itself keeps the rules that need several parts: a device write
+/// forgets the device cache entry, then re-checks that device's session (`devices`); a CA change
+/// rebuilds trust, then re-checks the sessions naming the changed subjects
+/// ([`Hub::rebuild_trust`]); a CONNECT's ticket reads the device cache's and trust's generations
+/// (`sessions`, `admission`).
 #[derive(Clone)]
 pub struct Hub {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) config: Arc<HubConfig>,
-    pub(crate) clock: Arc<dyn Clock>,
-    /// Policies are read on every request; they change only through the service layer, which
-    /// refreshes this copy.
-    pub(crate) policies: Arc<RwLock<Vec<PolicyRecord>>>,
-    /// Serialises policy changes, so that the copy above is reloaded in the order of the writes.
-    pub(crate) policy_writes: Arc<Mutex<()>>,
-    /// Moves on every policy change: live streams re-check their credential (see `policies`).
-    pub(crate) policy_epoch: Arc<tokio::sync::watch::Sender<u64>>,
-    /// The trust snapshot (registered CAs by subject), swapped on every CA change.
-    pub(crate) trust: Arc<ArcSwap<TrustIndex>>,
-    /// Moves on every trust snapshot stored: a CONNECT judged across a move is re-checked (see
-    /// `Hub::connect_ticket`).
-    pub(crate) trust_generation: Arc<std::sync::atomic::AtomicU64>,
-    /// Each registered CA parsed, by name, with the etag of the version parsed. Its lock also
-    /// makes trust rebuilds run one at a time.
-    pub(crate) anchor_memo: Arc<Mutex<trust::AnchorMemo>>,
-    /// Trust rebuilds asked for so far: a rebuild that finds its request already covered by one
-    /// that read the registry after it returns at once (see `Hub::rebuild_trust`).
-    pub(crate) trust_requests: Arc<std::sync::atomic::AtomicU64>,
-    /// Device chains validated against the snapshot held beside them (see `trust`).
-    pub(crate) chain_cache: Arc<Mutex<(Arc<TrustIndex>, iothub_pki::chain_cache::ChainCache)>>,
-    /// What CONNECT needs of each device, forgotten on every device write (see `device_cache`).
-    pub(crate) device_cache: Arc<device_cache::DeviceCache>,
-    pub(crate) sessions: Arc<Mutex<sessions::Sessions>>,
-    pub(crate) telemetry: Arc<telemetry::TelemetryWriter>,
-    pub(crate) last_offset: Arc<tokio::sync::watch::Sender<i64>>,
-    /// Direct-method calls waiting for their device's answer, by request id.
-    pub(crate) methods: Arc<Mutex<methods::PendingCalls>>,
-    /// Device connection facts waiting to be written (see `activity`).
-    pub(crate) activity: Arc<activity::ActivityBuffer>,
-    /// Refusals per device-listener address, and how often they are logged and recorded.
-    pub(crate) refusal_budget: Arc<Mutex<refusal_budget::RefusalBudget>>,
+    /// The source of truth every part reads and writes through.
+    store: Arc<dyn Store>,
+    config: Arc<HubConfig>,
+    clock: Arc<dyn Clock>,
+    /// `policies.rs`: the in-memory policies, their write lock and change epoch.
+    policies: Arc<policies::Policies>,
+    /// `trust.rs`: the trust snapshot, its generation, the anchor memo, rebuild requests and the
+    /// cache of validated chains.
+    trust: Arc<trust::Trust>,
+    /// `device_cache.rs`: what CONNECT needs of each device, forgotten on every device write.
+    device_cache: Arc<device_cache::DeviceCache>,
+    /// `sessions.rs`: live sessions, persistent subscriptions, recent refusals, refusal budget.
+    sessions: Arc<sessions::Sessions>,
+    /// `telemetry.rs`: the group-commit writer and the watch of the last offset.
+    telemetry: Arc<telemetry::Telemetry>,
+    /// `methods.rs`: direct-method calls waiting for their device's answer.
+    methods: Arc<methods::PendingCalls>,
+    /// `activity.rs`: device connection facts waiting to be written.
+    activity: Arc<activity::ActivityBuffer>,
 }
 
 impl Hub {
@@ -162,36 +175,23 @@ impl Hub {
         config: HubConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Hub, HubError> {
-        let policies = store.list_policies()?;
-        let (last_offset, _) = tokio::sync::watch::channel(store.last_message_offset()?);
-        let last_offset = Arc::new(last_offset);
-        let telemetry = telemetry::TelemetryWriter::start(store.clone(), (*last_offset).clone())?;
+        let policies = policies::Policies::new(store.list_policies()?);
+        let telemetry = telemetry::Telemetry::start(store.clone())?;
         let activity = activity::ActivityBuffer::start(store.clone())?;
-        let chain_cache_entries = config.chain_cache_entries;
+        let trust = trust::Trust::new(config.chain_cache_entries, config.max_chain_len);
         let device_cache = device_cache::DeviceCache::new(config.device_cache_entries);
-        let refusal_budget = refusal_budget::RefusalBudget::new(config.mqtt_refusal_limit);
+        let sessions = sessions::Sessions::new(config.refusals_kept, config.mqtt_refusal_limit);
         let hub = Hub {
             store,
             config: Arc::new(config),
             clock,
-            policies: Arc::new(RwLock::new(policies)),
-            policy_writes: Arc::new(Mutex::new(())),
-            policy_epoch: Arc::new(tokio::sync::watch::channel(0).0),
-            trust: Arc::new(ArcSwap::from_pointee(TrustIndex::default())),
-            trust_generation: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            anchor_memo: Arc::new(Mutex::new(trust::AnchorMemo::default())),
-            trust_requests: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            chain_cache: Arc::new(Mutex::new((
-                Arc::new(TrustIndex::default()),
-                iothub_pki::chain_cache::ChainCache::new(chain_cache_entries),
-            ))),
+            policies: Arc::new(policies),
+            trust: Arc::new(trust),
             device_cache: Arc::new(device_cache),
-            sessions: Arc::new(Mutex::new(sessions::Sessions::default())),
+            sessions: Arc::new(sessions),
             telemetry: Arc::new(telemetry),
-            last_offset,
-            methods: Arc::new(Mutex::new(std::collections::HashMap::new())),
+            methods: Arc::new(methods::PendingCalls::default()),
             activity,
-            refusal_budget: Arc::new(Mutex::new(refusal_budget)),
         };
         hub.rebuild_trust()?;
         Ok(hub)
@@ -203,5 +203,83 @@ impl Hub {
 
     pub fn now(&self) -> i64 {
         self.clock.now()
+    }
+
+    // The parts, as the other modules reach them.
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub(crate) fn policies(&self) -> &policies::Policies {
+        &self.policies
+    }
+
+    /// The trust part (`trust()` is the public snapshot).
+    pub(crate) fn trust_set(&self) -> &trust::Trust {
+        &self.trust
+    }
+
+    pub(crate) fn device_cache(&self) -> &device_cache::DeviceCache {
+        &self.device_cache
+    }
+
+    pub(crate) fn sessions(&self) -> &sessions::Sessions {
+        &self.sessions
+    }
+
+    pub(crate) fn telemetry(&self) -> &telemetry::Telemetry {
+        &self.telemetry
+    }
+
+    pub(crate) fn methods(&self) -> &methods::PendingCalls {
+        &self.methods
+    }
+
+    pub(crate) fn activity(&self) -> &activity::ActivityBuffer {
+        &self.activity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The parts' fields on `Hub` are named only in this file: every other module goes through
+    /// the accessors, so what a module touches is either its own part's state (declared in that
+    /// module) or another part's interface.
+    #[test]
+    fn no_module_names_a_field_of_hub() {
+        const FIELDS: [&str; 10] = [
+            "store",
+            "config",
+            "clock",
+            "policies",
+            "trust",
+            "device_cache",
+            "sessions",
+            "telemetry",
+            "methods",
+            "activity",
+        ];
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().is_some_and(|n| n == "lib.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            // `self.field` or `self` at a line's end and `.field` opening the next.
+            let joined = text.replace("self\n", "self").replace(' ', "");
+            for field in FIELDS {
+                let field_access = format!("self.{field}");
+                for (at, _) in joined.match_indices(&field_access) {
+                    let next = joined[at + field_access.len()..].chars().next();
+                    assert!(
+                        next.is_some_and(|c| c == '(' || c == '_' || c.is_alphanumeric()),
+                        "{} names Hub's field `{field}`; use its accessor",
+                        path.display()
+                    );
+                }
+            }
+        }
     }
 }

@@ -1,8 +1,14 @@
 //! Direct methods: the service calls a method on a connected device and waits for its answer.
 //! The hub publishes `$iothub/methods/POST/{name}/?$rid={rid}` to the device's session and matches
 //! the device's `$iothub/methods/res/{status}/?$rid={rid}` to the waiting caller.
+//!
+//! Owns: `PendingCalls` — the calls waiting for their device's answer, by request id. Asks of
+//! others: the store (the device exists), sessions (is the device's session subscribed to
+//! methods; the request goes to it as a `SessionSignal::MethodRequest`), `authorize`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use iothub_pki::device_id::validate_device_id;
 use serde_json::Value;
@@ -17,9 +23,36 @@ static NEXT_RID: AtomicU64 = AtomicU64::new(1);
 /// A device's answer: its status code and JSON payload.
 pub type MethodAnswer = (i32, Value);
 
-/// Calls waiting for an answer: request id -> (device id, where the answer goes).
-pub(crate) type PendingCalls =
-    std::collections::HashMap<u64, (String, oneshot::Sender<MethodAnswer>)>;
+/// The methods part of the hub: calls waiting for an answer, request id -> (device id, where the
+/// answer goes).
+#[derive(Default)]
+pub(crate) struct PendingCalls {
+    calls: Mutex<HashMap<u64, (String, oneshot::Sender<MethodAnswer>)>>,
+}
+
+impl PendingCalls {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, (String, oneshot::Sender<MethodAnswer>)>> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, rid: u64, device_id: &str, tx: oneshot::Sender<MethodAnswer>) {
+        self.lock().insert(rid, (device_id.to_string(), tx));
+    }
+
+    /// Takes call `rid` out, if it went to `device_id`: only that device may answer it.
+    fn take_for(&self, device_id: &str, rid: u64) -> Option<oneshot::Sender<MethodAnswer>> {
+        let mut calls = self.lock();
+        if calls.get(&rid).is_some_and(|(d, _)| d == device_id) {
+            calls.remove(&rid).map(|(_, tx)| tx)
+        } else {
+            None
+        }
+    }
+
+    fn forget(&self, rid: u64) {
+        self.lock().remove(&rid);
+    }
+}
 
 impl Hub {
     /// Sends a method call to a connected device; the receiver yields its answer. The caller
@@ -43,7 +76,7 @@ impl Hub {
                 "method name '{name}' is invalid: expected 1 to 128 characters without / ? # +"
             )));
         }
-        if self.store.get_device(device_id)?.is_none() {
+        if self.store().get_device(device_id)?.is_none() {
             return Err(HubError::DeviceNotFound(device_id.to_string()));
         }
         let body =
@@ -59,10 +92,7 @@ impl Hub {
         }
         let rid = NEXT_RID.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.methods
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(rid, (device_id.to_string(), tx));
+        self.methods().insert(rid, device_id, tx);
         self.signal_device(
             device_id,
             SessionSignal::MethodRequest {
@@ -76,27 +106,20 @@ impl Hub {
 
     /// A device answered method call `rid`.
     pub fn method_response(&self, device_id: &str, rid: u64, status: i32, payload: &[u8]) {
-        let mut pending = self.methods.lock().unwrap_or_else(|p| p.into_inner());
-        // Only the device the call went to may answer it.
-        if pending.get(&rid).is_some_and(|(d, _)| d == device_id) {
-            if let Some((_, tx)) = pending.remove(&rid) {
-                let value = if payload.is_empty() {
-                    Value::Null
-                } else {
-                    serde_json::from_slice(payload).unwrap_or_else(|_| {
-                        Value::String(String::from_utf8_lossy(payload).into_owned())
-                    })
-                };
-                let _ = tx.send((status, value));
-            }
+        if let Some(tx) = self.methods().take_for(device_id, rid) {
+            let value = if payload.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(payload).unwrap_or_else(|_| {
+                    Value::String(String::from_utf8_lossy(payload).into_owned())
+                })
+            };
+            let _ = tx.send((status, value));
         }
     }
 
     /// Drops a call that timed out.
     pub fn forget_method(&self, rid: u64) {
-        self.methods
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&rid);
+        self.methods().forget(rid);
     }
 }

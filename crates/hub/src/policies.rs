@@ -11,9 +11,17 @@
 //! keys held in memory (reloaded under the write lock before the change returns), and the live
 //! things made with a key (event streams, portal sessions) re-check their `Credential` through
 //! `Hub::refresh_principal` whenever the policies change.
+//!
+//! Owns: `Policies` — the in-memory copy of the policies (read on every request), the lock
+//! that serialises policy changes, and the epoch that moves on each. Asks of others: the store
+//! (each change, with its audit entry, in one call; then the list reloaded), `authorize` and
+//! `refuse` (`auth`, `audit`). `auth` reads the copy through `Policies::read`.
 
 use iothub_pki::policy::{format_rights, parse_rights, validate_policy_name, KeySlot, Right};
+use std::sync::{Mutex, MutexGuard, RwLock};
+
 use iothub_store::{PolicyChange, PolicyRecord, StoreError};
+use tokio::sync::watch;
 
 use crate::auth::Credential;
 use crate::{Hub, HubError, Principal};
@@ -23,6 +31,50 @@ pub const POLICY_LIMIT: u64 = 16;
 
 /// The built-in owner policy: it keeps every right and cannot be deleted.
 pub const OWNER_POLICY: &str = "iothubowner";
+
+/// The policies part of the hub (see the module comment).
+pub(crate) struct Policies {
+    /// Policies are read on every request; they change only through the service layer, which
+    /// refreshes this copy.
+    held: RwLock<Vec<PolicyRecord>>,
+    /// Serialises policy changes, so that the copy above is reloaded in the order of the writes.
+    writes: Mutex<()>,
+    /// Moves on every policy change: live streams re-check their credential.
+    epoch: watch::Sender<u64>,
+}
+
+impl Policies {
+    pub(crate) fn new(held: Vec<PolicyRecord>) -> Policies {
+        Policies {
+            held: RwLock::new(held),
+            writes: Mutex::new(()),
+            epoch: watch::channel(0).0,
+        }
+    }
+
+    /// `f` over the held policies, under the read lock; None if the lock is poisoned.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&[PolicyRecord]) -> T) -> Option<T> {
+        self.held.read().ok().map(|held| f(&held))
+    }
+
+    /// Replaces the held copy with `all`, as just read from the store.
+    pub(crate) fn replace(&self, all: Vec<PolicyRecord>) -> Result<(), HubError> {
+        *self
+            .held
+            .write()
+            .map_err(|_| HubError::Internal("policy lock poisoned".into()))? = all;
+        Ok(())
+    }
+
+    /// Held by the caller for the whole of one policy change.
+    fn writing(&self) -> MutexGuard<'_, ()> {
+        self.writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn poisoned() -> HubError {
+    HubError::Internal("policy lock poisoned".into())
+}
 
 /// A policy without its keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,13 +127,9 @@ impl Hub {
     }
 
     fn find_policy(&self, name: &str) -> Result<Option<PolicyRecord>, HubError> {
-        Ok(self
-            .policies
-            .read()
-            .map_err(|_| HubError::Internal("policy lock poisoned".into()))?
-            .iter()
-            .find(|p| p.name == name)
-            .cloned())
+        self.policies()
+            .read(|held| held.iter().find(|p| p.name == name).cloned())
+            .ok_or_else(poisoned)
     }
 
     /// The policies without their keys.
@@ -92,13 +140,13 @@ impl Hub {
             "list shared access policies",
             "policies",
         )?;
-        Ok(self
-            .policies
-            .read()
-            .map_err(|_| HubError::Internal("policy lock poisoned".into()))?
-            .iter()
-            .map(|p| (p.name.clone(), p.rights.clone()))
-            .collect())
+        self.policies()
+            .read(|held| {
+                held.iter()
+                    .map(|p| (p.name.clone(), p.rights.clone()))
+                    .collect()
+            })
+            .ok_or_else(poisoned)
     }
 
     /// One policy without its keys.
@@ -125,11 +173,9 @@ impl Hub {
     /// Every policy with its keys (the management API's `listkeys`): as `policy_keys`.
     pub fn all_policy_keys(&self, who: &Principal) -> Result<Vec<PolicyRecord>, HubError> {
         self.require_policy_admin(who, "policy.listKeys", "*")?;
-        Ok(self
-            .policies
-            .read()
-            .map_err(|_| HubError::Internal("policy lock poisoned".into()))?
-            .clone())
+        self.policies()
+            .read(<[PolicyRecord]>::to_vec)
+            .ok_or_else(poisoned)
     }
 
     /// The owner policy (for the local connection string); the hub reads it itself.
@@ -168,7 +214,7 @@ impl Hub {
 
     /// A receiver that changes whenever a policy is created, changed, rotated or deleted.
     pub fn watch_policies(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.policy_epoch.subscribe()
+        self.policies().epoch.subscribe()
     }
 
     /// Creates policy `name` with `rights` (a comma-separated list, as Azure writes it) and fresh
@@ -194,7 +240,7 @@ impl Hub {
                     format_rights(&rights)
                 )));
             }
-            let _writes = self.policy_writes.lock().unwrap_or_else(|p| p.into_inner());
+            let _writes = self.policies().writing();
             let (change, created, detail) = match self.find_policy(name)? {
                 Some(_) => (
                     PolicyChange::SetRights {
@@ -244,7 +290,7 @@ impl Hub {
                     "the built-in policy '{OWNER_POLICY}' cannot be deleted: it is the credential of last resort. Rotate its keys instead ('iothub policy rotate {OWNER_POLICY} --key primary|secondary')"
                 )));
             }
-            let _writes = self.policy_writes.lock().unwrap_or_else(|p| p.into_inner());
+            let _writes = self.policies().writing();
             if self.find_policy(name)?.is_none() {
                 return Err(HubError::PolicyNotFound(name.to_string()));
             }
@@ -270,7 +316,7 @@ impl Hub {
         let run = || -> Result<PolicyRecord, HubError> {
             validate_policy_name(name)?;
             let slot = KeySlot::parse(key).map_err(HubError::InvalidArgument)?;
-            let _writes = self.policy_writes.lock().unwrap_or_else(|p| p.into_inner());
+            let _writes = self.policies().writing();
             if self.find_policy(name)?.is_none() {
                 return Err(HubError::PolicyNotFound(name.to_string()));
             }
@@ -291,7 +337,7 @@ impl Hub {
 
     /// One policy change: the store call (precondition + audit entry in one transaction), then the
     /// in-memory copy reloaded and the epoch moved, all before the caller gets its answer, so
-    /// that the next request already sees the change. The caller holds `policy_writes`.
+    /// that the next request already sees the change. The caller holds `Policies::writing`.
     fn write_policy(
         &self,
         who: &Principal,
@@ -302,7 +348,7 @@ impl Hub {
     ) -> Result<Option<PolicyRecord>, HubError> {
         let audit = self.audit_entry(who, action, &target(name), &Ok(detail));
         let stored = self
-            .store
+            .store()
             .change_policy(change, &audit)
             .map_err(|e| match e {
                 StoreError::LimitReached { limit } => HubError::PolicyLimitReached(limit),
@@ -312,12 +358,9 @@ impl Hub {
             )),
                 other => HubError::from(other),
             })?;
-        let all = self.store.list_policies()?;
-        *self
-            .policies
-            .write()
-            .map_err(|_| HubError::Internal("policy lock poisoned".into()))? = all;
-        self.policy_epoch.send_modify(|e| *e += 1);
+        let all = self.store().list_policies()?;
+        self.policies().replace(all)?;
+        self.policies().epoch.send_modify(|e| *e += 1);
         Ok(stored)
     }
 }

@@ -19,7 +19,8 @@
 //! Memory is bounded: at most [`MAX_TRACKED`] addresses and as many held device reasons; past
 //! that the oldest windows are dropped.
 //!
-//! Time is passed in (`now`), so the rules are tested without waiting.
+//! Time is passed in (`now`), so the rules are tested without waiting. The sessions part holds the
+//! one `RefusalBudget` under its lock; this module is the pure rules.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -1,30 +1,37 @@
-//! Device sessions: authentication at MQTT CONNECT, the registry of live sessions (one per
-//! device), recent refusals with their exact reasons, and closing sessions the hub no longer admits.
+//! Device sessions: the registry of live sessions (one per device), recent refusals with their
+//! exact reasons, the refusal budget, and closing sessions the hub no longer admits. The judgement
+//! of a CONNECT is `admission`'s; this module registers what it admitted.
 //!
 //! The gateway owns sockets; this module owns decisions. A session is registered with a channel the
 //! gateway listens on; the hub sends `Close(reason)` on it when trust or the device changes, and
 //! `C2dAvailable` when a cloud-to-device message is queued.
+//!
+//! Owns: `Sessions` — the live sessions (one per device, with the chain each was admitted
+//! with), the persistent-session subscriptions (CleanSession=0), the recent refusals, and the
+//! refusal budget of the device listener (`refusal_budget`'s rules, under this part's lock).
+//! Asks of others: the device cache's and trust's generations for a CONNECT's ticket
+//! ([`Hub::connect_ticket`]); trust to re-validate chains and the store to re-read a device when
+//! re-checking sessions; activity (`activity`) to record connects, disconnects and `lastRefusal`.
+//! Devices and trust call [`Hub::revalidate_device_sessions`] and `revalidate_sessions_naming`
+//! after their changes; c2d, twins and methods signal a device's live session through
+//! `signal_device`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use base64::Engine as _;
 use iothub_pki::device_id::validate_device_id;
-use iothub_pki::sas::SasToken;
 use iothub_pki::trust_index::NameKey;
 use iothub_pki::CertInfo;
-use iothub_store::DeviceActivity;
+use iothub_store::{AuthType, DeviceActivity, DeviceStatus};
 use tokio::sync::mpsc;
 
-use crate::admission::Refusal;
 use crate::auth::{Principal, Right};
-use crate::device_cache::ConnectRecord;
 use crate::devices::{record_auth, DeviceAuth};
 use crate::peer_text::escaped;
-use crate::refusal_budget::{self, SweepEvent};
+use crate::refusal_budget::{self, RefusalBudget, RefusalVerdict, SweepEvent};
 use crate::{Hub, HubError};
 
 /// What a device presented at CONNECT.
@@ -56,9 +63,13 @@ pub enum AuthMethod {
 impl std::fmt::Display for AuthMethod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            AuthMethod::Ca { ca_name, .. } => write!(f, "certificateAuthority via '{ca_name}'"),
-            AuthMethod::SelfSigned { thumbprint } => write!(f, "selfSigned {thumbprint}"),
-            AuthMethod::Sas => f.write_str("sas"),
+            AuthMethod::Ca { ca_name, .. } => {
+                write!(f, "{} via '{ca_name}'", AuthType::CertificateAuthority)
+            }
+            AuthMethod::SelfSigned { thumbprint } => {
+                write!(f, "{} {thumbprint}", AuthType::SelfSigned)
+            }
+            AuthMethod::Sas => f.write_str(AuthType::Sas.as_str()),
         }
     }
 }
@@ -145,12 +156,200 @@ pub struct SessionInfo {
     pub auth: String,
 }
 
-#[derive(Default)]
+/// The sessions part of the hub (see the module comment).
 pub(crate) struct Sessions {
+    table: Mutex<Table>,
+    /// Refusals per device-listener address, and how often they are logged and recorded.
+    budget: Mutex<RefusalBudget>,
+    /// How many recent refusals are kept (`HubConfig::refusals_kept`).
+    refusals_kept: usize,
+}
+
+/// What one lock guards: a CONNECT registers its session and reads its persistent
+/// subscriptions in one step.
+#[derive(Default)]
+struct Table {
     live: HashMap<String, SessionEntry>,
     /// Subscriptions of devices using CleanSession=0, kept in memory between their connections.
     persistent: HashMap<String, Subscriptions>,
     refusals: VecDeque<RecentRefusal>,
+}
+
+/// The chain a session was admitted with, shared so re-checks take it out of the lock without
+/// copying certificates.
+type SharedChain = Arc<Vec<Vec<u8>>>;
+
+/// A live session as a re-check takes it out of the lock: device id, how it was admitted, its
+/// chain and its signal channel.
+type Judged = (
+    String,
+    AuthMethod,
+    SharedChain,
+    mpsc::UnboundedSender<SessionSignal>,
+);
+
+impl Sessions {
+    pub(crate) fn new(refusals_kept: usize, mqtt_refusal_limit: u32) -> Sessions {
+        Sessions {
+            table: Mutex::new(Table::default()),
+            budget: Mutex::new(RefusalBudget::new(mqtt_refusal_limit)),
+            refusals_kept,
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn budget(&self) -> MutexGuard<'_, RefusalBudget> {
+        self.budget.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn is_connected(&self, device_id: &str) -> bool {
+        self.table().live.contains_key(device_id)
+    }
+
+    /// Registers `entry` as `device_id`'s session under one lock: returns the persistent
+    /// subscriptions it resumes (none with CleanSession=1, which forgets them) and the session it
+    /// replaced, if any.
+    fn register(
+        &self,
+        device_id: &str,
+        mut entry: SessionEntry,
+        clean_session: bool,
+    ) -> (Option<Subscriptions>, Option<SessionEntry>) {
+        let mut table = self.table();
+        let resumed = if clean_session {
+            table.persistent.remove(device_id);
+            None
+        } else {
+            table.persistent.get(device_id).copied()
+        };
+        entry.methods = resumed.is_some_and(|r| r.methods);
+        let previous = table.live.insert(device_id.to_owned(), entry);
+        (resumed, previous)
+    }
+
+    /// See [`Hub::remember_subscriptions`].
+    fn remember_subscriptions(
+        &self,
+        device_id: &str,
+        session_id: u64,
+        subs: Subscriptions,
+        persistent: bool,
+    ) {
+        let mut table = self.table();
+        match table.live.get_mut(device_id) {
+            Some(e) if e.session_id == session_id => e.methods = subs.methods,
+            _ => return,
+        }
+        if persistent {
+            table.persistent.insert(device_id.to_string(), subs);
+        }
+    }
+
+    /// Forgets a deleted device's persistent session and any refusal reason held for it.
+    pub(crate) fn forget_device(&self, device_id: &str) {
+        self.table().persistent.remove(device_id);
+        self.budget().forget_device(device_id);
+    }
+
+    /// Removes a session if it is still the registered one for its device.
+    fn remove(&self, device_id: &str, session_id: u64) {
+        let mut table = self.table();
+        if table
+            .live
+            .get(device_id)
+            .is_some_and(|e| e.session_id == session_id)
+        {
+            table.live.remove(device_id);
+        }
+    }
+
+    fn admit_address(&self, ip: IpAddr, now: Instant) -> bool {
+        self.budget().admit(ip, now)
+    }
+
+    fn refused(&self, ip: IpAddr, now: Instant) -> RefusalVerdict {
+        self.budget().refused(ip, now)
+    }
+
+    fn sweep_budget(&self, now: Instant) -> Vec<SweepEvent> {
+        self.budget().sweep(now)
+    }
+
+    /// Keeps a refusal among the recent ones (the oldest dropped past `refusals_kept`).
+    fn keep_refusal(&self, refusal: RecentRefusal) {
+        let mut table = self.table();
+        table.refusals.push_back(refusal);
+        while table.refusals.len() > self.refusals_kept {
+            table.refusals.pop_front();
+        }
+    }
+
+    /// Whether a device's `lastRefusal` is to be written now (see `refusal_budget`).
+    fn record_refusal_now(&self, device_id: &str, reason: &str, time: i64, now: Instant) -> bool {
+        self.budget().record_now(device_id, reason, time, now)
+    }
+
+    /// Live sessions (by device id) and recent refusals (newest first).
+    fn listing(&self) -> (Vec<SessionInfo>, Vec<RecentRefusal>) {
+        let table = self.table();
+        let mut live: Vec<SessionInfo> = table
+            .live
+            .iter()
+            .map(|(id, e)| SessionInfo {
+                device_id: id.clone(),
+                remote: e.remote.clone(),
+                since: e.since,
+                auth: e.method.to_string(),
+            })
+            .collect();
+        live.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        let refusals = table.refusals.iter().rev().cloned().collect();
+        (live, refusals)
+    }
+
+    /// The certificate sessions `affected` selects, taken out of the lock to be judged.
+    fn certificate_sessions(&self, affected: impl Fn(&AuthMethod) -> bool) -> Vec<Judged> {
+        self.table()
+            .live
+            .iter()
+            .filter(|(_, e)| !matches!(e.method, AuthMethod::Sas) && affected(&e.method))
+            .map(|(id, e)| (id.clone(), e.method.clone(), e.chain.clone(), e.tx.clone()))
+            .collect()
+    }
+
+    /// A device's live session: its id, how it was admitted and its chain.
+    fn of_device(&self, device_id: &str) -> Option<(u64, AuthMethod, SharedChain)> {
+        self.table()
+            .live
+            .get(device_id)
+            .map(|e| (e.session_id, e.method.clone(), e.chain.clone()))
+    }
+
+    /// Sends `signal` to `device_id`'s live session if it is still session `session_id`.
+    fn signal_session(&self, device_id: &str, session_id: u64, signal: SessionSignal) {
+        if let Some(e) = self
+            .table()
+            .live
+            .get(device_id)
+            .filter(|e| e.session_id == session_id)
+        {
+            let _ = e.tx.send(signal);
+        }
+    }
+
+    /// Sends a signal to a device's live session, if it has one.
+    pub(crate) fn signal(&self, device_id: &str, signal: SessionSignal) {
+        if let Some(e) = self.table().live.get(device_id) {
+            let _ = e.tx.send(signal);
+        }
+    }
+
+    pub(crate) fn subscribed_to_methods(&self, device_id: &str) -> bool {
+        self.table().live.get(device_id).is_some_and(|e| e.methods)
+    }
 }
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -159,229 +358,9 @@ fn log_budget_ended(ip: IpAddr, dropped: u64) {
     tracing::info!(remote = %ip, dropped, "connections from {ip} are judged again: {dropped} were dropped unjudged in its minute over --mqtt-refusal-limit");
 }
 
-fn username_device(username: &str) -> Option<(&str, &str)> {
-    // "{host}/{deviceId}/?api-version=..." (host may carry a port).
-    let mut parts = username.splitn(3, '/');
-    let host = parts.next()?;
-    let device = parts.next()?;
-    Some((host, device))
-}
-
-/// A selfSigned device: its certificate's thumbprint is one it registered, and the certificate is
-/// inside its validity period.
-fn judge_self_signed(
-    req: &ConnectRequest,
-    primary: &str,
-    secondary: Option<&str>,
-    now: i64,
-) -> Result<AuthMethod, Refusal> {
-    let id = req.client_id.as_str();
-    let leaf = req
-        .chain
-        .first()
-        .ok_or_else(|| Refusal::NoClientCertificate {
-            device_id: id.to_string(),
-            auth_type: "selfSigned",
-        })?;
-    let info =
-        CertInfo::from_der(leaf).map_err(|e| Refusal::CertificateUnreadable(e.to_string()))?;
-    let matches = |t: &str| t == info.thumbprint_sha1 || t == info.thumbprint_sha256;
-    if !(matches(primary) || secondary.is_some_and(matches)) {
-        return Err(Refusal::ThumbprintMismatch {
-            thumbprint: info.thumbprint_sha1,
-            device_id: id.to_string(),
-        });
-    }
-    if !info.is_valid_at(now) {
-        return Err(Refusal::CertificateNotValidNow {
-            not_before: info.not_before,
-            not_after: info.not_after,
-        });
-    }
-    Ok(AuthMethod::SelfSigned {
-        thumbprint: info.thumbprint_sha1,
-    })
-}
-
 impl Hub {
-    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     pub(crate) fn is_connected(&self, device_id: &str) -> bool {
-        self.sessions().live.contains_key(device_id)
-    }
-
-    /// Decides whether a CONNECT is admitted (a step of [`Hub::admit`], public for the tests that
-    /// interleave a change between the steps). Every refusal carries the precise reason.
-    pub fn authenticate_device(&self, req: &ConnectRequest) -> Result<AuthMethod, Refusal> {
-        self.check_connect_names(req)?;
-        let id = req.client_id.as_str();
-        let device = match self.device_cache.get(id) {
-            Some(device) => device,
-            None => {
-                let generation = self.device_cache.generation();
-                let record = self
-                    .store
-                    .get_device(id)
-                    .map_err(|e| Refusal::RegistryUnavailable(e.to_string()))?
-                    .ok_or_else(|| Refusal::NotRegistered {
-                        device_id: id.to_string(),
-                    })?;
-                self.device_cache.remember(generation, &record)
-            }
-        };
-        self.judge_connect(req, &device)
-    }
-
-    /// [`Hub::authenticate_device`] without touching the store, for callers that must not
-    /// block (the gateway's async tasks): None when the device's record is not in memory, and
-    /// the caller should then run `authenticate_device` on a blocking thread.
-    pub fn authenticate_device_from_memory(
-        &self,
-        req: &ConnectRequest,
-    ) -> Option<Result<AuthMethod, Refusal>> {
-        if let Err(reason) = self.check_connect_names(req) {
-            return Some(Err(reason));
-        }
-        let device = self.device_cache.get(&req.client_id)?;
-        Some(self.judge_connect(req, &device))
-    }
-
-    /// The client id and username rules of CONNECT, which need no record. The username is
-    /// `{host}/{id}/?api-version=...` as the Azure device SDKs form it; the host must be one of the
-    /// hub's names (as for SAS tokens), so a device configured for another hub is told so.
-    fn check_connect_names(&self, req: &ConnectRequest) -> Result<(), Refusal> {
-        let id = req.client_id.as_str();
-        if id.contains('/') {
-            return Err(Refusal::ModuleClientId {
-                client_id: id.to_string(),
-            });
-        }
-        validate_device_id(id).map_err(Refusal::ClientIdInvalid)?;
-        let client_id = || id.to_string();
-        match req.username.as_deref() {
-            None => Err(Refusal::NoUsername {
-                client_id: client_id(),
-            }),
-            Some(u) => match username_device(u) {
-                Some((host, dev)) if dev == id => {
-                    if self.is_hub_host(host) {
-                        Ok(())
-                    } else {
-                        Err(Refusal::ForeignHost {
-                            host: host.to_string(),
-                            hub_names: self.config.host_names.clone(),
-                            client_id: client_id(),
-                        })
-                    }
-                }
-                Some((_, dev)) => Err(Refusal::UsernameNamesOtherDevice {
-                    named: dev.to_string(),
-                    client_id: client_id(),
-                }),
-                None => Err(Refusal::UsernameMalformed {
-                    username: u.to_string(),
-                    client_id: client_id(),
-                }),
-            },
-        }
-    }
-
-    /// The verdict on a CONNECT whose names passed, given the device's record.
-    fn judge_connect(
-        &self,
-        req: &ConnectRequest,
-        device: &ConnectRecord,
-    ) -> Result<AuthMethod, Refusal> {
-        let id = req.client_id.as_str();
-        if !device.enabled {
-            return Err(Refusal::Disabled {
-                device_id: id.to_string(),
-            });
-        }
-        let now = self.now();
-        match &device.auth {
-            Some(DeviceAuth::CertificateAuthority) => self.judge_ca_chain(req, now),
-            Some(DeviceAuth::SelfSigned { primary, secondary }) => {
-                judge_self_signed(req, primary, secondary.as_deref(), now)
-            }
-            Some(DeviceAuth::Sas { primary, secondary }) => {
-                self.judge_sas_token(req, [primary, secondary], now)
-            }
-            None => Err(Refusal::AuthTypeCannotConnect {
-                device_id: id.to_string(),
-                auth_type: device.auth_type.clone(),
-            }),
-        }
-    }
-
-    /// A certificateAuthority device: its chain ends at a Verified CA and its leaf's only CN is
-    /// its id.
-    fn judge_ca_chain(&self, req: &ConnectRequest, now: i64) -> Result<AuthMethod, Refusal> {
-        let id = req.client_id.as_str();
-        if req.chain.is_empty() {
-            return Err(Refusal::NoClientCertificate {
-                device_id: id.to_string(),
-                auth_type: "certificateAuthority",
-            });
-        }
-        let ok = self
-            .validate_device_chain(&req.chain, now)
-            .map_err(Refusal::Chain)?;
-        match ok.leaf_common_names.as_slice() {
-            [cn] if cn == id => Ok(AuthMethod::Ca {
-                ca_name: ok.ca_name,
-                issuers: ok.issuers,
-            }),
-            [cn] => Err(Refusal::LeafCnMismatch {
-                cn: cn.clone(),
-                client_id: id.to_string(),
-            }),
-            [] => Err(Refusal::LeafWithoutCn {
-                client_id: id.to_string(),
-            }),
-            many => Err(Refusal::LeafCnCount {
-                count: many.len(),
-                client_id: id.to_string(),
-            }),
-        }
-    }
-
-    /// A sas device: a token signed with one of its keys, unexpired, for this hub's
-    /// `{host}/devices/{id}`.
-    fn judge_sas_token(
-        &self,
-        req: &ConnectRequest,
-        keys: [&String; 2],
-        now: i64,
-    ) -> Result<AuthMethod, Refusal> {
-        let id = req.client_id.as_str();
-        let password = req.password.as_deref().ok_or_else(|| Refusal::NoSasToken {
-            device_id: id.to_string(),
-        })?;
-        let text = std::str::from_utf8(password).map_err(|_| Refusal::PasswordNotText)?;
-        let token = SasToken::parse(text).map_err(Refusal::SasToken)?;
-        let keys: Vec<Vec<u8>> = keys
-            .iter()
-            .filter_map(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
-            .collect();
-        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        token
-            .check_device(id, &refs, now)
-            .map_err(Refusal::SasToken)?;
-        let resource = token.resource();
-        let expected_suffix = format!("/devices/{id}");
-        let host_ok = resource
-            .strip_suffix(&expected_suffix)
-            .is_some_and(|host| self.is_hub_host(host));
-        if !host_ok {
-            return Err(Refusal::SasResource {
-                resource,
-                device_id: id.to_string(),
-            });
-        }
-        Ok(AuthMethod::Sas)
+        self.sessions().is_connected(device_id)
     }
 
     /// Take this before judging a CONNECT, and hand it to [`Hub::open_session`]. A device or
@@ -390,8 +369,8 @@ impl Hub {
     /// that re-check.
     pub fn connect_ticket(&self) -> ConnectTicket {
         ConnectTicket {
-            devices: self.device_cache.generation(),
-            trust: self.trust_generation.load(Ordering::SeqCst),
+            devices: self.device_cache().generation(),
+            trust: self.trust_set().generation(),
         }
     }
 
@@ -416,17 +395,9 @@ impl Hub {
             tx,
             methods: false,
         };
-        let mut sessions = self.sessions();
-        let resumed = if clean_session {
-            sessions.persistent.remove(&req.client_id);
-            None
-        } else {
-            sessions.persistent.get(&req.client_id).copied()
-        };
-        let mut entry = entry;
-        entry.methods = resumed.is_some_and(|r| r.methods);
-        let previous = sessions.live.insert(req.client_id.clone(), entry);
-        drop(sessions);
+        let (resumed, previous) = self
+            .sessions()
+            .register(&req.client_id, entry, clean_session);
         if let Some(old) = previous {
             let _ = old.tx.send(SessionSignal::Close(format!(
                 "a new connection of device '{}' from {} replaced this one",
@@ -464,33 +435,13 @@ impl Hub {
         subs: Subscriptions,
         persistent: bool,
     ) {
-        let mut sessions = self.sessions();
-        match sessions.live.get_mut(device_id) {
-            Some(e) if e.session_id == session_id => e.methods = subs.methods,
-            _ => return,
-        }
-        if persistent {
-            sessions.persistent.insert(device_id.to_string(), subs);
-        }
-    }
-
-    /// Forgets the persistent session of a deleted device, and any refusal reason held for its
-    /// record (a device made again with the same id must not inherit it).
-    pub(crate) fn forget_session_state(&self, device_id: &str) {
-        self.sessions().persistent.remove(device_id);
-        self.budget().forget_device(device_id);
+        self.sessions()
+            .remember_subscriptions(device_id, session_id, subs, persistent);
     }
 
     /// Removes a session (if it is still the registered one for its device).
     pub fn close_session(&self, device_id: &str, session_id: u64, reason: &str) {
-        let mut s = self.sessions();
-        if s.live
-            .get(device_id)
-            .is_some_and(|e| e.session_id == session_id)
-        {
-            s.live.remove(device_id);
-        }
-        drop(s);
+        self.sessions().remove(device_id, session_id);
         self.record_activity(
             device_id,
             DeviceActivity {
@@ -505,7 +456,7 @@ impl Hub {
     /// address is over its refusal limit (`--mqtt-refusal-limit`), and the caller closes it
     /// without any TLS or MQTT work.
     pub fn admit_device_address(&self, ip: IpAddr) -> bool {
-        self.budget().admit(ip, Instant::now())
+        self.sessions().admit_address(ip, Instant::now())
     }
 
     /// Records a refused connection attempt (before or at CONNECT) from `peer` and counts it
@@ -514,7 +465,7 @@ impl Hub {
     /// logged (the others are counted in the next line or in a summary).
     pub fn refuse_connection(&self, client_id: &str, peer: SocketAddr, reason: &str) {
         let ip = peer.ip();
-        let verdict = self.budget().refused(ip, Instant::now());
+        let verdict = self.sessions().refused(ip, Instant::now());
         if let Some(dropped) = verdict.ended {
             log_budget_ended(ip, dropped);
         }
@@ -530,7 +481,7 @@ impl Hub {
             None => {}
         }
         if verdict.tripped {
-            let limit = self.config.mqtt_refusal_limit;
+            let limit = self.config().mqtt_refusal_limit;
             tracing::warn!(remote = %ip, limit, "{limit} refused device connections from {ip} within a minute (--mqtt-refusal-limit): connections from {ip} are dropped unjudged until the minute ends");
         }
     }
@@ -538,7 +489,7 @@ impl Hub {
     /// Logs what the refusal budget has to say (a minute over the limit ended, refusals not
     /// logged one by one) and writes held `lastRefusal` reasons. The gateway calls it every second.
     pub fn sweep_refusals(&self) {
-        let events = self.budget().sweep(Instant::now());
+        let events = self.sessions().sweep_budget(Instant::now());
         for event in events {
             match event {
                 SweepEvent::Unlogged { ip, count } => tracing::warn!(
@@ -563,12 +514,6 @@ impl Hub {
         }
     }
 
-    fn budget(&self) -> std::sync::MutexGuard<'_, refusal_budget::RefusalBudget> {
-        self.refusal_budget
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Records a connection ended for cause (or a refusal whose address is unknown). Never
     /// includes secrets. The client id and the reason (which may quote what the peer sent: a
     /// username, a certificate's names) are kept, logged and shown with control characters
@@ -588,22 +533,16 @@ impl Hub {
         let shown_id = escaped(&shown_id).into_owned();
         let remote = escaped(remote).into_owned();
         let reason = escaped(reason).into_owned();
-        {
-            let mut s = self.sessions();
-            s.refusals.push_back(RecentRefusal {
-                time: now,
-                client_id: shown_id.clone(),
-                remote,
-                reason: reason.clone(),
-            });
-            while s.refusals.len() > self.config.refusals_kept {
-                s.refusals.pop_front();
-            }
-        }
+        self.sessions().keep_refusal(RecentRefusal {
+            time: now,
+            client_id: shown_id.clone(),
+            remote,
+            reason: reason.clone(),
+        });
         if validate_device_id(client_id).is_ok()
             && self
-                .budget()
-                .record_now(client_id, &reason, now, Instant::now())
+                .sessions()
+                .record_refusal_now(client_id, &reason, now, Instant::now())
         {
             self.record_activity(
                 client_id,
@@ -623,20 +562,7 @@ impl Hub {
         who: &Principal,
     ) -> Result<(Vec<SessionInfo>, Vec<RecentRefusal>), HubError> {
         self.authorize(who, Right::RegistryRead, "list connections", "connections")?;
-        let s = self.sessions();
-        let mut live: Vec<SessionInfo> = s
-            .live
-            .iter()
-            .map(|(id, e)| SessionInfo {
-                device_id: id.clone(),
-                remote: e.remote.clone(),
-                since: e.since,
-                auth: e.method.to_string(),
-            })
-            .collect();
-        live.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-        let refusals = s.refusals.iter().rev().cloned().collect();
-        Ok((live, refusals))
+        Ok(self.sessions().listing())
     }
 
     /// Re-checks every certificate session against the current trust snapshot and the clock,
@@ -663,13 +589,7 @@ impl Hub {
     /// CONNECTs and closes must not wait for that.
     fn revalidate_sessions_where(&self, affected: impl Fn(&AuthMethod) -> bool) {
         let now = self.now();
-        let certificate_sessions: Vec<_> = self
-            .sessions()
-            .live
-            .iter()
-            .filter(|(_, e)| !matches!(e.method, AuthMethod::Sas) && affected(&e.method))
-            .map(|(id, e)| (id.clone(), e.method.clone(), e.chain.clone(), e.tx.clone()))
-            .collect();
+        let certificate_sessions = self.sessions().certificate_sessions(affected);
         for (id, method, chain, tx) in certificate_sessions {
             if let Some(reason) = self.certificate_verdict(&method, &chain, now) {
                 // A session replaced meanwhile has its own signal channel: this reaches only the
@@ -705,17 +625,12 @@ impl Hub {
     /// judged while a device or trust changed, see [`Admission::recheck`]): its record, and its
     /// certificate against current trust. Reads the store.
     pub fn revalidate_device_sessions(&self, device_id: &str) {
-        let Some((judged, method, chain)) = self
-            .sessions()
-            .live
-            .get(device_id)
-            .map(|e| (e.session_id, e.method.clone(), e.chain.clone()))
-        else {
+        let Some((judged, method, chain)) = self.sessions().of_device(device_id) else {
             return;
         };
-        let reason = match self.store.get_device(device_id) {
+        let reason = match self.store().get_device(device_id) {
             Ok(None) => Some(format!("device '{device_id}' was deleted")),
-            Ok(Some(r)) if r.status != "enabled" => {
+            Ok(Some(r)) if r.status != DeviceStatus::Enabled => {
                 Some(format!("device '{device_id}' was disabled"))
             }
             Ok(Some(r)) => {
@@ -740,14 +655,8 @@ impl Hub {
         // Only the session judged: one that replaced it meanwhile was judged on its own
         // credentials, and a change after its CONNECT re-checks it through its ticket.
         if let Some(reason) = reason {
-            if let Some(e) = self
-                .sessions()
-                .live
-                .get(device_id)
-                .filter(|e| e.session_id == judged)
-            {
-                let _ = e.tx.send(SessionSignal::Close(reason));
-            }
+            self.sessions()
+                .signal_session(device_id, judged, SessionSignal::Close(reason));
         }
     }
 
@@ -758,16 +667,11 @@ impl Hub {
 
     /// Sends a signal to a device's live session, if it has one.
     pub(crate) fn signal_device(&self, device_id: &str, signal: SessionSignal) {
-        if let Some(e) = self.sessions().live.get(device_id) {
-            let _ = e.tx.send(signal);
-        }
+        self.sessions().signal(device_id, signal);
     }
 
     pub(crate) fn session_subscribed_to_methods(&self, device_id: &str) -> bool {
-        self.sessions()
-            .live
-            .get(device_id)
-            .is_some_and(|e| e.methods)
+        self.sessions().subscribed_to_methods(device_id)
     }
 
     /// Marks activity of a connected device (throttled by the caller).

@@ -2,6 +2,11 @@
 //! A single writer thread commits messages in batches (one fsync for all messages waiting at that
 //! moment), so many devices publishing at once share commits instead of queueing behind each
 //! other's fsyncs. Readers get messages by offset; followers wait on a watch of the last offset.
+//!
+//! Owns: `Telemetry` — the handle to the writer thread and the watch of the last committed
+//! offset (the writer moves it after each commit). Asks of others: the store (`append_messages`
+//! on the writer thread; reads and retention through the hub's store), the clock and
+//! `telemetry_retention_secs` for pruning, and `authorize` for reads.
 
 use std::sync::mpsc as std_mpsc;
 
@@ -16,16 +21,19 @@ const MAX_BATCH: usize = 512;
 
 type Reply = oneshot::Sender<Result<i64, HubError>>;
 
-/// The handle to the writer thread.
-pub(crate) struct TelemetryWriter {
+/// The telemetry part of the hub (see the module comment).
+pub(crate) struct Telemetry {
+    /// The handle to the writer thread.
     tx: std::sync::Mutex<std_mpsc::Sender<(NewMessage, Reply)>>,
+    /// The last committed offset; followers wait on it.
+    last_offset: watch::Sender<i64>,
 }
 
-impl TelemetryWriter {
-    pub(crate) fn start(
-        store: std::sync::Arc<dyn Store>,
-        last: watch::Sender<i64>,
-    ) -> Result<TelemetryWriter, HubError> {
+impl Telemetry {
+    /// Starts the writer thread, its watch starting at the store's last offset.
+    pub(crate) fn start(store: std::sync::Arc<dyn Store>) -> Result<Telemetry, HubError> {
+        let (last_offset, _) = watch::channel(store.last_message_offset()?);
+        let last = last_offset.clone();
         let (tx, rx) = std_mpsc::channel::<(NewMessage, Reply)>();
         std::thread::Builder::new()
             .name("telemetry-writer".into())
@@ -63,9 +71,18 @@ impl TelemetryWriter {
             .map_err(|e| {
                 HubError::Internal(format!("cannot start the telemetry writer thread: {e}"))
             })?;
-        Ok(TelemetryWriter {
+        Ok(Telemetry {
             tx: std::sync::Mutex::new(tx),
+            last_offset,
         })
+    }
+
+    /// Queues a message for the writer thread; false when the thread is gone.
+    fn send(&self, message: NewMessage, reply: Reply) -> bool {
+        match self.tx.lock() {
+            Ok(tx) => tx.send((message, reply)).is_ok(),
+            Err(_) => false,
+        }
     }
 }
 
@@ -105,11 +122,7 @@ impl Hub {
     /// Queues a message for the durable write; the receiver yields its offset once committed.
     pub fn store_telemetry(&self, message: NewMessage) -> oneshot::Receiver<Result<i64, HubError>> {
         let (reply, rx) = oneshot::channel();
-        let sent = match self.telemetry.tx.lock() {
-            Ok(tx) => tx.send((message, reply)).is_ok(),
-            Err(_) => false,
-        };
-        if !sent {
+        if !self.telemetry().send(message, reply) {
             let (reply, rx) = oneshot::channel();
             let _ = reply.send(Err(HubError::Internal(
                 "the telemetry writer stopped".into(),
@@ -134,7 +147,7 @@ impl Hub {
             "messages",
         )?;
         Ok(self
-            .store
+            .store()
             .read_messages(from.max(1), device_id, limit.clamp(1, 1000))?
             .into_iter()
             .map(MessageView::of)
@@ -143,18 +156,18 @@ impl Hub {
 
     /// A watch of the last committed offset, for followers.
     pub fn watch_messages(&self) -> watch::Receiver<i64> {
-        self.last_offset.subscribe()
+        self.telemetry().last_offset.subscribe()
     }
 
     /// The last committed offset.
     pub fn last_message_offset(&self) -> i64 {
-        *self.last_offset.borrow()
+        *self.telemetry().last_offset.borrow()
     }
 
     /// Deletes messages older than the retention period; returns how many.
     pub fn prune_telemetry(&self) -> Result<u64, HubError> {
-        let before = self.now() - self.config.telemetry_retention_secs;
-        Ok(self.store.prune_messages(before)?)
+        let before = self.now() - self.config().telemetry_retention_secs;
+        Ok(self.store().prune_messages(before)?)
     }
 }
 

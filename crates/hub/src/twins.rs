@@ -3,6 +3,9 @@
 //! with `$version` and `$metadata` (`$lastUpdated` per property), a twin etag, and a size limit of
 //! 32 KiB per section. Patches merge (JSON merge patch: `null` deletes a key). A desired change
 //! reaches the device's live session at once; a reconnecting device catches up with a twin GET.
+//!
+//! Owns no in-memory state: twins are the store's. Asks of others: sessions (is the device
+//! connected; desired patches signalled to its session), activity (last activity in the twin).
 
 use serde_json::{json, Map, Value};
 
@@ -189,7 +192,7 @@ impl Hub {
     /// The twin document as Azure's service API returns it.
     fn twin_json(&self, t: &TwinRecord) -> Result<Value, HubError> {
         let device = self
-            .store
+            .store()
             .get_device(&t.device_id)?
             .ok_or_else(|| HubError::DeviceNotFound(t.device_id.clone()))?;
         let activity = self.device_activity(&t.device_id)?;
@@ -200,13 +203,13 @@ impl Hub {
             "etag": encode_etag(t.etag),
             "deviceEtag": encode_etag(device.etag),
             "version": t.desired_version + t.reported_version,
-            "status": device.status,
+            "status": device.status.as_str(),
             "statusReason": device.status_reason,
             "statusUpdateTime": iso(device.status_updated),
             "connectionState": if connected { "Connected" } else { "Disconnected" },
             "lastActivityTime": activity.last_activity.map(iso).unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
-            "cloudToDeviceMessageCount": self.store.count_pending_c2d(&t.device_id, self.now())?,
-            "authenticationType": device.auth_type,
+            "cloudToDeviceMessageCount": self.store().count_pending_c2d(&t.device_id, self.now())?,
+            "authenticationType": device.auth_type.as_str(),
             "x509Thumbprint": { "primaryThumbprint": device.primary_thumbprint, "secondaryThumbprint": device.secondary_thumbprint },
             "capabilities": { "iotEdge": false },
             "tags": Value::Object(parse(&t.tags)),
@@ -227,7 +230,7 @@ impl Hub {
         )?;
         validate_device_id(id)?;
         let t = self
-            .store
+            .store()
             .get_twin(id)
             .map_err(|e| Self::twin_store_error(id, e, None))?;
         self.twin_json(&t)
@@ -251,7 +254,7 @@ impl Hub {
         validate_device_id(id)?;
         let body = service_twin_patch(body)?;
         let current = self
-            .store
+            .store()
             .get_twin(id)
             .map_err(|e| Self::twin_store_error(id, e, if_match))?;
         let expected = expected_twin_etag(id, &current, if_match)?;
@@ -291,7 +294,7 @@ impl Hub {
             twin.desired = Value::Object(desired.clone()).to_string();
         }
         let stored = self
-            .store
+            .store()
             .write_twin(&twin, expected)
             .map_err(|e| Self::twin_store_error(id, e, if_match))?;
         if desired_changed {
@@ -305,7 +308,7 @@ impl Hub {
     /// The twin as a device's GET sees it: `{"desired": {...}, "reported": {...}}` with versions.
     pub fn twin_for_device(&self, id: &str) -> Result<Value, HubError> {
         let t = self
-            .store
+            .store()
             .get_twin(id)
             .map_err(|e| Self::twin_store_error(id, e, None))?;
         let mut desired = parse(&t.desired);
@@ -323,7 +326,7 @@ impl Hub {
         // Retried on a concurrent write: the device's patch must not be lost.
         for _ in 0..5 {
             let current = self
-                .store
+                .store()
                 .get_twin(id)
                 .map_err(|e| Self::twin_store_error(id, e, None))?;
             let mut reported = parse(&current.reported);
@@ -344,7 +347,7 @@ impl Hub {
                 twin.reported_metadata = Value::Object(meta).to_string();
                 twin.reported = Value::Object(reported).to_string();
             }
-            match self.store.write_twin(&twin, Some(current.etag)) {
+            match self.store().write_twin(&twin, Some(current.etag)) {
                 Ok(stored) => return Ok(stored.reported_version),
                 Err(StoreError::EtagMismatch { .. }) => continue,
                 Err(e) => return Err(Self::twin_store_error(id, e, None)),

@@ -127,18 +127,102 @@ pub enum PolicyChange {
     Delete { name: String },
 }
 
+/// Declares a closed set of values the store keeps in a text column. Each variant's text is
+/// written once, in the declaration, and both directions (`as_str`, `parse`) come from that one
+/// list, so the store's columns, the hub's rules and the API's JSON cannot drift apart.
+macro_rules! text_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The text stored and shown (Azure's spelling).
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// The value whose text is exactly `text` (case matters, as in Azure's JSON).
+            pub fn parse(text: &str) -> Option<$name> {
+                match text {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        /// A stored value checked against its documented text (tests); rules match variants.
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// Whether a device may connect.
+    pub enum DeviceStatus {
+        Enabled = "enabled",
+        Disabled = "disabled",
+    }
+}
+
+text_enum! {
+    /// How a device authenticates, as its record names it.
+    pub enum AuthType {
+        /// An X.509 chain to a Verified CA, leaf CN = device id.
+        CertificateAuthority = "certificateAuthority",
+        /// An X.509 certificate with a registered thumbprint.
+        SelfSigned = "selfSigned",
+        /// A SAS token signed with one of the device's keys.
+        Sas = "sas",
+        /// Azure's type of a device without credentials: it cannot connect, and the hub never
+        /// writes it (a record holding it came from elsewhere).
+        None = "none",
+    }
+}
+
+text_enum! {
+    /// Where a cloud-to-device message stands.
+    pub enum C2dState {
+        /// Waiting for the device's PUBACK (re-sent on every new session).
+        Queued = "queued",
+        /// Acknowledged by the device.
+        Delivered = "delivered",
+        /// Its time to live passed before the device acknowledged it.
+        Expired = "expired",
+    }
+}
+
 /// A registered device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRecord {
     pub device_id: String,
     pub generation_id: String,
     pub etag: u64,
-    /// "enabled" or "disabled".
-    pub status: String,
+    pub status: DeviceStatus,
     pub status_reason: Option<String>,
     pub status_updated: i64,
-    /// "certificateAuthority", "selfSigned", "sas" or "none".
-    pub auth_type: String,
+    pub auth_type: AuthType,
     pub primary_thumbprint: Option<String>,
     pub secondary_thumbprint: Option<String>,
     pub primary_key: Option<String>,
@@ -187,8 +271,7 @@ pub struct C2dRecord {
     pub body: Vec<u8>,
     pub created: i64,
     pub expiry: i64,
-    /// "queued", "delivered" or "expired".
-    pub state: String,
+    pub state: C2dState,
     pub delivered_at: Option<i64>,
     pub delivery_count: i64,
 }

@@ -8,9 +8,9 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::{
-    AuditEntry, AuditQuery, C2dRecord, CaChanges, CaRecord, CodeRecord, DeviceActivity,
-    DeviceRecord, Expect, NewAudit, NewMessage, PolicyChange, PolicyRecord, Store, StoreError,
-    StoredMessage, TwinRecord,
+    AuditEntry, AuditQuery, AuthType, C2dRecord, C2dState, CaChanges, CaRecord, CodeRecord,
+    DeviceActivity, DeviceRecord, DeviceStatus, Expect, NewAudit, NewMessage, PolicyChange,
+    PolicyRecord, Store, StoreError, StoredMessage, TwinRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -235,6 +235,34 @@ fn next_etag(conn: &Connection) -> Result<u64, StoreError> {
     .map(|v| v as u64)
     .map_err(backend)
 }
+
+/// The text columns of [`DeviceStatus`], [`AuthType`] and [`C2dState`]: written with `as_str` and
+/// read with `parse` (their one spelling, in `lib.rs`); a text that is none of their values is a
+/// read error naming it, never a guess.
+macro_rules! text_column {
+    ($($name:ident),+) => {$(
+        impl rusqlite::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(
+                value: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                let text = value.as_str()?;
+                $name::parse(text).ok_or_else(|| {
+                    rusqlite::types::FromSqlError::Other(
+                        format!("'{text}' is not a {}", stringify!($name)).into(),
+                    )
+                })
+            }
+        }
+    )+};
+}
+
+text_column!(DeviceStatus, AuthType, C2dState);
 
 const DEVICE_COLUMNS: &str = "device_id, generation_id, etag, status, status_reason, status_updated, auth_type, primary_thumbprint, secondary_thumbprint, primary_key, secondary_key, created, updated";
 
@@ -857,8 +885,8 @@ impl Store for SqliteStore {
         }
         let pending: i64 = tx
             .query_row(
-                "SELECT COUNT(*) FROM c2d WHERE device_id = ?1 AND state = 'queued' AND expiry > ?2",
-                params![record.device_id, record.created],
+                "SELECT COUNT(*) FROM c2d WHERE device_id = ?1 AND state = ?3 AND expiry > ?2",
+                params![record.device_id, record.created, C2dState::Queued],
                 |r| r.get(0),
             )
             .map_err(backend)?;
@@ -869,15 +897,15 @@ impl Store for SqliteStore {
         }
         tx.execute(
             "INSERT INTO c2d (device_id, message_id, properties, body, created, expiry, state, delivered_at, delivery_count)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', NULL, 0)",
-            params![record.device_id, record.message_id, record.properties, record.body, record.created, record.expiry],
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, 0)",
+            params![record.device_id, record.message_id, record.properties, record.body, record.created, record.expiry, C2dState::Queued],
         )
         .map_err(backend)?;
         let id = tx.last_insert_rowid();
         tx.commit().map_err(backend)?;
         Ok(C2dRecord {
             id,
-            state: "queued".into(),
+            state: C2dState::Queued,
             delivered_at: None,
             delivery_count: 0,
             ..record.clone()
@@ -900,17 +928,17 @@ impl Store for SqliteStore {
     fn pending_c2d(&self, device_id: &str, now: i64) -> Result<Vec<C2dRecord>, StoreError> {
         let conn = self.lock()?;
         conn.execute(
-            "UPDATE c2d SET state = 'expired' WHERE device_id = ?1 AND state = 'queued' AND expiry <= ?2",
-            params![device_id, now],
+            "UPDATE c2d SET state = ?3 WHERE device_id = ?1 AND state = ?4 AND expiry <= ?2",
+            params![device_id, now, C2dState::Expired, C2dState::Queued],
         )
         .map_err(backend)?;
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT {C2D_COLUMNS} FROM c2d WHERE device_id = ?1 AND state = 'queued' ORDER BY id"
+                "SELECT {C2D_COLUMNS} FROM c2d WHERE device_id = ?1 AND state = ?2 ORDER BY id"
             ))
             .map_err(backend)?;
         let rows = stmt
-            .query_map(params![device_id], c2d_from_row)
+            .query_map(params![device_id, C2dState::Queued], c2d_from_row)
             .map_err(backend)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(backend)
     }
@@ -918,8 +946,8 @@ impl Store for SqliteStore {
     fn count_pending_c2d(&self, device_id: &str, now: i64) -> Result<u64, StoreError> {
         let conn = self.lock()?;
         conn.query_row(
-            "SELECT COUNT(*) FROM c2d WHERE device_id = ?1 AND state = 'queued' AND expiry > ?2",
-            params![device_id, now],
+            "SELECT COUNT(*) FROM c2d WHERE device_id = ?1 AND state = ?3 AND expiry > ?2",
+            params![device_id, now, C2dState::Queued],
             |r| r.get::<_, i64>(0),
         )
         .map(|n| n as u64)
@@ -929,8 +957,8 @@ impl Store for SqliteStore {
     fn mark_c2d_delivered(&self, id: i64, at: i64) -> Result<(), StoreError> {
         let conn = self.lock()?;
         conn.execute(
-            "UPDATE c2d SET state = 'delivered', delivered_at = ?2 WHERE id = ?1 AND state = 'queued'",
-            params![id, at],
+            "UPDATE c2d SET state = ?3, delivered_at = ?2 WHERE id = ?1 AND state = ?4",
+            params![id, at, C2dState::Delivered, C2dState::Queued],
         )
         .map_err(backend)?;
         Ok(())
@@ -1317,15 +1345,35 @@ mod tests {
         assert_eq!(rest.len(), 1);
     }
 
+    #[test]
+    fn text_columns_read_back_as_written_and_refuse_other_text() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let conn = s.lock().unwrap();
+        for status in DeviceStatus::ALL {
+            let back: DeviceStatus = conn.query_row("SELECT ?1", [status], |r| r.get(0)).unwrap();
+            assert_eq!(back, *status);
+        }
+        for auth in AuthType::ALL {
+            let back: AuthType = conn.query_row("SELECT ?1", [auth], |r| r.get(0)).unwrap();
+            assert_eq!(back, *auth);
+        }
+        for state in C2dState::ALL {
+            let back: C2dState = conn.query_row("SELECT ?1", [state], |r| r.get(0)).unwrap();
+            assert_eq!(back, *state);
+        }
+        let unknown = conn.query_row("SELECT 'Enabled'", [], |r| r.get::<_, DeviceStatus>(0));
+        assert!(unknown.is_err(), "the text is compared exactly");
+    }
+
     fn device(id: &str) -> DeviceRecord {
         DeviceRecord {
             device_id: id.into(),
             generation_id: "g".into(),
             etag: 0,
-            status: "enabled".into(),
+            status: DeviceStatus::Enabled,
             status_reason: None,
             status_updated: 1,
-            auth_type: "certificateAuthority".into(),
+            auth_type: AuthType::CertificateAuthority,
             primary_thumbprint: None,
             secondary_thumbprint: None,
             primary_key: None,
@@ -1375,7 +1423,7 @@ mod tests {
             body: vec![],
             created: 100,
             expiry,
-            state: "queued".into(),
+            state: C2dState::Queued,
             delivered_at: None,
             delivery_count: 0,
         };
