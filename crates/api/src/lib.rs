@@ -6,7 +6,7 @@
 //!
 //! Imports go one way: [`routes`] (the table) -> the handler modules -> [`state`] (the kit every
 //! handler uses) -> [`portal`] (sessions), [`error`], [`body`], [`shapes`]. No module imports one
-//! that imports it back.
+//! that imports it back (checked for every crate by `crates/iothub/tests/house.rs`).
 //!
 //! - [`server`]: the TLS accept loop (rustls), connection limits and timeouts.
 //! - [`routes`]: the route table, the OpenAPI document, the fallbacks for unknown paths and methods.
@@ -43,63 +43,3 @@ pub use portal::{PortalLimits, PortalState};
 pub use routes::router;
 pub use server::{serve_tls, ServerLimits};
 pub use state::ApiLimits;
-
-#[cfg(test)]
-mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
-
-    /// The modules each source file names through `crate::` (`use crate::x`, `crate::x::f`,
-    /// `use crate::{x, y}`), by file stem.
-    fn imports() -> BTreeMap<String, BTreeSet<String>> {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
-        let mut all = BTreeMap::new();
-        for entry in std::fs::read_dir(dir).expect("src") {
-            let path = entry.expect("entry").path();
-            if path.extension().and_then(|e| e.to_str()) != Some("rs") {
-                continue;
-            }
-            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
-            let text = std::fs::read_to_string(&path).expect("source");
-            let mut named = BTreeSet::new();
-            for after in text.split("crate::").skip(1) {
-                let names = match after.strip_prefix('{') {
-                    Some(group) => group.split('}').next().unwrap_or_default(),
-                    None => after,
-                };
-                for name in names.split(',') {
-                    let name: String = name
-                        .trim()
-                        .chars()
-                        .take_while(|c| c.is_alphanumeric() || *c == '_')
-                        .collect();
-                    if !name.is_empty() && name != stem {
-                        named.insert(name);
-                    }
-                }
-            }
-            all.insert(stem, named);
-        }
-        all
-    }
-
-    /// Imports go one way (routes -> handlers -> state -> the rest): a file never imports one
-    /// that imports it, directly or through others.
-    #[test]
-    fn no_module_imports_one_that_imports_it_back() {
-        let imports = imports();
-        assert!(
-            imports["routes"].contains("state"),
-            "the scan finds imports"
-        );
-        for start in imports.keys().filter(|m| *m != "lib") {
-            let mut seen = BTreeSet::new();
-            let mut todo: Vec<&String> = imports[start].iter().collect();
-            while let Some(m) = todo.pop() {
-                assert_ne!(m, start, "{start} imports a module that imports it back");
-                if seen.insert(m.clone()) {
-                    todo.extend(imports.get(m).into_iter().flatten());
-                }
-            }
-        }
-    }
-}

@@ -27,19 +27,9 @@ use crate::{audit, azure, certificates, devices, policies, portal_routes};
 /// The OpenAPI document of this API.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
-/// Builds the router over `hub`; `portal` holds the portal's login links and sessions.
-pub fn router(hub: Hub, limits: ApiLimits, portal: Arc<PortalState>) -> Router {
-    // The link `iothub serve` printed before the router existed stands for the owner's primary key.
-    match hub.owner_credential() {
-        Ok(owner) => portal.bind_unowned_links(&owner),
-        Err(e) => tracing::warn!(error = %e, "portal links not bound to the owner key"),
-    }
-    let auth_limiter = Arc::new(AuthFailureLimiter::new(limits.auth_failures_per_minute));
-    let state = AppState {
-        hub,
-        limits: Arc::new(limits),
-        portal,
-    };
+/// The hub's native routes: certificates, devices and their messages, telemetry, connections,
+/// twins and methods.
+fn registry_routes() -> Router<AppState> {
     Router::new()
         .route("/certificates", get(certificates::list_certificates))
         .route(
@@ -52,7 +42,10 @@ pub fn router(hub: Hub, limits: ApiLimits, portal: Arc<PortalState>) -> Router {
             "/certificates/{name}/generateVerificationCode",
             post(certificates::generate_code),
         )
-        .route("/certificates/{name}/verify", post(certificates::verify_certificate))
+        .route(
+            "/certificates/{name}/verify",
+            post(certificates::verify_certificate),
+        )
         .route("/devices", get(devices::list_devices))
         .route(
             "/devices/{id}",
@@ -67,8 +60,19 @@ pub fn router(hub: Hub, limits: ApiLimits, portal: Arc<PortalState>) -> Router {
         .route("/messages", get(devices::read_messages))
         .route("/messages/stream", get(devices::stream_messages))
         .route("/connections", get(devices::connections))
-        .route("/twins/{id}", get(azure::get_twin).patch(azure::patch_twin).put(azure::replace_twin))
+        .route(
+            "/twins/{id}",
+            get(azure::get_twin)
+                .patch(azure::patch_twin)
+                .put(azure::replace_twin),
+        )
         .route("/twins/{id}/methods", post(azure::invoke_method))
+}
+
+/// Azure's management-plane aliases over the same hub calls: ARM (IoT hub certificates and
+/// policy keys) and DPS (provisioning service certificates).
+fn management_routes() -> Router<AppState> {
+    Router::new()
         .route(
             "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Devices/IotHubs/{resource}/certificates",
             get(azure::hub_list),
@@ -109,15 +113,29 @@ pub fn router(hub: Hub, limits: ApiLimits, portal: Arc<PortalState>) -> Router {
             "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Devices/provisioningServices/{resource}/certificates/{name}/verify",
             post(azure::dps_verify),
         )
+}
+
+/// The audit log and shared access policies.
+fn access_routes() -> Router<AppState> {
+    Router::new()
         .route("/audit", get(audit::audit_log))
         .route("/policies", get(policies::list_policies))
         .route(
             "/policies/{name}",
-            get(policies::get_policy).put(policies::put_policy).delete(policies::delete_policy),
+            get(policies::get_policy)
+                .put(policies::put_policy)
+                .delete(policies::delete_policy),
         )
         .route("/policies/{name}/listKeys", post(policies::policy_keys))
-        .route("/policies/{name}/rotateKey", post(policies::rotate_policy_key))
-        .route("/openapi.json", get(openapi))
+        .route(
+            "/policies/{name}/rotateKey",
+            post(policies::rotate_policy_key),
+        )
+}
+
+/// The portal: its pages, assets, sign-in and sign-out, and login links.
+fn portal_table() -> Router<AppState> {
+    Router::new()
         .route("/portal-links", post(portal_routes::create_link))
         .route("/portal", get(portal_routes::page))
         .route("/portal/certificates", get(portal_routes::page))
@@ -128,10 +146,36 @@ pub fn router(hub: Hub, limits: ApiLimits, portal: Arc<PortalState>) -> Router {
         .route("/portal/signed-out", get(portal_routes::signed_out))
         .route("/portal/static/app.js", get(portal_routes::app_js))
         .route("/portal/static/app.css", get(portal_routes::app_css))
+}
+
+/// Builds the router over `hub`; `portal` holds the portal's login links and sessions.
+pub fn router(hub: Hub, limits: ApiLimits, portal: Arc<PortalState>) -> Router {
+    // The link `iothub serve` printed before the router existed stands for the owner's primary key.
+    match hub.owner_credential() {
+        Ok(owner) => portal.bind_unowned_links(&owner),
+        Err(e) => tracing::warn!(error = %e, "portal links not bound to the owner key"),
+    }
+    let auth_limiter = Arc::new(AuthFailureLimiter::new(limits.auth_failures_per_minute));
+    let state = AppState {
+        hub,
+        limits: Arc::new(limits),
+        portal,
+    };
+    registry_routes()
+        .merge(management_routes())
+        .merge(access_routes())
+        .merge(portal_table())
+        .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), portal_routes::csrf_guard))
-        .layer(axum::middleware::from_fn_with_state(auth_limiter, limit_auth_failures))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            portal_routes::csrf_guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            auth_limiter,
+            limit_auth_failures,
+        ))
         .with_state(state)
 }
 
@@ -180,7 +224,8 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).expect("valid JSON");
         let paths = doc["paths"].as_object().expect("paths");
         let source = include_str!("routes.rs");
-        let start = source.find("pub fn router").expect("router");
+        // From the first sub-table to the router's fallback: every `.route(` of the table.
+        let start = source.find("fn registry_routes").expect("registry_routes");
         let table = &source[start..start + source[start..].find(".fallback(").expect("fallback")];
         let mut seen = 0;
         for literal in table.split('"').skip(1).step_by(2) {

@@ -7,16 +7,20 @@
 //! - [`tls`]: the rustls server configuration: asks for (does not require) a client certificate,
 //!   checks only that the client holds the certificate's key, and resumes sessions by stateless
 //!   tickets; a resumed connection's chain (kept in the ticket) is judged at CONNECT like any other.
+//! - [`limits`]: `GatewayLimits`, the limits the accept loop and every session read.
+//! - `listener`: socket options set once on the listener (TCP_NODELAY) and on accepted sockets.
 //! - [`server`]: the accept loop, connection limits, periodic revalidation, graceful shutdown.
 //! - [`session`]: one device connection: CONNECT, then telemetry, subscriptions, C2D delivery,
 //!   keep-alive, and closing when the hub says so.
 //! - `stream`: rustls driven over the socket, so the session ticket leaves with CONNACK.
 
+pub mod limits;
 mod listener;
 pub mod server;
 pub mod session;
 mod stream;
 pub mod tls;
 
-pub use server::{serve, GatewayLimits};
+pub use limits::GatewayLimits;
+pub use server::serve;
 pub use tls::server_config;

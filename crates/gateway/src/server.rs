@@ -7,42 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iothub_hub::Hub;
+
+use crate::limits::GatewayLimits;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-
-/// Limits of the device gateway.
-#[derive(Debug, Clone)]
-pub struct GatewayLimits {
-    /// Device connections served at once.
-    pub max_connections: usize,
-    /// Time allowed for the TLS handshake and then for the CONNECT packet.
-    pub handshake_timeout: Duration,
-    /// Largest telemetry payload, in bytes (Azure: 256 KiB).
-    pub max_message_bytes: usize,
-    /// Keep-alive values above this (seconds) are capped (Azure: 1177 for clients).
-    pub max_keep_alive: u16,
-    /// How often live sessions are re-checked for certificates that expired meanwhile.
-    pub revalidate_every: Duration,
-    /// Cloud-to-device messages published to one device and not yet acknowledged, at most.
-    pub max_inflight: usize,
-    /// QoS 1 messages from one device whose commit (and so PUBACK) is pending, at most: the
-    /// session reads on while they are stored, up to this many.
-    pub max_unacked_telemetry: usize,
-}
-
-impl Default for GatewayLimits {
-    fn default() -> Self {
-        GatewayLimits {
-            max_connections: 10_000,
-            handshake_timeout: Duration::from_secs(10),
-            max_message_bytes: 256 * 1024,
-            max_keep_alive: 1177,
-            revalidate_every: Duration::from_secs(10),
-            max_inflight: 10,
-            max_unacked_telemetry: 64,
-        }
-    }
-}
 
 /// Serves devices on `listener` until `shutdown` completes, then closes every session.
 pub async fn serve(

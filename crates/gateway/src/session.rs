@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::server::GatewayLimits;
+use crate::limits::GatewayLimits;
 use crate::stream::DeviceTls;
 
 /// Why a session ended.

@@ -29,7 +29,7 @@ macro_rules! error_codes {
     ($($constant:ident = ($number:literal, $name:literal),)*) => {
         $(pub const $constant: ErrorCode = code($number, $name);)*
 
-        /// Every error code the hub emits, for documentation and tests (ARCHITECTURE.md lists the
+        /// Every error code the hub emits, for documentation and tests (docs/error-codes.md lists the
         /// same rows; a test keeps the two in step).
         pub const ALL_CODES: &[ErrorCode] = &[$($constant),*];
     };
@@ -361,18 +361,12 @@ mod tests {
         }
     }
 
-    /// ARCHITECTURE.md's error-code table is what operators and client authors read: it must list
-    /// exactly these codes, with these names and statuses.
+    /// docs/error-codes.md is what operators and client authors read: it must list exactly these
+    /// codes, with these names and statuses.
     #[test]
-    fn architecture_md_lists_exactly_the_code_table() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ARCHITECTURE.md");
-        let text = std::fs::read_to_string(path).expect("ARCHITECTURE.md");
-        let start = text
-            .find("\n## Error codes\n")
-            .expect("an 'Error codes' section")
-            + 1;
-        let section = &text[start..];
-        let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    fn the_error_code_doc_lists_exactly_the_code_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/error-codes.md");
+        let section = std::fs::read_to_string(path).expect("docs/error-codes.md");
         let mut rows = Vec::new();
         for line in section.lines() {
             // `| 400004 | ArgumentInvalid (what it means) | 400 |`: cells 1, 2 and 3.
@@ -389,7 +383,7 @@ mod tests {
                 rows.iter().any(|(number, name, status)| {
                     *number == c.number && name == c.name && *status == Some(c.status)
                 }),
-                "ARCHITECTURE.md has no row `| {} | {} ... | {} |`",
+                "docs/error-codes.md has no row `| {} | {} ... | {} |`",
                 c.number,
                 c.name,
                 c.status
@@ -400,13 +394,13 @@ mod tests {
                 ALL_CODES.iter().any(|c| {
                     c.number == *number && c.name == name && Some(c.status) == *status
                 }),
-                "ARCHITECTURE.md lists {number} {name} ({status:?}), which is not in ALL_CODES"
+                "docs/error-codes.md lists {number} {name} ({status:?}), which is not in ALL_CODES"
             );
         }
         assert_eq!(
             rows.len(),
             ALL_CODES.len(),
-            "ARCHITECTURE.md lists a code twice"
+            "docs/error-codes.md lists a code twice"
         );
     }
 }

@@ -804,7 +804,7 @@ fn anonymous_callers_cannot_probe_the_route_table_with_other_methods() {
     );
 }
 
-/// ARCHITECTURE.md: "authenticated refusals, including 403, are audited". Refusals of reads are
+/// docs/decisions.md: "authenticated refusals, including 403, are audited". Refusals of reads are
 /// not: `Hub::list_certificates`, `get_certificate`, `audit_log` and `policy_keys` return the 403
 /// without `refuse`, so e.g. a registryRead caller trying to read the owner's keys leaves no trace.
 #[test]

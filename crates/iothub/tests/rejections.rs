@@ -460,7 +460,7 @@ fn proof_of_possession_rejections_then_lower_case_code_verifies() {
         api.verify("root", &good, Some(&etag_created))
     });
 
-    // The order of the checks (ARCHITECTURE.md): If-Match before the body; issuer before
+    // The order of the checks (docs/flows.md): If-Match before the body; issuer before
     // signature; signature before CN; CN before validity.
     refused(&api, "root", 412, "412001", true, || {
         api.verify("root", "garbage", Some(&etag_created))
@@ -695,7 +695,7 @@ fn upload_rejections() {
         api.put("ghost", &put_body(&fresh.pem), Some("*"))
     });
 
-    // The order of the upload rules (ARCHITECTURE.md): name, input, CA, isVerified, existence.
+    // The order of the upload rules (docs/flows.md): name, input, CA, isVerified, existence.
     refused(&api, "a!", 400, "400050", true, || {
         api.put("a!", &put_body("garbage"), None)
     });
@@ -971,7 +971,7 @@ fn serve_flags_code_lifetime_ca_limit_sizes_and_verify_on_upload() {
 // ---------------------------------------------------------------------------------------------
 // Refusals decided by the API layer.
 
-/// ARCHITECTURE.md: "authenticated refusals, including 403, are audited" and "a refusal appends
+/// docs/decisions.md: "authenticated refusals, including 403, are audited" and "a refusal appends
 /// only a failure audit entry". An authenticated owner's PUT or verify with malformed JSON, without
 /// a certificate, or over --max-request-bytes is refused by `iothub_api` (read_json / the handler)
 /// before the hub is called, so no audit entry is written (the other rejection tests assert that

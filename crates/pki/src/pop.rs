@@ -3,7 +3,7 @@
 //!
 //! Why pure: these rules decide who may later admit devices. They take the CA's facts, the code
 //! state and the clock as arguments, so every branch is unit-tested and fuzzed without a store.
-//! The order of [`verify_proof`]'s checks is part of the contract (ARCHITECTURE.md lists it): each
+//! The order of [`verify_proof`]'s checks is part of the contract (docs/flows.md lists it): each
 //! failure names what was expected and what was found.
 
 use ::time::format_description::well_known::Rfc3339;
