@@ -28,3 +28,20 @@ pub async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<
         )
     })
 }
+
+/// Reads a JSON body and takes the one field its request must carry (`take`); `what` names that
+/// field and what it holds, for the refusal when it is missing.
+pub async fn read_json_field<B: DeserializeOwned, F>(
+    body: Body,
+    limit: usize,
+    take: impl FnOnce(B) -> Option<F>,
+    what: &str,
+) -> Result<F, ApiError> {
+    let parsed: B = read_json(body, limit).await?;
+    take(parsed).ok_or_else(|| {
+        ApiError::new(
+            codes::ARGUMENT_INVALID,
+            format!("the body must carry {what}"),
+        )
+    })
+}

@@ -15,7 +15,7 @@ use iothub_hub::error as codes;
 use iothub_hub::{Principal, PutCertificate};
 use serde_json::{json, Value};
 
-use crate::body::read_json;
+use crate::body::{read_json, read_json_field};
 use crate::error::ApiError;
 use crate::shapes::{certificate_description, PutBody, VerifyBody};
 use crate::state::{audited, authenticate, blocking, if_match, with_etag, AppState};
@@ -60,15 +60,12 @@ pub(crate) async fn read_verification_certificate(
     name: &str,
     body: Body,
 ) -> Result<String, ApiError> {
-    let parsed = async {
-        let parsed: VerifyBody = read_json(body, state.limits.max_request_bytes).await?;
-        parsed.certificate.ok_or_else(|| {
-            ApiError::new(
-                codes::ARGUMENT_INVALID,
-                "the body must carry 'certificate': the verification certificate as PEM text or base64 of DER",
-            )
-        })
-    }
+    let parsed = read_json_field(
+        body,
+        state.limits.max_request_bytes,
+        |b: VerifyBody| b.certificate,
+        "'certificate': the verification certificate as PEM text or base64 of DER",
+    )
     .await;
     audited(
         state,

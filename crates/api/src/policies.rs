@@ -16,7 +16,7 @@ use iothub_pki::policy::format_rights;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::body::read_json;
+use crate::body::{read_json, read_json_field};
 use crate::error::ApiError;
 use crate::state::{audited, authenticate, blocking, AppState};
 
@@ -81,15 +81,12 @@ pub(crate) async fn put_policy(
     body: Body,
 ) -> Result<Response, ApiError> {
     let who = authenticate(&state, &headers)?;
-    let parsed = async {
-        let b: PutPolicyBody = read_json(body, state.limits.max_request_bytes).await?;
-        b.rights.ok_or_else(|| {
-            ApiError::new(
-                codes::ARGUMENT_INVALID,
-                "the body must carry 'rights': a comma-separated list of RegistryRead, RegistryWrite, ServiceConnect, DeviceConnect",
-            )
-        })
-    }
+    let parsed = read_json_field(
+        body,
+        state.limits.max_request_bytes,
+        |b: PutPolicyBody| b.rights,
+        "'rights': a comma-separated list of RegistryRead, RegistryWrite, ServiceConnect, DeviceConnect",
+    )
     .await;
     let rights = audited(&state, &who, "policy.put", format!("policy/{name}"), parsed).await?;
     let (p, created) = blocking(&state, move |hub| hub.put_policy(&who, &name, &rights)).await?;

@@ -196,19 +196,7 @@ impl ApiClient {
         }
         let status = resp.status();
         let json: Value = resp.json().unwrap_or(Value::Null);
-        let field = |k: &str| {
-            json.get(k)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string()
-        };
-        Err(ApiRefusal {
-            status: status.as_u16(),
-            code: field("code"),
-            name: field("errorName"),
-            message: field("message"),
-        }
-        .into())
+        Err(ApiRefusal::from_answer(status, &json).into())
     }
 
     /// Sends a request and returns the JSON body (Null for an empty one), or the refusal.
@@ -239,13 +227,21 @@ impl ApiClient {
         if status.is_success() {
             return Ok(json);
         }
+        Err(ApiRefusal::from_answer(status, &json).into())
+    }
+}
+
+impl ApiRefusal {
+    /// The refusal an error answer carries (Azure's error body), or, for a body without a
+    /// message, one that names the HTTP status.
+    fn from_answer(status: reqwest::StatusCode, json: &Value) -> ApiRefusal {
         let field = |k: &str| {
             json.get(k)
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string()
         };
-        Err(ApiRefusal {
+        ApiRefusal {
             status: status.as_u16(),
             code: field("code"),
             name: field("errorName"),
@@ -254,7 +250,6 @@ impl ApiClient {
                 None => format!("the hub answered {status}"),
             },
         }
-        .into())
     }
 }
 

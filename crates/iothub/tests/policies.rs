@@ -9,29 +9,7 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use common::*;
-use reqwest::blocking::Client;
 use serde_json::{json, Value};
-
-fn no_redirects(hub: &TestHub) -> Client {
-    use rustls_pki_types::pem::PemObject;
-    let pem = std::fs::read(hub.data().join("tls/ca.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Client::builder()
-        .tls_backend_preconfigured(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
 
 fn cli_ok(hub: &TestHub, args: &[&str]) -> String {
     let out = hub.cli(args);
@@ -304,7 +282,7 @@ fn rotation_ends_the_streams_and_portal_sessions_made_with_the_old_key() {
     });
 
     // A portal session from a link made with ops' primary key.
-    let http = no_redirects(&hub);
+    let http = hub.client_without_redirects();
     let link: Value = http
         .post(format!("{}/portal-links", hub.base()))
         .header("Authorization", hub.token("ops", &ops_key, 600))
@@ -401,7 +379,7 @@ fn rotation_ends_the_streams_and_portal_sessions_made_with_the_old_key() {
 #[test]
 fn a_portal_session_gets_no_keys_by_any_route() {
     let hub = TestHub::start(&[]);
-    let http = no_redirects(&hub);
+    let http = hub.client_without_redirects();
     let link: Value = http
         .post(format!("{}/portal-links", hub.base()))
         .header("Authorization", hub.owner_token())

@@ -8,27 +8,6 @@ use common::*;
 use reqwest::blocking::Client;
 use serde_json::Value;
 
-/// A client that does not follow redirects (to see Set-Cookie and Location) and keeps no cookies.
-fn raw_client(hub: &TestHub) -> Client {
-    use rustls_pki_types::pem::PemObject;
-    let pem = std::fs::read(hub.data().join("tls/ca.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Client::builder()
-        .tls_backend_preconfigured(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 fn new_link(hub: &TestHub) -> String {
     let url = ok(&hub.cli(&["portal-link"])).trim().to_string();
     assert!(url.contains("/portal/login?token="), "{url}");
@@ -94,7 +73,7 @@ fn cert_body() -> Value {
 #[test]
 fn login_links_are_single_use_and_expire() {
     let hub = TestHub::start(&["--portal-link-lifetime", "1s"]);
-    let http = raw_client(&hub);
+    let http = hub.client_without_redirects();
     // A link works once. (serve prints none when its stdout is no terminal: see
     // limits_and_posture.rs, serve_prints_no_secret_unless_on_a_terminal.)
     let printed = new_link(&hub);
@@ -148,7 +127,7 @@ fn login_links_are_single_use_and_expire() {
 #[test]
 fn state_changes_need_the_csrf_token_and_the_hub_origin() {
     let hub = TestHub::start(&[]);
-    let http = raw_client(&hub);
+    let http = hub.client_without_redirects();
     let (cookie, csrf) = sign_in(&hub, &http);
     let url = format!("{}/certificates/from-portal", hub.base());
     // Reads work with the cookie alone.
@@ -251,7 +230,7 @@ fn state_changes_need_the_csrf_token_and_the_hub_origin() {
 #[test]
 fn only_an_owner_credential_makes_login_links() {
     let hub = TestHub::start(&[]);
-    let http = raw_client(&hub);
+    let http = hub.client_without_redirects();
     let url = format!("{}/portal-links", hub.base());
     assert_eq!(http.post(&url).send().unwrap().status(), 401);
     let read = hub.token("registryRead", &hub.policy_key("registryRead"), 600);

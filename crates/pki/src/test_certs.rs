@@ -35,19 +35,23 @@ pub(crate) struct Chain {
 
 /// root ("root", with `root_constraints`) > "inter" > leaf "dev".
 pub(crate) fn root_inter_leaf(root_constraints: BasicConstraints) -> Chain {
-    let root_key = KeyPair::generate().unwrap();
+    let root_key = KeyPair::generate().expect("a P-256 key");
     let root_params = params("root", Some(root_constraints));
-    let root = root_params.self_signed(&root_key).unwrap();
+    let root = root_params
+        .self_signed(&root_key)
+        .expect("the root signs itself");
     let root_issuer = Issuer::new(root_params, root_key);
-    let inter_key = KeyPair::generate().unwrap();
+    let inter_key = KeyPair::generate().expect("a P-256 key");
     let inter_params = params("inter", Some(BasicConstraints::Unconstrained));
-    let inter = inter_params.signed_by(&inter_key, &root_issuer).unwrap();
+    let inter = inter_params
+        .signed_by(&inter_key, &root_issuer)
+        .expect("the root signs the intermediate");
     let leaf = params("dev", None)
         .signed_by(
-            &KeyPair::generate().unwrap(),
+            &KeyPair::generate().expect("a P-256 key"),
             &Issuer::new(inter_params, inter_key),
         )
-        .unwrap();
+        .expect("the intermediate signs the leaf");
     Chain {
         root,
         root_issuer,

@@ -199,6 +199,19 @@ impl TestHub {
 
     /// An HTTPS client trusting the hub's CA.
     pub fn client(&self) -> reqwest::blocking::Client {
+        self.client_builder().build().unwrap()
+    }
+
+    /// An HTTPS client trusting the hub's CA that does not follow redirects (to see Set-Cookie
+    /// and Location) and keeps no cookies.
+    pub fn client_without_redirects(&self) -> reqwest::blocking::Client {
+        self.client_builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    }
+
+    fn client_builder(&self) -> reqwest::blocking::ClientBuilder {
         use rustls_pki_types::pem::PemObject;
         let pem = std::fs::read(self.data().join("tls/ca.pem")).unwrap();
         let mut roots = rustls::RootCertStore::empty();
@@ -214,8 +227,6 @@ impl TestHub {
         reqwest::blocking::Client::builder()
             .tls_backend_preconfigured(tls)
             .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap()
     }
 
     /// Runs the CLI against this hub (through its data directory).
