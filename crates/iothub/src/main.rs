@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use iothub_client::HubTarget;
 
-use crate::cmd::{audit, c2d, cert, credentials, device, monitor, pki, policy};
+use crate::cmd::{audit, c2d, cert, credentials, device, monitor, pki, policy, twin};
 use crate::output::Output;
 
 #[derive(Debug, Parser)]
@@ -101,6 +101,20 @@ enum Command {
         #[command(flatten)]
         hub: HubArgs,
     },
+    /// Device twins: show, update desired properties and tags.
+    Twin {
+        #[command(subcommand)]
+        command: twin::TwinCommand,
+        #[command(flatten)]
+        hub: HubArgs,
+    },
+    /// Direct methods: invoke one on a connected device.
+    Method {
+        #[command(subcommand)]
+        command: twin::MethodCommand,
+        #[command(flatten)]
+        hub: HubArgs,
+    },
     /// Follow device-to-cloud messages (telemetry).
     Monitor {
         #[command(flatten)]
@@ -177,6 +191,8 @@ fn main() -> ExitCode {
         Command::Audit { args, hub } => audit::run(&hub.target(data), output, args),
         Command::Device { command, hub } => device::run(&hub.target(data), output, command),
         Command::C2d { command, hub } => c2d::run(&hub.target(data), output, command),
+        Command::Twin { command, hub } => twin::run(&hub.target(data), output, command),
+        Command::Method { command, hub } => twin::method(&hub.target(data), output, command),
         Command::Monitor { args, hub } => monitor::monitor(&hub.target(data), output, args),
         Command::Connections { hub } => monitor::connections(&hub.target(data), output),
         Command::ConnectionString { args, hub } => {
@@ -232,6 +248,8 @@ mod tests {
             &["cert", "add"],
             &["device", "list"],
             &["c2d", "send"],
+            &["twin", "update"],
+            &["method", "invoke"],
             &["monitor"],
             &["connections"],
             &["policy", "rotate"],

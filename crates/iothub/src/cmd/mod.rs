@@ -10,3 +10,4 @@ pub mod device;
 pub mod monitor;
 pub mod pki;
 pub mod policy;
+pub mod twin;

@@ -2,6 +2,8 @@
 //! `az iot hub monitor-events`), `connections` shows the live sessions and recent refusals.
 
 use std::io::{BufRead, BufReader, Write};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use iothub_client::{segment, ApiClient, HubTarget};
@@ -21,14 +23,21 @@ pub struct MonitorArgs {
     /// Stop after this many messages.
     #[arg(long)]
     pub count: Option<u64>,
-    /// Stop after this many seconds.
+    /// Stop after this many seconds (a deadline: the command ends then, even while the
+    /// stream is busy).
     #[arg(long)]
     pub timeout: Option<u64>,
 }
 
 pub fn monitor(target: &HubTarget, output: Output, args: MonitorArgs) -> Result<()> {
-    let api =
-        ApiClient::connect_with_timeout(target, args.timeout.map(std::time::Duration::from_secs))?;
+    // `--timeout` is a deadline for the whole command. A read timeout on the connection would
+    // not be one: the stream's keep-alives (and any telemetry) reset it, so it could run forever.
+    // The stream is therefore read on its own thread and this one waits at most until the
+    // deadline; the reader is left behind when the command returns (the process ends).
+    let deadline = args
+        .timeout
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    let api = ApiClient::connect_with_timeout(target, None)?;
     let mut path = "/messages/stream?".to_string();
     if let Some(d) = &args.device {
         path.push_str(&format!("deviceId={}&", segment(d)));
@@ -36,23 +45,31 @@ pub fn monitor(target: &HubTarget, output: Output, args: MonitorArgs) -> Result<
     if let Some(f) = args.from {
         path.push_str(&format!("from={f}&"));
     }
-    let resp = api.open_stream(path.trim_end_matches(['?', '&']))?;
-    if output == Output::Text {
-        eprintln!("Monitoring telemetry (Ctrl-C to stop)...");
-    }
+    let path = path.trim_end_matches(['?', '&']).to_string();
+    let (tx, rx) = mpsc::sync_channel::<Result<Event>>(64);
+    std::thread::spawn(move || read_stream(&api, &path, &tx));
+    let mut announced = false;
     let mut seen = 0u64;
-    for line in BufReader::new(resp).lines() {
-        let line = match line {
-            Ok(l) => l,
-            // A timeout (--timeout) ends the stream; that is the requested end, not an error.
-            Err(_) if args.timeout.is_some() => break,
-            Err(e) => return Err(e).context("the stream from the hub broke"),
+    loop {
+        let next = match deadline {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
         };
-        let Some(data) = line.strip_prefix("data:") else {
-            continue;
+        let m = match next {
+            Ok(Ok(Event::Opened)) => {
+                if output == Output::Text && !announced {
+                    eprintln!("Monitoring telemetry (Ctrl-C to stop)...");
+                    announced = true;
+                }
+                continue;
+            }
+            Ok(Ok(Event::Message(m))) => m,
+            Ok(Err(e)) => return Err(e),
+            // The deadline is the requested end, not an error.
+            Err(RecvTimeoutError::Timeout) => break,
+            // The hub ended the stream.
+            Err(RecvTimeoutError::Disconnected) => break,
         };
-        let m: Value =
-            serde_json::from_str(data.trim()).context("the hub sent an unreadable event")?;
         match output {
             Output::Json => println!("{}", serde_json::to_string(&m)?),
             Output::Text => println!("{}", serde_json::to_string_pretty(&event(&m))?),
@@ -64,6 +81,42 @@ pub fn monitor(target: &HubTarget, output: Output, args: MonitorArgs) -> Result<
         }
     }
     Ok(())
+}
+
+/// What the stream's reader hands to the command: the stream is open, or one message.
+enum Event {
+    Opened,
+    Message(Value),
+}
+
+/// Opens the stream and sends each message until the stream ends, fails, or nobody listens.
+fn read_stream(api: &ApiClient, path: &str, tx: &SyncSender<Result<Event>>) {
+    let resp = match api.open_stream(path) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            return;
+        }
+    };
+    if tx.send(Ok(Event::Opened)).is_err() {
+        return;
+    }
+    for line in BufReader::new(resp).lines() {
+        let item = match line {
+            Err(e) => Err(anyhow::Error::from(e).context("the stream from the hub broke")),
+            Ok(line) => match line.strip_prefix("data:") {
+                // Keep-alives (comments) and event names carry no message.
+                None => continue,
+                Some(data) => serde_json::from_str(data.trim())
+                    .map(Event::Message)
+                    .context("the hub sent an unreadable event"),
+            },
+        };
+        let failed = item.is_err();
+        if tx.send(item).is_err() || failed {
+            return;
+        }
+    }
 }
 
 /// A message as `az iot hub monitor-events` shows it: a JSON body as JSON, other text as a
