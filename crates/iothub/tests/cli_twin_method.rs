@@ -71,6 +71,7 @@ fn twin_show_and_update_round_trip_with_etag() {
     let text = ok(&hub.cli(&["twin", "show", "thermo"]));
     assert!(text.contains("\"fan\": 2"), "{text}");
     assert!(text.contains("\"site\": \"lab\""), "{text}");
+    assert!(!text.contains("$metadata"), "{text}");
 
     // Without --etag the update is unconditional.
     let again: Value = serde_json::from_str(&ok(&hub.cli(&[

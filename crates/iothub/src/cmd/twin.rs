@@ -120,15 +120,26 @@ fn section(v: &Value) -> String {
     iothub_hub::peer_text::escaped(&pretty).into_owned()
 }
 
+/// A property section without its `$metadata` (per-property timestamps): `-o json` keeps it,
+/// for people it would bury the values.
+fn properties(v: &Value) -> String {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("$metadata");
+    }
+    section(&v)
+}
+
 fn print_twin(v: &Value) {
     println!("device:   {}", shown(&v["deviceId"]));
     println!("status:   {}", shown(&v["status"]));
+    println!("state:    {}", shown(&v["connectionState"]));
     println!("version:  {}", shown(&v["version"]));
     // The etag is data a user passes back with --etag, printed as the hub sent it.
     println!("etag:     {}", text(&v["etag"]));
     println!("tags:     {}", section(&v["tags"]));
-    println!("desired:  {}", section(&v["properties"]["desired"]));
-    println!("reported: {}", section(&v["properties"]["reported"]));
+    println!("desired:  {}", properties(&v["properties"]["desired"]));
+    println!("reported: {}", properties(&v["properties"]["reported"]));
 }
 
 pub fn method(target: &HubTarget, output: Output, cmd: MethodCommand) -> Result<()> {
