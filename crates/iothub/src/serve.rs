@@ -153,7 +153,12 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         iothub_gateway::server_config(identity.chain.clone(), identity.key.clone_key())?;
     let listeners = Listeners::bind(&config).await?;
     let metrics_listener = match config.metrics {
-        Some(addr) => Some(crate::watch::bind(addr).await?),
+        Some(addr) => {
+            let listener = crate::watch::bind(addr).await?;
+            // Before the https line, which tells a supervisor (and the tests) that all is bound.
+            status!("metrics listening on {}", listener.local_addr()?);
+            Some(listener)
+        }
         None => None,
     };
     let portal = announce(&config, &hub, &listeners, new_owner)?;
@@ -162,14 +167,11 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let watch = crate::watch::Watch::new(hub.clone());
     let watcher = match metrics_listener {
-        Some(listener) => {
-            status!("metrics listening on {}", listener.local_addr()?);
-            Some(tokio::spawn(crate::watch::serve(
-                listener,
-                watch.clone(),
-                stopped(stop_rx.clone()),
-            )))
-        }
+        Some(listener) => Some(tokio::spawn(crate::watch::serve(
+            listener,
+            watch.clone(),
+            stopped(stop_rx.clone()),
+        ))),
         None => None,
     };
     let gateway = tokio::spawn(iothub_gateway::serve(
