@@ -162,7 +162,10 @@ impl TestHub {
         let port = self
             .metrics_port
             .expect("the hub was started with --metrics 127.0.0.1:0");
-        let resp = reqwest::blocking::get(format!("http://127.0.0.1:{port}{path}"))
+        let resp = self
+            .client()
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .send()
             .expect("metrics listener answers");
         let status = resp.status().as_u16();
         (status, resp.text().unwrap_or_default())

@@ -1,0 +1,103 @@
+//! `--metrics` (Prometheus text on plain HTTP, /healthz, /readyz) and `--log-format json`,
+//! against the real binary: a refused and an accepted CONNECT and a QoS 1 message must show in
+//! the counters.
+
+mod common;
+
+use common::*;
+
+/// The value of the sample named exactly `series` (name and labels as printed).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn metrics_count_connects_refusals_and_telemetry() {
+    let hub = TestHub::start(&["--metrics", "127.0.0.1:0"]);
+    verified_root_with_devices(&hub, &["dev1"]);
+    let dir = hub.dir.clone();
+
+    // Refused: a registered device's certificate under an id nobody registered.
+    let (_, code) =
+        RawDevice::connect(&hub, &dir.join("dev1.pem"), &dir.join("dev1.key"), "ghost").unwrap();
+    assert_ne!(code, 0);
+    // Accepted, then one QoS 1 message of 5 bytes and a C2D message queued.
+    let (mut device, code) =
+        RawDevice::connect(&hub, &dir.join("dev1.pem"), &dir.join("dev1.key"), "dev1").unwrap();
+    assert_eq!(code, 0);
+    device
+        .publish("devices/dev1/messages/events/", b"hello", 1)
+        .unwrap();
+    ok(&hub.cli(&["c2d", "send", "dev1", "hi", "--message-id", "m1"]));
+
+    let (status, text) = hub.metrics_get("/metrics");
+    assert_eq!(status, 200, "{text}");
+    for (series, want) in [
+        ("iothub_connected_devices", 1.0),
+        ("iothub_connects_total{result=\"accepted\"}", 1.0),
+        ("iothub_connects_total{result=\"refused\"}", 1.0),
+        ("iothub_connect_refusals_total{reason=\"unknown_device\"}", 1.0),
+        ("iothub_connect_refusals_total{reason=\"unverified_ca\"}", 0.0),
+        ("iothub_telemetry_messages_total", 1.0),
+        ("iothub_telemetry_bytes_total", 5.0),
+        ("iothub_c2d_queued_total", 1.0),
+        ("iothub_cas{state=\"verified\"}", 1.0),
+        ("iothub_cas{state=\"unverified\"}", 0.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(want), "{series} in\n{text}");
+    }
+    // One rebuild at start, one per CA change (add, prove).
+    assert!(sample(&text, "iothub_trust_rebuilds_total").unwrap() >= 3.0, "{text}");
+    // Counts only: no device id or key is ever served here.
+    assert!(!text.contains("dev1") && !text.contains("ghost"), "{text}");
+
+    assert_eq!(hub.metrics_get("/healthz").0, 200);
+    let (status, body) = hub.metrics_get("/readyz");
+    assert_eq!((status, body.trim()), (200, "ready"));
+    device.disconnect();
+}
+
+#[test]
+fn readyz_says_why_when_the_store_cannot_be_read() {
+    let hub = TestHub::start(&["--metrics", "127.0.0.1:0"]);
+    assert_eq!(hub.metrics_get("/readyz").0, 200);
+    // Corrupt the database under the running hub: every page overwritten, the WAL emptied.
+    let db = hub.data().join("iothub.db");
+    let len = std::fs::metadata(&db).unwrap().len().max(8192) as usize;
+    std::fs::write(&db, vec![0x5a; len]).unwrap();
+    let _ = std::fs::write(hub.data().join("iothub.db-wal"), b"");
+    let (status, body) = hub.metrics_get("/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("store"), "{body}");
+    // The process still serves.
+    assert_eq!(hub.metrics_get("/healthz").0, 200);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let hub = TestHub::start_logged(&["--log-format", "json"]);
+    // A refused request logs something besides the start line.
+    let _ = hub
+        .client()
+        .get(format!("{}/devices", hub.base()))
+        .send()
+        .unwrap();
+    let log = hub.log_text();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v.is_object() && v["level"].is_string(), "{line}");
+    }
+}
+
+#[test]
+fn the_default_is_text_and_metrics_off_in_tests() {
+    let hub = TestHub::start_logged(&[]);
+    assert_eq!(hub.metrics_port, None);
+    assert!(!hub.first_stdout.iter().any(|l| l.contains("metrics listening")));
+    assert!(hub.log_text().lines().all(|l| !l.starts_with('{')));
+}
