@@ -8,9 +8,28 @@ use common::*;
 
 /// The value of the sample named exactly `series` (name and labels as printed).
 fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// `/readyz` until it answers 200: the listeners' tasks start just after the hub prints its
+/// addresses, so a probe right then may still see 503 (as a supervisor's first probe may).
+fn wait_ready(hub: &TestHub) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, body) = hub.metrics_get("/readyz");
+        if status == 200 {
+            assert_eq!(body.trim(), "ready");
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready: {body}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -38,8 +57,14 @@ fn metrics_count_connects_refusals_and_telemetry() {
         ("iothub_connected_devices", 1.0),
         ("iothub_connects_total{result=\"accepted\"}", 1.0),
         ("iothub_connects_total{result=\"refused\"}", 1.0),
-        ("iothub_connect_refusals_total{reason=\"unknown_device\"}", 1.0),
-        ("iothub_connect_refusals_total{reason=\"unverified_ca\"}", 0.0),
+        (
+            "iothub_connect_refusals_total{reason=\"unknown_device\"}",
+            1.0,
+        ),
+        (
+            "iothub_connect_refusals_total{reason=\"unverified_ca\"}",
+            0.0,
+        ),
         ("iothub_telemetry_messages_total", 1.0),
         ("iothub_telemetry_bytes_total", 5.0),
         ("iothub_c2d_queued_total", 1.0),
@@ -49,25 +74,32 @@ fn metrics_count_connects_refusals_and_telemetry() {
         assert_eq!(sample(&text, series), Some(want), "{series} in\n{text}");
     }
     // One rebuild at start, one per CA change (add, prove).
-    assert!(sample(&text, "iothub_trust_rebuilds_total").unwrap() >= 3.0, "{text}");
+    assert!(
+        sample(&text, "iothub_trust_rebuilds_total").unwrap() >= 3.0,
+        "{text}"
+    );
     // Counts only: no device id or key is ever served here.
     assert!(!text.contains("dev1") && !text.contains("ghost"), "{text}");
 
     assert_eq!(hub.metrics_get("/healthz").0, 200);
-    let (status, body) = hub.metrics_get("/readyz");
-    assert_eq!((status, body.trim()), (200, "ready"));
+    wait_ready(&hub);
     device.disconnect();
 }
 
 #[test]
 fn readyz_says_why_when_the_store_cannot_be_read() {
     let hub = TestHub::start(&["--metrics", "127.0.0.1:0"]);
-    assert_eq!(hub.metrics_get("/readyz").0, 200);
+    wait_ready(&hub);
     // Corrupt the database under the running hub: every page overwritten, the WAL emptied.
     let db = hub.data().join("iothub.db");
     let len = std::fs::metadata(&db).unwrap().len().max(8192) as usize;
     std::fs::write(&db, vec![0x5a; len]).unwrap();
     let _ = std::fs::write(hub.data().join("iothub.db-wal"), b"");
+    // The shared-memory WAL index zeroed too, so the next read cannot trust what it remembered.
+    let shm = hub.data().join("iothub.db-shm");
+    if let Ok(meta) = std::fs::metadata(&shm) {
+        std::fs::write(&shm, vec![0; meta.len() as usize]).unwrap();
+    }
     let (status, body) = hub.metrics_get("/readyz");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("store"), "{body}");
@@ -98,6 +130,9 @@ fn json_logs_are_one_object_per_line() {
 fn the_default_is_text_and_metrics_off_in_tests() {
     let hub = TestHub::start_logged(&[]);
     assert_eq!(hub.metrics_port, None);
-    assert!(!hub.first_stdout.iter().any(|l| l.contains("metrics listening")));
+    assert!(!hub
+        .first_stdout
+        .iter()
+        .any(|l| l.contains("metrics listening")));
     assert!(hub.log_text().lines().all(|l| !l.starts_with('{')));
 }
