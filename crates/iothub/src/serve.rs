@@ -166,14 +166,13 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     // One shutdown signal for every listener.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let watch = crate::watch::Watch::new(hub.clone());
-    let watcher = match metrics_listener {
-        Some(listener) => Some(tokio::spawn(crate::watch::serve(
+    let watcher = metrics_listener.map(|listener| {
+        tokio::spawn(crate::watch::serve(
             listener,
             watch.clone(),
             stopped(stop_rx.clone()),
-        ))),
-        None => None,
-    };
+        ))
+    });
     let gateway = tokio::spawn(iothub_gateway::serve(
         listeners.mqtt,
         device_tls,
