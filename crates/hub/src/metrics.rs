@@ -215,3 +215,60 @@ impl Hub {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Refusal;
+    use iothub_pki::chain::ChainError;
+
+    #[test]
+    fn refusals_fall_in_their_class() {
+        let id = || "d".to_string();
+        for (refusal, class) in [
+            (Refusal::NotRegistered { device_id: id() }, "unknown_device"),
+            (Refusal::Disabled { device_id: id() }, "disabled"),
+            (
+                Refusal::Chain(ChainError::Unverified {
+                    ca_name: id(),
+                    subject: id(),
+                }),
+                "unverified_ca",
+            ),
+            (
+                Refusal::Chain(ChainError::CaExpired {
+                    ca_name: id(),
+                    subject: id(),
+                    not_after: id(),
+                }),
+                "expired",
+            ),
+            (
+                Refusal::LeafCnMismatch {
+                    cn: id(),
+                    client_id: id(),
+                },
+                "cn_mismatch",
+            ),
+            (
+                Refusal::ForeignHost {
+                    host: id(),
+                    hub_names: vec![],
+                    client_id: id(),
+                },
+                "foreign_host",
+            ),
+            (Refusal::PasswordNotText, "bad_credentials"),
+            (Refusal::Internal(id()), "other"),
+        ] {
+            assert_eq!(refusal.class().as_str(), class, "{refusal}");
+        }
+    }
+
+    #[test]
+    fn the_class_array_matches_the_indices() {
+        for (i, c) in RefusalClass::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+        }
+    }
+}
