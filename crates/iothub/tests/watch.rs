@@ -83,6 +83,33 @@ fn metrics_count_connects_refusals_and_telemetry() {
 
     assert_eq!(hub.metrics_get("/healthz").0, 200);
     wait_ready(&hub);
+
+    // The C2D message delivered and acknowledged: counted once the hub has marked it.
+    use iothub_mqtt::codec::{Packet, Subscribe};
+    device
+        .send(&Packet::Subscribe(Subscribe {
+            pkid: 2,
+            filters: vec![("devices/dev1/messages/devicebound/#".into(), 1)],
+        }))
+        .unwrap();
+    let delivery = loop {
+        match device.recv().unwrap() {
+            Packet::Publish(p) => break p,
+            Packet::SubAck(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(&delivery.payload[..], b"hi");
+    device.send(&Packet::PubAck(delivery.pkid)).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, text) = hub.metrics_get("/metrics");
+        if sample(&text, "iothub_c2d_delivered_total") == Some(1.0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     device.disconnect();
 }
 
