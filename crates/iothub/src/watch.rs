@@ -29,7 +29,9 @@ impl Watch {
     }
 }
 
-const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// prometheus-client writes OpenMetrics text (`_total` samples, `# EOF`): say so, so that a
+/// scraper parses it as such rather than as the older Prometheus text format.
+const TEXT_FORMAT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 async fn metrics(axum::extract::State(w): axum::extract::State<Watch>) -> axum::response::Response {
     use axum::response::IntoResponse as _;

@@ -53,6 +53,7 @@ fn metrics_count_connects_refusals_and_telemetry() {
 
     let (status, text) = hub.metrics_get("/metrics");
     assert_eq!(status, 200, "{text}");
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
     for (series, want) in [
         ("iothub_connected_devices", 1.0),
         ("iothub_connects_total{result=\"accepted\"}", 1.0),
