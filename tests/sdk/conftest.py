@@ -151,7 +151,8 @@ class Hub:
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
                 [BIN, "--data", self.data, "serve", "--name", HUB_NAME,
-                 "--https", f"{ip}:0", "--mqtt", f"{ip}:{MQTT_PORT}", "--hostname", ip],
+                 "--https", f"{ip}:0", "--mqtt", f"{ip}:{MQTT_PORT}", "--hostname", ip,
+                 "--metrics", "off"],
                 cwd=self.dir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         _running.append(self.proc)
         deadline = time.monotonic() + START_TIMEOUT

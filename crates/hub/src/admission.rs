@@ -24,6 +24,7 @@ use iothub_store::AuthType;
 
 use crate::device_cache::ConnectRecord;
 use crate::devices::DeviceAuth;
+use crate::metrics::RefusalClass;
 use crate::sessions::{Admission, AuthMethod, ConnectRequest};
 use crate::Hub;
 
@@ -218,6 +219,48 @@ impl std::fmt::Display for Refusal {
 
 impl std::error::Error for Refusal {}
 
+impl Refusal {
+    /// The reason class `/metrics` counts this refusal under. Exhaustive on purpose: a new
+    /// variant does not compile until someone decides its class.
+    pub fn class(&self) -> RefusalClass {
+        use RefusalClass as C;
+        match self {
+            Refusal::ForeignHost { .. } => C::ForeignHost,
+            Refusal::NotRegistered { .. } => C::UnknownDevice,
+            Refusal::Disabled { .. } => C::Disabled,
+            Refusal::Chain(e) => match e {
+                ChainError::UnknownIssuer { .. } | ChainError::Unverified { .. } => C::UnverifiedCa,
+                ChainError::CaExpired { .. } => C::Expired,
+                ChainError::LeafCommonNameNotText { .. } => C::CnMismatch,
+                ChainError::NoCertificate
+                | ChainError::TooLong { .. }
+                | ChainError::Unparsable(_)
+                | ChainError::Invalid { .. } => C::BadCredentials,
+            },
+            Refusal::LeafCnMismatch { .. }
+            | Refusal::LeafWithoutCn { .. }
+            | Refusal::LeafCnCount { .. } => C::CnMismatch,
+            Refusal::CertificateNotValidNow { .. }
+            | Refusal::SasToken(SasError::Expired { .. }) => C::Expired,
+            Refusal::NoClientCertificate { .. }
+            | Refusal::CertificateUnreadable(_)
+            | Refusal::ThumbprintMismatch { .. }
+            | Refusal::NoSasToken { .. }
+            | Refusal::PasswordNotText
+            | Refusal::SasToken(_)
+            | Refusal::SasResource { .. }
+            | Refusal::UsernameNamesOtherDevice { .. } => C::BadCredentials,
+            Refusal::ModuleClientId { .. }
+            | Refusal::ClientIdInvalid(_)
+            | Refusal::NoUsername { .. }
+            | Refusal::UsernameMalformed { .. }
+            | Refusal::RegistryUnavailable(_)
+            | Refusal::AuthTypeCannotConnect { .. }
+            | Refusal::Internal(_) => C::Other,
+        }
+    }
+}
+
 impl Hub {
     /// Judges a CONNECT and, if admitted, registers its session (closing an older session of the
     /// same device); if refused, counts the refusal against `peer`'s address and records it
@@ -248,6 +291,7 @@ impl Hub {
                     Ok(judged) => judged,
                     Err(e) => {
                         let refusal = Refusal::Internal(e.to_string());
+                        self.metrics().connect_refused(refusal.class());
                         self.refuse_connection(&client_id, peer, &refusal.to_string());
                         return Err(refusal);
                     }
@@ -258,11 +302,13 @@ impl Hub {
             Ok(method) => method,
             Err(refusal) => {
                 // Counted before the answer: the device's next connection meets the budget.
+                self.metrics().connect_refused(refusal.class());
                 self.refuse_connection(&req.client_id, peer, &refusal.to_string());
                 return Err(refusal);
             }
         };
         let admission = self.open_session(&req, method, clean_session, ticket);
+        self.metrics().connect_accepted();
         if admission.recheck {
             let (hub, id) = (self.clone(), admission.device_id.clone());
             tokio::task::spawn_blocking(move || hub.revalidate_device_sessions(&id));

@@ -155,6 +155,7 @@ impl Hub {
                 },
                 other => HubError::Internal(other.to_string()),
             })?;
+        self.metrics().c2d_queued();
         self.wake_device(device_id);
         Ok(C2dView::of(stored))
     }
@@ -193,7 +194,9 @@ impl Hub {
 
     /// The device acknowledged a message.
     pub fn c2d_delivered(&self, id: i64) -> Result<(), HubError> {
-        Ok(self.store().mark_c2d_delivered(id, self.now())?)
+        self.store().mark_c2d_delivered(id, self.now())?;
+        self.metrics().c2d_delivered();
+        Ok(())
     }
 
     /// A delivery attempt was made.

@@ -18,6 +18,7 @@
 //! | `Telemetry` | `telemetry` | the group-commit writer thread and the watch of the last offset |
 //! | `PendingCalls` | `methods` | direct-method calls waiting for an answer |
 //! | `ActivityBuffer` | `activity` | connection facts waiting to be written, and their flusher |
+//! | `Metrics` | `metrics` | the counters `/metrics` shows, as atomics |
 //!
 //! The store, the config and the clock are shared by all. `admission`, `devices`, `certificates`,
 //! `c2d`, `twins`, `auth` and `audit` own no in-memory state: they apply rules over the store and
@@ -34,6 +35,7 @@ mod device_cache;
 pub mod devices;
 pub mod error;
 pub mod methods;
+pub mod metrics;
 pub mod peer_text;
 pub mod policies;
 pub mod refusal_budget;
@@ -59,6 +61,7 @@ use iothub_store::Store;
 /// record types (their text columns), re-exported so adapters render them with `as_str` without
 /// depending on the store.
 pub use iothub_store::{AuthType, C2dState, DeviceStatus};
+pub use metrics::RefusalClass;
 pub use policies::PolicyView;
 pub use sessions::{
     Admission, AuthMethod, ConnectRequest, ConnectTicket, RecentRefusal, SessionInfo,
@@ -166,6 +169,8 @@ pub struct Hub {
     methods: Arc<methods::PendingCalls>,
     /// `activity.rs`: device connection facts waiting to be written.
     activity: Arc<activity::ActivityBuffer>,
+    /// `metrics.rs`: the counters `/metrics` shows (atomics only).
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl Hub {
@@ -192,6 +197,7 @@ impl Hub {
             telemetry: Arc::new(telemetry),
             methods: Arc::new(methods::PendingCalls::default()),
             activity,
+            metrics: Arc::default(),
         };
         hub.rebuild_trust()?;
         Ok(hub)
@@ -239,6 +245,10 @@ impl Hub {
     pub(crate) fn activity(&self) -> &activity::ActivityBuffer {
         &self.activity
     }
+
+    pub(crate) fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
+    }
 }
 
 #[cfg(test)]
@@ -248,7 +258,7 @@ mod tests {
     /// module) or another part's interface.
     #[test]
     fn no_module_names_a_field_of_hub() {
-        const FIELDS: [&str; 10] = [
+        const FIELDS: [&str; 11] = [
             "store",
             "config",
             "clock",
@@ -259,6 +269,7 @@ mod tests {
             "telemetry",
             "methods",
             "activity",
+            "metrics",
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         for entry in std::fs::read_dir(&dir).unwrap() {

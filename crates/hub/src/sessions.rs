@@ -205,6 +205,11 @@ impl Sessions {
         self.budget.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How many devices have a live session (the `/metrics` gauge).
+    pub(crate) fn live_count(&self) -> usize {
+        self.table().live.len()
+    }
+
     pub(crate) fn is_connected(&self, device_id: &str) -> bool {
         self.table().live.contains_key(device_id)
     }

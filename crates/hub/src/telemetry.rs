@@ -226,6 +226,7 @@ impl Hub {
         &self,
         message: DeviceMessage<'_>,
     ) -> oneshot::Receiver<Result<i64, HubError>> {
+        self.metrics().telemetry(message.body.len());
         self.store_telemetry(message.row(self.now()))
     }
 }

@@ -292,6 +292,7 @@ impl Hub {
     /// the sessions.
     pub fn rebuild_trust(&self) -> Result<(), HubError> {
         let changed = self.trust_set().rebuild(self.store().as_ref())?;
+        self.metrics().trust_rebuilt();
         self.revalidate_sessions_naming(&changed);
         Ok(())
     }

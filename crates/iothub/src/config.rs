@@ -105,6 +105,13 @@ pub struct ServeArgs {
     /// How long device-to-cloud messages are kept: seconds, or with s, m, h or d [default: 7d].
     #[arg(long, env = "IOTHUB_TELEMETRY_RETENTION", value_name = "DURATION")]
     pub telemetry_retention: Option<String>,
+    /// Plain-HTTP address of /metrics, /healthz and /readyz, or `off` [default: the HTTPS
+    /// address's host, port 9883].
+    #[arg(long, env = "IOTHUB_METRICS", value_name = "ADDR:PORT|off")]
+    pub metrics: Option<String>,
+    /// Log lines on stderr: `text`, or `json` (one object per line) [default: text].
+    #[arg(long, env = "IOTHUB_LOG_FORMAT", value_name = "text|json")]
+    pub log_format: Option<String>,
 }
 
 /// The TOML file: the same settings, all optional; unknown keys are an error.
@@ -137,6 +144,8 @@ struct FileConfig {
     max_keep_alive: Option<u32>,
     chain_cache_entries: Option<usize>,
     device_cache_entries: Option<usize>,
+    metrics: Option<String>,
+    log_format: Option<String>,
 }
 
 /// The resolved configuration of `serve`.
@@ -168,6 +177,39 @@ pub struct ServeConfig {
     pub max_keep_alive: u16,
     pub chain_cache_entries: usize,
     pub device_cache_entries: usize,
+    /// Where /metrics, /healthz and /readyz listen; `None`: off.
+    pub metrics: Option<SocketAddr>,
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The metrics port when only the HTTPS address is configured: next to the well-known ports
+/// (8443, 8883) so a firewall rule can name all three.
+pub const DEFAULT_METRICS_PORT: u16 = 9883;
+
+/// `--metrics`: `off`, or an address; absent, the HTTPS listener's host with port 9883.
+fn metrics_addr(text: Option<&str>, https: SocketAddr) -> Result<Option<SocketAddr>> {
+    match text.map(str::trim) {
+        None => Ok(Some(SocketAddr::new(https.ip(), DEFAULT_METRICS_PORT))),
+        Some(t) if t.eq_ignore_ascii_case("off") => Ok(None),
+        Some(t) => t.parse().map(Some).map_err(|_| {
+            anyhow::anyhow!("--metrics is '{t}'; expected ADDR:PORT (e.g. 127.0.0.1:9883) or off")
+        }),
+    }
+}
+
+fn log_format(text: Option<&str>) -> Result<LogFormat> {
+    match text.map(str::trim) {
+        None | Some("text") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => bail!("--log-format is '{other}'; expected text or json"),
+    }
 }
 
 /// Parses `3600`, `90s`, `30m`, `1h` into seconds (1 second to 30 days).
@@ -339,6 +381,13 @@ impl ServeConfig {
             15 * 60,
             "--portal-link-lifetime",
         )?;
+        let https = pick(
+            args.https,
+            file.https,
+            SocketAddr::from(([0, 0, 0, 0], 8443)),
+        );
+        let metrics = metrics_addr(args.metrics.as_deref().or(file.metrics.as_deref()), https)?;
+        let log_format = log_format(args.log_format.as_deref().or(file.log_format.as_deref()))?;
         let config = ServeConfig {
             // Listeners and the hub's identity.
             data: pick(
@@ -346,11 +395,7 @@ impl ServeConfig {
                 file.data,
                 PathBuf::from("./data"),
             ),
-            https: pick(
-                args.https,
-                file.https,
-                SocketAddr::from(([0, 0, 0, 0], 8443)),
-            ),
+            https,
             mqtt: pick(args.mqtt, file.mqtt, SocketAddr::from(([0, 0, 0, 0], 8883))),
             hostnames,
             name: pick(args.name.clone(), file.name, "iothub".into()),
@@ -403,6 +448,9 @@ impl ServeConfig {
             ),
             // The portal.
             portal_link_lifetime_secs,
+            // Watching it.
+            metrics,
+            log_format,
         };
         config.check_certificate_limits()?;
         config.check_connection_limits()?;
@@ -540,6 +588,61 @@ mod tests {
     /// The error text of a configuration that must be refused.
     fn refusal(args: ServeArgs) -> String {
         format!("{:#}", ServeConfig::resolve(None, &args).unwrap_err())
+    }
+
+    #[test]
+    fn metrics_and_log_format() {
+        // Default: the HTTPS host, port 9883; text logs.
+        let c = resolved(ServeArgs {
+            https: Some("127.0.0.1:1443".parse().unwrap()),
+            ..Default::default()
+        });
+        assert_eq!(c.metrics, Some("127.0.0.1:9883".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Text);
+        let c = resolved(ServeArgs {
+            metrics: Some("off".into()),
+            log_format: Some("json".into()),
+            ..Default::default()
+        });
+        assert_eq!((c.metrics, c.log_format), (None, LogFormat::Json));
+        let c = resolved(ServeArgs {
+            metrics: Some("127.0.0.1:0".into()),
+            ..Default::default()
+        });
+        assert_eq!(c.metrics, Some("127.0.0.1:0".parse().unwrap()));
+        for bad in ["127.0.0.1:70000", "9883", "localhost:9883", "on", ""] {
+            let e = refusal(ServeArgs {
+                metrics: Some(bad.into()),
+                ..Default::default()
+            });
+            assert!(e.contains("--metrics"), "{bad}: {e}");
+        }
+        for bad in ["JSON", "xml", ""] {
+            let e = refusal(ServeArgs {
+                log_format: Some(bad.into()),
+                ..Default::default()
+            });
+            assert!(e.contains("--log-format"), "{bad}: {e}");
+        }
+        // The file's keys, below the flags.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("iothub.toml");
+        std::fs::write(&path, "metrics = \"off\"\nlog_format = \"json\"\n").unwrap();
+        let c = resolved(ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        });
+        assert_eq!((c.metrics, c.log_format), (None, LogFormat::Json));
+        let c = resolved(ServeArgs {
+            config: Some(path),
+            metrics: Some("127.0.0.1:1".into()),
+            log_format: Some("text".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            (c.metrics, c.log_format),
+            (Some("127.0.0.1:1".parse().unwrap()), LogFormat::Text)
+        );
     }
 
     #[test]

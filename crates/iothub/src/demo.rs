@@ -50,6 +50,7 @@ fn start_hub(data: &Path) -> Result<(Hub, Listening)> {
         .arg("--data")
         .arg(data)
         .args(["serve", "--https", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
+        .args(["--metrics", "off"])
         .env("IOTHUB_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

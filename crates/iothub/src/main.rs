@@ -8,6 +8,7 @@ mod demo;
 mod files;
 mod output;
 mod serve;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -167,19 +168,37 @@ enum Command {
     Pki(pki::PkiCommand),
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// Log lines go to stderr, as text (coloured on a terminal) or one JSON object per line for a
+/// log collector.
+fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IOTHUB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Only `serve` can ask for JSON lines, and its configuration is resolved before any log line.
+    let serve_config = match &cli.command {
+        Command::Serve(args) => Some(config::ServeConfig::resolve(Some(&cli.data), args.as_ref())),
+        _ => None,
+    };
+    let json = matches!(&serve_config, Some(Ok(c)) if c.log_format == config::LogFormat::Json);
+    init_logging(json);
     let (data, output) = (cli.data, cli.output);
     let result = match cli.command {
-        Command::Serve(args) => {
-            config::ServeConfig::resolve(Some(&data), args.as_ref()).and_then(|config| {
+        Command::Serve(_) => {
+            let resolved = serve_config.expect("resolved above for serve");
+            resolved.and_then(|config| {
                 tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
                     .build()?

@@ -152,10 +152,27 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let device_tls =
         iothub_gateway::server_config(identity.chain.clone(), identity.key.clone_key())?;
     let listeners = Listeners::bind(&config).await?;
+    let metrics_listener = match config.metrics {
+        Some(addr) => {
+            let listener = crate::watch::bind(addr).await?;
+            // Before the https line, which tells a supervisor (and the tests) that all is bound.
+            status!("metrics listening on {}", listener.local_addr()?);
+            Some(listener)
+        }
+        None => None,
+    };
     let portal = announce(&config, &hub, &listeners, new_owner)?;
 
     // One shutdown signal for every listener.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let watch = crate::watch::Watch::new(hub.clone());
+    let watcher = metrics_listener.map(|listener| {
+        tokio::spawn(crate::watch::serve(
+            listener,
+            watch.clone(),
+            stopped(stop_rx.clone()),
+        ))
+    });
     let gateway = tokio::spawn(iothub_gateway::serve(
         listeners.mqtt,
         device_tls,
@@ -183,12 +200,22 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         },
         stopped(stop_rx),
     ));
+    // Both listeners are bound and their tasks run: ready as far as listeners go.
+    watch
+        .listeners_up
+        .store(true, std::sync::atomic::Ordering::Release);
     shutdown_signal().await;
     status!("iothub stopping: no new connections; closing sessions");
+    watch
+        .listeners_up
+        .store(false, std::sync::atomic::Ordering::Release);
     let _ = stop_tx.send(true);
     pruner.abort();
     let _ = api.await;
     let _ = gateway.await;
+    if let Some(watcher) = watcher {
+        let _ = watcher.await;
+    }
     // Connection facts still pending (last activity, last refusal) are written before exit.
     flush_hub.flush_activity();
     status!("iothub stopped");

@@ -1296,6 +1296,8 @@ impl OwnHub {
                 "127.0.0.1:0",
                 "--auth-failure-limit",
                 "1000000",
+                "--metrics",
+                "off",
             ])
             .env("IOTHUB_LOG", "error")
             .env_remove("IOTHUB_CONNECTION_STRING")

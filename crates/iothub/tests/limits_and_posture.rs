@@ -254,6 +254,8 @@ fn no_secret_reaches_the_logs() {
             "127.0.0.1:0",
             "--mqtt",
             "127.0.0.1:0",
+            "--metrics",
+            "off",
         ])
         .env("IOTHUB_LOG", "debug")
         .stdout(Stdio::piped())

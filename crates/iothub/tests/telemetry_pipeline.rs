@@ -190,6 +190,7 @@ fn serve_fails(args: &[&str], env: &[(&str, &str)]) -> String {
         .arg("--data")
         .arg(tmp.path().join("data"))
         .args(["serve", "--https", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
+        .args(["--metrics", "off"])
         .args(args)
         .envs(env.iter().copied())
         .env("IOTHUB_LOG", "error")

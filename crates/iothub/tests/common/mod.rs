@@ -18,6 +18,9 @@ pub struct TestHub {
     pub port: u16,
     /// The MQTT (device) port.
     pub mqtt_port: u16,
+    /// The plain-HTTP metrics port, when started with `--metrics` (off otherwise: a fixed port
+    /// would collide between tests running in parallel).
+    pub metrics_port: Option<u16>,
     pub first_stdout: Vec<String>,
     /// Where the hub's stderr (its log, at `info` or the level asked) goes, when started with [`TestHub::start_logged`].
     pub log: Option<PathBuf>,
@@ -85,6 +88,10 @@ impl TestHub {
         if !extra.contains(&"--mqtt-refusal-limit") {
             cmd.args(["--mqtt-refusal-limit", "0"]);
         }
+        // The default (port 9883) would collide between parallel tests: ask for 127.0.0.1:0.
+        if !extra.contains(&"--metrics") {
+            cmd.args(["--metrics", "off"]);
+        }
         cmd.args(extra)
             .env("IOTHUB_LOG", "error")
             .env_remove("IOTHUB_CONNECTION_STRING")
@@ -105,6 +112,7 @@ impl TestHub {
         });
         let mut lines = Vec::new();
         let mut mqtt_port = 0;
+        let mut metrics_port = None;
         let port = loop {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(line) => {
@@ -114,6 +122,13 @@ impl TestHub {
                         .and_then(|p| p.parse::<u16>().ok())
                     {
                         mqtt_port = p;
+                    }
+                    if let Some(p) = line
+                        .strip_prefix("metrics listening on ")
+                        .and_then(|a| a.rsplit(':').next())
+                        .and_then(|p| p.parse::<u16>().ok())
+                    {
+                        metrics_port = Some(p);
                     }
                     let port = line
                         .strip_prefix("https listening on ")
@@ -136,9 +151,24 @@ impl TestHub {
             _tmp: None,
             port,
             mqtt_port,
+            metrics_port,
             first_stdout: lines,
             log: log.map(|(path, _)| path.to_path_buf()),
         }
+    }
+
+    /// GET `path` from the metrics listener: status and body.
+    pub fn metrics_get(&self, path: &str) -> (u16, String) {
+        let port = self
+            .metrics_port
+            .expect("the hub was started with --metrics 127.0.0.1:0");
+        let resp = self
+            .client()
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .send()
+            .expect("metrics listener answers");
+        let status = resp.status().as_u16();
+        (status, resp.text().unwrap_or_default())
     }
 
     pub fn data(&self) -> PathBuf {
