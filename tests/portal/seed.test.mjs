@@ -67,7 +67,7 @@ function verificationCert(conf, code, out) {
 
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), "iothub-portal-"));
-  hub = spawn(BIN, ["--data", join(dir, "data"), "serve", "--https", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"], {
+  hub = spawn(BIN, ["--data", join(dir, "data"), "serve", "--https", "127.0.0.1:0", "--mqtt", "127.0.0.1:0", "--metrics", "off"], {
     cwd: dir, env: { ...process.env, IOTHUB_LOG: "warn" }, stdio: ["ignore", "pipe", "inherit"],
   });
   const lines = createInterface({ input: hub.stdout });
