@@ -235,7 +235,7 @@ pub(crate) async fn import_devices(
                 let e = ApiError::from(e);
                 json!({
                     "deviceId": id,
-                    "error": { "code": e.code.number.to_string(), "errorName": e.code.name, "message": e.message },
+                    "error": { "code": e.code.number.to_string(), "errorName": e.code.name, "httpStatus": e.code.status, "message": e.message },
                 })
             }
         })
