@@ -1440,6 +1440,59 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_device_batch_writes_exactly_the_rows_that_pass_in_one_transaction() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        s.write_device(&device("old"), Expect::Absent { limit: 10 }, &audit("put"))
+            .unwrap();
+        let audits_before = s
+            .list_audit(&AuditQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap()
+            .len();
+        // An existing id, a duplicate inside the batch, and rows past the limit (4 devices).
+        let rows: Vec<(DeviceRecord, NewAudit)> = ["a", "old", "b", "a", "c", "d"]
+            .iter()
+            .map(|id| (device(id), audit("import")))
+            .collect();
+        let answers = s.create_devices(&rows, 4).unwrap();
+        let landed: Vec<&str> = answers
+            .iter()
+            .filter_map(|a| a.as_ref().ok().map(|r| r.device_id.as_str()))
+            .collect();
+        assert_eq!(landed, ["a", "b", "c"]);
+        assert!(matches!(answers[1], Err(StoreError::AlreadyExists)));
+        assert!(matches!(answers[3], Err(StoreError::AlreadyExists)));
+        assert!(matches!(
+            answers[5],
+            Err(StoreError::LimitReached { limit: 4 })
+        ));
+        // Each row written whole: its own etag, and one audit entry per row that landed only.
+        let etags: Vec<u64> = answers.iter().flatten().map(|r| r.etag).collect();
+        assert!(etags.windows(2).all(|w| w[0] < w[1]), "{etags:?}");
+        assert_eq!(s.get_device("c").unwrap().unwrap().etag, etags[2]);
+        assert!(s.get_device("d").unwrap().is_none());
+        let audits = s
+            .list_audit(&AuditQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap()
+            .len();
+        assert_eq!(audits, audits_before + 3);
+        // A full registry: every row refused, nothing written.
+        let answers = s
+            .create_devices(&[(device("e"), audit("import"))], 4)
+            .unwrap();
+        assert!(matches!(
+            answers[0],
+            Err(StoreError::LimitReached { limit: 4 })
+        ));
+        assert!(s.get_device("e").unwrap().is_none());
+    }
+
     fn msg(device: &str, enqueued: i64) -> NewMessage {
         NewMessage {
             device_id: device.into(),
