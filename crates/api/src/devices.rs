@@ -147,18 +147,7 @@ pub(crate) async fn put_device(
     let who = authenticate(&state, &headers)?;
     let parsed = read_json::<DeviceBody>(body, state.limits.max_request_bytes).await;
     let parsed = audited(&state, &who, "device.put", format!("device/{id}"), parsed).await?;
-    let auth = parsed.authentication.unwrap_or_default();
-    let keys = auth.symmetric_key.unwrap_or_default();
-    let thumbs = auth.x509_thumbprint.unwrap_or_default();
-    let request = PutDevice {
-        status: parsed.status,
-        status_reason: parsed.status_reason,
-        auth_type: auth.kind,
-        primary_thumbprint: thumbs.primary_thumbprint,
-        secondary_thumbprint: thumbs.secondary_thumbprint,
-        primary_key: keys.primary_key,
-        secondary_key: keys.secondary_key,
-    };
+    let request = put_request(parsed);
     let precondition = if_match(&headers);
     let (v, _created) = blocking(&state, move |hub| {
         hub.put_device(&who, &id, &request, precondition.as_ref())
@@ -166,6 +155,92 @@ pub(crate) async fn put_device(
     .await?;
     // azure-iot-hub accepts only 200 for a create as for an update.
     Ok(with_etag(Json(device_json(&v)).into_response(), &v.etag))
+}
+
+/// The hub's request from the Azure device JSON.
+fn put_request(parsed: DeviceBody) -> PutDevice {
+    let auth = parsed.authentication.unwrap_or_default();
+    let keys = auth.symmetric_key.unwrap_or_default();
+    let thumbs = auth.x509_thumbprint.unwrap_or_default();
+    PutDevice {
+        status: parsed.status,
+        status_reason: parsed.status_reason,
+        auth_type: auth.kind,
+        primary_thumbprint: thumbs.primary_thumbprint,
+        secondary_thumbprint: thumbs.secondary_thumbprint,
+        primary_key: keys.primary_key,
+        secondary_key: keys.secondary_key,
+    }
+}
+
+/// At most this many devices per `POST /devices`: one store transaction each, so a request
+/// holds the writer for a bounded time (about 0.1 s), and the CLI sends chunks of this size.
+pub const IMPORT_MAX_DEVICES: usize = 1000;
+
+/// The body limit of `POST /devices`: room for `IMPORT_MAX_DEVICES` devices with keys and
+/// thumbprints (about 400 bytes each as JSON); the one-device limit would not hold a chunk.
+pub const IMPORT_MAX_BYTES: usize = IMPORT_MAX_DEVICES * 2048;
+
+/// One row of an import: a device object with its id.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ImportRow {
+    #[serde(default)]
+    device_id: String,
+    #[serde(flatten)]
+    device: DeviceBody,
+}
+
+/// `POST /devices`: a JSON array of new devices (Azure device objects), at most
+/// `IMPORT_MAX_DEVICES`. Answers 200 with one result per row, in order; the rows without an
+/// error landed (in one transaction), the others changed nothing but the audit log.
+pub(crate) async fn import_devices(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    let parsed = read_json::<Vec<ImportRow>>(body, IMPORT_MAX_BYTES)
+        .await
+        .and_then(|rows| {
+            if rows.len() > IMPORT_MAX_DEVICES {
+                Err(ApiError::new(
+                    codes::ARGUMENT_INVALID,
+                    format!(
+                        "{} devices in one import; at most {IMPORT_MAX_DEVICES} per request",
+                        rows.len()
+                    ),
+                ))
+            } else {
+                Ok(rows)
+            }
+        });
+    let rows = audited(&state, &who, "device.import", "devices".into(), parsed).await?;
+    let rows: Vec<(String, PutDevice)> = rows
+        .into_iter()
+        .map(|r| (r.device_id, put_request(r.device)))
+        .collect();
+    let ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();
+    let results = blocking(&state, move |hub| hub.import_devices(&who, &rows)).await?;
+    let mut imported = 0;
+    let results: Vec<Value> = ids
+        .iter()
+        .zip(results)
+        .map(|(id, r)| match r {
+            Ok(v) => {
+                imported += 1;
+                json!({ "deviceId": id, "etag": v.etag })
+            }
+            Err(e) => {
+                let e = ApiError::from(e);
+                json!({
+                    "deviceId": id,
+                    "error": { "code": e.code.number.to_string(), "errorName": e.code.name, "httpStatus": e.code.status, "message": e.message },
+                })
+            }
+        })
+        .collect();
+    Ok(Json(json!({ "imported": imported, "results": results })).into_response())
 }
 
 pub(crate) async fn delete_device(

@@ -46,7 +46,11 @@ fn registry_routes() -> Router<AppState> {
             "/certificates/{name}/verify",
             post(certificates::verify_certificate),
         )
-        .route("/devices", get(devices::list_devices))
+        // POST, not `/devices/import`: that path would hide a device named "import".
+        .route(
+            "/devices",
+            get(devices::list_devices).post(devices::import_devices),
+        )
         .route(
             "/devices/{id}",
             get(devices::get_device)

@@ -366,6 +366,79 @@ impl Hub {
         run().or_else(|e| self.refuse(who, ACTION, &target(id), e))
     }
 
+    /// Bulk import: creates new devices (never updates one), each row refused for the same
+    /// precise reasons as a `put_device` create. The rows that pass the hub's checks go to the
+    /// store in one transaction; a row the store refuses (it exists, the limit) is skipped and the
+    /// others commit (a bad row does not fail its chunk, so one typo does not cost a thousand
+    /// devices). The answer has one result per row, in order: exactly the `Ok` rows landed.
+    pub fn import_devices(
+        &self,
+        who: &Principal,
+        rows: &[(String, PutDevice)],
+    ) -> Result<Vec<Result<DeviceView, HubError>>, HubError> {
+        const ACTION: &str = "device.put";
+        self.authorize(
+            who,
+            Right::RegistryWrite,
+            "add or update devices",
+            "devices",
+        )?;
+        let now = self.now();
+        let mut results: Vec<Option<Result<DeviceView, HubError>>> = Vec::with_capacity(rows.len());
+        let mut batch = Vec::new();
+        let mut batch_rows = Vec::new();
+        for (i, (id, request)) in rows.iter().enumerate() {
+            let checked = (|| -> Result<DeviceRecord, HubError> {
+                validate_device_id(id)?;
+                let status = request.checked_status()?;
+                let auth = request.auth()?;
+                let plan = self.write_plan(id, None, None, status, now)?;
+                Ok(plan.record(id, status, request.status_reason.clone(), &auth, now))
+            })();
+            match checked {
+                Ok(record) => {
+                    // Keys and thumbprints are not written to the audit log.
+                    let detail = format!(
+                        "created device, {}, authentication {} (import)",
+                        record.status,
+                        record.auth_type.as_str()
+                    );
+                    let audit = self.audit_entry(who, ACTION, &target(id), &Ok(detail));
+                    batch.push((record, audit));
+                    batch_rows.push(i);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(self.refuse(who, ACTION, &target(id), e))),
+            }
+        }
+        if !batch.is_empty() {
+            let written = self
+                .store()
+                .create_devices(&batch, self.config().device_limit);
+            // Whatever the store answered (an error may follow a commit), CONNECT re-reads them.
+            for (record, _) in &batch {
+                self.device_cache().forget(&record.device_id);
+            }
+            let written = written.map_err(|e| HubError::Internal(e.to_string()))?;
+            for ((record, _), (row, answer)) in batch.iter().zip(batch_rows.iter().zip(written)) {
+                let id = &record.device_id;
+                results[*row] = Some(match answer {
+                    Ok(stored) => self.device_view(stored),
+                    Err(e) => self.refuse(
+                        who,
+                        ACTION,
+                        &target(id),
+                        Self::device_store_error(id, e, None),
+                    ),
+                });
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(HubError::Internal("row not answered".into()))))
+            .collect())
+    }
+
     /// Sets a device's status (enable or disable), keeping everything else.
     pub fn set_device_status(
         &self,

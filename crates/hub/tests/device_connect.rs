@@ -210,3 +210,85 @@ fn a_device_disabled_while_its_connect_is_judged_is_closed_once_registered() {
         other => panic!("expected a close, got {other:?}"),
     }
 }
+
+#[test]
+fn an_import_needs_registry_write_names_each_refused_row_and_forgets_the_cache() {
+    let (env, _) = env_with_store(HubConfig {
+        device_limit: 4,
+        ..HubConfig::default()
+    });
+    let req = registered(&env, "d1");
+    // d1's record now in memory: an import naming d1 must not leave a stale copy behind.
+    env.hub.authenticate_device(&req).unwrap();
+    assert!(env.hub.authenticate_device_from_memory(&req).is_some());
+
+    let key = generate_key().unwrap();
+    let rows: Vec<(String, PutDevice)> = [
+        ("d2", sas_device(&key)),
+        ("bad id", sas_device(&key)),
+        ("d1", sas_device(&key)),
+        (
+            "d3",
+            PutDevice {
+                auth_type: Some("selfSigned".into()),
+                ..Default::default()
+            },
+        ),
+        ("d4", sas_device(&key)),
+        ("d5", sas_device(&key)),
+        ("d6", sas_device(&key)),
+    ]
+    .into_iter()
+    .map(|(id, p)| (id.to_string(), p))
+    .collect();
+
+    // Rights: a registryRead token is refused the whole import, and nothing is written.
+    let read_key = env
+        .hub
+        .policy_keys(&sys(), "registryRead")
+        .unwrap()
+        .primary_key;
+    let t = build_token(
+        "localhost",
+        &read_key,
+        Some("registryRead"),
+        env.now() + HOUR,
+    )
+    .unwrap();
+    let reader = env.hub.authenticate(Some(&t)).unwrap();
+    let refused = env.hub.import_devices(&reader, &rows).unwrap_err();
+    assert_eq!(refused.code().number, 403001, "{refused}");
+    assert!(env.hub.get_device(&sys(), "d2").is_err());
+
+    let results = env.hub.import_devices(&sys(), &rows).unwrap();
+    let codes: Vec<Option<u32>> = results
+        .iter()
+        .map(|r| r.as_ref().err().map(|e| e.code().number))
+        .collect();
+    // The same reasons as put_device: invalid id, exists, a self-signed device without a
+    // thumbprint, then the limit (4: d1, d2, d4, d5).
+    assert_eq!(
+        codes,
+        [
+            None,
+            Some(400070),
+            Some(409001),
+            Some(400071),
+            None,
+            None,
+            Some(403051)
+        ]
+    );
+    for id in ["d2", "d4", "d5"] {
+        env.hub.get_device(&sys(), id).unwrap();
+    }
+    for id in ["bad id", "d3", "d6"] {
+        assert!(env.hub.get_device(&sys(), id).is_err(), "{id}");
+    }
+    assert!(env.hub.authenticate_device_from_memory(&req).is_none());
+    // A new device is admitted by the very next CONNECT.
+    assert_eq!(
+        env.hub.authenticate_device(&connect(&env, "d2", &key)),
+        Ok(AuthMethod::Sas)
+    );
+}

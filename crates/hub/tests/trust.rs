@@ -114,6 +114,13 @@ impl Store for GatedStore {
     ) -> Result<DeviceRecord, StoreError> {
         self.inner.write_device(r, e, a)
     }
+    fn create_devices(
+        &self,
+        rows: &[(DeviceRecord, NewAudit)],
+        limit: u64,
+    ) -> Result<Vec<Result<DeviceRecord, StoreError>>, StoreError> {
+        self.inner.create_devices(rows, limit)
+    }
     fn delete_device(&self, id: &str, etag: Option<u64>, a: &NewAudit) -> Result<(), StoreError> {
         self.inner.delete_device(id, etag, a)
     }

@@ -810,3 +810,119 @@ fn device_import_unquotes_quoted_csv_fields() {
     reg.get("q-1").expect(200, None, "q-1 imported");
     reg.get("q-2").expect(200, None, "q-2 imported");
 }
+
+#[test]
+fn device_import_of_hundreds_sends_chunks_and_writes_only_the_good_rows() {
+    let hub = TestHub::start(&[]);
+    let dir = hub.dir.clone();
+    let reg = Registry::owner(&hub);
+    reg.put(
+        "imp-7",
+        None,
+        &json!({ "authentication": { "type": "certificateAuthority" } }),
+    )
+    .expect(200, None, "an existing device");
+    // 1,500 rows (two requests): an invalid id, an existing id, a self-signed row without a
+    // thumbprint; the rest land.
+    let mut csv = String::from("deviceId,authType\n");
+    for i in 0..1500 {
+        match i {
+            3 => csv.push_str("bad id,certificateAuthority\n"),
+            1200 => csv.push_str("imp-1200,selfSigned\n"),
+            _ => csv.push_str(&format!("imp-{i},certificateAuthority\n")),
+        }
+    }
+    std::fs::write(dir.join("many.csv"), csv).unwrap();
+    let out = hub.cli_in(&dir, &["device", "import", "many.csv"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("imported 1497 of 1500 devices"), "{stdout}");
+    let failures: Vec<&str> = stdout.lines().skip(1).collect();
+    assert_eq!(failures.len(), 3, "{stdout}");
+    assert!(
+        failures[0].contains("bad id") && failures[0].contains("400070"),
+        "{stdout}"
+    );
+    assert!(
+        failures[1].contains("imp-7") && failures[1].contains("409001"),
+        "{stdout}"
+    );
+    assert!(
+        failures[2].contains("imp-1200") && failures[2].contains("400071"),
+        "{stdout}"
+    );
+    // Off a terminal, progress is at most a line per 10%, never a redraw per device.
+    assert!(!stderr.contains('\r'), "{stderr}");
+    assert!(stderr.lines().count() <= 12, "{stderr}");
+    reg.get("imp-1499").expect(200, None, "the last row landed");
+    reg.get("imp-1200")
+        .expect(404, Some("404001"), "refused row not written");
+    let listed = call(
+        &hub,
+        &reg.token,
+        Method::GET,
+        "/devices?top=1000&after=imp-1",
+        None,
+        None,
+    );
+    assert!(listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["deviceId"] != "bad id"));
+}
+
+#[test]
+fn the_import_route_takes_at_most_its_row_limit() {
+    let hub = TestHub::start(&[]);
+    let reg = Registry::owner(&hub);
+    let rows: Vec<Value> = (0..1001)
+        .map(|i| json!({ "deviceId": format!("lim-{i}"), "authentication": { "type": "certificateAuthority" } }))
+        .collect();
+    call(
+        &hub,
+        &reg.token,
+        Method::POST,
+        "/devices",
+        None,
+        Some(&json!(rows)),
+    )
+    .expect(400, Some("400004"), "1001 rows refused whole");
+    reg.get("lim-0")
+        .expect(404, Some("404001"), "nothing written");
+    let answer = call(
+        &hub,
+        &reg.token,
+        Method::POST,
+        "/devices",
+        None,
+        Some(&json!(rows[..1000])),
+    )
+    .expect(200, None, "1000 rows taken");
+    assert_eq!(answer.body["imported"], 1000, "{}", answer.body);
+    assert_eq!(answer.body["results"][999]["deviceId"], "lim-999");
+    // A registryRead token: refused whole.
+    let read = hub.token("registryRead", &hub.policy_key("registryRead"), 3600);
+    call(
+        &hub,
+        &read,
+        Method::POST,
+        "/devices",
+        None,
+        Some(&json!([rows[1000]])),
+    )
+    .expect(403, Some("403001"), "registryRead import");
+    reg.get("lim-1000")
+        .expect(404, Some("404001"), "nothing written");
+    // The byte limit (IMPORT_MAX_BYTES, 2,048,000): past it, 413 before any parsing.
+    let big = json!([{ "deviceId": "lim-big", "statusReason": "x".repeat(2_048_000) }]);
+    call(&hub, &reg.token, Method::POST, "/devices", None, Some(&big)).expect(
+        413,
+        Some("413001"),
+        "an oversize import body",
+    );
+    reg.get("lim-big")
+        .expect(404, Some("404001"), "nothing written");
+}

@@ -392,6 +392,16 @@ pub trait Store: Send + Sync + 'static {
         expect: Expect,
         audit: &NewAudit,
     ) -> Result<DeviceRecord, StoreError>;
+    /// Creates new devices in ONE transaction (bulk import). Each row is checked as `write_device`
+    /// with `Expect::Absent { limit }` (not existing, fewer than `limit` devices counting the rows
+    /// written before it) and written with its audit entry; a row that fails its check is skipped
+    /// and answered with its reason, the others commit together. A row is never partly written,
+    /// and an error of the call itself (`Err`) means no row landed.
+    fn create_devices(
+        &self,
+        rows: &[(DeviceRecord, NewAudit)],
+        limit: u64,
+    ) -> Result<Vec<Result<DeviceRecord, StoreError>>, StoreError>;
     /// Deletes a device (and its queued cloud-to-device messages) if its etag matches.
     fn delete_device(
         &self,

@@ -687,6 +687,63 @@ impl Store for SqliteStore {
         })
     }
 
+    fn create_devices(
+        &self,
+        rows: &[(DeviceRecord, NewAudit)],
+        limit: u64,
+    ) -> Result<Vec<Result<DeviceRecord, StoreError>>, StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        // Counted once and kept current here: a COUNT(*) per row would make a batch quadratic.
+        let mut count: u64 = tx
+            .query_row("SELECT COUNT(*) FROM device", [], |r| r.get::<_, i64>(0))
+            .map_err(backend)? as u64;
+        let mut answers = Vec::with_capacity(rows.len());
+        {
+            let mut insert = tx
+                .prepare_cached(&format!("INSERT INTO device ({DEVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"))
+                .map_err(backend)?;
+            for (record, audit) in rows {
+                if current_etag(&tx, "device", "device_id", &record.device_id)?.is_some() {
+                    answers.push(Err(StoreError::AlreadyExists));
+                    continue;
+                }
+                if count >= limit {
+                    answers.push(Err(StoreError::LimitReached { limit }));
+                    continue;
+                }
+                let etag = next_etag(&tx)?;
+                insert
+                    .execute(params![
+                        record.device_id,
+                        record.generation_id,
+                        etag as i64,
+                        record.status,
+                        record.status_reason,
+                        record.status_updated,
+                        record.auth_type,
+                        record.primary_thumbprint,
+                        record.secondary_thumbprint,
+                        record.primary_key,
+                        record.secondary_key,
+                        record.created,
+                        record.updated
+                    ])
+                    .map_err(backend)?;
+                insert_audit(&tx, audit)?;
+                count += 1;
+                answers.push(Ok(DeviceRecord {
+                    etag,
+                    ..record.clone()
+                }));
+            }
+        }
+        tx.commit().map_err(backend)?;
+        Ok(answers)
+    }
+
     fn delete_device(
         &self,
         device_id: &str,
@@ -1381,6 +1438,59 @@ mod tests {
             created: 1,
             updated: 1,
         }
+    }
+
+    #[test]
+    fn a_device_batch_writes_exactly_the_rows_that_pass_in_one_transaction() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        s.write_device(&device("old"), Expect::Absent { limit: 10 }, &audit("put"))
+            .unwrap();
+        let audits_before = s
+            .list_audit(&AuditQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap()
+            .len();
+        // An existing id, a duplicate inside the batch, and rows past the limit (4 devices).
+        let rows: Vec<(DeviceRecord, NewAudit)> = ["a", "old", "b", "a", "c", "d"]
+            .iter()
+            .map(|id| (device(id), audit("import")))
+            .collect();
+        let answers = s.create_devices(&rows, 4).unwrap();
+        let landed: Vec<&str> = answers
+            .iter()
+            .filter_map(|a| a.as_ref().ok().map(|r| r.device_id.as_str()))
+            .collect();
+        assert_eq!(landed, ["a", "b", "c"]);
+        assert!(matches!(answers[1], Err(StoreError::AlreadyExists)));
+        assert!(matches!(answers[3], Err(StoreError::AlreadyExists)));
+        assert!(matches!(
+            answers[5],
+            Err(StoreError::LimitReached { limit: 4 })
+        ));
+        // Each row written whole: its own etag, and one audit entry per row that landed only.
+        let etags: Vec<u64> = answers.iter().flatten().map(|r| r.etag).collect();
+        assert!(etags.windows(2).all(|w| w[0] < w[1]), "{etags:?}");
+        assert_eq!(s.get_device("c").unwrap().unwrap().etag, etags[2]);
+        assert!(s.get_device("d").unwrap().is_none());
+        let audits = s
+            .list_audit(&AuditQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap()
+            .len();
+        assert_eq!(audits, audits_before + 3);
+        // A full registry: every row refused, nothing written.
+        let answers = s
+            .create_devices(&[(device("e"), audit("import"))], 4)
+            .unwrap();
+        assert!(matches!(
+            answers[0],
+            Err(StoreError::LimitReached { limit: 4 })
+        ));
+        assert!(s.get_device("e").unwrap().is_none());
     }
 
     fn msg(device: &str, enqueued: i64) -> NewMessage {

@@ -300,31 +300,59 @@ fn read_import(file: &Path) -> Result<Vec<Value>> {
     Ok(out)
 }
 
+/// Devices per `POST /devices` request: the hub's most (`IMPORT_MAX_DEVICES` in the api crate).
+const IMPORT_CHUNK: usize = 1000;
+
 fn import(api: &ApiClient, output: Output, file: &Path) -> Result<()> {
     let devices = read_import(file)?;
     let total = devices.len();
     let mut failures = Vec::new();
-    let mut stderr = std::io::stderr();
-    for (i, d) in devices.iter().enumerate() {
-        let id = d["deviceId"].as_str().unwrap_or_default().to_string();
-        if let Err(e) = put_device(api, &id, d, None) {
-            failures.push(json!({ "deviceId": id, "error": format!("{e:#}") }));
+    let mut progress = Progress::new(total, std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let mut done = 0;
+    for chunk in devices.chunks(IMPORT_CHUNK) {
+        match api.call(
+            Method::POST,
+            "/devices",
+            None,
+            Some(&Value::from(chunk.to_vec())),
+        ) {
+            Ok(answer) => {
+                let results = answer["results"].as_array().cloned().unwrap_or_default();
+                for (i, d) in chunk.iter().enumerate() {
+                    let id = d["deviceId"].as_str().unwrap_or_default();
+                    let error = match results.get(i) {
+                        Some(r) if r["deviceId"].as_str() == Some(id) => {
+                            let e = &r["error"];
+                            if e.is_null() {
+                                continue;
+                            }
+                            format!(
+                                "{} (HTTP {}, code {} {})",
+                                text(&e["message"]),
+                                e["httpStatus"],
+                                text(&e["code"]),
+                                text(&e["errorName"])
+                            )
+                        }
+                        // Never guess which rows landed from an answer that does not say.
+                        _ => "the hub's answer does not name this row".to_string(),
+                    };
+                    failures.push(json!({ "deviceId": id, "error": error }));
+                }
+            }
+            // The whole request refused (rights, size, unreachable): no row of it landed.
+            Err(e) => {
+                let error = format!("{e:#}");
+                for d in chunk {
+                    let id = d["deviceId"].as_str().unwrap_or_default();
+                    failures.push(json!({ "deviceId": id, "error": error }));
+                }
+            }
         }
-        // A progress bar on stderr (stdout stays clean for scripts).
-        let done = i + 1;
-        let width = 30;
-        let filled = done * width / total.max(1);
-        let _ = write!(
-            stderr,
-            "\r[{}{}] {done}/{total}",
-            "#".repeat(filled),
-            ".".repeat(width - filled)
-        );
-        let _ = stderr.flush();
+        done += chunk.len();
+        progress.update(done);
     }
-    if total > 0 {
-        let _ = writeln!(stderr);
-    }
+    progress.finish();
     let summary = json!({ "total": total, "imported": total - failures.len(), "failed": failures });
     match output {
         Output::Json => print_json(&summary)?,
@@ -341,9 +369,79 @@ fn import(api: &ApiClient, output: Output, file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Import progress on stderr (stdout stays clean for scripts): a bar redrawn in place on a
+/// terminal; elsewhere (a log file) a line at each 10% passed, so 30,000 devices write at most
+/// ten lines, not 30,000 redraws.
+struct Progress {
+    total: usize,
+    terminal: bool,
+    /// Tenths already printed (off a terminal).
+    tenths: usize,
+}
+
+impl Progress {
+    fn new(total: usize, terminal: bool) -> Progress {
+        Progress {
+            total,
+            terminal,
+            tenths: 0,
+        }
+    }
+
+    /// The line to write after `done` rows, if any.
+    fn line(&mut self, done: usize) -> Option<String> {
+        let total = self.total.max(1);
+        if self.terminal {
+            let width = 30;
+            let filled = done * width / total;
+            return Some(format!(
+                "\r[{}{}] {done}/{}",
+                "#".repeat(filled),
+                ".".repeat(width - filled),
+                self.total
+            ));
+        }
+        let tenths = done * 10 / total;
+        if tenths > self.tenths {
+            self.tenths = tenths;
+            return Some(format!("{done}/{} devices sent\n", self.total));
+        }
+        None
+    }
+
+    fn update(&mut self, done: usize) {
+        if let Some(line) = self.line(done) {
+            let mut stderr = std::io::stderr();
+            let _ = stderr.write_all(line.as_bytes());
+            let _ = stderr.flush();
+        }
+    }
+
+    fn finish(&self) {
+        if self.terminal && self.total > 0 {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_off_a_terminal_is_at_most_a_line_per_tenth() {
+        let mut p = Progress::new(30_000, false);
+        let lines = (1..=30_000).filter_map(|d| p.line(d)).count();
+        assert_eq!(lines, 10);
+        // Few rows: still a line per tenth passed at most, and the last one says all.
+        let mut p = Progress::new(3, false);
+        let lines: Vec<String> = (1..=3).filter_map(|d| p.line(d)).collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[2], "3/3 devices sent\n");
+        // On a terminal, the bar redraws in place.
+        let mut p = Progress::new(10, true);
+        assert!(p.line(5).unwrap().starts_with("\r[###############"));
+    }
 
     #[test]
     fn text_output_escapes_what_peers_sent() {
