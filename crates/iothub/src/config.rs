@@ -452,11 +452,16 @@ impl ServeConfig {
             metrics,
             log_format,
         };
-        config.check_certificate_limits()?;
-        config.check_connection_limits()?;
-        config.check_device_limits()?;
-        config.check_name()?;
+        config.check()?;
         Ok(config)
+    }
+
+    /// Every check of a merged configuration, each refusal naming the setting it refuses.
+    fn check(&self) -> Result<()> {
+        self.check_certificate_limits()?;
+        self.check_connection_limits()?;
+        self.check_device_limits()?;
+        self.check_name()
     }
 
     fn check_certificate_limits(&self) -> Result<()> {
