@@ -660,23 +660,10 @@ impl Store for SqliteStore {
         let current = current_etag(&tx, "device", "device_id", &record.device_id)?;
         check_expect(&tx, expect, current, "SELECT COUNT(*) FROM device")?;
         let etag = next_etag(&tx)?;
+        let etag_value = etag as i64;
         tx.execute(
             &format!("INSERT OR REPLACE INTO device ({DEVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
-            params![
-                record.device_id,
-                record.generation_id,
-                etag as i64,
-                record.status,
-                record.status_reason,
-                record.status_updated,
-                record.auth_type,
-                record.primary_thumbprint,
-                record.secondary_thumbprint,
-                record.primary_key,
-                record.secondary_key,
-                record.created,
-                record.updated
-            ],
+            device_row(record, &etag_value),
         )
         .map_err(backend)?;
         insert_audit(&tx, audit)?;
@@ -716,21 +703,7 @@ impl Store for SqliteStore {
                 }
                 let etag = next_etag(&tx)?;
                 insert
-                    .execute(params![
-                        record.device_id,
-                        record.generation_id,
-                        etag as i64,
-                        record.status,
-                        record.status_reason,
-                        record.status_updated,
-                        record.auth_type,
-                        record.primary_thumbprint,
-                        record.secondary_thumbprint,
-                        record.primary_key,
-                        record.secondary_key,
-                        record.created,
-                        record.updated
-                    ])
+                    .execute(device_row(record, &(etag as i64)))
                     .map_err(backend)?;
                 insert_audit(&tx, audit)?;
                 count += 1;
@@ -1118,6 +1091,25 @@ impl Store for SqliteStore {
         tx.commit().map_err(backend)?;
         Ok(TwinRecord { etag, ..t.clone() })
     }
+}
+
+/// A device record as the parameters of an INSERT in `DEVICE_COLUMNS` order, with its new etag.
+fn device_row<'a>(record: &'a DeviceRecord, etag: &'a i64) -> [&'a dyn rusqlite::ToSql; 13] {
+    [
+        &record.device_id,
+        &record.generation_id,
+        etag,
+        &record.status,
+        &record.status_reason,
+        &record.status_updated,
+        &record.auth_type,
+        &record.primary_thumbprint,
+        &record.secondary_thumbprint,
+        &record.primary_key,
+        &record.secondary_key,
+        &record.created,
+        &record.updated,
+    ]
 }
 
 #[cfg(test)]
