@@ -6,9 +6,11 @@
 //! the CA limit, thumbprint uniqueness, "the audit entry is written with the change") is one call,
 //! executed as one transaction by the backend, never a read-then-write race in the caller.
 
+mod postgres;
 mod sqlite;
 
-pub use sqlite::SqliteStore;
+pub use postgres::PostgresStore;
+pub use sqlite::{SqliteStore, LOCAL_NODE};
 
 /// What changed among the CAs since a given etag (see [`Store::ca_changes_since`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +215,84 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// What a recorded change touched: what the other nodes of a cluster must refresh.
+    pub enum ChangeKind {
+        /// A CA was created, replaced, verified or deleted (key: its name).
+        Ca = "ca",
+        /// A device was created, changed or deleted (key: its id).
+        Device = "device",
+        /// A device twin's desired properties changed (key: the device id).
+        Desired = "desired",
+        /// A cloud-to-device message was queued (key: the device id).
+        C2d = "c2d",
+        /// A shared access policy was created, changed or deleted (key: its name).
+        Policy = "policy",
+        /// A device connected to a node (key: the device id; detail: "NODE SINCE_MS").
+        Session = "session",
+        /// A direct-method call waits for the node holding the device (key: the device id;
+        /// detail: the call's id).
+        MethodCall = "method_call",
+    }
+}
+
+/// Which node holds a device's session, as [`Store::get_presence`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub node: String,
+    /// When the session began, Unix milliseconds (the node's clock).
+    pub since_ms: i64,
+    /// The holding node's last heartbeat, Unix milliseconds; None if it never sent one.
+    pub heartbeat_ms: Option<i64>,
+}
+
+/// A change of presence a node records: a session of `device_id` on `node` began (`connected`)
+/// or ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceUpdate {
+    pub device_id: String,
+    pub node: String,
+    pub since_ms: i64,
+    pub connected: bool,
+}
+
+/// A direct-method call handed from the node that took it to the node holding the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodCallRecord {
+    /// Assigned by the store.
+    pub id: i64,
+    pub device_id: String,
+    /// The node that holds the device's session.
+    pub target_node: String,
+    pub name: String,
+    /// The JSON payload, as bytes.
+    pub payload: Vec<u8>,
+    /// Unix milliseconds; the call is over at `created_ms + timeout_ms`.
+    pub created_ms: i64,
+    pub timeout_ms: i64,
+}
+
+/// One change recorded by a store write, for the other nodes sharing the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Commit-ordered: a reader that saw `seq` saw every change below it.
+    pub seq: u64,
+    pub kind: ChangeKind,
+    pub key: String,
+    /// What the other nodes need besides the key: a `Desired` change's patch.
+    pub detail: Option<String>,
+}
+
+/// The changes other nodes made after a point, as [`Store::changes_since`] reads them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChangeFeed {
+    /// Oldest first.
+    pub changes: Vec<Change>,
+    /// False when changes after the point asked for were already pruned: the reader must
+    /// refresh everything it keeps, as at start.
+    pub complete: bool,
+}
+
 /// A registered device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRecord {
@@ -243,6 +323,8 @@ pub struct DeviceActivity {
 /// A device-to-cloud message to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
+    /// The partition of the telemetry log it goes to (the hub derives it from the device id).
+    pub partition: u32,
     pub device_id: String,
     pub module_id: Option<String>,
     pub enqueued: i64,
@@ -253,10 +335,12 @@ pub struct NewMessage {
     pub body: Vec<u8>,
 }
 
-/// A stored device-to-cloud message with its offset (monotonic, starting at 1).
+/// A stored device-to-cloud message with its offset (monotonic across the whole log, starting
+/// at 1) and its sequence number within its partition (starting at 1, without gaps).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     pub offset: i64,
+    pub sequence: i64,
     pub message: NewMessage,
 }
 
@@ -305,6 +389,19 @@ impl TwinRecord {
             reported_version: 1,
         }
     }
+}
+
+/// What a device's persistent MQTT session (CleanSession=0) is subscribed to: kept across the
+/// device's connections and across restarts of the hub (the Azure device SDK subscribes once and
+/// relies on the session to persist).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Subscriptions {
+    /// `devices/{id}/messages/devicebound/#`
+    pub c2d: bool,
+    /// `$iothub/twin/PATCH/properties/desired/#`
+    pub desired: bool,
+    /// `$iothub/methods/POST/#`
+    pub methods: bool,
 }
 
 /// Why a store call failed.
@@ -379,6 +476,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<PolicyRecord>, StoreError>;
 
     fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError>;
+    /// How many devices are registered, and how many of them are enabled.
+    fn count_devices(&self) -> Result<(u64, u64), StoreError>;
     /// Devices ordered by id, after `after` (exclusive), at most `limit`.
     fn list_devices(
         &self,
@@ -432,6 +531,15 @@ pub trait Store: Send + Sync + 'static {
         device_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError>;
+    /// Messages of one partition with sequence number >= `from`, in order, at most `limit`.
+    fn read_partition(
+        &self,
+        partition: u32,
+        from: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+    /// The last sequence number given in each partition that has one: (partition, sequence).
+    fn partition_ends(&self) -> Result<Vec<(u32, i64)>, StoreError>;
     /// The highest offset stored (0 when none).
     fn last_message_offset(&self) -> Result<i64, StoreError>;
     /// Deletes messages enqueued before `before`; returns how many.
@@ -441,9 +549,11 @@ pub trait Store: Send + Sync + 'static {
     fn enqueue_c2d(&self, record: &C2dRecord, max_pending: u32) -> Result<C2dRecord, StoreError>;
     /// Messages of a device, newest first, at most `limit`.
     fn list_c2d(&self, device_id: &str, limit: u32) -> Result<Vec<C2dRecord>, StoreError>;
-    /// Queued messages of a device not expired at `now`, oldest first; expired queued ones are
-    /// marked "expired" on the way.
+    /// Queued messages of a device not expired at `now`, oldest first (read-only).
     fn pending_c2d(&self, device_id: &str, now: i64) -> Result<Vec<C2dRecord>, StoreError>;
+    /// Marks a device's queued messages whose expiry is at or before `now` "expired"; returns
+    /// how many it marked.
+    fn expire_c2d(&self, device_id: &str, now: i64) -> Result<u64, StoreError>;
     /// How many messages of a device are queued and not expired at `now` (read-only).
     fn count_pending_c2d(&self, device_id: &str, now: i64) -> Result<u64, StoreError>;
     /// Marks a message delivered (the device acknowledged it).
@@ -454,9 +564,63 @@ pub trait Store: Send + Sync + 'static {
     /// The twin of a device (an empty one if none was written); NotFound if the device does not exist.
     fn get_twin(&self, device_id: &str) -> Result<TwinRecord, StoreError>;
     /// Writes a twin if its current etag is `expected` (any when None); assigns a new etag.
+    /// `desired_patch`: when the desired properties changed, the patch their device must receive
+    /// wherever it is connected (recorded in the change feed with the write).
     fn write_twin(
         &self,
         twin: &TwinRecord,
         expected: Option<u64>,
+        desired_patch: Option<&str>,
     ) -> Result<TwinRecord, StoreError>;
+
+    /// The changes made by other nodes (every node but the one this store handle is for) with
+    /// `seq` above `since`, oldest first, at most `limit`.
+    fn changes_since(&self, since: u64, limit: u32) -> Result<ChangeFeed, StoreError>;
+    /// The highest change sequence so far (0 when none): where a node starts following.
+    fn last_change(&self) -> Result<u64, StoreError>;
+    /// Drops recorded changes older than `before` (Unix seconds); returns how many.
+    fn prune_changes(&self, before: i64) -> Result<u64, StoreError>;
+    /// Waits until another node may have recorded a change, or `timeout`; true when a
+    /// notification woke it. A store without notifications (SQLite: one node) just waits; the
+    /// caller reads the feed either way, so a lost notification costs only the timeout.
+    fn wait_for_changes(&self, timeout: std::time::Duration) -> bool {
+        std::thread::sleep(timeout);
+        false
+    }
+
+    /// Records presence changes in one transaction: a connect replaces the device's presence if
+    /// it began later than the one stored (and is recorded in the change feed, so the node that
+    /// held the device closes its session); a disconnect removes it only if it is still that
+    /// session's (same node and start).
+    fn record_presence(&self, updates: &[PresenceUpdate]) -> Result<(), StoreError>;
+    /// Which node holds `device_id`'s session, with that node's last heartbeat.
+    fn get_presence(&self, device_id: &str) -> Result<Option<Presence>, StoreError>;
+    /// Records that `node` is alive at `now_ms`.
+    fn heartbeat(&self, node: &str, now_ms: i64) -> Result<(), StoreError>;
+    /// Stores a method call for its target node (recorded in the change feed); returns its id.
+    fn put_method_call(&self, call: &MethodCallRecord) -> Result<i64, StoreError>;
+    fn get_method_call(&self, id: i64) -> Result<Option<MethodCallRecord>, StoreError>;
+    /// Records the device's answer to call `id` (status and payload bytes); the first answer
+    /// stands.
+    fn answer_method_call(&self, id: i64, status: i32, payload: &[u8]) -> Result<(), StoreError>;
+    /// The answer to call `id`, once there is one.
+    fn get_method_answer(&self, id: i64) -> Result<Option<(i32, Vec<u8>)>, StoreError>;
+    /// Deletes method calls created before `before_ms`; returns how many.
+    fn prune_method_calls(&self, before_ms: i64) -> Result<u64, StoreError>;
+
+    /// The hub-wide setting `name` (the hub's TLS CA, its ID scope...), if set.
+    fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Sets every one of `settings` in one transaction if none of them is set yet; returns
+    /// whether it did (false: another node set them first, read theirs).
+    fn insert_settings_if_absent(&self, settings: &[(&str, &[u8])]) -> Result<bool, StoreError>;
+
+    /// Every persistent session's subscriptions, ordered by device id.
+    fn list_persistent_sessions(&self) -> Result<Vec<(String, Subscriptions)>, StoreError>;
+    /// Records (Some) or forgets (None) a device's persistent-session subscriptions. A record for
+    /// a device that does not exist is not written; deleting a device forgets its session.
+    fn write_persistent_session(
+        &self,
+        device_id: &str,
+        subscriptions: Option<Subscriptions>,
+    ) -> Result<(), StoreError>;
 }

@@ -8,9 +8,10 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::{
-    AuditEntry, AuditQuery, AuthType, C2dRecord, C2dState, CaChanges, CaRecord, CodeRecord,
-    DeviceActivity, DeviceRecord, DeviceStatus, Expect, NewAudit, NewMessage, PolicyChange,
-    PolicyRecord, Store, StoreError, StoredMessage, TwinRecord,
+    AuditEntry, AuditQuery, AuthType, C2dRecord, C2dState, CaChanges, CaRecord, Change, ChangeFeed,
+    ChangeKind, CodeRecord, DeviceActivity, DeviceRecord, DeviceStatus, Expect, MethodCallRecord,
+    NewAudit, NewMessage, PolicyChange, PolicyRecord, Presence, PresenceUpdate, Store, StoreError,
+    StoredMessage, Subscriptions, TwinRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -116,6 +117,55 @@ const MIGRATIONS: &[&str] = &[
     // with 10,000 CAs that read most of the registry on every change.
     "CREATE INDEX ca_version ON ca_certificate (name, etag, is_verified);
      CREATE INDEX ca_etag ON ca_certificate (etag, name, is_verified);",
+    // 6: the subscriptions of persistent MQTT sessions (CleanSession=0), which a device expects
+    // the hub to keep across a restart of the hub, not only across its own reconnects.
+    "CREATE TABLE persistent_session (
+        device_id TEXT PRIMARY KEY NOT NULL,
+        c2d INTEGER NOT NULL,
+        desired INTEGER NOT NULL,
+        methods INTEGER NOT NULL
+     );",
+    // 7: the change feed the nodes sharing a store follow (see `Store::changes_since`), and the
+    // highest sequence pruned from it (a reader behind it must refresh everything).
+    "CREATE TABLE change_log (
+        seq INTEGER PRIMARY KEY NOT NULL,
+        node TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        detail TEXT,
+        at INTEGER NOT NULL
+     );
+     CREATE TABLE change_pruned (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
+     INSERT INTO change_pruned (id, seq) VALUES (1, 0);",
+    // 8: hub-wide settings every node shares (the hub's TLS CA).
+    "CREATE TABLE hub_setting (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL);",
+    // 9: which node holds each device's session, the nodes' heartbeats, and direct-method calls
+    // handed between nodes.
+    "CREATE TABLE presence (
+        device_id TEXT PRIMARY KEY NOT NULL,
+        node TEXT NOT NULL,
+        since_ms INTEGER NOT NULL
+     );
+     CREATE TABLE node_heartbeat (node TEXT PRIMARY KEY NOT NULL, at_ms INTEGER NOT NULL);
+     CREATE TABLE method_call (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id TEXT NOT NULL,
+        target_node TEXT NOT NULL,
+        name TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        created_ms INTEGER NOT NULL,
+        timeout_ms INTEGER NOT NULL,
+        status INTEGER,
+        response BLOB
+     );",
+    // 10: telemetry as a partitioned log: each message in the partition its device hashes to,
+    // numbered within it. Messages from before partitions are partition 0, numbered by offset.
+    "ALTER TABLE message ADD COLUMN partition INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE message ADD COLUMN sequence INTEGER NOT NULL DEFAULT 0;
+     UPDATE message SET sequence = offset;
+     CREATE UNIQUE INDEX message_partition ON message (partition, sequence);
+     CREATE TABLE partition_counter (partition INTEGER PRIMARY KEY NOT NULL, last INTEGER NOT NULL);
+     INSERT INTO partition_counter (partition, last) SELECT 0, MAX(offset) FROM message HAVING COUNT(*) > 0;",
 ];
 
 /// The CA list a trust rebuild reads after a delete (see migration 5).
@@ -126,6 +176,8 @@ const CA_CHANGES_QUERY: &str = "SELECT name, etag, is_verified FROM ca_certifica
 /// The SQLite store.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// The node its writes are recorded under in the change feed.
+    node: String,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -173,7 +225,15 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            node: LOCAL_NODE.to_string(),
         })
+    }
+
+    /// The same store, recording its writes in the change feed as node `node` (several hub
+    /// processes on one database file: tests of what crosses between nodes).
+    pub fn with_node(mut self, node: &str) -> SqliteStore {
+        self.node = node.to_string();
+        self
     }
 
     /// SQLite's own consistency check of the whole database: `["ok"]` when sound.
@@ -226,6 +286,41 @@ fn insert_audit(conn: &Connection, a: &NewAudit) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The node name of a store handle that was given none.
+pub const LOCAL_NODE: &str = "local";
+
+/// Records a change for the other nodes, in the transaction of the write it describes. `seq` is
+/// an etag taken in that transaction, so the feed is in commit order.
+fn record_change(
+    tx: &Connection,
+    node: &str,
+    kind: ChangeKind,
+    key: &str,
+    seq: u64,
+) -> Result<(), StoreError> {
+    record_change_with(tx, node, kind, key, None, seq)
+}
+
+/// [`record_change`] with a detail (a desired patch).
+fn record_change_with(
+    tx: &Connection,
+    node: &str,
+    kind: ChangeKind,
+    key: &str,
+    detail: Option<&str>,
+    seq: u64,
+) -> Result<(), StoreError> {
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    tx.prepare_cached(
+        "INSERT INTO change_log (seq, node, kind, key, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| s.execute(params![seq as i64, node, kind, key, detail, at]))
+    .map_err(backend)?;
+    Ok(())
+}
+
 fn next_etag(conn: &Connection) -> Result<u64, StoreError> {
     conn.query_row(
         "UPDATE etag_counter SET value = value + 1 WHERE id = 1 RETURNING value",
@@ -262,7 +357,7 @@ macro_rules! text_column {
     )+};
 }
 
-text_column!(DeviceStatus, AuthType, C2dState);
+text_column!(DeviceStatus, AuthType, C2dState, ChangeKind);
 
 const DEVICE_COLUMNS: &str = "device_id, generation_id, etag, status, status_reason, status_updated, auth_type, primary_thumbprint, secondary_thumbprint, primary_key, secondary_key, created, updated";
 
@@ -476,6 +571,7 @@ impl Store for SqliteStore {
             ],
         )
         .map_err(backend)?;
+        record_change(&tx, &self.node, ChangeKind::Ca, &record.name, etag)?;
         insert_audit(&tx, audit)?;
         tx.commit().map_err(backend)?;
         Ok(CaRecord {
@@ -493,6 +589,8 @@ impl Store for SqliteStore {
         check_delete(current, etag)?;
         tx.execute("DELETE FROM ca_certificate WHERE name = ?1", [name])
             .map_err(backend)?;
+        let seq = next_etag(&tx)?;
+        record_change(&tx, &self.node, ChangeKind::Ca, name, seq)?;
         insert_audit(&tx, audit)?;
         tx.commit().map_err(backend)
     }
@@ -540,13 +638,21 @@ impl Store for SqliteStore {
     }
 
     fn insert_policy_if_absent(&self, p: &PolicyRecord) -> Result<bool, StoreError> {
-        let conn = self.lock()?;
-        let n = conn
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let n = tx
             .execute(
                 "INSERT OR IGNORE INTO policy (name, primary_key, secondary_key, rights) VALUES (?1, ?2, ?3, ?4)",
                 params![p.name, p.primary_key, p.secondary_key, p.rights.join(",")],
             )
             .map_err(backend)?;
+        if n == 1 {
+            let seq = next_etag(&tx)?;
+            record_change(&tx, &self.node, ChangeKind::Policy, &p.name, seq)?;
+        }
+        tx.commit().map_err(backend)?;
         Ok(n == 1)
     }
     fn change_policy(
@@ -608,6 +714,8 @@ impl Store for SqliteStore {
             }
         }
         let after = read_policy(&tx, name)?;
+        let seq = next_etag(&tx)?;
+        record_change(&tx, &self.node, ChangeKind::Policy, name, seq)?;
         insert_audit(&tx, audit)?;
         tx.commit().map_err(backend)?;
         Ok(after)
@@ -628,6 +736,16 @@ impl Store for SqliteStore {
         // The statement borrows the connection guard: it goes back to the cache first.
         drop(stmt);
         device
+    }
+
+    fn count_devices(&self) -> Result<(u64, u64), StoreError> {
+        let conn = self.lock()?;
+        conn.query_row(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE status = ?1) FROM device",
+            [DeviceStatus::Enabled],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )
+        .map_err(backend)
     }
 
     fn list_devices(
@@ -666,6 +784,7 @@ impl Store for SqliteStore {
             device_row(record, &etag_value),
         )
         .map_err(backend)?;
+        record_change(&tx, &self.node, ChangeKind::Device, &record.device_id, etag)?;
         insert_audit(&tx, audit)?;
         tx.commit().map_err(backend)?;
         Ok(DeviceRecord {
@@ -705,6 +824,7 @@ impl Store for SqliteStore {
                 insert
                     .execute(device_row(record, &(etag as i64)))
                     .map_err(backend)?;
+                record_change(&tx, &self.node, ChangeKind::Device, &record.device_id, etag)?;
                 insert_audit(&tx, audit)?;
                 count += 1;
                 answers.push(Ok(DeviceRecord {
@@ -740,6 +860,15 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         tx.execute("DELETE FROM twin WHERE device_id = ?1", [device_id])
             .map_err(backend)?;
+        tx.execute(
+            "DELETE FROM persistent_session WHERE device_id = ?1",
+            [device_id],
+        )
+        .map_err(backend)?;
+        tx.execute("DELETE FROM presence WHERE device_id = ?1", [device_id])
+            .map_err(backend)?;
+        let seq = next_etag(&tx)?;
+        record_change(&tx, &self.node, ChangeKind::Device, device_id, seq)?;
         insert_audit(&tx, audit)?;
         tx.commit().map_err(backend)
     }
@@ -824,24 +953,55 @@ impl Store for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
         let mut offsets = Vec::with_capacity(messages.len());
+        // Each partition's next sequence number, read once per batch and written back once.
+        let mut next: std::collections::HashMap<u32, i64> = std::collections::HashMap::new();
         {
+            let mut last = tx
+                .prepare_cached("SELECT last FROM partition_counter WHERE partition = ?1")
+                .map_err(backend)?;
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT INTO message (device_id, module_id, enqueued, system_properties, properties, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO message (device_id, module_id, enqueued, system_properties, properties, body, partition, sequence)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(backend)?;
             for m in messages {
+                let sequence = match next.get_mut(&m.partition) {
+                    Some(n) => {
+                        *n += 1;
+                        *n
+                    }
+                    None => {
+                        let stored: Option<i64> = last
+                            .query_row([m.partition], |r| r.get(0))
+                            .optional()
+                            .map_err(backend)?;
+                        let n = stored.unwrap_or(0) + 1;
+                        next.insert(m.partition, n);
+                        n
+                    }
+                };
                 stmt.execute(params![
                     m.device_id,
                     m.module_id,
                     m.enqueued,
                     m.system_properties,
                     m.properties,
-                    m.body
+                    m.body,
+                    m.partition,
+                    sequence
                 ])
                 .map_err(backend)?;
                 offsets.push(tx.last_insert_rowid());
+            }
+            let mut write = tx
+                .prepare_cached(
+                    "INSERT INTO partition_counter (partition, last) VALUES (?1, ?2)
+                     ON CONFLICT (partition) DO UPDATE SET last = excluded.last",
+                )
+                .map_err(backend)?;
+            for (partition, last) in &next {
+                write.execute(params![partition, last]).map_err(backend)?;
             }
         }
         tx.commit().map_err(backend)?;
@@ -856,25 +1016,43 @@ impl Store for SqliteStore {
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let conn = self.lock()?;
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT offset, device_id, module_id, enqueued, system_properties, properties, body FROM message
-                 WHERE offset >= ?1 AND (?2 IS NULL OR device_id = ?2) ORDER BY offset LIMIT ?3",
-            )
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM message
+                 WHERE offset >= ?1 AND (?2 IS NULL OR device_id = ?2) ORDER BY offset LIMIT ?3"
+            ))
             .map_err(backend)?;
         let rows = stmt
-            .query_map(params![from, device_id, limit], |r| {
-                Ok(StoredMessage {
-                    offset: r.get(0)?,
-                    message: NewMessage {
-                        device_id: r.get(1)?,
-                        module_id: r.get(2)?,
-                        enqueued: r.get(3)?,
-                        system_properties: r.get(4)?,
-                        properties: r.get(5)?,
-                        body: r.get(6)?,
-                    },
-                })
-            })
+            .query_map(params![from, device_id, limit], message_from_row)
+            .map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn read_partition(
+        &self,
+        partition: u32,
+        from: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM message
+                 WHERE partition = ?1 AND sequence >= ?2 ORDER BY sequence LIMIT ?3"
+            ))
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![partition, from, limit], message_from_row)
+            .map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn partition_ends(&self) -> Result<Vec<(u32, i64)>, StoreError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached("SELECT partition, last FROM partition_counter ORDER BY partition")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(backend)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(backend)
     }
@@ -932,6 +1110,8 @@ impl Store for SqliteStore {
         )
         .map_err(backend)?;
         let id = tx.last_insert_rowid();
+        let seq = next_etag(&tx)?;
+        record_change(&tx, &self.node, ChangeKind::C2d, &record.device_id, seq)?;
         tx.commit().map_err(backend)?;
         Ok(C2dRecord {
             id,
@@ -957,20 +1137,25 @@ impl Store for SqliteStore {
 
     fn pending_c2d(&self, device_id: &str, now: i64) -> Result<Vec<C2dRecord>, StoreError> {
         let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {C2D_COLUMNS} FROM c2d WHERE device_id = ?1 AND state = ?2 AND expiry > ?3 ORDER BY id"
+            ))
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![device_id, C2dState::Queued, now], c2d_from_row)
+            .map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn expire_c2d(&self, device_id: &str, now: i64) -> Result<u64, StoreError> {
+        let conn = self.lock()?;
         conn.execute(
             "UPDATE c2d SET state = ?3 WHERE device_id = ?1 AND state = ?4 AND expiry <= ?2",
             params![device_id, now, C2dState::Expired, C2dState::Queued],
         )
-        .map_err(backend)?;
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {C2D_COLUMNS} FROM c2d WHERE device_id = ?1 AND state = ?2 ORDER BY id"
-            ))
-            .map_err(backend)?;
-        let rows = stmt
-            .query_map(params![device_id, C2dState::Queued], c2d_from_row)
-            .map_err(backend)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        .map(|n| n as u64)
+        .map_err(backend)
     }
 
     fn count_pending_c2d(&self, device_id: &str, now: i64) -> Result<u64, StoreError> {
@@ -1041,7 +1226,12 @@ impl Store for SqliteStore {
             .unwrap_or_else(|| TwinRecord::empty(device_id)))
     }
 
-    fn write_twin(&self, t: &TwinRecord, expected: Option<u64>) -> Result<TwinRecord, StoreError> {
+    fn write_twin(
+        &self,
+        t: &TwinRecord,
+        expected: Option<u64>,
+        desired_patch: Option<&str>,
+    ) -> Result<TwinRecord, StoreError> {
         let mut conn = self.lock()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -1088,9 +1278,323 @@ impl Store for SqliteStore {
             ],
         )
         .map_err(backend)?;
+        if let Some(patch) = desired_patch {
+            let (node, id) = (&self.node, &t.device_id);
+            record_change_with(&tx, node, ChangeKind::Desired, id, Some(patch), etag)?;
+        }
         tx.commit().map_err(backend)?;
         Ok(TwinRecord { etag, ..t.clone() })
     }
+
+    fn list_persistent_sessions(&self) -> Result<Vec<(String, Subscriptions)>, StoreError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare("SELECT device_id, c2d, desired, methods FROM persistent_session ORDER BY device_id")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Subscriptions {
+                        c2d: r.get(1)?,
+                        desired: r.get(2)?,
+                        methods: r.get(3)?,
+                    },
+                ))
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
+    }
+
+    fn write_persistent_session(
+        &self,
+        device_id: &str,
+        subscriptions: Option<Subscriptions>,
+    ) -> Result<(), StoreError> {
+        let conn = self.lock()?;
+        match subscriptions {
+            None => conn.execute(
+                "DELETE FROM persistent_session WHERE device_id = ?1",
+                [device_id],
+            ),
+            // Only for a device that exists: a write racing the device's deletion must not
+            // leave a row behind for an id that may later be registered afresh.
+            Some(s) => conn.execute(
+                "INSERT OR REPLACE INTO persistent_session (device_id, c2d, desired, methods)
+                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM device WHERE device_id = ?1)",
+                params![device_id, s.c2d, s.desired, s.methods],
+            ),
+        }
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    fn record_presence(&self, updates: &[PresenceUpdate]) -> Result<(), StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        for u in updates {
+            if u.connected {
+                let n = tx
+                    .execute(
+                        "INSERT INTO presence (device_id, node, since_ms) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (device_id) DO UPDATE SET node = excluded.node, since_ms = excluded.since_ms
+                         WHERE excluded.since_ms >= presence.since_ms",
+                        params![u.device_id, u.node, u.since_ms],
+                    )
+                    .map_err(backend)?;
+                if n == 1 {
+                    let seq = next_etag(&tx)?;
+                    let detail = format!("{} {}", u.node, u.since_ms);
+                    let (node, id) = (&self.node, &u.device_id);
+                    record_change_with(&tx, node, ChangeKind::Session, id, Some(&detail), seq)?;
+                }
+            } else {
+                tx.execute(
+                    "DELETE FROM presence WHERE device_id = ?1 AND node = ?2 AND since_ms = ?3",
+                    params![u.device_id, u.node, u.since_ms],
+                )
+                .map_err(backend)?;
+            }
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn get_presence(&self, device_id: &str) -> Result<Option<Presence>, StoreError> {
+        let conn = self.lock()?;
+        conn.query_row(
+            "SELECT p.node, p.since_ms, h.at_ms FROM presence p
+             LEFT JOIN node_heartbeat h ON h.node = p.node WHERE p.device_id = ?1",
+            [device_id],
+            |r| {
+                Ok(Presence {
+                    node: r.get(0)?,
+                    since_ms: r.get(1)?,
+                    heartbeat_ms: r.get(2)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(backend)
+    }
+
+    fn heartbeat(&self, node: &str, now_ms: i64) -> Result<(), StoreError> {
+        let conn = self.lock()?;
+        conn.execute(
+            "INSERT INTO node_heartbeat (node, at_ms) VALUES (?1, ?2)
+             ON CONFLICT (node) DO UPDATE SET at_ms = MAX(at_ms, excluded.at_ms)",
+            params![node, now_ms],
+        )
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    fn put_method_call(&self, call: &MethodCallRecord) -> Result<i64, StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        tx.execute(
+            "INSERT INTO method_call (device_id, target_node, name, payload, created_ms, timeout_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                call.device_id,
+                call.target_node,
+                call.name,
+                call.payload,
+                call.created_ms,
+                call.timeout_ms
+            ],
+        )
+        .map_err(backend)?;
+        let id = tx.last_insert_rowid();
+        let seq = next_etag(&tx)?;
+        let (node, device) = (&self.node, &call.device_id);
+        let detail = id.to_string();
+        record_change_with(
+            &tx,
+            node,
+            ChangeKind::MethodCall,
+            device,
+            Some(&detail),
+            seq,
+        )?;
+        tx.commit().map_err(backend)?;
+        Ok(id)
+    }
+
+    fn get_method_call(&self, id: i64) -> Result<Option<MethodCallRecord>, StoreError> {
+        let conn = self.lock()?;
+        conn.query_row(
+            "SELECT id, device_id, target_node, name, payload, created_ms, timeout_ms FROM method_call WHERE id = ?1",
+            [id],
+            |r| {
+                Ok(MethodCallRecord {
+                    id: r.get(0)?,
+                    device_id: r.get(1)?,
+                    target_node: r.get(2)?,
+                    name: r.get(3)?,
+                    payload: r.get(4)?,
+                    created_ms: r.get(5)?,
+                    timeout_ms: r.get(6)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(backend)
+    }
+
+    fn answer_method_call(&self, id: i64, status: i32, payload: &[u8]) -> Result<(), StoreError> {
+        let conn = self.lock()?;
+        conn.execute(
+            "UPDATE method_call SET status = ?2, response = ?3 WHERE id = ?1 AND status IS NULL",
+            params![id, status, payload],
+        )
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    fn get_method_answer(&self, id: i64) -> Result<Option<(i32, Vec<u8>)>, StoreError> {
+        let conn = self.lock()?;
+        let answer: Option<(Option<i32>, Option<Vec<u8>>)> = conn
+            .query_row(
+                "SELECT status, response FROM method_call WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(backend)?;
+        Ok(match answer {
+            Some((Some(status), response)) => Some((status, response.unwrap_or_default())),
+            _ => None,
+        })
+    }
+
+    fn prune_method_calls(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let conn = self.lock()?;
+        conn.execute("DELETE FROM method_call WHERE created_ms < ?1", [before_ms])
+            .map(|n| n as u64)
+            .map_err(backend)
+    }
+
+    fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let conn = self.lock()?;
+        conn.query_row(
+            "SELECT value FROM hub_setting WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)
+    }
+
+    fn insert_settings_if_absent(&self, settings: &[(&str, &[u8])]) -> Result<bool, StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        for (name, value) in settings {
+            let inserted = tx
+                .execute(
+                    "INSERT OR IGNORE INTO hub_setting (name, value) VALUES (?1, ?2)",
+                    params![name, value],
+                )
+                .map_err(backend)?;
+            if inserted == 0 {
+                // Dropping the transaction rolls back the ones inserted before.
+                return Ok(false);
+            }
+        }
+        tx.commit().map_err(backend)?;
+        Ok(true)
+    }
+
+    fn changes_since(&self, since: u64, limit: u32) -> Result<ChangeFeed, StoreError> {
+        let conn = self.lock()?;
+        let pruned: i64 = conn
+            .query_row("SELECT seq FROM change_pruned WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .map_err(backend)?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, kind, key, detail FROM change_log WHERE seq > ?1 AND node <> ?2 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![since as i64, self.node, limit], |r| {
+                Ok(Change {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    kind: r.get(1)?,
+                    key: r.get(2)?,
+                    detail: r.get(3)?,
+                })
+            })
+            .map_err(backend)?;
+        Ok(ChangeFeed {
+            changes: rows.collect::<Result<_, _>>().map_err(backend)?,
+            complete: since >= pruned as u64,
+        })
+    }
+
+    fn last_change(&self) -> Result<u64, StoreError> {
+        let conn = self.lock()?;
+        conn.query_row(
+            "SELECT MAX(COALESCE((SELECT MAX(seq) FROM change_log), 0), (SELECT seq FROM change_pruned WHERE id = 1))",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|v| v as u64)
+        .map_err(backend)
+    }
+
+    fn prune_changes(&self, before: i64) -> Result<u64, StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let newest: Option<i64> = tx
+            .query_row(
+                "SELECT MAX(seq) FROM change_log WHERE at < ?1",
+                [before],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
+        let Some(newest) = newest else {
+            return Ok(0);
+        };
+        let n = tx
+            .execute("DELETE FROM change_log WHERE seq <= ?1", [newest])
+            .map_err(backend)?;
+        tx.execute(
+            "UPDATE change_pruned SET seq = MAX(seq, ?1) WHERE id = 1",
+            [newest],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(n as u64)
+    }
+}
+
+/// The columns `message_from_row` reads, in its order.
+const MESSAGE_COLUMNS: &str =
+    "offset, device_id, module_id, enqueued, system_properties, properties, body, partition, sequence";
+
+fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        offset: r.get(0)?,
+        sequence: r.get(8)?,
+        message: NewMessage {
+            partition: r.get(7)?,
+            device_id: r.get(1)?,
+            module_id: r.get(2)?,
+            enqueued: r.get(3)?,
+            system_properties: r.get(4)?,
+            properties: r.get(5)?,
+            body: r.get(6)?,
+        },
+    })
 }
 
 /// A device record as the parameters of an INSERT in `DEVICE_COLUMNS` order, with its new etag.
@@ -1487,6 +1991,7 @@ mod tests {
 
     fn msg(device: &str, enqueued: i64) -> NewMessage {
         NewMessage {
+            partition: 0,
             device_id: device.into(),
             module_id: None,
             enqueued,
@@ -1539,10 +2044,11 @@ mod tests {
             Err(StoreError::LimitReached { limit: 2 })
         );
         assert_eq!(s.count_pending_c2d("d", 100).unwrap(), 2);
-        // At 160, b has expired: it is marked so and no longer pending (nor counted).
+        // At 160, b has expired: no longer pending (nor counted), and marked so.
         let pending = s.pending_c2d("d", 160).unwrap();
         assert_eq!(pending.iter().map(|m| m.id).collect::<Vec<_>>(), [a.id]);
         assert_eq!(s.count_pending_c2d("d", 160).unwrap(), 1);
+        assert_eq!(s.expire_c2d("d", 160).unwrap(), 1);
         s.count_c2d_attempt(a.id).unwrap();
         s.mark_c2d_delivered(a.id, 170).unwrap();
         let list = s.list_c2d("d", 10).unwrap();
@@ -1655,7 +2161,8 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(indexes, vec!["message_enqueued".to_string()]);
+        // message_partition came with the partitioned log (migration 10).
+        assert_eq!(indexes, ["message_enqueued", "message_partition"]);
         drop(conn);
         // Reads by device still work (they never used the index), and offsets go on.
         let offsets = s
@@ -1671,6 +2178,14 @@ mod tests {
         assert_eq!(of_a, vec![2, 4]);
         assert_eq!(s.read_messages(1, Some("old"), 10).unwrap().len(), 1);
         assert_eq!(s.read_messages(1, None, 10).unwrap().len(), 4);
+        // The message from before partitions is partition 0's first; new ones follow it.
+        let p0: Vec<(i64, i64)> = s
+            .read_partition(0, 1, 10)
+            .unwrap()
+            .iter()
+            .map(|m| (m.sequence, m.offset))
+            .collect();
+        assert_eq!(p0, [(1, 1), (2, 2), (3, 3), (4, 4)]);
         drop(s);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,0 +1,654 @@
+//! One store test suite, run against both backends: every check here runs on SQLite and on
+//! PostgreSQL (a private server this test process starts, `iothub-testpg`), so the two
+//! implementations of `Store` keep the same semantics call for call, including the orders the hub
+//! relies on under concurrent writers.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use iothub_store::*;
+
+fn ca(name: &str, thumb: &str) -> CaRecord {
+    CaRecord {
+        name: name.into(),
+        der: vec![1, 2, 3],
+        thumbprint: thumb.into(),
+        is_verified: false,
+        created: 10,
+        updated: 10,
+        etag: 0,
+        code: CodeRecord::None,
+    }
+}
+
+const NO_LIMIT: Expect = Expect::Absent { limit: 1000 };
+
+/// Runs each check against a fresh SQLite store and a fresh PostgreSQL database.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name(&super::sqlite_store("local")); })*
+        }
+        mod postgres {
+            $(#[test] fn $name() { super::$name(&super::postgres_store(&super::pg_database(), "local")); })*
+        }
+    };
+}
+
+fn sqlite_store(node: &str) -> SqliteStore {
+    SqliteStore::open_in_memory().unwrap().with_node(node)
+}
+
+fn pg_database() -> String {
+    iothub_testpg::shared().database()
+}
+
+fn postgres_store(url: &str, node: &str) -> PostgresStore {
+    PostgresStore::connect(url, node).unwrap_or_else(|e| panic!("{e}"))
+}
+
+conformance!(
+    cas_keep_etags_thumbprints_limits_and_codes,
+    devices_keep_etags_limits_and_deletions,
+    a_device_batch_writes_exactly_the_rows_that_pass,
+    policies_change_under_their_preconditions,
+    twins_are_etag_checked_and_empty_until_written,
+    c2d_queue_limit_expiry_and_delivery,
+    messages_keep_offsets_and_per_partition_sequences,
+    activity_merges_and_skips_deleted_devices,
+    audit_reads_newest_first_by_target,
+    the_change_feed_leaves_out_the_readers_own_writes,
+    presence_keeps_the_latest_session_and_heartbeats,
+    method_calls_are_answered_once,
+    settings_and_persistent_sessions,
+);
+
+fn cas_keep_etags_thumbprints_limits_and_codes(s: &dyn Store) {
+    let a = s.write_ca(&ca("a", "T1"), NO_LIMIT, &audit("c")).unwrap();
+    assert!(a.etag > 0);
+    assert_eq!(
+        s.write_ca(&ca("a", "T1"), NO_LIMIT, &audit("c")),
+        Err(StoreError::AlreadyExists)
+    );
+    assert_eq!(
+        s.write_ca(&ca("b", "T1"), NO_LIMIT, &audit("c")),
+        Err(StoreError::DuplicateThumbprint { name: "a".into() })
+    );
+    assert_eq!(
+        s.write_ca(&ca("b", "T2"), Expect::Absent { limit: 1 }, &audit("c")),
+        Err(StoreError::LimitReached { limit: 1 })
+    );
+    assert_eq!(
+        s.write_ca(&ca("a", "T1"), Expect::Etag(a.etag + 100), &audit("c")),
+        Err(StoreError::EtagMismatch { current: a.etag })
+    );
+    let mut live = ca("a", "T1");
+    live.code = CodeRecord::Live {
+        code: "C0DE".into(),
+        expires_at: 99,
+    };
+    let a2 = s
+        .write_ca(&live, Expect::Etag(a.etag), &audit("u"))
+        .unwrap();
+    assert!(a2.etag > a.etag);
+    assert_eq!(s.get_ca("a").unwrap().unwrap().code, live.code);
+    s.write_ca(&ca("b", "T2"), NO_LIMIT, &audit("c")).unwrap();
+    let changes = s.ca_changes_since(a2.etag).unwrap();
+    assert_eq!(changes.total, 2);
+    assert_eq!(
+        changes
+            .changed
+            .iter()
+            .map(|c| c.0.as_str())
+            .collect::<Vec<_>>(),
+        ["b"]
+    );
+    assert_eq!(s.list_cas().unwrap().len(), 2);
+    assert_eq!(
+        s.delete_ca("a", Some(1), &audit("d")),
+        Err(StoreError::EtagMismatch { current: a2.etag })
+    );
+    s.delete_ca("a", Some(a2.etag), &audit("d")).unwrap();
+    assert_eq!(s.get_ca("a").unwrap(), None);
+    assert_eq!(
+        s.delete_ca("a", None, &audit("d")),
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(s.list_ca_versions().unwrap().len(), 1);
+}
+
+fn devices_keep_etags_limits_and_deletions(s: &dyn Store) {
+    let d = s
+        .write_device(&device("d1"), Expect::Absent { limit: 1 }, &audit("c"))
+        .unwrap();
+    assert_eq!(
+        s.write_device(&device("d2"), Expect::Absent { limit: 1 }, &audit("c")),
+        Err(StoreError::LimitReached { limit: 1 })
+    );
+    let mut disabled = device("d1");
+    disabled.status = DeviceStatus::Disabled;
+    let d2 = s
+        .write_device(&disabled, Expect::Etag(d.etag), &audit("u"))
+        .unwrap();
+    assert_eq!(
+        s.get_device("d1").unwrap().unwrap().status,
+        DeviceStatus::Disabled
+    );
+    assert_eq!(s.count_devices().unwrap(), (1, 0));
+    s.write_device(&device("d0"), NO_LIMIT, &audit("c"))
+        .unwrap();
+    let listed: Vec<String> = s
+        .list_devices(None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.device_id)
+        .collect();
+    assert_eq!(listed, ["d0", "d1"]);
+    assert_eq!(s.list_devices(Some("d0"), 10).unwrap().len(), 1);
+    assert_eq!(
+        s.delete_device("d1", Some(d.etag), &audit("d")),
+        Err(StoreError::EtagMismatch { current: d2.etag })
+    );
+    s.delete_device("d1", Some(d2.etag), &audit("d")).unwrap();
+    assert_eq!(s.get_device("d1").unwrap(), None);
+}
+
+fn a_device_batch_writes_exactly_the_rows_that_pass(s: &dyn Store) {
+    s.write_device(&device("taken"), NO_LIMIT, &audit("c"))
+        .unwrap();
+    let rows: Vec<(DeviceRecord, NewAudit)> = ["n1", "taken", "n2", "n1", "n3"]
+        .iter()
+        .map(|id| (device(id), audit("import")))
+        .collect();
+    let answers = s.create_devices(&rows, 3).unwrap();
+    let kinds: Vec<Result<(), StoreError>> = answers.into_iter().map(|a| a.map(|_| ())).collect();
+    assert_eq!(
+        kinds,
+        [
+            Ok(()),
+            Err(StoreError::AlreadyExists),
+            Ok(()),
+            Err(StoreError::AlreadyExists),
+            Err(StoreError::LimitReached { limit: 3 }),
+        ]
+    );
+    assert_eq!(s.count_devices().unwrap().0, 3);
+}
+
+fn policies_change_under_their_preconditions(s: &dyn Store) {
+    let p = PolicyRecord {
+        name: "svc".into(),
+        primary_key: "p".into(),
+        secondary_key: "s".into(),
+        rights: vec!["ServiceConnect".into()],
+    };
+    assert!(s.insert_policy_if_absent(&p).unwrap());
+    assert!(!s.insert_policy_if_absent(&p).unwrap());
+    let create = PolicyChange::Create {
+        record: PolicyRecord {
+            name: "reader".into(),
+            ..p.clone()
+        },
+        limit: 2,
+    };
+    let made = s.change_policy(&create, &audit("p")).unwrap().unwrap();
+    assert_eq!(made.rights, ["ServiceConnect"]);
+    assert_eq!(
+        s.change_policy(&create, &audit("p")),
+        Err(StoreError::AlreadyExists)
+    );
+    let third = PolicyChange::Create {
+        record: PolicyRecord {
+            name: "third".into(),
+            ..p.clone()
+        },
+        limit: 2,
+    };
+    assert_eq!(
+        s.change_policy(&third, &audit("p")),
+        Err(StoreError::LimitReached { limit: 2 })
+    );
+    let rights = PolicyChange::SetRights {
+        name: "reader".into(),
+        rights: vec!["RegistryRead".into(), "ServiceConnect".into()],
+    };
+    assert_eq!(
+        s.change_policy(&rights, &audit("p"))
+            .unwrap()
+            .unwrap()
+            .rights,
+        ["RegistryRead", "ServiceConnect"]
+    );
+    let key = PolicyChange::SetKey {
+        name: "reader".into(),
+        secondary: true,
+        key: "new".into(),
+    };
+    assert_eq!(
+        s.change_policy(&key, &audit("p"))
+            .unwrap()
+            .unwrap()
+            .secondary_key,
+        "new"
+    );
+    let delete = PolicyChange::Delete {
+        name: "reader".into(),
+    };
+    assert_eq!(s.change_policy(&delete, &audit("p")).unwrap(), None);
+    assert_eq!(
+        s.change_policy(&delete, &audit("p")),
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(s.list_policies().unwrap().len(), 1);
+}
+
+fn twins_are_etag_checked_and_empty_until_written(s: &dyn Store) {
+    assert_eq!(s.get_twin("nobody"), Err(StoreError::NotFound));
+    s.write_device(&device("t"), NO_LIMIT, &audit("c")).unwrap();
+    let empty = s.get_twin("t").unwrap();
+    assert_eq!(empty, TwinRecord::empty("t"));
+    let mut twin = empty.clone();
+    twin.desired = r#"{"a":1}"#.into();
+    twin.desired_version = 2;
+    let written = s.write_twin(&twin, Some(0), Some(r#"{"a":1}"#)).unwrap();
+    assert!(written.etag > 0);
+    assert_eq!(
+        s.write_twin(&twin, Some(0), None),
+        Err(StoreError::EtagMismatch {
+            current: written.etag
+        })
+    );
+    assert_eq!(s.get_twin("t").unwrap().desired, r#"{"a":1}"#);
+    assert_eq!(
+        s.write_twin(&TwinRecord::empty("ghost"), None, None),
+        Err(StoreError::NotFound)
+    );
+}
+
+fn c2d_queue_limit_expiry_and_delivery(s: &dyn Store) {
+    let c2d = |expiry| C2dRecord {
+        id: 0,
+        device_id: "d".into(),
+        message_id: "m".into(),
+        properties: "{}".into(),
+        body: b"x".to_vec(),
+        created: 100,
+        expiry,
+        state: C2dState::Queued,
+        delivered_at: None,
+        delivery_count: 0,
+    };
+    assert_eq!(s.enqueue_c2d(&c2d(200), 2), Err(StoreError::NotFound));
+    s.write_device(&device("d"), NO_LIMIT, &audit("c")).unwrap();
+    let a = s.enqueue_c2d(&c2d(200), 2).unwrap();
+    let b = s.enqueue_c2d(&c2d(150), 2).unwrap();
+    assert_eq!(
+        s.enqueue_c2d(&c2d(300), 2),
+        Err(StoreError::LimitReached { limit: 2 })
+    );
+    assert_eq!(s.count_pending_c2d("d", 100).unwrap(), 2);
+    let pending: Vec<i64> = s
+        .pending_c2d("d", 160)
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(pending, [a.id]);
+    assert_eq!(s.expire_c2d("d", 160).unwrap(), 1);
+    assert_eq!(s.expire_c2d("d", 160).unwrap(), 0);
+    s.count_c2d_attempt(a.id).unwrap();
+    s.mark_c2d_delivered(a.id, 170).unwrap();
+    let list = s.list_c2d("d", 10).unwrap();
+    let get = |id| list.iter().find(|m| m.id == id).unwrap().clone();
+    assert_eq!(
+        (get(a.id).state, get(a.id).delivery_count),
+        (C2dState::Delivered, 1)
+    );
+    assert_eq!(get(b.id).state, C2dState::Expired);
+    s.delete_device("d", None, &audit("d")).unwrap();
+    assert!(s.list_c2d("d", 10).unwrap().is_empty());
+}
+
+fn messages_keep_offsets_and_per_partition_sequences(s: &dyn Store) {
+    assert_eq!(s.last_message_offset().unwrap(), 0);
+    let first = s
+        .append_messages(&[
+            message(0, "a", "1"),
+            message(2, "b", "2"),
+            message(0, "a", "3"),
+        ])
+        .unwrap();
+    assert_eq!(first, [1, 2, 3]);
+    s.append_messages(&[message(2, "b", "4")]).unwrap();
+    assert_eq!(s.last_message_offset().unwrap(), 4);
+    let p0: Vec<(i64, i64)> = s
+        .read_partition(0, 1, 10)
+        .unwrap()
+        .iter()
+        .map(|m| (m.sequence, m.offset))
+        .collect();
+    assert_eq!(p0, [(1, 1), (2, 3)]);
+    let p2: Vec<i64> = s
+        .read_partition(2, 1, 10)
+        .unwrap()
+        .iter()
+        .map(|m| m.sequence)
+        .collect();
+    assert_eq!(p2, [1, 2]);
+    assert_eq!(s.partition_ends().unwrap(), [(0, 2), (2, 2)]);
+    let of_b: Vec<i64> = s
+        .read_messages(1, Some("b"), 10)
+        .unwrap()
+        .iter()
+        .map(|m| m.offset)
+        .collect();
+    assert_eq!(of_b, [2, 4]);
+    assert_eq!(s.read_messages(3, None, 1).unwrap()[0].message.body, b"3");
+    // Pruning never makes an offset come back.
+    assert_eq!(s.prune_messages(101).unwrap(), 4);
+    assert_eq!(s.append_messages(&[message(0, "a", "5")]).unwrap(), [5]);
+}
+
+fn activity_merges_and_skips_deleted_devices(s: &dyn Store) {
+    s.write_device(&device("act"), NO_LIMIT, &audit("c"))
+        .unwrap();
+    s.update_device_activity(
+        "act",
+        &DeviceActivity {
+            last_connected: Some(5),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let refusal = DeviceActivity {
+        last_refusal: Some("no".into()),
+        last_refusal_time: Some(6),
+        ..Default::default()
+    };
+    s.update_device_activities(&[
+        ("act".into(), refusal),
+        ("gone".into(), DeviceActivity::default()),
+    ])
+    .unwrap();
+    let a = s.get_device_activity("act").unwrap();
+    assert_eq!(
+        (a.last_connected, a.last_refusal.as_deref()),
+        (Some(5), Some("no"))
+    );
+    assert_eq!(
+        s.get_device_activity("gone").unwrap(),
+        DeviceActivity::default()
+    );
+}
+
+fn audit_reads_newest_first_by_target(s: &dyn Store) {
+    for i in 0..3 {
+        let mut a = audit("x");
+        a.target = format!("t/{}", i % 2);
+        s.append_audit(&a).unwrap();
+    }
+    let all = s
+        .list_audit(&AuditQuery {
+            target: None,
+            before: None,
+            limit: 10,
+        })
+        .unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all[0].id > all[1].id);
+    let t0 = s
+        .list_audit(&AuditQuery {
+            target: Some("t/0".into()),
+            before: Some(all[0].id),
+            limit: 10,
+        })
+        .unwrap();
+    assert_eq!(t0.len(), 1);
+}
+
+fn the_change_feed_leaves_out_the_readers_own_writes(s: &dyn Store) {
+    // `s` is node "local": its own writes are not in its feed.
+    s.write_ca(&ca("mine", "M"), NO_LIMIT, &audit("c")).unwrap();
+    assert!(s.changes_since(0, 10).unwrap().changes.is_empty());
+    assert!(s.last_change().unwrap() > 0);
+    assert!(s.changes_since(0, 10).unwrap().complete);
+}
+
+fn presence_keeps_the_latest_session_and_heartbeats(s: &dyn Store) {
+    let update = |node: &str, since, connected| PresenceUpdate {
+        device_id: "p".into(),
+        node: node.into(),
+        since_ms: since,
+        connected,
+    };
+    s.record_presence(&[update("a", 100, true)]).unwrap();
+    // An older session's news never replaces a newer one, nor does its end remove it.
+    s.record_presence(&[update("b", 50, true), update("b", 50, false)])
+        .unwrap();
+    s.heartbeat("a", 1_000).unwrap();
+    s.heartbeat("a", 900).unwrap();
+    let p = s.get_presence("p").unwrap().unwrap();
+    assert_eq!(
+        (p.node.as_str(), p.since_ms, p.heartbeat_ms),
+        ("a", 100, Some(1_000))
+    );
+    s.record_presence(&[update("a", 100, false)]).unwrap();
+    assert_eq!(s.get_presence("p").unwrap(), None);
+}
+
+fn method_calls_are_answered_once(s: &dyn Store) {
+    let call = MethodCallRecord {
+        id: 0,
+        device_id: "m".into(),
+        target_node: "b".into(),
+        name: "reboot".into(),
+        payload: b"{}".to_vec(),
+        created_ms: 10,
+        timeout_ms: 5_000,
+    };
+    let id = s.put_method_call(&call).unwrap();
+    assert_eq!(s.get_method_call(id).unwrap().unwrap().name, "reboot");
+    assert_eq!(s.get_method_answer(id).unwrap(), None);
+    s.answer_method_call(id, 200, b"ok").unwrap();
+    s.answer_method_call(id, 500, b"late").unwrap();
+    assert_eq!(
+        s.get_method_answer(id).unwrap(),
+        Some((200, b"ok".to_vec()))
+    );
+    assert_eq!(s.prune_method_calls(11).unwrap(), 1);
+    assert_eq!(s.get_method_call(id).unwrap(), None);
+}
+
+fn settings_and_persistent_sessions(s: &dyn Store) {
+    assert!(s
+        .insert_settings_if_absent(&[("x", b"1"), ("y", b"2")])
+        .unwrap());
+    assert!(!s
+        .insert_settings_if_absent(&[("z", b"3"), ("x", b"9")])
+        .unwrap());
+    assert_eq!(s.get_setting("x").unwrap().unwrap(), b"1");
+    assert_eq!(s.get_setting("z").unwrap(), None);
+    let subs = Subscriptions {
+        c2d: true,
+        desired: false,
+        methods: true,
+    };
+    s.write_persistent_session("nobody", Some(subs)).unwrap();
+    assert!(s.list_persistent_sessions().unwrap().is_empty());
+    s.write_device(&device("ps"), NO_LIMIT, &audit("c"))
+        .unwrap();
+    s.write_persistent_session("ps", Some(subs)).unwrap();
+    assert_eq!(
+        s.list_persistent_sessions().unwrap(),
+        [("ps".to_string(), subs)]
+    );
+    s.delete_device("ps", None, &audit("d")).unwrap();
+    assert!(s.list_persistent_sessions().unwrap().is_empty());
+}
+
+// ----- what only a shared store shows: two nodes, concurrent writers -----------------------------
+
+#[test]
+fn postgres_nodes_see_each_others_changes_in_commit_order() {
+    let url = pg_database();
+    let a = postgres_store(&url, "a");
+    let b = postgres_store(&url, "b");
+    a.write_ca(&ca("from-a", "A1"), NO_LIMIT, &audit("c"))
+        .unwrap();
+    b.write_device(&device("from-b"), NO_LIMIT, &audit("c"))
+        .unwrap();
+    let seen_by_b = b.changes_since(0, 10).unwrap();
+    assert_eq!(
+        seen_by_b
+            .changes
+            .iter()
+            .map(|c| (c.kind, c.key.as_str()))
+            .collect::<Vec<_>>(),
+        [(ChangeKind::Ca, "from-a")]
+    );
+    let seen_by_a = a.changes_since(0, 10).unwrap();
+    assert_eq!(seen_by_a.changes[0].key, "from-b");
+}
+
+#[test]
+fn postgres_migrations_run_once_when_nodes_start_together() {
+    let url = pg_database();
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || postgres_store(&url, &format!("n{i}")))
+        })
+        .collect();
+    let stores: Vec<PostgresStore> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    stores[0]
+        .write_ca(&ca("x", "X"), NO_LIMIT, &audit("c"))
+        .unwrap();
+    assert_eq!(stores[3].list_cas().unwrap().len(), 1);
+}
+
+/// Many writers at once: a reader that saw etag (or offset) N has seen every lower one, so
+/// following "everything above what I saw" never skips a change or a message.
+#[test]
+fn postgres_numbers_follow_commit_order_under_concurrent_writers() {
+    let url = pg_database();
+    let stores: Vec<Arc<PostgresStore>> = (0..4)
+        .map(|i| Arc::new(postgres_store(&url, &format!("w{i}"))))
+        .collect();
+    let reader = postgres_store(&url, "reader");
+    let writers: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(w, s)| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    s.append_messages(&[message((i % 2) as u32, &format!("d{w}"), "m")])
+                        .unwrap();
+                    s.write_device(&device(&format!("w{w}-{i}")), NO_LIMIT, &audit("c"))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    // Follow while they write: each read continues above the highest number seen.
+    let (mut seen_offset, mut offsets) = (0, Vec::new());
+    let (mut seen_change, mut changes) = (0, 0);
+    let mut rounds = 0;
+    while offsets.len() < 100 || changes < 100 {
+        for m in reader.read_messages(seen_offset + 1, None, 1000).unwrap() {
+            offsets.push(m.offset);
+            seen_offset = m.offset;
+        }
+        let feed = reader.changes_since(seen_change, 1000).unwrap();
+        for c in feed.changes {
+            changes += 1;
+            seen_change = c.seq;
+        }
+        rounds += 1;
+        assert!(
+            rounds < 10_000,
+            "{} messages, {changes} changes",
+            offsets.len()
+        );
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert_eq!(
+        offsets,
+        (1..=100).collect::<Vec<i64>>(),
+        "no offset skipped"
+    );
+    assert_eq!(changes, 100, "no change skipped");
+    // Every partition numbered from 1 without gaps: each writer sent 13 to partition 0 and 12
+    // to partition 1.
+    for (p, total) in [(0, 52), (1, 48)] {
+        let seq: Vec<i64> = reader
+            .read_partition(p, 1, 1000)
+            .unwrap()
+            .iter()
+            .map(|m| m.sequence)
+            .collect();
+        assert_eq!(seq, (1..=total).collect::<Vec<i64>>(), "partition {p}");
+    }
+}
+
+#[test]
+fn postgres_calls_work_from_inside_an_async_runtime() {
+    let url = pg_database();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let s = postgres_store(&url, "async");
+        s.write_device(&device("in-async"), NO_LIMIT, &audit("c"))
+            .unwrap();
+        assert!(s.get_device("in-async").unwrap().is_some());
+        drop(s);
+    });
+}
+
+#[test]
+fn postgres_refuses_a_bad_url_or_an_unreachable_server_with_the_reason() {
+    let err = PostgresStore::connect("postgres://u:secret@127.0.0.1:1/db", "n")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("PostgreSQL at 127.0.0.1:1"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
+    let err = PostgresStore::connect("postgres://db/x?sslmode=require", "n")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("needs the database server's CA"), "{err}");
+    let err = PostgresStore::connect("postgres://db/x?sslmode=sometimes", "n")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("sslmode=sometimes is not supported"), "{err}");
+}
+
+#[test]
+fn postgres_a_write_on_one_node_wakes_the_others_waiting_for_changes() {
+    let url = pg_database();
+    let a = postgres_store(&url, "a");
+    let b = Arc::new(postgres_store(&url, "b"));
+    // Once listening, the store wakes its waiter (a change may have landed meanwhile).
+    assert!(b.wait_for_changes(std::time::Duration::from_secs(30)));
+    // Its own writes do not wake it.
+    b.write_ca(&ca("own", "O"), NO_LIMIT, &audit("c")).unwrap();
+    assert!(!b.wait_for_changes(std::time::Duration::from_millis(300)));
+    // Another node's write does, long before the minute the waiter would give up after.
+    let waiter = {
+        let b = b.clone();
+        std::thread::spawn(move || b.wait_for_changes(std::time::Duration::from_secs(60)))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    a.write_ca(&ca("from-a", "A"), NO_LIMIT, &audit("c"))
+        .unwrap();
+    assert!(waiter.join().unwrap(), "woken by a's notification");
+    assert_eq!(b.changes_since(0, 10).unwrap().changes[0].key, "from-a");
+}
