@@ -283,7 +283,7 @@ async function renderDevices() {
   box.replaceChildren(el("table", { "aria-label": "Devices" },
     el("thead", {}, el("tr", {}, ...["Device", "Status", "Authentication", "Connection", "Last activity", "Last refusal", ""].map((h, i) => el("th", { class: i === 2 || i === 4 ? "wide" : null, text: h })))),
     el("tbody", {}, ...list.map((d) => el("tr", { "data-device": d.deviceId },
-      el("td", { text: d.deviceId }),
+      el("td", {}, el("a", { href: "/portal/device?id=" + enc(d.deviceId), text: d.deviceId })),
       el("td", {}, el("span", { class: "status " + d.status, text: d.status })),
       el("td", { class: "wide", text: d.authentication.type }),
       el("td", {}, el("span", { class: "status " + d.connectionState, text: d.connectionState })),
@@ -364,6 +364,144 @@ async function connectionsPage() {
       : el("p", { class: "muted", text: "None." }));
 }
 
+// ---------- Overview --------------------------------------------------------------------------
+
+function tile(label, value, note) {
+  return el("div", { class: "tile" }, el("div", { class: "tile-value", text: String(value) }), el("div", { class: "tile-label", text: label }), note ? el("div", { class: "hint", text: note }) : null);
+}
+
+async function overviewPage() {
+  const o = await api("GET", "/overview");
+  const refusals = Object.entries(o.refusalsLastHour).filter(([, n]) => n > 0);
+  main.replaceChildren(
+    el("h1", { text: "Overview" }),
+    el("div", { class: "tiles", "aria-label": "The hub at a glance" },
+      tile("Verified CAs", o.certificates.verified, o.certificates.unverified + " unverified"),
+      tile("Devices", o.devices.total, o.devices.enabled + " enabled"),
+      tile("Connected now", o.devices.connected),
+      tile("Telemetry", o.telemetry.messagesPerSecond + "/s", o.telemetry.messagesSinceStart + (o.telemetry.messagesSinceStart === 1 ? " message" : " messages") + " since start"),
+      tile("Refusals, last hour", refusals.reduce((a, [, n]) => a + n, 0))),
+    el("h2", { text: "Certificates expiring within 30 days" }),
+    o.certificates.expiringSoon.length ? el("table", { "aria-label": "Certificates expiring soon" },
+      el("thead", {}, el("tr", {}, el("th", { text: "Name" }), el("th", { text: "Status" }), el("th", { text: "Expiry" }), el("th", { text: "Days left" }))),
+      el("tbody", {}, ...o.certificates.expiringSoon.map((c) => el("tr", {},
+        el("td", {}, el("a", { href: "/portal/certificates?name=" + enc(c.name), text: c.name })),
+        el("td", {}, el("span", { class: "status " + c.status, text: c.status })),
+        el("td", { text: c.expiry }),
+        el("td", {}, el("span", { class: c.daysLeft < 0 ? "badge bad" : "badge warn", text: c.daysLeft < 0 ? "expired" : String(c.daysLeft) }))))))
+      : el("p", { class: "muted", text: "None." }),
+    el("h2", { text: "Refusals in the last hour, by reason" }),
+    refusals.length ? el("table", { "aria-label": "Refusals by reason" },
+      el("thead", {}, el("tr", {}, el("th", { text: "Reason" }), el("th", { text: "Count" }))),
+      el("tbody", {}, ...refusals.map(([reason, n]) => el("tr", {}, el("td", { text: reason.replace(/_/g, " ") }), el("td", { text: String(n) })))))
+      : el("p", { class: "muted", text: "None." }));
+}
+
+// ---------- One device ------------------------------------------------------------------------
+
+function field(dt, dd) { return [el("dt", { text: dt }), el("dd", {}, dd)]; }
+
+async function devicePage() {
+  const id = new URLSearchParams(location.search).get("id") || "";
+  const d = await api("GET", "/devices/" + enc(id));
+  const conns = await api("GET", "/connections");
+  const live = conns.live.find((s) => s.deviceId === id);
+  main.replaceChildren(
+    el("h1", { text: "Device " + id }),
+    el("dl", { class: "details", "aria-label": "Device" },
+      ...field("Status", el("span", { class: "status " + d.status, text: d.status })),
+      ...field("Authentication", d.authentication.type),
+      ...field("Connection", el("span", { class: "status " + d.connectionState, text: d.connectionState + (live ? " from " + live.remote + " since " + live.since : "") })),
+      ...field("Last activity", d.lastActivityTime.startsWith("0001") ? "never" : d.lastActivityTime),
+      ...field("Last refusal", d.lastRefusal ? d.lastRefusal + " (" + d.lastRefusalTime + ")" : "none"),
+      ...field("Certificate expiry", live && live.certificateExpiry ? live.certificateExpiry : "known while it is connected with a certificate")),
+    el("h2", { text: "Twin" }), el("div", { id: "twin" }),
+    el("h2", { text: "Send a cloud-to-device message" }), c2dForm(id),
+    el("h2", { text: "Invoke a direct method" }), methodForm(id),
+    el("h2", { text: "Live telemetry" }), telemetryLog(id));
+  await renderTwin(id);
+}
+
+async function renderTwin(id) {
+  const box = document.getElementById("twin");
+  const t = await api("GET", "/twins/" + enc(id));
+  const desired = Object.fromEntries(Object.entries(t.properties.desired).filter(([k]) => !k.startsWith("$")));
+  const editor = el("textarea", { id: "desired", rows: "6", "aria-describedby": "desired-error" });
+  editor.value = JSON.stringify(desired, null, 2);
+  const error = el("div", { class: "error", id: "desired-error", "aria-live": "polite" });
+  const form = el("form", { class: "panel", "aria-label": "Desired properties" },
+    el("p", { class: "hint", text: "etag " + t.etag + ", desired $version " + t.properties.desired.$version + ", reported $version " + t.properties.reported.$version }),
+    el("div", { class: "field" }, el("label", { for: "desired", text: "Desired properties (a merge patch: a key set to null is removed)" }), editor, error),
+    el("div", { class: "toolbar" }, el("button", { type: "submit", class: "primary" }, "Save desired")),
+    el("h3", { text: "Reported properties" }), el("pre", { id: "reported", text: JSON.stringify(t.properties.reported, null, 2) }),
+    el("h3", { text: "Tags" }), el("pre", { text: JSON.stringify(t.tags || {}, null, 2) }));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    error.textContent = "";
+    let patch;
+    try { patch = JSON.parse(editor.value); } catch (e) { error.textContent = "Not JSON: " + e.message; return; }
+    try {
+      await api("PATCH", "/twins/" + enc(id), { properties: { desired: patch } }, "\"" + t.etag + "\"");
+      toast("Desired properties saved");
+      await renderTwin(id);
+    } catch (e) {
+      error.textContent = e.status === 412 ? "The twin changed since this page read it (" + e.message + "). Reload to see the current one." : e.message;
+    }
+  });
+  box.replaceChildren(form);
+}
+
+function c2dForm(id) {
+  const body = el("textarea", { id: "c2d-body", rows: "3" });
+  const result = el("div", { id: "c2d-result", class: "hint", "aria-live": "polite" });
+  const form = el("form", { class: "panel", "aria-label": "Cloud-to-device message" },
+    el("div", { class: "field" }, el("label", { for: "c2d-body", text: "Message body" }), body),
+    el("div", { class: "toolbar" }, el("button", { type: "submit", class: "primary" }, "Send")), result);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      const m = await api("POST", "/devices/" + enc(id) + "/messages/devicebound", { body: body.value });
+      result.textContent = "Queued as " + m.messageId + " (" + m.state + ")";
+    } catch (e) { result.textContent = e.message; }
+  });
+  return form;
+}
+
+function methodForm(id) {
+  const name = el("input", { type: "text", id: "method-name", autocomplete: "off" });
+  const payload = el("textarea", { id: "method-payload", rows: "3" });
+  payload.value = "null";
+  const timeout = el("input", { type: "text", id: "method-timeout", value: "30", inputmode: "numeric" });
+  const answer = el("pre", { id: "method-answer", "aria-live": "polite" });
+  const form = el("form", { class: "panel", "aria-label": "Direct method" },
+    el("div", { class: "field" }, el("label", { for: "method-name", text: "Method name" }), name),
+    el("div", { class: "field" }, el("label", { for: "method-payload", text: "Payload (JSON)" }), payload),
+    el("div", { class: "field" }, el("label", { for: "method-timeout", text: "Timeout, seconds (5 to 300)" }), timeout),
+    el("div", { class: "toolbar" }, el("button", { type: "submit", class: "primary" }, "Invoke")), answer);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    answer.textContent = "Waiting for the device...";
+    try {
+      const r = await api("POST", "/twins/" + enc(id) + "/methods",
+        { methodName: name.value.trim(), payload: JSON.parse(payload.value), responseTimeoutInSeconds: Number(timeout.value) });
+      answer.textContent = "status " + r.status + "\n" + JSON.stringify(r.payload, null, 2);
+    } catch (e) { answer.textContent = e.message; }
+  });
+  return form;
+}
+
+function telemetryLog(id) {
+  const list = el("ol", { id: "telemetry", class: "log", "aria-live": "polite" });
+  const box = el("div", { class: "panel" }, el("p", { class: "hint", text: "New messages from this device appear here as they arrive." }), list);
+  const source = new EventSource("/messages/stream?deviceId=" + enc(id));
+  source.onmessage = (ev) => {
+    const m = JSON.parse(ev.data);
+    list.prepend(el("li", {}, el("span", { class: "mono", text: m.enqueuedTime + "  " }), el("span", { text: m.body === null ? "(binary) " + m.bodyBase64 : m.body })));
+    while (list.children.length > 50) list.lastChild.remove();
+  };
+  return box;
+}
+
 // ---------- start -----------------------------------------------------------------------------
 
 document.getElementById("logout").addEventListener("click", async () => {
@@ -373,5 +511,5 @@ document.getElementById("logout").addEventListener("click", async () => {
 
 const page = document.body.dataset.page;
 for (const a of document.querySelectorAll("nav a")) if (a.dataset.nav === page) a.setAttribute("aria-current", "page");
-({ certificates: certificatesPage, devices: devicesPage, connections: connectionsPage })[page]()
+({ overview: overviewPage, certificates: certificatesPage, devices: devicesPage, device: devicePage, connections: connectionsPage })[page]()
   .catch((e) => main.replaceChildren(el("p", { class: "error", text: e.message })));

@@ -104,8 +104,9 @@ pub(crate) async fn invoke_method(
     .await?;
     let timeout = call.response_timeout_in_seconds.unwrap_or(30).clamp(5, 300);
     let (device, name, payload) = (id.clone(), call.method_name.clone(), call.payload.clone());
+    let wait = Duration::from_secs(timeout);
     let (rid, answer) = blocking(&state, move |hub| {
-        hub.invoke_method(&who, &device, &name, &payload)
+        hub.invoke_method(&who, &device, &name, &payload, wait)
     })
     .await?;
     match tokio::time::timeout(Duration::from_secs(timeout), answer).await {

@@ -360,6 +360,8 @@ pub fn message_json(m: &MessageView) -> Value {
     system.insert("iothub-enqueuedtime".into(), iso(Some(m.enqueued)).into());
     json!({
         "offset": m.offset,
+        "partition": m.partition,
+        "sequenceNumber": m.sequence,
         "deviceId": m.device_id,
         "moduleId": m.module_id,
         "enqueuedTime": iso(Some(m.enqueued)),
@@ -479,6 +481,7 @@ pub(crate) async fn connections(
     Ok(Json(json!({
         "live": live.iter().map(|s| json!({
             "deviceId": s.device_id, "remote": s.remote, "since": rfc1123(s.since), "authentication": s.auth,
+            "certificateExpiry": s.certificate_expiry.map(rfc1123),
         })).collect::<Vec<_>>(),
         "refusals": refusals.iter().map(|r| json!({
             "time": rfc1123(r.time), "timeUnix": r.time, "clientId": r.client_id, "remote": r.remote, "reason": r.reason,

@@ -31,6 +31,7 @@ pub mod certificates;
 pub mod devices;
 pub mod error;
 pub mod limiter;
+pub mod overview;
 pub mod policies;
 pub mod portal;
 pub mod portal_routes;

@@ -91,10 +91,11 @@ pub(crate) struct LoginQuery {
 const PAGE: &str = include_str!("../portal/index.html");
 const APP_JS: &str = include_str!("../portal/app.js");
 const APP_CSS: &str = include_str!("../portal/app.css");
+const ICON_SVG: &str = include_str!("../portal/icon.svg");
 
 fn message_page(status: StatusCode, title: &str, text: &str) -> Response {
     let body = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>iothub - {title}</title><link rel=\"stylesheet\" href=\"/portal/static/app.css\"></head><body><main class=\"narrow\"><h1>{title}</h1><p>{text}</p></main></body></html>"
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>iothub - {title}</title><link rel=\"icon\" href=\"/favicon.ico\" type=\"image/svg+xml\"><link rel=\"stylesheet\" href=\"/portal/static/app.css\"></head><body><main class=\"narrow\"><h1>{title}</h1><p>{text}</p></main></body></html>"
     );
     secure_headers((status, Html(body)).into_response())
 }
@@ -124,7 +125,7 @@ pub(crate) async fn login(State(state): State<AppState>, Query(q): Query<LoginQu
             "This login link is unknown, already used or expired. Run <code>iothub portal-link</code> on the hub's machine for a new one.",
         );
     };
-    let mut response = Redirect::to("/portal/certificates").into_response();
+    let mut response = Redirect::to("/portal/overview").into_response();
     let cookie = format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; Secure; SameSite=Strict");
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
@@ -166,8 +167,10 @@ pub(crate) async fn page(
         return message_page(StatusCode::UNAUTHORIZED, "Session ended", "Your portal session has ended. Run <code>iothub portal-link</code> for a new login link.");
     };
     let page_name = match uri.path().trim_start_matches("/portal").trim_matches('/') {
-        "" | "certificates" => "certificates",
+        "" | "overview" => "overview",
+        "certificates" => "certificates",
         "devices" => "devices",
+        "device" => "device",
         "connections" => "connections",
         _ => {
             return message_page(
@@ -191,6 +194,27 @@ pub(crate) async fn app_js() -> Response {
         )
             .into_response(),
     )
+}
+
+/// The hub's icon, for the browser tab (`/favicon.ico`, which browsers ask for on their own, and
+/// the pages' `<link rel="icon">`). Public: it says nothing about the hub.
+pub(crate) async fn favicon() -> Response {
+    secure_headers(([(header::CONTENT_TYPE, "image/svg+xml")], ICON_SVG).into_response())
+}
+
+/// `GET /` from a browser (it asks for `text/html`): to the portal, which asks it to sign in.
+/// Anything else at `/`, and every other unknown path, gets the API's answer.
+pub(crate) fn browser_home(
+    method: &Method,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    (*method == Method::GET && uri.path() == "/" && wants_html)
+        .then(|| secure_headers(Redirect::to("/portal").into_response()))
 }
 
 pub(crate) async fn app_css() -> Response {

@@ -22,7 +22,7 @@ use crate::error::ApiError;
 use crate::limiter::{limit_auth_failures, AuthFailureLimiter};
 use crate::portal::PortalState;
 use crate::state::{authenticate, ApiLimits, AppState};
-use crate::{audit, azure, certificates, devices, policies, portal_routes};
+use crate::{audit, azure, certificates, devices, overview, policies, portal_routes};
 
 /// The OpenAPI document of this API.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -64,6 +64,7 @@ fn registry_routes() -> Router<AppState> {
         .route("/messages", get(devices::read_messages))
         .route("/messages/stream", get(devices::stream_messages))
         .route("/connections", get(devices::connections))
+        .route("/overview", get(overview::overview))
         .route(
             "/twins/{id}",
             get(azure::get_twin)
@@ -142,14 +143,17 @@ fn portal_table() -> Router<AppState> {
     Router::new()
         .route("/portal-links", post(portal_routes::create_link))
         .route("/portal", get(portal_routes::page))
+        .route("/portal/overview", get(portal_routes::page))
         .route("/portal/certificates", get(portal_routes::page))
         .route("/portal/devices", get(portal_routes::page))
+        .route("/portal/device", get(portal_routes::page))
         .route("/portal/connections", get(portal_routes::page))
         .route("/portal/login", get(portal_routes::login))
         .route("/portal/logout", post(portal_routes::logout))
         .route("/portal/signed-out", get(portal_routes::signed_out))
         .route("/portal/static/app.js", get(portal_routes::app_js))
         .route("/portal/static/app.css", get(portal_routes::app_css))
+        .route("/favicon.ico", get(portal_routes::favicon))
 }
 
 /// Builds the router over `hub`; `portal` holds the portal's login links and sessions.
@@ -209,8 +213,12 @@ async fn method_not_allowed(
 async fn not_found(
     State(state): State<AppState>,
     headers: HeaderMap,
+    method: axum::http::Method,
     uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
+    if let Some(redirect) = portal_routes::browser_home(&method, &uri, &headers) {
+        return Ok(redirect);
+    }
     // Unknown paths are refused as unauthorized first, so the route table is not probeable.
     authenticate(&state, &headers)?;
     Err(ApiError::new(

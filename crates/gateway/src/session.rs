@@ -148,11 +148,11 @@ async fn accept_tls(
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            hub.refuse_connection("", peer, &format!("TLS handshake failed: {e}"));
+            hub.tls_handshake_failed(peer, &format!("TLS handshake failed: {e}"));
             return None;
         }
         Err(_) => {
-            hub.refuse_connection("", peer, "TLS handshake timed out");
+            hub.tls_handshake_failed(peer, "TLS handshake timed out");
             return None;
         }
     };

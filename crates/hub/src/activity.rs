@@ -68,6 +68,7 @@ impl ActivityBuffer {
             return;
         }
         if let Err(e) = store.update_device_activities(&batch) {
+            crate::error::STORE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(error = %e, devices = batch.len(), "device activity not written; kept for the next flush");
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             for (id, update) in batch {

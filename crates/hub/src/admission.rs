@@ -394,7 +394,7 @@ impl Hub {
         if let Err(reason) = self.check_connect_names(req) {
             return Some(Err(reason));
         }
-        let device = self.device_cache().get(&req.client_id)?;
+        let device = self.device_cache().lookup(&req.client_id)?;
         Some(self.judge_connect(req, &device))
     }
 

@@ -153,7 +153,7 @@ impl Hub {
                     device: device_id.to_string(),
                     limit,
                 },
-                other => HubError::Internal(other.to_string()),
+                other => HubError::from(other),
             })?;
         self.metrics().c2d_queued();
         self.wake_device(device_id);
@@ -178,7 +178,7 @@ impl Hub {
             return Err(HubError::DeviceNotFound(device_id.to_string()));
         }
         // Expire what is due before showing states.
-        self.store().pending_c2d(device_id, self.now())?;
+        self.expire_c2d(device_id)?;
         Ok(self
             .store()
             .list_c2d(device_id, limit.clamp(1, 1000))?
@@ -189,7 +189,15 @@ impl Hub {
 
     /// Messages waiting for a connected device (oldest first); the gateway publishes them.
     pub fn pending_c2d(&self, device_id: &str) -> Result<Vec<C2dRecord>, HubError> {
+        self.expire_c2d(device_id)?;
         Ok(self.store().pending_c2d(device_id, self.now())?)
+    }
+
+    /// Marks the device's messages that are past their expiry, and counts them.
+    fn expire_c2d(&self, device_id: &str) -> Result<(), HubError> {
+        let expired = self.store().expire_c2d(device_id, self.now())?;
+        self.metrics().c2d_expired(expired);
+        Ok(())
     }
 
     /// The device acknowledged a message.

@@ -105,7 +105,10 @@ impl Hub {
                 thumbprint: thumbprint.to_string(),
                 other,
             },
-            StoreError::Backend(msg) => HubError::Internal(msg),
+            StoreError::Backend(msg) => {
+                crate::error::STORE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                HubError::Internal(msg)
+            }
         }
     }
 

@@ -11,15 +11,19 @@
 //!   read that raced with a write can never put the old record back.
 //!
 //! Only successful lookups are kept (an unknown device reads the store each time), and at most
-//! `capacity` of them: when full it starts over, which costs store reads, never a wrong verdict.
-//! This is the one place that must change for a multi-node hub, where another node's write has
-//! to reach `forget` too.
+//! `capacity` of them (`--device-cache-entries`), so memory does not grow with the registry: when
+//! full, the entry to drop is chosen by the clock ("second chance") rule, an approximation of
+//! least-recently-used that needs no list reordering on a hit: each entry has a bit set when it is
+//! read; the hand passes over entries in insertion order, clearing set bits and dropping the first
+//! entry whose bit is clear. Dropping costs a store read later, never a wrong verdict. Another
+//! node's write reaches `forget` through the change feed (`changes.rs`).
 //!
-//! Owns: [`DeviceCache`] — the records and the generation, behind its own lock. Asks nothing of
-//! others; `devices` forgets, `admission` gets and remembers, the CONNECT ticket reads the
-//! generation.
+//! Owns: [`DeviceCache`] — the records, their clock, the generation and the hit/miss counts,
+//! behind its own lock. Asks nothing of others; `devices` and `changes` forget, `admission` gets
+//! and remembers, the CONNECT ticket reads the generation, `metrics` reads the counts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use iothub_store::{AuthType, DeviceRecord, DeviceStatus};
@@ -45,11 +49,40 @@ impl ConnectRecord {
     }
 }
 
+#[derive(Debug)]
+struct Entry {
+    record: Arc<ConnectRecord>,
+    /// Read since the clock hand last passed it.
+    referenced: bool,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     /// Bumped by every `forget`.
     generation: u64,
-    devices: HashMap<String, Arc<ConnectRecord>>,
+    devices: HashMap<String, Entry>,
+    /// The clock: device ids in insertion order, the hand at the front. May hold ids no longer
+    /// in `devices` (forgotten); they are skipped when the hand reaches them.
+    hand: VecDeque<String>,
+}
+
+impl Inner {
+    /// Drops one entry by the clock rule (see the module comment).
+    fn evict_one(&mut self) {
+        while let Some(id) = self.hand.pop_front() {
+            match self.devices.get_mut(&id) {
+                None => continue,
+                Some(entry) if entry.referenced => {
+                    entry.referenced = false;
+                    self.hand.push_back(id);
+                }
+                Some(_) => {
+                    self.devices.remove(&id);
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// See the module comment.
@@ -57,13 +90,15 @@ struct Inner {
 pub(crate) struct DeviceCache {
     capacity: usize,
     inner: Mutex<Inner>,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl DeviceCache {
     pub(crate) fn new(capacity: usize) -> DeviceCache {
         DeviceCache {
             capacity,
-            inner: Mutex::new(Inner::default()),
+            ..DeviceCache::default()
         }
     }
 
@@ -72,7 +107,26 @@ impl DeviceCache {
     }
 
     pub(crate) fn get(&self, device_id: &str) -> Option<Arc<ConnectRecord>> {
-        self.lock().devices.get(device_id).cloned()
+        let mut inner = self.lock();
+        let entry = inner.devices.get_mut(device_id)?;
+        entry.referenced = true;
+        Some(entry.record.clone())
+    }
+
+    /// [`DeviceCache::get`], counted as a hit or a miss: the lookup a CONNECT makes first.
+    pub(crate) fn lookup(&self, device_id: &str) -> Option<Arc<ConnectRecord>> {
+        let found = self.get(device_id);
+        match found {
+            Some(_) => self.hits.fetch_add(1, Relaxed),
+            None => self.misses.fetch_add(1, Relaxed),
+        };
+        found
+    }
+
+    /// (hits, misses, entries held): for `/metrics`.
+    pub(crate) fn stats(&self) -> (u64, u64, usize) {
+        let entries = self.lock().devices.len();
+        (self.hits.load(Relaxed), self.misses.load(Relaxed), entries)
     }
 
     /// Take this before reading a device from the store, and hand it to `remember`.
@@ -89,14 +143,18 @@ impl DeviceCache {
         }
         let mut inner = self.lock();
         if inner.generation == generation {
-            if inner.devices.len() >= self.capacity
-                && !inner.devices.contains_key(&record.device_id)
-            {
-                inner.devices.clear();
+            let present = inner.devices.contains_key(&record.device_id);
+            if !present {
+                if inner.devices.len() >= self.capacity {
+                    inner.evict_one();
+                }
+                inner.hand.push_back(record.device_id.clone());
             }
-            inner
-                .devices
-                .insert(record.device_id.clone(), entry.clone());
+            let kept = Entry {
+                record: entry.clone(),
+                referenced: false,
+            };
+            inner.devices.insert(record.device_id.clone(), kept);
         }
         entry
     }
@@ -106,6 +164,20 @@ impl DeviceCache {
         let mut inner = self.lock();
         inner.generation = inner.generation.wrapping_add(1);
         inner.devices.remove(device_id);
+        // Its id stays in the clock until the hand skips it; past twice the capacity the clock
+        // is rebuilt, so forgotten ids cannot pile up.
+        if inner.hand.len() > 2 * self.capacity.max(1) {
+            let Inner { devices, hand, .. } = &mut *inner;
+            hand.retain(|id| devices.contains_key(id));
+        }
+    }
+
+    /// Every device may have changed (another node's changes were missed): all forgotten.
+    pub(crate) fn forget_all(&self) {
+        let mut inner = self.lock();
+        inner.generation = inner.generation.wrapping_add(1);
+        inner.devices.clear();
+        inner.hand.clear();
     }
 
     #[cfg(test)]
@@ -181,22 +253,53 @@ mod tests {
         assert_eq!((none.auth.clone(), none.auth_type.as_str()), (None, "none"));
     }
 
-    #[test]
-    fn a_full_cache_starts_over_and_capacity_zero_keeps_nothing() {
-        let cache = DeviceCache::new(2);
-        for id in ["a", "b", "c"] {
-            let g = cache.generation();
-            cache.remember(g, &record(id, "enabled", "certificateAuthority"));
-        }
-        assert_eq!(cache.len(), 1);
-        assert!(cache.get("c").is_some());
-        // Re-remembering a present device never empties the cache.
+    fn keep(cache: &DeviceCache, id: &str) {
         let g = cache.generation();
-        cache.remember(g, &record("d", "enabled", "certificateAuthority"));
-        cache.remember(g, &record("d", "disabled", "certificateAuthority"));
-        assert_eq!(cache.len(), 2);
-        assert!(!cache.get("d").unwrap().enabled);
+        cache.remember(g, &record(id, "enabled", "certificateAuthority"));
+    }
 
+    #[test]
+    fn a_full_cache_drops_one_entry_giving_read_ones_a_second_chance() {
+        let cache = DeviceCache::new(3);
+        for id in ["a", "b", "c"] {
+            keep(&cache, id);
+        }
+        // "a" was read since it was kept: the hand spares it once and drops "b".
+        assert!(cache.get("a").is_some());
+        keep(&cache, "d");
+        assert_eq!(cache.len(), 3);
+        assert!(cache.get("b").is_none());
+        for id in ["a", "c", "d"] {
+            assert!(cache.get(id).is_some(), "{id}");
+        }
+        // Re-remembering a present device replaces it without dropping another.
+        let g = cache.generation();
+        cache.remember(g, &record("d", "disabled", "certificateAuthority"));
+        assert_eq!(cache.len(), 3);
+        assert!(!cache.get("d").unwrap().enabled);
+    }
+
+    #[test]
+    fn the_cap_holds_however_many_devices_pass_and_hits_are_counted() {
+        let cache = DeviceCache::new(100);
+        for i in 0..10_000 {
+            keep(&cache, &format!("dev-{i}"));
+            if i % 3 == 0 {
+                cache.forget(&format!("dev-{}", i / 2));
+            }
+            assert!(cache.len() <= 100);
+        }
+        assert!(
+            cache.lock().hand.len() <= 201,
+            "forgotten ids do not pile up"
+        );
+        assert!(cache.lookup("dev-9999").is_some());
+        assert!(cache.lookup("dev-0").is_none());
+        assert_eq!(cache.stats(), (1, 1, cache.len()));
+    }
+
+    #[test]
+    fn capacity_zero_keeps_nothing() {
         let off = DeviceCache::new(0);
         let g = off.generation();
         assert!(off.remember(g, &record("a", "enabled", "sas")).enabled);

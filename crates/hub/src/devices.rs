@@ -238,7 +238,7 @@ impl Hub {
                 current: encode_etag(current),
             },
             StoreError::LimitReached { limit } => HubError::DeviceLimitReached(limit),
-            other => HubError::Internal(other.to_string()),
+            other => HubError::from(other),
         }
     }
 
@@ -419,7 +419,7 @@ impl Hub {
             for (record, _) in &batch {
                 self.device_cache().forget(&record.device_id);
             }
-            let written = written.map_err(|e| HubError::Internal(e.to_string()))?;
+            let written = written.map_err(HubError::from)?;
             for ((record, _), (row, answer)) in batch.iter().zip(batch_rows.iter().zip(written)) {
                 let id = &record.device_id;
                 results[*row] = Some(match answer {

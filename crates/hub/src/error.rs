@@ -6,6 +6,7 @@ use iothub_pki::input::InputError;
 use iothub_pki::pop::{NameError, ProofError, UploadError};
 use iothub_pki::sas::SasError;
 use iothub_store::StoreError;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A stable error identity: numeric code (as Azure's `IH400053`), name, HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,8 +267,16 @@ impl From<SasError> for HubError {
     }
 }
 
+/// Store calls that failed for a storage reason, in this process (`iothub_store_errors_total`).
+/// Process-wide rather than per hub because the conversion below is where every service-layer
+/// store failure passes, and it has no hub at hand; a process serves one hub.
+pub(crate) static STORE_ERRORS: AtomicU64 = AtomicU64::new(0);
+
 impl From<StoreError> for HubError {
     fn from(e: StoreError) -> Self {
+        if matches!(e, StoreError::Backend(_)) {
+            STORE_ERRORS.fetch_add(1, Ordering::Relaxed);
+        }
         HubError::Internal(e.to_string())
     }
 }

@@ -30,14 +30,17 @@ pub mod audit;
 pub mod auth;
 pub mod c2d;
 pub mod certificates;
+pub mod changes;
 pub mod clock;
 mod device_cache;
 pub mod devices;
 pub mod error;
 pub mod methods;
 pub mod metrics;
+pub mod overview;
 pub mod peer_text;
 pub mod policies;
+mod presence;
 pub mod refusal_budget;
 pub mod sessions;
 pub mod telemetry;
@@ -60,12 +63,11 @@ use iothub_store::Store;
 /// The typed seams of a device record and a cloud-to-device message: spelled once in the store's
 /// record types (their text columns), re-exported so adapters render them with `as_str` without
 /// depending on the store.
-pub use iothub_store::{AuthType, C2dState, DeviceStatus};
+pub use iothub_store::{AuthType, C2dState, DeviceStatus, Subscriptions};
 pub use metrics::RefusalClass;
 pub use policies::PolicyView;
 pub use sessions::{
-    Admission, AuthMethod, ConnectRequest, ConnectTicket, RecentRefusal, SessionInfo,
-    SessionSignal, Subscriptions,
+    Admission, AuthMethod, ConnectRequest, ConnectTicket, RecentRefusal, SessionInfo, SessionSignal,
 };
 pub use telemetry::{DeviceMessage, MessageView};
 
@@ -96,6 +98,18 @@ pub struct HubConfig {
     pub c2d_max_bytes: usize,
     /// How long device-to-cloud messages are kept, in seconds.
     pub telemetry_retention_secs: i64,
+    /// How long the change feed keeps a change for the other nodes (`changes.rs`): a node away
+    /// for longer refreshes everything it keeps when it returns.
+    pub change_retention_secs: i64,
+    /// This node's name among the nodes sharing the store.
+    pub node_id: String,
+    /// Partitions of the telemetry log (fixed when the hub is created; `serve` reads the
+    /// hub's from the store).
+    pub partitions: u32,
+    /// Other nodes share the store: record presence, route direct methods through the store.
+    pub cluster: bool,
+    /// A node whose last heartbeat is older than this is dead (`presence.rs`).
+    pub node_timeout_ms: i64,
     /// How many recent connection refusals are kept in memory.
     pub refusals_kept: usize,
     /// Refused device connections per remote address per minute before that address's
@@ -128,6 +142,11 @@ impl Default for HubConfig {
             c2d_max_ttl_secs: 48 * 3600,
             c2d_max_bytes: 64 * 1024,
             telemetry_retention_secs: 7 * 24 * 3600,
+            change_retention_secs: 3600,
+            node_id: iothub_store::LOCAL_NODE.to_string(),
+            partitions: 4,
+            cluster: false,
+            node_timeout_ms: 3000,
             refusals_kept: 1000,
             mqtt_refusal_limit: DEFAULT_MQTT_REFUSAL_LIMIT,
             hub_name: "iothub".into(),
@@ -171,6 +190,10 @@ pub struct Hub {
     activity: Arc<activity::ActivityBuffer>,
     /// `metrics.rs`: the counters `/metrics` shows (atomics only).
     metrics: Arc<metrics::Metrics>,
+    /// `changes.rs`: how far this node has applied the other nodes' changes.
+    follower: Arc<changes::Follower>,
+    /// `presence.rs`: this node's sessions as the other nodes must learn of them.
+    presence: Arc<presence::Presence>,
 }
 
 impl Hub {
@@ -180,12 +203,20 @@ impl Hub {
         config: HubConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Hub, HubError> {
+        // Read before anything is loaded: a change made while loading is applied again, never
+        // missed.
+        let follower = changes::Follower::new(store.last_change()?);
         let policies = policies::Policies::new(store.list_policies()?);
-        let telemetry = telemetry::Telemetry::start(store.clone())?;
+        let metrics = Arc::<metrics::Metrics>::default();
+        let telemetry = telemetry::Telemetry::start(store.clone(), metrics.clone())?;
         let activity = activity::ActivityBuffer::start(store.clone())?;
         let trust = trust::Trust::new(config.chain_cache_entries, config.max_chain_len);
         let device_cache = device_cache::DeviceCache::new(config.device_cache_entries);
-        let sessions = sessions::Sessions::new(config.refusals_kept, config.mqtt_refusal_limit);
+        let sessions = sessions::Sessions::new(
+            config.refusals_kept,
+            config.mqtt_refusal_limit,
+            store.list_persistent_sessions()?,
+        );
         let hub = Hub {
             store,
             config: Arc::new(config),
@@ -197,7 +228,9 @@ impl Hub {
             telemetry: Arc::new(telemetry),
             methods: Arc::new(methods::PendingCalls::default()),
             activity,
-            metrics: Arc::default(),
+            metrics,
+            follower: Arc::new(follower),
+            presence: Arc::default(),
         };
         hub.rebuild_trust()?;
         Ok(hub)
@@ -248,6 +281,14 @@ impl Hub {
 
     pub(crate) fn metrics(&self) -> &metrics::Metrics {
         &self.metrics
+    }
+
+    pub(crate) fn follower(&self) -> &changes::Follower {
+        &self.follower
+    }
+
+    pub(crate) fn presence(&self) -> &presence::Presence {
+        &self.presence
     }
 }
 

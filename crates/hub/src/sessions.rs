@@ -25,7 +25,7 @@ use std::time::Instant;
 use iothub_pki::device_id::validate_device_id;
 use iothub_pki::trust_index::NameKey;
 use iothub_pki::CertInfo;
-use iothub_store::{AuthType, DeviceActivity, DeviceStatus};
+use iothub_store::{AuthType, DeviceActivity, DeviceStatus, Store, StoreError, Subscriptions};
 use tokio::sync::mpsc;
 
 use crate::auth::{Principal, Right};
@@ -91,18 +91,6 @@ pub enum SessionSignal {
     },
 }
 
-/// What a device has subscribed to, kept across connections while it uses CleanSession=0
-/// (the Azure device SDK subscribes once and relies on the session to persist).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Subscriptions {
-    /// `devices/{id}/messages/devicebound/#`
-    pub c2d: bool,
-    /// `$iothub/twin/PATCH/properties/desired/#`
-    pub desired: bool,
-    /// `$iothub/methods/POST/#`
-    pub methods: bool,
-}
-
 /// An admitted device session, as the gateway holds it.
 #[derive(Debug)]
 pub struct Admission {
@@ -154,11 +142,17 @@ pub struct SessionInfo {
     pub remote: String,
     pub since: i64,
     pub auth: String,
+    /// The presented leaf certificate's notAfter (Unix seconds), for certificate sessions.
+    pub certificate_expiry: Option<i64>,
 }
 
 /// The sessions part of the hub (see the module comment).
 pub(crate) struct Sessions {
     table: Mutex<Table>,
+    /// Held while a device's persistent session is copied from `table` to the store, so that the
+    /// copies of concurrent changes reach the store in order and the last one written is the
+    /// current state.
+    persist: Mutex<()>,
     /// Refusals per device-listener address, and how often they are logged and recorded.
     budget: Mutex<RefusalBudget>,
     /// How many recent refusals are kept (`HubConfig::refusals_kept`).
@@ -170,7 +164,8 @@ pub(crate) struct Sessions {
 #[derive(Default)]
 struct Table {
     live: HashMap<String, SessionEntry>,
-    /// Subscriptions of devices using CleanSession=0, kept in memory between their connections.
+    /// Subscriptions of devices using CleanSession=0: loaded from the store at start, and
+    /// written through to it on every change (see [`Hub::persist_session`]).
     persistent: HashMap<String, Subscriptions>,
     refusals: VecDeque<RecentRefusal>,
 }
@@ -189,9 +184,18 @@ type Judged = (
 );
 
 impl Sessions {
-    pub(crate) fn new(refusals_kept: usize, mqtt_refusal_limit: u32) -> Sessions {
+    /// `persistent`: the persistent sessions the store holds.
+    pub(crate) fn new(
+        refusals_kept: usize,
+        mqtt_refusal_limit: u32,
+        persistent: Vec<(String, Subscriptions)>,
+    ) -> Sessions {
         Sessions {
-            table: Mutex::new(Table::default()),
+            table: Mutex::new(Table {
+                persistent: persistent.into_iter().collect(),
+                ..Table::default()
+            }),
+            persist: Mutex::new(()),
             budget: Mutex::new(RefusalBudget::new(mqtt_refusal_limit)),
             refusals_kept,
         }
@@ -214,43 +218,52 @@ impl Sessions {
         self.table().live.contains_key(device_id)
     }
 
+    /// The devices with a live session here.
+    pub(crate) fn live_device_ids(&self) -> Vec<String> {
+        self.table().live.keys().cloned().collect()
+    }
+
     /// Registers `entry` as `device_id`'s session under one lock: returns the persistent
-    /// subscriptions it resumes (none with CleanSession=1, which forgets them) and the session it
-    /// replaced, if any.
+    /// subscriptions it resumes (none with CleanSession=1, which forgets them), the session it
+    /// replaced, if any, and whether a persistent session was forgotten (the store must learn).
     fn register(
         &self,
         device_id: &str,
         mut entry: SessionEntry,
         clean_session: bool,
-    ) -> (Option<Subscriptions>, Option<SessionEntry>) {
+    ) -> (Option<Subscriptions>, Option<SessionEntry>, bool) {
         let mut table = self.table();
-        let resumed = if clean_session {
-            table.persistent.remove(device_id);
-            None
+        let (resumed, forgotten) = if clean_session {
+            (None, table.persistent.remove(device_id).is_some())
         } else {
-            table.persistent.get(device_id).copied()
+            (table.persistent.get(device_id).copied(), false)
         };
         entry.methods = resumed.is_some_and(|r| r.methods);
         let previous = table.live.insert(device_id.to_owned(), entry);
-        (resumed, previous)
+        (resumed, previous, forgotten)
     }
 
-    /// See [`Hub::remember_subscriptions`].
+    /// See [`Hub::remember_subscriptions`]. Returns whether the persistent session changed.
     fn remember_subscriptions(
         &self,
         device_id: &str,
         session_id: u64,
         subs: Subscriptions,
         persistent: bool,
-    ) {
+    ) -> bool {
         let mut table = self.table();
         match table.live.get_mut(device_id) {
             Some(e) if e.session_id == session_id => e.methods = subs.methods,
-            _ => return,
+            _ => return false,
         }
-        if persistent {
-            table.persistent.insert(device_id.to_string(), subs);
-        }
+        persistent && table.persistent.insert(device_id.to_string(), subs) != Some(subs)
+    }
+
+    /// Copies `device_id`'s persistent session, as it is now, to the store.
+    fn persist(&self, store: &dyn Store, device_id: &str) -> Result<(), StoreError> {
+        let _ordered = self.persist.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.table().persistent.get(device_id).copied();
+        store.write_persistent_session(device_id, current)
     }
 
     /// Forgets a deleted device's persistent session and any refusal reason held for it.
@@ -300,18 +313,34 @@ impl Sessions {
     /// Live sessions (by device id) and recent refusals (newest first).
     fn listing(&self) -> (Vec<SessionInfo>, Vec<RecentRefusal>) {
         let table = self.table();
-        let mut live: Vec<SessionInfo> = table
+        let mut live: Vec<(SessionInfo, SharedChain)> = table
             .live
             .iter()
-            .map(|(id, e)| SessionInfo {
-                device_id: id.clone(),
-                remote: e.remote.clone(),
-                since: e.since,
-                auth: e.method.to_string(),
+            .map(|(id, e)| {
+                let info = SessionInfo {
+                    device_id: id.clone(),
+                    remote: e.remote.clone(),
+                    since: e.since,
+                    auth: e.method.to_string(),
+                    certificate_expiry: None,
+                };
+                (info, e.chain.clone())
             })
             .collect();
-        live.sort_by(|a, b| a.device_id.cmp(&b.device_id));
         let refusals = table.refusals.iter().rev().cloned().collect();
+        // The leaves are parsed out of the lock: CONNECTs must not wait for a listing.
+        drop(table);
+        live.sort_by(|a, b| a.0.device_id.cmp(&b.0.device_id));
+        let live = live
+            .into_iter()
+            .map(|(mut info, chain)| {
+                info.certificate_expiry = chain
+                    .first()
+                    .and_then(|leaf| CertInfo::from_der(leaf).ok())
+                    .map(|leaf| leaf.not_after);
+                info
+            })
+            .collect();
         (live, refusals)
     }
 
@@ -334,7 +363,7 @@ impl Sessions {
     }
 
     /// Sends `signal` to `device_id`'s live session if it is still session `session_id`.
-    fn signal_session(&self, device_id: &str, session_id: u64, signal: SessionSignal) {
+    pub(crate) fn signal_session(&self, device_id: &str, session_id: u64, signal: SessionSignal) {
         if let Some(e) = self
             .table()
             .live
@@ -400,9 +429,18 @@ impl Hub {
             tx,
             methods: false,
         };
-        let (resumed, previous) = self
-            .sessions()
-            .register(&req.client_id, entry, clean_session);
+        let (resumed, previous, forgotten) =
+            self.sessions()
+                .register(&req.client_id, entry, clean_session);
+        if self.config().cluster {
+            self.presence()
+                .connected(&self.config().node_id, &req.client_id, session_id);
+        }
+        if forgotten {
+            // Rare (a device moving to CleanSession=1), so the store write stays off this path.
+            let (hub, id) = (self.clone(), req.client_id.clone());
+            tokio::task::spawn_blocking(move || hub.persist_session(&id));
+        }
         if let Some(old) = previous {
             let _ = old.tx.send(SessionSignal::Close(format!(
                 "a new connection of device '{}' from {} replaced this one",
@@ -440,13 +478,31 @@ impl Hub {
         subs: Subscriptions,
         persistent: bool,
     ) {
-        self.sessions()
-            .remember_subscriptions(device_id, session_id, subs, persistent);
+        if self
+            .sessions()
+            .remember_subscriptions(device_id, session_id, subs, persistent)
+        {
+            self.persist_session(device_id);
+        }
+    }
+
+    /// Writes a device's persistent session through to the store (it reads the store, so on a
+    /// blocking thread). A failed write is logged: the session still works on this run, and the
+    /// next change writes the whole state again.
+    fn persist_session(&self, device_id: &str) {
+        if let Err(e) = self.sessions().persist(self.store().as_ref(), device_id) {
+            self.metrics().store_error();
+            tracing::warn!(device = %escaped(device_id), error = %e, "could not record the persistent session");
+        }
     }
 
     /// Removes a session (if it is still the registered one for its device).
     pub fn close_session(&self, device_id: &str, session_id: u64, reason: &str) {
         self.sessions().remove(device_id, session_id);
+        if self.config().cluster {
+            self.presence()
+                .disconnected(&self.config().node_id, device_id, session_id);
+        }
         self.record_activity(
             device_id,
             DeviceActivity {
@@ -489,6 +545,12 @@ impl Hub {
             let limit = self.config().mqtt_refusal_limit;
             tracing::warn!(remote = %ip, limit, "{limit} refused device connections from {ip} within a minute (--mqtt-refusal-limit): connections from {ip} are dropped unjudged until the minute ends");
         }
+    }
+
+    /// A device's TLS handshake failed or timed out: counted, then refused as any connection.
+    pub fn tls_handshake_failed(&self, peer: SocketAddr, reason: &str) {
+        self.metrics().tls_handshake_failed();
+        self.refuse_connection("", peer, reason);
     }
 
     /// Logs what the refusal budget has to say (a minute over the limit ended, refusals not

@@ -5,36 +5,46 @@
 //!
 //! Owns: `Telemetry` — the handle to the writer thread and the watch of the last committed
 //! offset (the writer moves it after each commit). Asks of others: the store (`append_messages`
-//! on the writer thread; reads and retention through the hub's store), the clock and
+//! on the writer thread; reads and retention through the hub's store), the metrics (commit
+//! latency, failed commits), the clock and
 //! `telemetry_retention_secs` for pruning, and `authorize` for reads.
 
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::Instant;
 
 use iothub_store::{NewMessage, Store, StoredMessage};
 use tokio::sync::{oneshot, watch};
 
 use crate::auth::{Principal, Right};
+use crate::metrics::Metrics;
 use crate::{Hub, HubError};
 
 /// At most this many messages go into one commit.
 const MAX_BATCH: usize = 512;
 
 type Reply = oneshot::Sender<Result<i64, HubError>>;
+/// A message handed to the writer thread: the row, when it was handed over, and who waits.
+type Queued = (NewMessage, Instant, Reply);
 
 /// The telemetry part of the hub (see the module comment).
 pub(crate) struct Telemetry {
     /// The handle to the writer thread.
-    tx: std::sync::Mutex<std_mpsc::Sender<(NewMessage, Reply)>>,
+    tx: std::sync::Mutex<std_mpsc::Sender<Queued>>,
     /// The last committed offset; followers wait on it.
     last_offset: watch::Sender<i64>,
 }
 
 impl Telemetry {
     /// Starts the writer thread, its watch starting at the store's last offset.
-    pub(crate) fn start(store: std::sync::Arc<dyn Store>) -> Result<Telemetry, HubError> {
+    /// `metrics`: where each message's commit latency and the failed commits are counted.
+    pub(crate) fn start(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Telemetry, HubError> {
         let (last_offset, _) = watch::channel(store.last_message_offset()?);
         let last = last_offset.clone();
-        let (tx, rx) = std_mpsc::channel::<(NewMessage, Reply)>();
+        let (tx, rx) = std_mpsc::channel::<Queued>();
         std::thread::Builder::new()
             .name("telemetry-writer".into())
             .spawn(move || {
@@ -46,19 +56,26 @@ impl Telemetry {
                             Err(_) => break,
                         }
                     }
-                    let (messages, replies): (Vec<NewMessage>, Vec<Reply>) =
-                        batch.into_iter().unzip();
+                    let mut messages = Vec::with_capacity(batch.len());
+                    let mut waiting = Vec::with_capacity(batch.len());
+                    for (message, queued_at, reply) in batch {
+                        messages.push(message);
+                        waiting.push((queued_at, reply));
+                    }
                     match store.append_messages(&messages) {
                         Ok(offsets) => {
                             if let Some(max) = offsets.iter().max() {
                                 last.send_replace(*max);
                             }
-                            for (reply, offset) in replies.into_iter().zip(offsets) {
+                            for ((queued_at, reply), offset) in waiting.into_iter().zip(offsets) {
+                                metrics.telemetry_commit.observe(queued_at.elapsed());
                                 let _ = reply.send(Ok(offset));
                             }
                         }
                         Err(e) => {
+                            metrics.store_error();
                             tracing::error!(error = %e, "telemetry commit failed");
+                            let replies = waiting.into_iter().map(|(_, reply)| reply);
                             for reply in replies {
                                 let _ = reply.send(Err(HubError::Internal(format!(
                                     "the message was not stored: {e}"
@@ -80,10 +97,20 @@ impl Telemetry {
     /// Queues a message for the writer thread; false when the thread is gone.
     fn send(&self, message: NewMessage, reply: Reply) -> bool {
         match self.tx.lock() {
-            Ok(tx) => tx.send((message, reply)).is_ok(),
+            Ok(tx) => tx.send((message, Instant::now(), reply)).is_ok(),
             Err(_) => false,
         }
     }
+}
+
+/// The partition of the telemetry log that `device_id`'s messages go to, of `partitions`: FNV-1a
+/// of the id's bytes, so that every node (and every later version) puts a device's messages in
+/// the same partition, which keeps them in order for readers.
+pub fn partition_of(device_id: &str, partitions: u32) -> u32 {
+    let hash = device_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % u64::from(partitions.max(1))) as u32
 }
 
 /// A device-to-cloud message as readers see it: its property bags parsed from the stored JSON
@@ -92,6 +119,10 @@ impl Telemetry {
 pub struct MessageView {
     /// Monotonic, starting at 1, never reused.
     pub offset: i64,
+    /// The partition of the log it is in (its device's).
+    pub partition: u32,
+    /// Its number within its partition: 1, 2, 3... without gaps.
+    pub sequence: i64,
     pub device_id: String,
     pub module_id: Option<String>,
     /// Unix seconds.
@@ -108,6 +139,8 @@ impl MessageView {
         let m = stored.message;
         MessageView {
             offset: stored.offset,
+            partition: m.partition,
+            sequence: stored.sequence,
             system_properties: serde_json::from_str(&m.system_properties).unwrap_or_default(),
             properties: serde_json::from_str(&m.properties).unwrap_or_default(),
             device_id: m.device_id,
@@ -119,8 +152,13 @@ impl MessageView {
 }
 
 impl Hub {
-    /// Queues a message for the durable write; the receiver yields its offset once committed.
-    pub fn store_telemetry(&self, message: NewMessage) -> oneshot::Receiver<Result<i64, HubError>> {
+    /// Queues a message for the durable write, into the partition its device hashes to; the
+    /// receiver yields its offset once committed.
+    pub fn store_telemetry(
+        &self,
+        mut message: NewMessage,
+    ) -> oneshot::Receiver<Result<i64, HubError>> {
+        message.partition = partition_of(&message.device_id, self.config().partitions);
         let (reply, rx) = oneshot::channel();
         if !self.telemetry().send(message, reply) {
             let (reply, rx) = oneshot::channel();
@@ -209,6 +247,8 @@ impl DeviceMessage<'_> {
             custom.insert("iothub-MessageType".into(), "Will".into());
         }
         NewMessage {
+            // Set by `Hub::store_telemetry`, which knows the hub's partition count.
+            partition: 0,
             device_id: self.device_id.to_string(),
             module_id: None,
             enqueued,
@@ -234,6 +274,32 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A device's partition must never move between versions or nodes: pinned values. FNV-1a of
+    /// no bytes is its offset basis, 0xcbf29ce484222325, which leaves 1 mod 4 and 5 mod 32.
+    #[test]
+    fn a_device_partition_is_fixed_by_its_id() {
+        for (id, of_4, of_32) in [
+            ("", 1, 5),
+            ("sensor-1", 1, 9),
+            ("sensor-2", 0, 16),
+            ("pump", 3, 11),
+            ("valve-17", 0, 8),
+        ] {
+            assert_eq!(partition_of(id, 4), of_4, "{id}");
+            assert_eq!(partition_of(id, 32), of_32, "{id}");
+        }
+        assert_eq!(partition_of("anything", 1), 0);
+        // Spread: 4,000 ids over 4 partitions, none far from a quarter.
+        let mut counts = [0; 4];
+        for i in 0..4000 {
+            counts[partition_of(&format!("device-{i}"), 4) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&n| (800..1200).contains(&n)),
+            "{counts:?}"
+        );
+    }
 
     fn pairs(p: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
         p.iter()

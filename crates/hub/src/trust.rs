@@ -291,9 +291,10 @@ impl Hub {
     /// this returns at once: the snapshot holds the caller's change, and that rebuild re-checks
     /// the sessions.
     pub fn rebuild_trust(&self) -> Result<(), HubError> {
+        let started = std::time::Instant::now();
         let changed = self.trust_set().rebuild(self.store().as_ref())?;
-        self.metrics().trust_rebuilt();
         self.revalidate_sessions_naming(&changed);
+        self.metrics().trust_rebuilt(started.elapsed());
         Ok(())
     }
 

@@ -13,6 +13,7 @@ use iothub_pki::device_id::validate_device_id;
 use iothub_store::{StoreError, TwinRecord};
 
 use crate::auth::{encode_etag, IfMatch, Principal, Right};
+use crate::metrics::TwinSide;
 use crate::sessions::SessionSignal;
 use crate::{Hub, HubError};
 
@@ -185,7 +186,7 @@ impl Hub {
                 given: given.map(IfMatch::shown).unwrap_or_default(),
                 current: encode_etag(current),
             },
-            other => HubError::Internal(other.to_string()),
+            other => HubError::from(other),
         }
     }
 
@@ -293,13 +294,16 @@ impl Hub {
             twin.desired_metadata = Value::Object(meta).to_string();
             twin.desired = Value::Object(desired.clone()).to_string();
         }
+        // The device receives what changed (a replace sends the whole new desired document),
+        // from this node or, through the change feed, from the node that holds its session.
+        let notice =
+            desired_changed.then(|| desired_notice(replace, desired, patch, twin.desired_version));
         let stored = self
             .store()
-            .write_twin(&twin, expected)
+            .write_twin(&twin, expected, notice.as_deref())
             .map_err(|e| Self::twin_store_error(id, e, if_match))?;
-        if desired_changed {
-            // The device receives what changed (a replace sends the whole new desired document).
-            let notice = desired_notice(replace, desired, patch, stored.desired_version);
+        self.metrics().twin_updated(TwinSide::Desired);
+        if let Some(notice) = notice {
             self.signal_device(id, SessionSignal::DesiredPatch(notice));
         }
         self.twin_json(&stored)
@@ -347,8 +351,11 @@ impl Hub {
                 twin.reported_metadata = Value::Object(meta).to_string();
                 twin.reported = Value::Object(reported).to_string();
             }
-            match self.store().write_twin(&twin, Some(current.etag)) {
-                Ok(stored) => return Ok(stored.reported_version),
+            match self.store().write_twin(&twin, Some(current.etag), None) {
+                Ok(stored) => {
+                    self.metrics().twin_updated(TwinSide::Reported);
+                    return Ok(stored.reported_version);
+                }
                 Err(StoreError::EtagMismatch { .. }) => continue,
                 Err(e) => return Err(Self::twin_store_error(id, e, None)),
             }

@@ -87,6 +87,9 @@ impl Store for GatedStore {
     ) -> Result<Option<PolicyRecord>, StoreError> {
         self.inner.change_policy(c, a)
     }
+    fn count_devices(&self) -> Result<(u64, u64), StoreError> {
+        self.inner.count_devices()
+    }
     fn get_device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
         let read = self.inner.get_device(id);
         let held = {
@@ -144,6 +147,12 @@ impl Store for GatedStore {
     ) -> Result<Vec<StoredMessage>, StoreError> {
         self.inner.read_messages(from, id, l)
     }
+    fn read_partition(&self, p: u32, from: i64, l: u32) -> Result<Vec<StoredMessage>, StoreError> {
+        self.inner.read_partition(p, from, l)
+    }
+    fn partition_ends(&self) -> Result<Vec<(u32, i64)>, StoreError> {
+        self.inner.partition_ends()
+    }
     fn last_message_offset(&self) -> Result<i64, StoreError> {
         self.inner.last_message_offset()
     }
@@ -159,6 +168,9 @@ impl Store for GatedStore {
     fn pending_c2d(&self, id: &str, now: i64) -> Result<Vec<C2dRecord>, StoreError> {
         self.inner.pending_c2d(id, now)
     }
+    fn expire_c2d(&self, id: &str, now: i64) -> Result<u64, StoreError> {
+        self.inner.expire_c2d(id, now)
+    }
     fn count_pending_c2d(&self, id: &str, now: i64) -> Result<u64, StoreError> {
         self.inner.count_pending_c2d(id, now)
     }
@@ -171,8 +183,62 @@ impl Store for GatedStore {
     fn get_twin(&self, id: &str) -> Result<TwinRecord, StoreError> {
         self.inner.get_twin(id)
     }
-    fn write_twin(&self, t: &TwinRecord, expected: Option<u64>) -> Result<TwinRecord, StoreError> {
-        self.inner.write_twin(t, expected)
+    fn write_twin(
+        &self,
+        t: &TwinRecord,
+        expected: Option<u64>,
+        patch: Option<&str>,
+    ) -> Result<TwinRecord, StoreError> {
+        self.inner.write_twin(t, expected, patch)
+    }
+    fn record_presence(&self, updates: &[PresenceUpdate]) -> Result<(), StoreError> {
+        self.inner.record_presence(updates)
+    }
+    fn get_presence(&self, id: &str) -> Result<Option<Presence>, StoreError> {
+        self.inner.get_presence(id)
+    }
+    fn heartbeat(&self, node: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.inner.heartbeat(node, now_ms)
+    }
+    fn put_method_call(&self, call: &MethodCallRecord) -> Result<i64, StoreError> {
+        self.inner.put_method_call(call)
+    }
+    fn get_method_call(&self, id: i64) -> Result<Option<MethodCallRecord>, StoreError> {
+        self.inner.get_method_call(id)
+    }
+    fn answer_method_call(&self, id: i64, status: i32, payload: &[u8]) -> Result<(), StoreError> {
+        self.inner.answer_method_call(id, status, payload)
+    }
+    fn get_method_answer(&self, id: i64) -> Result<Option<(i32, Vec<u8>)>, StoreError> {
+        self.inner.get_method_answer(id)
+    }
+    fn prune_method_calls(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.inner.prune_method_calls(before_ms)
+    }
+    fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get_setting(name)
+    }
+    fn insert_settings_if_absent(&self, settings: &[(&str, &[u8])]) -> Result<bool, StoreError> {
+        self.inner.insert_settings_if_absent(settings)
+    }
+    fn changes_since(&self, since: u64, limit: u32) -> Result<ChangeFeed, StoreError> {
+        self.inner.changes_since(since, limit)
+    }
+    fn last_change(&self) -> Result<u64, StoreError> {
+        self.inner.last_change()
+    }
+    fn prune_changes(&self, before: i64) -> Result<u64, StoreError> {
+        self.inner.prune_changes(before)
+    }
+    fn list_persistent_sessions(&self) -> Result<Vec<(String, Subscriptions)>, StoreError> {
+        self.inner.list_persistent_sessions()
+    }
+    fn write_persistent_session(
+        &self,
+        id: &str,
+        subscriptions: Option<Subscriptions>,
+    ) -> Result<(), StoreError> {
+        self.inner.write_persistent_session(id, subscriptions)
     }
 }
 

@@ -112,6 +112,26 @@ pub struct ServeArgs {
     /// Log lines on stderr: `text`, or `json` (one object per line) [default: text].
     #[arg(long, env = "IOTHUB_LOG_FORMAT", value_name = "text|json")]
     pub log_format: Option<String>,
+    /// Where the hub keeps its state: `sqlite` (DATA/iothub.db), or a PostgreSQL URL shared by
+    /// the nodes of a cluster, e.g. postgres://iothub@db:5432/iothub (a password is better in
+    /// PGPASSWORD than in the URL) [default: sqlite].
+    #[arg(long, env = "IOTHUB_STORE", value_name = "sqlite|postgres://...")]
+    pub store: Option<String>,
+    /// This node's name among the nodes sharing a store: 1 to 64 letters, digits, '-', '.'
+    /// or '_' [default: the system host name].
+    #[arg(long, env = "IOTHUB_NODE_ID", value_name = "NAME")]
+    pub node_id: Option<String>,
+    /// The server certificate (PEM, leaf first, then intermediates) to present on HTTPS and
+    /// MQTT instead of one from the hub's own CA, e.g. for a load balancer's name; with --tls-key.
+    #[arg(long, env = "IOTHUB_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "IOTHUB_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// Partitions of the telemetry log, 1 to 32: a device's messages always go to the one its
+    /// id hashes to. Fixed when the hub is created; later starts may only repeat it [default: 4].
+    #[arg(long, env = "IOTHUB_PARTITIONS")]
+    pub partitions: Option<u32>,
 }
 
 /// The TOML file: the same settings, all optional; unknown keys are an error.
@@ -146,6 +166,101 @@ struct FileConfig {
     device_cache_entries: Option<usize>,
     metrics: Option<String>,
     log_format: Option<String>,
+    store: Option<String>,
+    node_id: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    partitions: Option<u32>,
+}
+
+/// Where the hub keeps its state.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// SQLite in the data directory (`iothub.db`): one node.
+    Sqlite,
+    /// A PostgreSQL database, which several nodes may share (the URL as given).
+    Postgres(String),
+}
+
+/// Never prints a URL's password.
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Sqlite => f.write_str("Sqlite"),
+            StoreLocation::Postgres(url) => write!(f, "Postgres({})", without_password(url)),
+        }
+    }
+}
+
+/// `url` with any password (in the user part, or a `password=` parameter) replaced by `***`,
+/// for messages and logs.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{user}:***@{host}")
+        }
+        _ => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => p.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// `--store`: `sqlite`, or a `postgres://` / `postgresql://` URL.
+fn store_location(text: Option<&str>) -> Result<StoreLocation> {
+    match text.map(str::trim) {
+        None | Some("sqlite") => Ok(StoreLocation::Sqlite),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(StoreLocation::Postgres(url.to_string()))
+        }
+        Some(other) => bail!(
+            "--store is '{}'; expected sqlite or a PostgreSQL URL (postgres://user@host:5432/db)",
+            without_password(other)
+        ),
+    }
+}
+
+/// `--node-id`, or the system host name (or `node` without one); the name goes into the store's
+/// records of which node did what, so it is checked like a CA name.
+fn node_id(text: Option<&str>) -> Result<String> {
+    let name = match text {
+        Some(t) => t.trim().to_string(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| iothub_pki::pop::validate_ca_name(h).is_ok())
+            .unwrap_or_else(|| "node".into()),
+    };
+    if iothub_pki::pop::validate_ca_name(&name).is_err() {
+        bail!("--node-id '{name}' is invalid: expected 1 to 64 letters, digits, '-', '.' or '_'");
+    }
+    Ok(name)
+}
+
+/// `--tls-cert` and `--tls-key`: both or neither.
+fn tls_files(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<(PathBuf, PathBuf)>> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some((cert, key))),
+        (Some(_), None) => bail!("--tls-cert needs --tls-key (the certificate's private key)"),
+        (None, Some(_)) => bail!("--tls-key needs --tls-cert (the certificate it belongs to)"),
+    }
 }
 
 /// The resolved configuration of `serve`.
@@ -180,6 +295,12 @@ pub struct ServeConfig {
     /// Where /metrics, /healthz and /readyz listen; `None`: off.
     pub metrics: Option<SocketAddr>,
     pub log_format: LogFormat,
+    pub store: StoreLocation,
+    pub node_id: String,
+    /// The operator's own server certificate and key (`--tls-cert`, `--tls-key`).
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// `--partitions` as given (None: the hub's own, or 4 for a new hub).
+    pub partitions: Option<u32>,
 }
 
 /// How log lines are written on stderr.
@@ -347,6 +468,41 @@ fn hostnames(args: &ServeArgs, file: &FileConfig) -> Result<Vec<String>> {
     Ok(hostnames)
 }
 
+/// The settings that are durations, in seconds.
+struct Durations {
+    code_lifetime_secs: i64,
+    telemetry_retention_secs: i64,
+    handshake_timeout_secs: i64,
+    portal_link_lifetime_secs: i64,
+}
+
+impl Durations {
+    fn resolve(args: &ServeArgs, file: &FileConfig) -> Result<Durations> {
+        Ok(Durations {
+            code_lifetime_secs: CODE_LIFETIME
+                .resolve(args.code_lifetime.as_deref(), file.code_lifetime.as_ref())?,
+            telemetry_retention_secs: TELEMETRY_RETENTION.resolve(
+                args.telemetry_retention.as_deref(),
+                file.telemetry_retention.as_ref(),
+            )?,
+            handshake_timeout_secs: text_duration(
+                args.handshake_timeout.as_ref(),
+                file.handshake_timeout.as_ref(),
+                300,
+                10,
+                "--handshake-timeout",
+            )?,
+            portal_link_lifetime_secs: text_duration(
+                args.portal_link_lifetime.as_ref(),
+                file.portal_link_lifetime.as_ref(),
+                24 * 3600,
+                15 * 60,
+                "--portal-link-lifetime",
+            )?,
+        })
+    }
+}
+
 /// MQTT's keep-alive is a 16-bit number of seconds; 0 would mean "never time out".
 fn keep_alive(secs: u32) -> Result<u16> {
     match u16::try_from(secs) {
@@ -359,28 +515,14 @@ impl ServeConfig {
     /// Merges flags/environment, the TOML file and defaults, then checks every value.
     pub fn resolve(data_flag: Option<&Path>, args: &ServeArgs) -> Result<ServeConfig> {
         let file = FileConfig::read(args.config.as_deref())?;
-        let code_lifetime_secs =
-            CODE_LIFETIME.resolve(args.code_lifetime.as_deref(), file.code_lifetime.as_ref())?;
-        let telemetry_retention_secs = TELEMETRY_RETENTION.resolve(
-            args.telemetry_retention.as_deref(),
-            file.telemetry_retention.as_ref(),
-        )?;
+        let Durations {
+            code_lifetime_secs,
+            telemetry_retention_secs,
+            handshake_timeout_secs,
+            portal_link_lifetime_secs,
+        } = Durations::resolve(args, &file)?;
         let hostnames = hostnames(args, &file)?;
-        let handshake_timeout_secs = text_duration(
-            args.handshake_timeout.as_ref(),
-            file.handshake_timeout.as_ref(),
-            300,
-            10,
-            "--handshake-timeout",
-        )?;
         let max_keep_alive = keep_alive(pick(args.max_keep_alive, file.max_keep_alive, 1177))?;
-        let portal_link_lifetime_secs = text_duration(
-            args.portal_link_lifetime.as_ref(),
-            file.portal_link_lifetime.as_ref(),
-            24 * 3600,
-            15 * 60,
-            "--portal-link-lifetime",
-        )?;
         let https = pick(
             args.https,
             file.https,
@@ -388,6 +530,12 @@ impl ServeConfig {
         );
         let metrics = metrics_addr(args.metrics.as_deref().or(file.metrics.as_deref()), https)?;
         let log_format = log_format(args.log_format.as_deref().or(file.log_format.as_deref()))?;
+        let store = store_location(args.store.as_deref().or(file.store.as_deref()))?;
+        let node_id = node_id(args.node_id.as_deref().or(file.node_id.as_deref()))?;
+        let tls_files = tls_files(
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+        )?;
         let config = ServeConfig {
             // Listeners and the hub's identity.
             data: pick(
@@ -451,6 +599,11 @@ impl ServeConfig {
             // Watching it.
             metrics,
             log_format,
+            // Where the state is, and which node this is.
+            store,
+            node_id,
+            tls_files,
+            partitions: args.partitions.or(file.partitions),
         };
         config.check()?;
         Ok(config)
@@ -519,6 +672,11 @@ impl ServeConfig {
     }
 
     fn check_device_limits(&self) -> Result<()> {
+        if let Some(n) = self.partitions {
+            if !(1..=MAX_PARTITIONS).contains(&n) {
+                bail!("--partitions is {n}; expected 1 to {MAX_PARTITIONS}");
+            }
+        }
         if !(1..=32).contains(&self.max_chain_length) {
             bail!(
                 "--max-chain-length is {}; expected 1 to 32",
@@ -578,12 +736,36 @@ impl ServeConfig {
 /// limit protects nothing (use 0 to turn it off).
 const MAX_REFUSAL_LIMIT: u32 = 1_000_000;
 
+/// Most partitions of the telemetry log (Azure's largest hubs have 32).
+pub const MAX_PARTITIONS: u32 = 32;
+
 /// Most HTTPS or device connections that may be configured.
 const MAX_CONNECTIONS_LIMIT: usize = 10_000_000;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_url_is_shown_without_its_password() {
+        for (url, shown) in [
+            (
+                "postgres://iothub:s3cret@db:5432/iothub",
+                "postgres://iothub:***@db:5432/iothub",
+            ),
+            ("postgres://iothub@db/iothub", "postgres://iothub@db/iothub"),
+            ("postgresql://a:b:c@h", "postgresql://a:***@h"),
+            (
+                "postgres://db/x?sslmode=require&password=pw",
+                "postgres://db/x?sslmode=require&password=***",
+            ),
+            ("sqlite", "sqlite"),
+        ] {
+            assert_eq!(without_password(url), shown);
+        }
+        let location = store_location(Some("postgres://u:pw@h/d")).unwrap();
+        assert_eq!(format!("{location:?}"), "Postgres(postgres://u:***@h/d)");
+    }
 
     /// A configuration that must be accepted.
     fn resolved(args: ServeArgs) -> ServeConfig {

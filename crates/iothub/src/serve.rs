@@ -1,8 +1,9 @@
 //! `iothub serve`: open the store, make sure the hub has its TLS identity and owner credential,
 //! bind the HTTPS listener and serve until SIGINT/SIGTERM.
 //!
-//! First start creates, under the data directory: `iothub.db` (SQLite), `tls/ca.pem` + `tls/ca.key`
-//! (the hub's own local CA, which clients trust), `tls/server.pem` + `tls/server.key` (re-issued on
+//! First start creates, under the data directory: `iothub.db` (SQLite, unless `--store` names a
+//! PostgreSQL database), `tls/ca.pem` + `tls/ca.key` (the hub's own local CA, which clients trust;
+//! kept in the store, so that every node sharing it uses the one CA), `tls/server.pem` + `tls/server.key` (re-issued on
 //! every start so that its SANs follow the configuration), and `connection-string` (the owner
 //! connection string, mode 0600, rewritten on every start with the current host and port). The
 //! names are `iothub_client::layout`'s, which the CLI reads too.
@@ -14,12 +15,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use iothub_hub::{Hub, HubConfig, SystemClock};
 use iothub_pki::gen::{self, CaIssuer, KeyKind};
-use iothub_store::SqliteStore;
+use iothub_store::{PostgresStore, SqliteStore, Store};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::{Duration, OffsetDateTime};
 
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, StoreLocation};
 use crate::files::{create_private_dir, write_atomic};
 use iothub_client::layout;
 
@@ -53,41 +54,81 @@ pub fn hub_names(config: &ServeConfig) -> Vec<String> {
     names
 }
 
-/// Loads the hub's local CA from the data directory, creating it on first start.
-fn load_or_create_tls_ca(data: &Path) -> Result<CaIssuer> {
-    let cert_path = data.join(layout::HUB_CA);
-    let key_path = data.join(layout::HUB_CA_KEY);
-    if !cert_path.exists() || !key_path.exists() {
-        let now = OffsetDateTime::now_utc();
-        let ca = gen::make_ca(
-            "iothub local TLS CA",
-            KeyKind::EcP256,
-            None,
-            now - Duration::hours(1),
-            now + Duration::days(3650),
-        )?;
-        write_atomic(&key_path, ca.key_pem.as_bytes(), 0o600)?;
-        write_atomic(&cert_path, ca.cert_pem.as_bytes(), 0o644)?;
+/// The names under which the store keeps the hub's TLS CA, so that every node of a cluster
+/// issues its server certificate from the one CA its clients trust.
+const TLS_CA_CERT_SETTING: &str = "tls.ca.pem";
+const TLS_CA_KEY_SETTING: &str = "tls.ca.key";
+
+/// The hub's TLS CA: the store's; on the first start of a hub, this data directory's (a hub from
+/// before the store kept it) or a new one, put into the store unless another node was first.
+/// Written to the data directory either way, for the CLI and for clients to trust.
+fn hub_tls_ca(store: &dyn Store, data: &Path) -> Result<CaIssuer> {
+    let stored = |name: &str| -> Result<Option<String>> {
+        store
+            .get_setting(name)?
+            .map(|v| String::from_utf8(v).context("the stored hub TLS CA is not text"))
+            .transpose()
+    };
+    if stored(TLS_CA_CERT_SETTING)?.is_none() || stored(TLS_CA_KEY_SETTING)?.is_none() {
+        let (cert, key) = local_or_new_tls_ca(data)?;
+        store.insert_settings_if_absent(&[
+            (TLS_CA_CERT_SETTING, cert.as_bytes()),
+            (TLS_CA_KEY_SETTING, key.as_bytes()),
+        ])?;
     }
-    let cert = std::fs::read_to_string(&cert_path)
-        .with_context(|| format!("cannot read {}", cert_path.display()))?;
-    let key = std::fs::read_to_string(&key_path)
-        .with_context(|| format!("cannot read {}", key_path.display()))?;
-    CaIssuer::from_pem(&cert, &key).with_context(|| {
-        let tls_dir = data.join(layout::TLS_DIR);
-        format!("the hub TLS CA in {} is unusable", tls_dir.display())
-    })
+    let (Some(cert), Some(key)) = (stored(TLS_CA_CERT_SETTING)?, stored(TLS_CA_KEY_SETTING)?)
+    else {
+        anyhow::bail!("the store holds only half of the hub TLS CA (certificate or key missing)");
+    };
+    write_atomic(&data.join(layout::HUB_CA_KEY), key.as_bytes(), 0o600)?;
+    write_atomic(&data.join(layout::HUB_CA), cert.as_bytes(), 0o644)?;
+    CaIssuer::from_pem(&cert, &key).context("the hub TLS CA in the store is unusable")
 }
 
-/// The hub's TLS identity: a server certificate for `names` (re-issued at every start, so that
-/// its SANs follow the configuration) and its key.
+/// The CA in the data directory's `tls/`, or a new one: (certificate PEM, key PEM).
+fn local_or_new_tls_ca(data: &Path) -> Result<(String, String)> {
+    let cert_path = data.join(layout::HUB_CA);
+    let key_path = data.join(layout::HUB_CA_KEY);
+    if cert_path.exists() && key_path.exists() {
+        let cert = std::fs::read_to_string(&cert_path)
+            .with_context(|| format!("cannot read {}", cert_path.display()))?;
+        let key = std::fs::read_to_string(&key_path)
+            .with_context(|| format!("cannot read {}", key_path.display()))?;
+        CaIssuer::from_pem(&cert, &key).with_context(|| {
+            let tls_dir = data.join(layout::TLS_DIR);
+            format!("the hub TLS CA in {} is unusable", tls_dir.display())
+        })?;
+        return Ok((cert, key));
+    }
+    let now = OffsetDateTime::now_utc();
+    let ca = gen::make_ca(
+        "iothub local TLS CA",
+        KeyKind::EcP256,
+        None,
+        now - Duration::hours(1),
+        now + Duration::days(3650),
+    )?;
+    Ok((ca.cert_pem, ca.key_pem))
+}
+
+/// The hub's TLS identity: the operator's certificate (`--tls-cert`), or a server certificate
+/// for `names` from the hub's CA (re-issued at every start, so that its SANs follow the
+/// configuration), and its key.
 struct ServerIdentity {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 }
 
-fn server_identity(data: &Path, names: &[String]) -> Result<ServerIdentity> {
-    let ca = load_or_create_tls_ca(data)?;
+fn server_identity(
+    config: &ServeConfig,
+    store: &dyn Store,
+    names: &[String],
+) -> Result<ServerIdentity> {
+    let data = &config.data;
+    let ca = hub_tls_ca(store, data)?;
+    if let Some((cert, key)) = &config.tls_files {
+        return operator_identity(cert, key);
+    }
     let now = OffsetDateTime::now_utc();
     let leaf = gen::make_leaf(
         names.first().map(String::as_str).unwrap_or("localhost"),
@@ -111,6 +152,41 @@ fn server_identity(data: &Path, names: &[String]) -> Result<ServerIdentity> {
         CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes()).collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes())?;
     Ok(ServerIdentity { chain, key })
+}
+
+/// `--tls-cert` and `--tls-key` read and checked: at least one certificate, a key, and the key
+/// the certificate's.
+fn operator_identity(cert: &Path, key: &Path) -> Result<ServerIdentity> {
+    let cert_pem = std::fs::read(cert)
+        .with_context(|| format!("--tls-cert: cannot read {}", cert.display()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--tls-cert: {} is not PEM certificates", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!("--tls-cert: {} holds no certificate", cert.display());
+    }
+    let key_pem =
+        std::fs::read(key).with_context(|| format!("--tls-key: cannot read {}", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+        .with_context(|| format!("--tls-key: {} holds no PEM private key", key.display()))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key_der.clone_key())
+        .with_context(|| format!("--tls-key: {} is not a usable key", key.display()))?;
+    rustls::sign::CertifiedKey::new(chain.clone(), signing)
+        .keys_match()
+        .with_context(|| {
+            format!(
+                "--tls-key: {} is not the key of the first certificate in {}",
+                key.display(),
+                cert.display()
+            )
+        })?;
+    Ok(ServerIdentity {
+        chain,
+        key: key_der,
+    })
 }
 
 /// The HTTPS API's rustls configuration.
@@ -146,8 +222,14 @@ pub fn connection_string(host: &str, port: u16, policy: &str, key: &str) -> Stri
 
 pub async fn run(config: ServeConfig) -> Result<()> {
     let names = hub_names(&config);
-    let (hub, new_owner) = open_hub(&config, &names)?;
-    let identity = server_identity(&config.data, &names)?;
+    let store = open_store(&config)?;
+    let partitions = telemetry_partitions(store.as_ref(), config.partitions)?;
+    let (hub, new_owner) = open_hub(&config, store.clone(), &names, partitions)?;
+    let identity = server_identity(&config, store.as_ref(), &names)?;
+    if matches!(config.store, StoreLocation::Postgres(_)) {
+        // Other nodes write to the same store: follow what they change.
+        hub.start_following(FOLLOW_EVERY)?;
+    }
     let tls = api_tls(&identity)?;
     let device_tls =
         iothub_gateway::server_config(identity.chain.clone(), identity.key.clone_key())?;
@@ -222,28 +304,88 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     Ok(())
 }
 
-/// Creates the data directory (owner-only) and opens the store and the hub over it, answering to
-/// `names`; true when this start created the owner policy.
-fn open_hub(config: &ServeConfig, names: &[String]) -> Result<(Hub, bool)> {
+/// How often a node of a cluster writes its heartbeat and presence and reads the other nodes'
+/// changes: a change made anywhere is in force everywhere within about twice this (one tick to
+/// write, one to read), inside the second the cluster promises.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Creates the data directory (owner-only) and opens the store `config.store` names, as node
+/// `config.node_id`.
+fn open_store(config: &ServeConfig) -> Result<Arc<dyn Store>> {
     let data = &config.data;
     create_private_dir(data)?;
     // Owner-only, like the data directory: it holds the hub CA's and the server's keys.
     create_private_dir(&data.join(layout::TLS_DIR))?;
-
-    // The database holds policy keys: create it owner-only before SQLite opens it (SQLite gives its
-    // -wal and -shm files the database file's mode).
-    let db_path = data.join(layout::DATABASE);
-    if !db_path.exists() {
-        write_atomic(&db_path, b"", 0o600)?;
+    match &config.store {
+        StoreLocation::Sqlite => {
+            // The database holds policy keys: create it owner-only before SQLite opens it
+            // (SQLite gives its -wal and -shm files the database file's mode).
+            let db_path = data.join(layout::DATABASE);
+            if !db_path.exists() {
+                write_atomic(&db_path, b"", 0o600)?;
+            }
+            std::fs::set_permissions(
+                &db_path,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )?;
+            let store = SqliteStore::open(&db_path)
+                .with_context(|| format!("cannot open the database in {}", data.display()))?;
+            Ok(Arc::new(store.with_node(&config.node_id)))
+        }
+        StoreLocation::Postgres(url) => {
+            let store = PostgresStore::connect(url, &config.node_id).with_context(|| {
+                format!(
+                    "cannot use the store {} (--store)",
+                    crate::config::without_password(url)
+                )
+            })?;
+            Ok(Arc::new(store))
+        }
     }
-    std::fs::set_permissions(
-        &db_path,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )?;
-    let store = SqliteStore::open(&db_path)
-        .with_context(|| format!("cannot open the database in {}", data.display()))?;
+}
+
+/// The setting that holds the number of partitions of the telemetry log.
+const PARTITIONS_SETTING: &str = "telemetry.partitions";
+
+/// The hub's partition count: the store's, set when the hub was created (from `requested`, or 4)
+/// by whichever node started first; a later `--partitions` must agree, since a device's
+/// partition follows from the count.
+fn telemetry_partitions(store: &dyn Store, requested: Option<u32>) -> Result<u32> {
+    let stored = || -> Result<Option<u32>> {
+        store
+            .get_setting(PARTITIONS_SETTING)?
+            .map(|v| {
+                String::from_utf8_lossy(&v)
+                    .parse::<u32>()
+                    .context("the stored partition count is not a number")
+            })
+            .transpose()
+    };
+    if stored()?.is_none() {
+        let n = requested.unwrap_or(4).to_string();
+        store.insert_settings_if_absent(&[(PARTITIONS_SETTING, n.as_bytes())])?;
+    }
+    let Some(count) = stored()? else {
+        anyhow::bail!("the store holds no partition count");
+    };
+    match requested {
+        Some(r) if r != count => anyhow::bail!(
+            "--partitions is {r}, but this hub's telemetry log has {count} partitions, fixed when it was created"
+        ),
+        _ => Ok(count),
+    }
+}
+
+/// The hub over `store`, answering to `names`, its telemetry log in `partitions`; true when
+/// this start created the owner policy.
+fn open_hub(
+    config: &ServeConfig,
+    store: Arc<dyn Store>,
+    names: &[String],
+    partitions: u32,
+) -> Result<(Hub, bool)> {
     let hub = Hub::new(
-        Arc::new(store),
+        store,
         HubConfig {
             code_lifetime_secs: config.code_lifetime_secs,
             ca_limit: config.ca_limit,
@@ -258,6 +400,9 @@ fn open_hub(config: &ServeConfig, names: &[String]) -> Result<(Hub, bool)> {
             chain_cache_entries: config.chain_cache_entries,
             device_cache_entries: config.device_cache_entries,
             mqtt_refusal_limit: config.mqtt_refusal_limit,
+            node_id: config.node_id.clone(),
+            partitions,
+            cluster: matches!(config.store, StoreLocation::Postgres(_)),
             ..HubConfig::default()
         },
         Arc::new(SystemClock),
@@ -371,19 +516,24 @@ fn gateway_limits(config: &ServeConfig) -> iothub_gateway::GatewayLimits {
     }
 }
 
-/// Deletes telemetry past its retention once a minute, on a blocking thread (it is a store write).
+/// Deletes telemetry and recorded changes past their retention once a minute, on a blocking
+/// thread (they are store writes).
 fn spawn_pruner(hub: Hub) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             every.tick().await;
-            let hub = hub.clone();
-            match tokio::task::spawn_blocking(move || hub.prune_telemetry()).await {
+            let pruning = hub.clone();
+            match tokio::task::spawn_blocking(move || pruning.prune_telemetry()).await {
                 Ok(Ok(n)) if n > 0 => {
                     tracing::info!(pruned = n, "telemetry past retention deleted")
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "telemetry pruning failed"),
                 _ => {}
+            }
+            let pruning = hub.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || pruning.prune_changes()).await {
+                tracing::warn!(error = %e, "change feed pruning failed");
             }
         }
     })

@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 fn sigkill_during_mixed_load_loses_no_acknowledged_write() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let mut hub = TestHub::start_in(&dir, &[]);
+    // SQLite: the test opens the database file afterwards.
+    let mut hub = TestHub::start_in(&dir, &["--store", "sqlite"]);
     ok(&hub.cli_in(&dir, &["pki", "ca", "root"]));
     ok(&hub.cli_in(&dir, &["cert", "add", "root", "root.pem"]));
     ok(&hub.cli_in(&dir, &["cert", "prove", "root", "--key", "root.key"]));
@@ -232,7 +233,7 @@ fn sigkill_during_mixed_load_loses_no_acknowledged_write() {
         let store = iothub_store::SqliteStore::open(&dir.join("data/iothub.db")).unwrap();
         assert_eq!(store.integrity_check().unwrap(), ["ok"]);
     }
-    let hub = TestHub::start_in(&dir, &[]);
+    let hub = TestHub::start_in(&dir, &["--store", "sqlite"]);
     let certs: Vec<String> = hub.get_json("/certificates")["value"]
         .as_array()
         .unwrap()
@@ -310,9 +311,24 @@ fn a_full_disk_fails_cleanly_and_recovers() {
         }
     }
     let _guard = Unmount(mount.clone());
-    let hub = TestHub::start_in(&mount, &[]);
+    // The hub's "database or disk is full" errors are what this test causes: they go to a log
+    // file (off the small disk), not into the test run's output where they would read as failures.
+    let log = tmp.path().join("hub.log");
+    let hub = TestHub::start_in_quiet(
+        &mount,
+        &["--metrics", "127.0.0.1:0", "--store", "sqlite"],
+        &log,
+    );
     let http = hub.client();
     let auth = hub.owner_token();
+    let store_errors = || {
+        let (_, text) = hub.metrics_get("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix("iothub_store_errors_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no iothub_store_errors_total in\n{text}"))
+    };
+    assert_eq!(store_errors(), 0);
     // Fill the disk with a file, leaving little room for the database.
     let filler = mount.join("filler");
     {
@@ -354,6 +370,10 @@ fn a_full_disk_fails_cleanly_and_recovers() {
         body["message"].as_str().unwrap().contains("full"),
         "the error says the disk is full: {body}"
     );
+    // Counted where an operator's alert looks, and logged.
+    assert!(store_errors() >= 1);
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.contains("full"), "{logged}");
     // The hub is still up and reads still work.
     assert_eq!(
         http.get(format!("{}/certificates", hub.base()))

@@ -735,6 +735,58 @@ fn a_persistent_session_gets_unacknowledged_c2d_again_without_subscribing() {
     d.disconnect();
 }
 
+/// The Azure device SDK subscribes once and then relies on its CleanSession=0 session: a restart
+/// of the hub must not forget the subscription, or the device never hears of C2D again.
+#[test]
+fn a_persistent_session_survives_a_restart_of_the_hub() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let mut hub = TestHub::start_in(&dir, &[]);
+    ca_devices(&hub.data(), &dir, &["c2d-p"]);
+    let persistent = || Opts {
+        clean_session: false,
+        ..Opts::cert(&dir, "c2d-p")
+    };
+    let mut d = Dev::admitted(&hub, &persistent());
+    d.subscribe_c2d("c2d-p");
+    std::thread::sleep(Duration::from_millis(300));
+    d.disconnect();
+    hub.kill9();
+    let hub = TestHub::start_in(&dir, &[]);
+    ok(&hub.cli(&[
+        "c2d",
+        "send",
+        "c2d-p",
+        "after restart",
+        "--message-id",
+        "r1",
+    ]));
+    let mut d = Dev::admitted(&hub, &persistent());
+    assert!(
+        d.session_present,
+        "CONNACK session present = 1 after the restart"
+    );
+    let p = d
+        .next_publish(Duration::from_secs(10))
+        .expect("delivered to the resumed session without SUBSCRIBE");
+    assert_eq!(&p.payload[..], b"after restart");
+    d.send(&Packet::PubAck(p.pkid)).unwrap();
+    wait_for_state(&hub, "c2d-p", "r1", "delivered");
+    d.disconnect();
+    // A clean session forgets it, also across a restart.
+    let (d, _) = Dev::connect(&hub, &Opts::cert(&dir, "c2d-p")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    d.disconnect();
+    drop(hub);
+    let hub = TestHub::start_in(&dir, &[]);
+    let d = Dev::admitted(&hub, &persistent());
+    assert!(
+        !d.session_present,
+        "CleanSession=1 forgot the session for good"
+    );
+    d.disconnect();
+}
+
 #[test]
 fn a_redelivered_c2d_publish_carries_the_dup_flag() {
     let hub = hub_with_devices(&[], &["c2d-p"]);
@@ -1285,6 +1337,10 @@ struct OwnHub {
 
 impl OwnHub {
     fn start(dir: &Path) -> OwnHub {
+        // The store the harness would give this directory (PostgreSQL under IOTHUB_TEST_STORE).
+        let store: Vec<String> = postgres_store_for(dir)
+            .map(|url| vec!["--store".to_string(), url])
+            .unwrap_or_default();
         let mut child = Command::new(BIN)
             .arg("--data")
             .arg(dir.join("data"))
@@ -1299,6 +1355,7 @@ impl OwnHub {
                 "--metrics",
                 "off",
             ])
+            .args(&store)
             .env("IOTHUB_LOG", "error")
             .env_remove("IOTHUB_CONNECTION_STRING")
             .stdout(Stdio::piped())

@@ -1,6 +1,8 @@
 //! Portal sessions and CSRF over real HTTPS: single-use, expiring login links; cookie flags;
 //! security headers; state-changing requests need the session's CSRF token and the hub's own
-//! origin; sign-out ends the session; only an owner credential makes login links.
+//! origin; sign-out ends the session; only an owner credential makes login links. A browser at
+//! `/` is sent to the portal while API clients keep their answer; the icon is served; the
+//! overview route counts what the hub holds.
 
 mod common;
 
@@ -20,8 +22,8 @@ fn sign_in(hub: &TestHub, http: &Client) -> (String, String) {
     assert_eq!(r.status(), 303);
     assert_eq!(
         r.headers()["location"],
-        "/portal/certificates",
-        "no token after login"
+        "/portal/overview",
+        "to the overview, with no token after login"
     );
     let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
     for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
@@ -265,4 +267,103 @@ fn only_an_owner_credential_makes_login_links() {
         .unwrap()
         .starts_with("text/javascript"));
     assert!(js.headers().contains_key("content-security-policy"));
+}
+
+#[test]
+fn a_browser_at_the_root_goes_to_the_portal_and_api_clients_keep_their_answer() {
+    let hub = TestHub::start(&[]);
+    let http = hub.client_without_redirects();
+    let browser = http
+        .get(format!("{}/", hub.base()))
+        .header("Accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .send()
+        .unwrap();
+    assert_eq!(browser.status(), 303);
+    assert_eq!(browser.headers()["location"], "/portal");
+    // An API client (no text/html in Accept): today's JSON 401, then 404 with a token.
+    for accept in [None, Some("application/json")] {
+        let mut req = http.get(format!("{}/", hub.base()));
+        if let Some(a) = accept {
+            req = req.header("Accept", a);
+        }
+        let r = req.send().unwrap();
+        assert_eq!(r.status(), 401, "{accept:?}");
+        assert_eq!(r.json::<Value>().unwrap()["code"], "401002", "{accept:?}");
+    }
+    let r = http
+        .get(format!("{}/", hub.base()))
+        .header("Authorization", hub.owner_token())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // A POST to / is not a browser arriving: the API answers.
+    let r = http
+        .post(format!("{}/", hub.base()))
+        .header("Accept", "text/html")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // The icon, without signing in.
+    let icon = http
+        .get(format!("{}/favicon.ico", hub.base()))
+        .send()
+        .unwrap();
+    assert_eq!(icon.status(), 200);
+    assert_eq!(icon.headers()["content-type"], "image/svg+xml");
+    assert!(icon.text().unwrap().starts_with("<svg"));
+}
+
+#[test]
+fn the_overview_counts_what_the_hub_holds() {
+    let hub = TestHub::start(&[]);
+    verified_root_with_devices(&hub, &["ov-1", "ov-2"]);
+    let dir = hub.dir.clone();
+    let (_, code) =
+        RawDevice::connect(&hub, &dir.join("ov-1.pem"), &dir.join("ov-1.key"), "nobody").unwrap();
+    assert_ne!(code, 0);
+    let (mut d, code) =
+        RawDevice::connect(&hub, &dir.join("ov-1.pem"), &dir.join("ov-1.key"), "ov-1").unwrap();
+    assert_eq!(code, 0);
+    d.publish("devices/ov-1/messages/events/", b"x", 1).unwrap();
+    let o = hub.get_json("/overview");
+    assert_eq!(o["certificates"]["verified"], 1, "{o}");
+    assert_eq!(o["certificates"]["unverified"], 0, "{o}");
+    assert_eq!(
+        o["certificates"]["expiringSoon"],
+        serde_json::json!([]),
+        "{o}"
+    );
+    assert_eq!(
+        o["devices"],
+        serde_json::json!({"total": 2, "enabled": 2, "connected": 1})
+    );
+    assert_eq!(o["refusalsLastHour"]["unknown_device"], 1, "{o}");
+    assert_eq!(o["refusalsLastHour"]["unverified_ca"], 0, "{o}");
+    assert_eq!(o["telemetry"]["messagesSinceStart"], 1, "{o}");
+    // A CA that expires in ten days is listed, with its days left.
+    let now = time::OffsetDateTime::now_utc();
+    let soon = iothub_pki::gen::make_ca(
+        "Soon",
+        iothub_pki::gen::KeyKind::EcP256,
+        None,
+        now - time::Duration::hours(1),
+        now + time::Duration::days(10) + time::Duration::hours(1),
+    )
+    .unwrap();
+    std::fs::write(dir.join("soon.pem"), &soon.cert_pem).unwrap();
+    ok(&hub.cli(&["cert", "add", "soon", "soon.pem"]));
+    let o = hub.get_json("/overview");
+    assert_eq!(o["certificates"]["expiringSoon"][0]["name"], "soon", "{o}");
+    assert_eq!(o["certificates"]["expiringSoon"][0]["daysLeft"], 10, "{o}");
+    assert_eq!(o["certificates"]["expiringSoon"][0]["status"], "Unverified");
+    // Connections carry the device certificate's expiry.
+    let c = hub.get_json("/connections");
+    assert!(
+        c["live"][0]["certificateExpiry"]
+            .as_str()
+            .unwrap()
+            .ends_with("GMT"),
+        "{c}"
+    );
+    d.disconnect();
 }

@@ -71,6 +71,10 @@ fn metrics_count_connects_refusals_and_telemetry() {
         ("iothub_c2d_queued_total", 1.0),
         ("iothub_cas{state=\"verified\"}", 1.0),
         ("iothub_cas{state=\"unverified\"}", 0.0),
+        // Neither device was in memory yet; the admitted one is now.
+        ("iothub_device_cache_lookups_total{result=\"miss\"}", 2.0),
+        ("iothub_device_cache_lookups_total{result=\"hit\"}", 0.0),
+        ("iothub_device_cache_entries", 1.0),
     ] {
         assert_eq!(sample(&text, series), Some(want), "{series} in\n{text}");
     }
@@ -114,9 +118,124 @@ fn metrics_count_connects_refusals_and_telemetry() {
     device.disconnect();
 }
 
+/// Polls `/metrics` until `series` reads `want` (counters the hub bumps after answering).
+fn wait_for_sample(hub: &TestHub, series: &str, want: f64) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, text) = hub.metrics_get("/metrics");
+        if sample(&text, series) == Some(want) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} never reached {want}:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn metrics_count_tls_failures_methods_twins_expiry_and_commit_latency() {
+    use iothub_mqtt::codec::{Packet, Publish, Subscribe};
+    use std::io::Write;
+    let hub = TestHub::start(&["--metrics", "127.0.0.1:0"]);
+    verified_root_with_devices(&hub, &["pump"]);
+    let dir = hub.dir.clone();
+
+    // Not TLS at all: a failed handshake.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", hub.mqtt_port)).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    wait_for_sample(&hub, "iothub_tls_handshake_failures_total", 1.0);
+
+    // A direct method to a device with no session: not online.
+    assert!(!hub
+        .cli(&["method", "invoke", "pump", "reboot", "--timeout", "5"])
+        .status
+        .success());
+    let (mut d, code) =
+        RawDevice::connect(&hub, &dir.join("pump.pem"), &dir.join("pump.key"), "pump").unwrap();
+    assert_eq!(code, 0);
+    d.send(&Packet::Subscribe(Subscribe {
+        pkid: 1,
+        filters: vec![("$iothub/methods/POST/#".into(), 0)],
+    }))
+    .unwrap();
+    assert!(matches!(d.recv().unwrap(), Packet::SubAck(_)));
+    // Answered once, then left unanswered until the call times out (5 s, the hub's least).
+    let answering = std::thread::spawn(move || {
+        let Packet::Publish(p) = d.recv().unwrap() else {
+            panic!("expected the method request");
+        };
+        let rid = p.topic.split("$rid=").nth(1).unwrap().to_string();
+        d.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: 0,
+            retain: false,
+            topic: format!("$iothub/methods/res/200/?$rid={rid}"),
+            pkid: 0,
+            payload: b"{}".to_vec().into(),
+        }))
+        .unwrap();
+        d
+    });
+    ok(&hub.cli(&["method", "invoke", "pump", "ping", "--timeout", "10"]));
+    let mut d = answering.join().unwrap();
+    assert!(!hub
+        .cli(&["method", "invoke", "pump", "ping", "--timeout", "5"])
+        .status
+        .success());
+    // The unanswered request, read off the connection.
+    assert!(matches!(d.recv().unwrap(), Packet::Publish(_)));
+    let text = wait_for_sample(&hub, "iothub_method_calls_total{result=\"timed_out\"}", 1.0);
+    for (series, want) in [
+        ("iothub_method_calls_total{result=\"answered\"}", 1.0),
+        ("iothub_method_calls_total{result=\"not_online\"}", 1.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(want), "{series} in\n{text}");
+    }
+
+    // One desired update through the API, one reported patch from the device.
+    ok(&hub.cli(&["twin", "update", "pump", "--desired", r#"{"rate":5}"#]));
+    d.send(&Packet::Publish(Publish {
+        dup: false,
+        qos: 0,
+        retain: false,
+        topic: "$iothub/twin/PATCH/properties/reported/?$rid=7".into(),
+        pkid: 0,
+        payload: br#"{"rate":5}"#.to_vec().into(),
+    }))
+    .unwrap();
+    match d.recv().unwrap() {
+        Packet::Publish(p) => assert!(p.topic.starts_with("$iothub/twin/res/204/"), "{p:?}"),
+        other => panic!("expected the twin response, got {other:?}"),
+    }
+    wait_for_sample(&hub, "iothub_twin_updates_total{side=\"reported\"}", 1.0);
+    // A QoS 1 message: one commit observed.
+    d.publish("devices/pump/messages/events/", b"x", 1).unwrap();
+    // A C2D message that expires before anyone takes it.
+    ok(&hub.cli(&["c2d", "send", "pump", "late", "--ttl", "1"]));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    ok(&hub.cli(&["c2d", "list", "pump"]));
+    let text = wait_for_sample(&hub, "iothub_c2d_expired_total", 1.0);
+    for (series, want) in [
+        ("iothub_twin_updates_total{side=\"desired\"}", 1.0),
+        ("iothub_telemetry_commit_seconds_count", 1.0),
+        ("iothub_telemetry_commit_seconds_bucket{le=\"+Inf\"}", 1.0),
+        ("iothub_store_errors_total", 0.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(want), "{series} in\n{text}");
+    }
+    assert!(sample(&text, "iothub_trust_rebuild_seconds_count").unwrap() >= 3.0);
+    // The test root is valid for years: its expiry is days away, not past.
+    let left = sample(&text, "iothub_ca_expiry_seconds").expect("ca expiry");
+    assert!(left > 86_400.0 * 30.0, "{left}");
+    d.disconnect();
+}
+
 #[test]
 fn readyz_says_why_when_the_store_cannot_be_read() {
-    let hub = TestHub::start(&["--metrics", "127.0.0.1:0"]);
+    // SQLite's file is what this test breaks, whatever store the other suites run on.
+    let hub = TestHub::start(&["--metrics", "127.0.0.1:0", "--store", "sqlite"]);
     wait_ready(&hub);
     // Corrupt the database under the running hub: every page overwritten, the WAL emptied.
     let db = hub.data().join("iothub.db");
@@ -163,4 +282,59 @@ fn the_default_is_text_and_metrics_off_in_tests() {
         .iter()
         .any(|l| l.contains("metrics listening")));
     assert!(hub.log_text().lines().all(|l| !l.starts_with('{')));
+}
+
+/// Every metric the Grafana dashboard (docs/grafana-dashboard.json) queries is one the hub
+/// exports, with the suffixes its type gives it, after real activity: the dashboard cannot drift
+/// from the code. Each panel's queries are read from the JSON, not listed here.
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_the_hub_exports() {
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/grafana-dashboard.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let hub = TestHub::start(&["--metrics", "127.0.0.1:0"]);
+    verified_root_with_devices(&hub, &["dash"]);
+    let dir = hub.dir.clone();
+    let (mut d, code) =
+        RawDevice::connect(&hub, &dir.join("dash.pem"), &dir.join("dash.key"), "dash").unwrap();
+    assert_eq!(code, 0);
+    d.publish("devices/dash/messages/events/", b"x", 1).unwrap();
+    let (_, text) = hub.metrics_get("/metrics");
+    let exported: std::collections::HashSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let mut queried = 0;
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 12, "{} panels", panels.len());
+    for panel in panels {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("iothub_"))
+                .collect();
+            assert!(
+                !names.is_empty(),
+                "panel {} queries no iothub metric: {expr}",
+                panel["title"]
+            );
+            for name in names {
+                queried += 1;
+                assert!(
+                    exported.contains(name),
+                    "panel {} queries {name}, which /metrics does not export:\n{text}",
+                    panel["title"]
+                );
+            }
+        }
+    }
+    assert!(queried >= 20, "{queried} metric references");
+    d.disconnect();
 }

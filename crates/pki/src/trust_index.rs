@@ -167,6 +167,17 @@ impl TrustIndex {
             .collect()
     }
 
+    /// The Verified CA that expires first, as (name, notAfter in Unix seconds): what an operator
+    /// must renew next. Expired ones count too (they already stopped admitting devices).
+    pub fn soonest_verified_expiry(&self) -> Option<(&str, i64)> {
+        self.by_subject
+            .values()
+            .flatten()
+            .filter(|e| e.verified)
+            .min_by_key(|e| e.not_after)
+            .map(|e| (e.ca_name.as_str(), e.not_after))
+    }
+
     /// The registered CAs whose subject is exactly `issuer_raw` (the DER of an issuer name).
     pub(crate) fn candidates(&self, issuer_raw: &[u8]) -> &[Arc<AnchorEntry>] {
         self.by_subject

@@ -130,6 +130,8 @@ fn event(m: &Value) -> Value {
         "event": {
             "origin": m["deviceId"],
             "offset": m["offset"],
+            "partition": m["partition"],
+            "sequenceNumber": m["sequenceNumber"],
             "enqueuedTime": m["enqueuedTime"],
             "properties": { "application": m["properties"], "system": m["systemProperties"] },
             "payload": payload,

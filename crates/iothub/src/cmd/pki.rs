@@ -1,5 +1,7 @@
 //! `iothub pki ...`: make test certificates without openssl. Files are written next to each other:
 //! `NAME.pem` (certificate, with its chain for intermediates and devices) and `NAME.key` (mode 0600).
+//! `pki ca --openssl-dir DIR` also writes what the seed tutorial's `openssl ca` step needs and
+//! does not provide: `DIR/NAMEca.conf` and its database, so that the openssl path runs as written.
 
 use std::path::{Path, PathBuf};
 
@@ -64,6 +66,10 @@ pub enum PkiCommand {
         /// Overwrite files that already exist.
         #[arg(long)]
         force: bool,
+        /// Also write DIR/NAMEca.conf and its database (DIR/NAMEca.db/), ready for
+        /// `openssl ca -batch -config DIR/NAMEca.conf -extensions client_ext` to sign with this CA.
+        #[arg(long, value_name = "DIR")]
+        openssl_dir: Option<PathBuf>,
     },
     /// Make a device certificate with CN = ID and the clientAuth usage, signed by a CA: ID.pem
     /// (leaf followed by the CA chain) and ID.key.
@@ -144,6 +150,70 @@ fn write_pair(
     Ok(())
 }
 
+/// Writes `dir/NAMEca.conf` and its database for `openssl ca` with the CA `cert`/`key`: the
+/// tutorial's step 9 (`openssl ca -config rootca.conf ... -extensions client_ext`) then runs as
+/// written, `-batch` answering its two questions. Paths in it are absolute, so it works from any
+/// directory.
+fn write_openssl_ca(
+    output: Output,
+    dir: &Path,
+    name: &str,
+    (cert, key): (&Path, &Path),
+    force: bool,
+) -> Result<()> {
+    let absolute = |p: &Path| {
+        std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()))
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let db = absolute(dir)?.join(format!("{name}ca.db"));
+    std::fs::create_dir_all(db.join("newcerts"))
+        .with_context(|| format!("cannot create {}", db.display()))?;
+    write_new(&db.join("index.txt"), b"", 0o644, force)?;
+    write_new(&db.join("serial"), b"1000\n", 0o644, force)?;
+    let conf = format!(
+        "# openssl ca configuration for the CA '{name}', written by `iothub pki ca --openssl-dir`.\n\
+         [ ca ]\n\
+         default_ca = CA_default\n\
+         [ CA_default ]\n\
+         dir = {db}\n\
+         database = $dir/index.txt\n\
+         new_certs_dir = $dir/newcerts\n\
+         serial = $dir/serial\n\
+         certificate = {cert}\n\
+         private_key = {key}\n\
+         default_md = sha256\n\
+         default_days = 30\n\
+         policy = policy_loose\n\
+         unique_subject = no\n\
+         copy_extensions = none\n\
+         [ policy_loose ]\n\
+         commonName = supplied\n\
+         # A verification certificate (or a device certificate) this CA signs.\n\
+         [ client_ext ]\n\
+         basicConstraints = critical, CA:FALSE\n\
+         keyUsage = critical, digitalSignature\n\
+         extendedKeyUsage = clientAuth\n",
+        db = db.display(),
+        cert = absolute(cert)?.display(),
+        key = absolute(key)?.display(),
+    );
+    let conf_path = dir.join(format!("{name}ca.conf"));
+    write_new(&conf_path, conf.as_bytes(), 0o644, force)?;
+    match output {
+        // A second JSON line after the certificate's.
+        Output::Json => println!(
+            "{}",
+            json!({ "opensslConfig": conf_path.display().to_string(), "opensslDatabase": db.display().to_string() })
+        ),
+        Output::Text => println!(
+            "wrote {} (and its database {})",
+            conf_path.display(),
+            db.display()
+        ),
+    }
+    Ok(())
+}
+
 fn file_stem_ok(name: &str, what: &str) -> Result<()> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         bail!("{what} '{name}' cannot be used as a file name");
@@ -165,6 +235,7 @@ pub fn run(output: Output, cmd: PkiCommand) -> Result<()> {
             days,
             out_dir,
             force,
+            openssl_dir,
         } => {
             file_stem_ok(&name, "the CA name")?;
             let parent_files = match (parent, parent_cert, parent_key) {
@@ -180,13 +251,15 @@ pub fn run(output: Output, cmd: PkiCommand) -> Result<()> {
                 not_before,
                 now + check_days(days)?,
             )?;
-            write_pair(
-                output,
-                &out_dir.join(format!("{name}.pem")),
-                &out_dir.join(format!("{name}.key")),
-                &g,
-                force,
-            )
+            let (cert, key) = (
+                out_dir.join(format!("{name}.pem")),
+                out_dir.join(format!("{name}.key")),
+            );
+            write_pair(output, &cert, &key, &g, force)?;
+            match openssl_dir {
+                Some(dir) => write_openssl_ca(output, &dir, &name, (&cert, &key), force),
+                None => Ok(()),
+            }
         }
         PkiCommand::Device {
             id,

@@ -1,5 +1,9 @@
 //! Test harness for end-to-end tests: runs the real `iothub` binary (`serve`) on a free loopback
 //! port with its own data directory, and talks to it over real HTTPS with the hub's own CA.
+//!
+//! With `IOTHUB_TEST_STORE=postgres` every hub keeps its state in a fresh database of a private
+//! PostgreSQL server (`iothub-testpg`) instead of SQLite, so the same suites run against both
+//! stores; a hub restarted on the same directory gets the same database back.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -9,6 +13,22 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_iothub");
+
+/// Under `IOTHUB_TEST_STORE=postgres`, the database of the hub whose directory is `dir`: made on
+/// its first start and remembered in `dir/store-url`, so that a restart finds its state.
+pub fn postgres_store_for(dir: &Path) -> Option<String> {
+    if std::env::var("IOTHUB_TEST_STORE").ok().as_deref() != Some("postgres") {
+        return None;
+    }
+    let remembered = dir.join("store-url");
+    if let Ok(url) = std::fs::read_to_string(&remembered) {
+        return Some(url);
+    }
+    let url = iothub_testpg::shared().database();
+    std::fs::create_dir_all(dir).expect("the hub's directory");
+    std::fs::write(&remembered, &url).expect("remember the hub's database");
+    Some(url)
+}
 
 /// A running hub.
 pub struct TestHub {
@@ -47,6 +67,12 @@ impl TestHub {
     /// `hub.log` there (see [`TestHub::log_text`]).
     pub fn start_logged(extra: &[&str]) -> TestHub {
         TestHub::start_logged_at("info", extra)
+    }
+
+    /// A hub whose data directory is `dir/data`, its log (level `error`) written to `log` rather
+    /// than the test's output: for a test whose hub logs errors on purpose.
+    pub fn start_in_quiet(dir: &Path, extra: &[&str], log: &Path) -> TestHub {
+        TestHub::spawn(dir, extra, Some((log, "error")))
     }
 
     /// [`TestHub::start_logged`] at another log level (`IOTHUB_LOG`).
@@ -91,6 +117,11 @@ impl TestHub {
         // The default (port 9883) would collide between parallel tests: ask for 127.0.0.1:0.
         if !extra.contains(&"--metrics") {
             cmd.args(["--metrics", "off"]);
+        }
+        if !extra.contains(&"--store") {
+            if let Some(url) = postgres_store_for(dir) {
+                cmd.args(["--store", &url]);
+            }
         }
         cmd.args(extra)
             .env("IOTHUB_LOG", "error")
