@@ -105,10 +105,7 @@ impl Hub {
                 thumbprint: thumbprint.to_string(),
                 other,
             },
-            StoreError::Backend(msg) => {
-                crate::error::STORE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                HubError::Internal(msg)
-            }
+            e @ (StoreError::Backend(_) | StoreError::Unavailable(_)) => HubError::from(e),
         }
     }
 

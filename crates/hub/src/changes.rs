@@ -20,7 +20,7 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use iothub_store::{Change, ChangeKind};
+use iothub_store::{Change, ChangeKind, Subscriptions};
 
 use crate::peer_text::escaped;
 use crate::sessions::SessionSignal;
@@ -63,6 +63,8 @@ struct Work {
     sessions: Vec<(String, String)>,
     /// Direct-method calls handed to this node (their ids).
     method_calls: Vec<i64>,
+    /// Persistent sessions another node changed: (device, subscriptions; None if forgotten).
+    subscriptions: Vec<(String, Option<Subscriptions>)>,
 }
 
 impl Work {
@@ -86,6 +88,15 @@ impl Work {
                     if let Some(detail) = &change.detail {
                         work.sessions.push((key, detail.clone()));
                     }
+                }
+                ChangeKind::Subscriptions => {
+                    let subs = change
+                        .detail
+                        .as_deref()
+                        .and_then(Subscriptions::from_detail);
+                    // An empty set is a forgotten session: nothing to resume.
+                    let subs = subs.filter(|s| *s != Subscriptions::default());
+                    work.subscriptions.push((key, subs));
                 }
                 ChangeKind::MethodCall => {
                     if let Some(id) = change.detail.as_deref().and_then(|d| d.parse().ok()) {
@@ -152,6 +163,9 @@ impl Hub {
         for (id, detail) in &work.sessions {
             self.session_began_elsewhere(id, detail);
         }
+        for (id, subs) in work.subscriptions {
+            self.sessions().adopt_persistent(&id, subs);
+        }
         for call_id in work.method_calls {
             self.deliver_handed_over(call_id)?;
         }
@@ -174,6 +188,8 @@ impl Hub {
         self.policies().replace(self.store().list_policies()?)?;
         self.rebuild_trust()?;
         self.device_cache().forget_all();
+        self.sessions()
+            .replace_persistent(self.store().list_persistent_sessions()?);
         for id in self.sessions().live_device_ids() {
             self.revalidate_device_sessions(&id);
             self.wake_device(&id);

@@ -87,6 +87,7 @@ error_codes! {
     REQUEST_TOO_LARGE = (413001, "RequestTooLarge"),
     THROTTLING_EXCEPTION = (429001, "ThrottlingException"),
     SERVER_ERROR = (500001, "ServerError"),
+    SERVICE_UNAVAILABLE = (503000, "ServiceUnavailable"),
     GATEWAY_TIMEOUT = (504101, "GatewayTimeout"),
 }
 
@@ -178,6 +179,10 @@ pub enum HubError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// The store could not be reached (`StoreError::Unavailable`): a clear, retryable refusal
+    /// naming the database, never a half-done change.
+    #[error("{0}; nothing was done, retry when it is back")]
+    StoreUnavailable(String),
 }
 
 impl HubError {
@@ -214,6 +219,7 @@ impl HubError {
             HubError::DeviceNotOnline(_) => DEVICE_NOT_ONLINE,
             HubError::MethodTimeout { .. } => GATEWAY_TIMEOUT,
             HubError::Internal(_) => SERVER_ERROR,
+            HubError::StoreUnavailable(_) => SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -274,10 +280,17 @@ pub(crate) static STORE_ERRORS: AtomicU64 = AtomicU64::new(0);
 
 impl From<StoreError> for HubError {
     fn from(e: StoreError) -> Self {
-        if matches!(e, StoreError::Backend(_)) {
-            STORE_ERRORS.fetch_add(1, Ordering::Relaxed);
+        match e {
+            StoreError::Unavailable(_) => {
+                STORE_ERRORS.fetch_add(1, Ordering::Relaxed);
+                HubError::StoreUnavailable(e.to_string())
+            }
+            StoreError::Backend(_) => {
+                STORE_ERRORS.fetch_add(1, Ordering::Relaxed);
+                HubError::Internal(e.to_string())
+            }
+            other => HubError::Internal(other.to_string()),
         }
-        HubError::Internal(e.to_string())
     }
 }
 

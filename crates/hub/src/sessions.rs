@@ -266,6 +266,21 @@ impl Sessions {
         store.write_persistent_session(device_id, current)
     }
 
+    /// Takes another node's record of `device_id`'s persistent session (None: it was forgotten),
+    /// so that the device resumes it if it moves here.
+    pub(crate) fn adopt_persistent(&self, device_id: &str, subs: Option<Subscriptions>) {
+        let mut table = self.table();
+        match subs {
+            Some(s) => table.persistent.insert(device_id.to_string(), s),
+            None => table.persistent.remove(device_id),
+        };
+    }
+
+    /// Every persistent session as the store holds them (a node that missed changes).
+    pub(crate) fn replace_persistent(&self, all: Vec<(String, Subscriptions)>) {
+        self.table().persistent = all.into_iter().collect();
+    }
+
     /// Forgets a deleted device's persistent session and any refusal reason held for it.
     pub(crate) fn forget_device(&self, device_id: &str) {
         self.table().persistent.remove(device_id);

@@ -11,9 +11,9 @@
 
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use iothub_store::{NewMessage, Store, StoredMessage};
+use iothub_store::{NewMessage, Store, StoreError, StoredMessage};
 use tokio::sync::{oneshot, watch};
 
 use crate::auth::{Principal, Right};
@@ -62,7 +62,7 @@ impl Telemetry {
                         messages.push(message);
                         waiting.push((queued_at, reply));
                     }
-                    match store.append_messages(&messages) {
+                    match append_while_awaited(&*store, &messages, &waiting, &metrics) {
                         Ok(offsets) => {
                             if let Some(max) = offsets.iter().max() {
                                 last.send_replace(*max);
@@ -99,6 +99,48 @@ impl Telemetry {
         match self.tx.lock() {
             Ok(tx) => tx.send((message, Instant::now(), reply)).is_ok(),
             Err(_) => false,
+        }
+    }
+}
+
+/// The first wait before writing a batch again while the store is unavailable, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Appends `messages`, and while the store is unavailable (its database restarting, say) tries
+/// again with growing pauses for as long as a device still waits for one of them: the devices
+/// keep their sessions and get their PUBACKs once the messages are durable. When every waiting
+/// session has ended, the batch is given up: none was acknowledged, so each device sends its
+/// messages again when it reconnects (QoS 1 is at least once). A write that failed for another
+/// reason (a full disk) is answered at once.
+fn append_while_awaited(
+    store: &dyn Store,
+    messages: &[NewMessage],
+    waiting: &[(Instant, Reply)],
+    metrics: &Metrics,
+) -> Result<Vec<i64>, StoreError> {
+    let mut pause = RETRY_FIRST;
+    let mut warned = false;
+    loop {
+        match store.append_messages(messages) {
+            Err(StoreError::Unavailable(e)) if waiting.iter().any(|(_, r)| !r.is_closed()) => {
+                metrics.store_error();
+                if !warned {
+                    tracing::warn!(error = %e, messages = messages.len(), "telemetry waits for the store: no PUBACK until it is back");
+                    warned = true;
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+            result => {
+                if warned && result.is_ok() {
+                    tracing::info!(
+                        messages = messages.len(),
+                        "the store is back: waiting telemetry stored"
+                    );
+                }
+                return result;
+            }
         }
     }
 }

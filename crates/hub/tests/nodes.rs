@@ -344,3 +344,39 @@ async fn a_device_on_a_dead_node_is_offline_at_once() {
         "{refused:?}"
     );
 }
+
+/// Opens `req`'s session on `env`'s node with CleanSession `clean`.
+fn session_with(env: &Env, req: &ConnectRequest, clean: bool) -> iothub_hub::Admission {
+    let ticket = env.hub.connect_ticket();
+    let method = env.hub.authenticate_device(req).expect("admitted");
+    env.hub.open_session(req, method, clean, ticket)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_follows_its_device_to_the_other_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_nodes(tmp.path());
+    let req = sas_device(&a, "roamer");
+    b.hub.follow_changes().unwrap();
+    let on_a = session_with(&a, &req, false);
+    let subs = iothub_hub::Subscriptions {
+        c2d: true,
+        desired: true,
+        methods: false,
+    };
+    a.hub
+        .remember_subscriptions("roamer", on_a.session_id, subs, true);
+    // The device moves to b with CleanSession=0: it resumes what it subscribed to on a.
+    b.hub.follow_changes().unwrap();
+    let on_b = session_with(&b, &req, false);
+    assert_eq!(on_b.resumed, Some(subs));
+    // A clean session on b forgets it (written off the connect path), on a as well.
+    let _clean = session_with(&b, &req, true);
+    let waited = std::time::Instant::now();
+    while a.hub.follow_changes().unwrap() == 0 {
+        assert!(waited.elapsed() < std::time::Duration::from_secs(5));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let back_on_a = session_with(&a, &req, false);
+    assert_eq!(back_on_a.resumed, None);
+}

@@ -233,6 +233,9 @@ text_enum! {
         /// A direct-method call waits for the node holding the device (key: the device id;
         /// detail: the call's id).
         MethodCall = "method_call",
+        /// A device's persistent-session subscriptions changed (key: the device id; detail:
+        /// [`Subscriptions::detail`], none when the session was forgotten).
+        Subscriptions = "subscriptions",
     }
 }
 
@@ -404,6 +407,37 @@ pub struct Subscriptions {
     pub methods: bool,
 }
 
+impl Subscriptions {
+    /// The subscriptions as a change's detail: the names of those held, space-separated (an
+    /// empty text for none), so the other nodes of a cluster learn them without a read.
+    pub fn detail(&self) -> String {
+        [
+            (self.c2d, "c2d"),
+            (self.desired, "desired"),
+            (self.methods, "methods"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect::<Vec<_>>()
+        .join(" ")
+    }
+
+    /// Reads [`Subscriptions::detail`] back; None for a word it does not know.
+    pub fn from_detail(detail: &str) -> Option<Subscriptions> {
+        let mut s = Subscriptions::default();
+        for word in detail.split_whitespace() {
+            match word {
+                "c2d" => s.c2d = true,
+                "desired" => s.desired = true,
+                "methods" => s.methods = true,
+                _ => return None,
+            }
+        }
+        Some(s)
+    }
+}
+
 /// Why a store call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -419,6 +453,10 @@ pub enum StoreError {
     DuplicateThumbprint { name: String },
     #[error("storage failure: {0}")]
     Backend(String),
+    /// The store cannot be reached (its database is down, restarting or unreachable): nothing
+    /// was written, and the same call may succeed once it is back.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The one interface between the service layer and storage. Every call is atomic.
@@ -616,8 +654,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every persistent session's subscriptions, ordered by device id.
     fn list_persistent_sessions(&self) -> Result<Vec<(String, Subscriptions)>, StoreError>;
-    /// Records (Some) or forgets (None) a device's persistent-session subscriptions. A record for
-    /// a device that does not exist is not written; deleting a device forgets its session.
+    /// Records (Some) or forgets (None) a device's persistent-session subscriptions, with a
+    /// change for the other nodes (a device that moves to another node resumes its session
+    /// there). A record for a device that does not exist is not written; deleting a device
+    /// forgets its session.
     fn write_persistent_session(
         &self,
         device_id: &str,

@@ -117,6 +117,13 @@ struct Db {
     wakeup: notify::Wakeup,
 }
 
+/// SQLSTATEs that say the server cannot serve right now rather than that the query was wrong:
+/// class 08 (connection exceptions), 57P01-57P03 (shutting down, crash recovery, starting up),
+/// 53300 (too many connections).
+fn server_unavailable(sqlstate: &str) -> bool {
+    sqlstate.starts_with("08") || matches!(sqlstate, "57P01" | "57P02" | "57P03" | "53300")
+}
+
 /// A pooled connection: back to the pool when dropped, unless it broke.
 struct Conn<'a> {
     db: &'a Db,
@@ -152,12 +159,34 @@ impl Drop for Conn<'_> {
 }
 
 impl Db {
+    /// The store's error for `e`, naming the database. A failure to reach the server (no
+    /// connection, a connection that broke, a server shutting down, starting up or out of
+    /// connection slots) is `Unavailable`: the call did nothing and may work later. Anything
+    /// the server refused for the query's own sake is `Backend`.
     fn error(&self, e: tokio_postgres::Error) -> StoreError {
-        let text = match e.as_db_error() {
-            Some(db) => format!("{}: {}", db.severity(), db.message()),
-            None => e.to_string(),
-        };
-        StoreError::Backend(format!("PostgreSQL at {}: {text}", self.shown))
+        match e.as_db_error() {
+            Some(db) => {
+                let text = format!(
+                    "PostgreSQL at {}: {}: {}",
+                    self.shown,
+                    db.severity(),
+                    db.message()
+                );
+                if server_unavailable(db.code().code()) {
+                    StoreError::Unavailable(text)
+                } else {
+                    StoreError::Backend(text)
+                }
+            }
+            // "error connecting to server" alone does not say why: add the cause (refused,
+            // timed out, reset...).
+            None => {
+                let cause = std::error::Error::source(&e)
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default();
+                StoreError::Unavailable(format!("PostgreSQL at {}: {e}{cause}", self.shown))
+            }
+        }
     }
 
     async fn conn(&self) -> Result<Conn<'_>, StoreError> {
@@ -166,7 +195,13 @@ impl Db {
             .acquire()
             .await
             .map_err(|_| StoreError::Backend("the PostgreSQL pool is closed".into()))?;
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        // A connection that broke while idle (the server restarted) is dropped here, so the
+        // first call after the database returns does not fail on it.
+        let idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain(|c| !c.is_closed());
+            idle.pop()
+        };
         let client = match idle {
             Some(c) => c,
             None => self.connect().await?,
@@ -367,6 +402,12 @@ impl PostgresStore {
         }
         config.application_name("iothub");
         config.connect_timeout(std::time::Duration::from_secs(10));
+        // A database that vanished without closing its connections (a network partition, a
+        // host gone) is noticed within about half a minute rather than at the kernel's default.
+        config.keepalives(true);
+        config.keepalives_idle(std::time::Duration::from_secs(10));
+        config.keepalives_interval(std::time::Duration::from_secs(5));
+        config.keepalives_retries(3);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("iothub-pg")

@@ -1311,21 +1311,35 @@ impl Store for SqliteStore {
         device_id: &str,
         subscriptions: Option<Subscriptions>,
     ) -> Result<(), StoreError> {
-        let conn = self.lock()?;
-        match subscriptions {
-            None => conn.execute(
+        let mut conn = self.lock()?;
+        let tx = conn.transaction().map_err(backend)?;
+        let written = match subscriptions {
+            None => tx.execute(
                 "DELETE FROM persistent_session WHERE device_id = ?1",
                 [device_id],
             ),
             // Only for a device that exists: a write racing the device's deletion must not
             // leave a row behind for an id that may later be registered afresh.
-            Some(s) => conn.execute(
+            Some(s) => tx.execute(
                 "INSERT OR REPLACE INTO persistent_session (device_id, c2d, desired, methods)
                  SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM device WHERE device_id = ?1)",
                 params![device_id, s.c2d, s.desired, s.methods],
             ),
         }
         .map_err(backend)?;
+        if written > 0 {
+            let seq = next_etag(&tx)?;
+            let detail = subscriptions.unwrap_or_default().detail();
+            record_change_with(
+                &tx,
+                &self.node,
+                ChangeKind::Subscriptions,
+                device_id,
+                Some(&detail),
+                seq,
+            )?;
+        }
+        tx.commit().map_err(backend)?;
         Ok(())
     }
 

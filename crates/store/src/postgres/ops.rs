@@ -933,10 +933,11 @@ impl Store for PostgresStore {
         owned!(device_id);
         self.call(move |db| {
             Box::pin(async move {
-                let c = db.conn().await?;
-                match subscriptions {
+                let mut c = db.conn().await?;
+                let tx = c.transaction().await.map_err(|e| db.error(e))?;
+                let written = match subscriptions {
                     None => {
-                        c.execute(
+                        tx.execute(
                             "DELETE FROM persistent_session WHERE device_id = $1",
                             &[&device_id],
                         )
@@ -944,7 +945,7 @@ impl Store for PostgresStore {
                     }
                     // Only for a device that exists (see the SQLite store).
                     Some(s) => {
-                        c.execute(
+                        tx.execute(
                             "INSERT INTO persistent_session (device_id, c2d, desired, methods)
                              SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM device WHERE device_id = $1)
                              ON CONFLICT (device_id) DO UPDATE SET c2d = excluded.c2d, desired = excluded.desired, methods = excluded.methods",
@@ -954,6 +955,13 @@ impl Store for PostgresStore {
                     }
                 }
                 .map_err(|e| db.error(e))?;
+                if written > 0 {
+                    let seq = db.next_etag(&tx).await?;
+                    let detail = subscriptions.unwrap_or_default().detail();
+                    db.record_change(&tx, ChangeKind::Subscriptions, &device_id, Some(&detail), seq)
+                        .await?;
+                }
+                tx.commit().await.map_err(|e| db.error(e))?;
                 Ok(())
             })
         })
