@@ -155,6 +155,11 @@ def locked_versions(names, lock="Cargo.lock"):
     return found
 
 
+# The markers around BENCHMARKS.md's cluster section (scripts/bench-cluster-report.py).
+CLUSTER_BEGIN = "<!-- cluster run: begin -->"
+CLUSTER_END = "<!-- cluster run: end -->"
+
+
 def version(cmd):
     # `mosquitto -h` prints its version but exits non-zero: take the first line either way.
     try:
@@ -438,6 +443,13 @@ def main():
                   "(target: at least 10,000/s; no peer figure: Mosquitto has no device registry)."]
     lines += ["", f"Raw results: `{out}/*.json`."]
     text = "\n".join(lines) + "\n"
+    # The cluster section (scripts/bench --cluster writes it) is kept as it was.
+    try:
+        old = open(a.md).read()
+        if CLUSTER_BEGIN in old and CLUSTER_END in old:
+            text += "\n" + old[old.index(CLUSTER_BEGIN):old.index(CLUSTER_END) + len(CLUSTER_END)] + "\n"
+    except FileNotFoundError:
+        pass
     os.makedirs(os.path.dirname(os.path.abspath(a.md)), exist_ok=True)
     with open(a.md, "w") as f:
         f.write(text)

@@ -10,11 +10,14 @@
 //!   p50/p99 PUBACK latency;
 //! - `idle`: K connections held open: the server's resident memory per connection;
 //! - `floor`: the crypto floor of one server-side handshake;
-//! - `cas`: N extra CAs registered in a hub with proof of possession.
+//! - `cas`: N extra CAs registered in a hub with proof of possession;
+//! - `cluster`: over three nodes sharing a database, the trust-change, takeover and cross-node
+//!   direct-method latencies.
 //!
 //! Results print as one JSON object (and go to `--out`). Progress goes to stderr.
 
 mod cas;
+mod cluster;
 mod floor;
 mod identities;
 mod idle;
@@ -94,6 +97,10 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
     },
+    /// Three nodes sharing a database: CA deleted on node 1 until its sessions on nodes 2 and 3
+    /// close, takeover from node 2 to node 3, direct method through node 1 to a device on
+    /// node 3; p50/p99 over the trials.
+    Cluster(cluster::ClusterArgs),
     /// Register N extra CAs in the hub (the one `--data`/`--hub` points at), each with real
     /// proof of possession through the HTTPS API: the registry size a connect storm then runs at.
     Cas {
@@ -129,6 +136,7 @@ fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Connect(t) => runtime()?.block_on(storm::connect_storm(t)),
         BenchCommand::Telemetry(t) => runtime()?.block_on(telemetry::telemetry(t)),
         BenchCommand::Idle(t) => runtime()?.block_on(idle::idle(t)),
+        BenchCommand::Cluster(args) => runtime()?.block_on(cluster::cluster(args)),
     }
 }
 
