@@ -122,8 +122,10 @@ class SasCredential:
 class Hub:
     """One running `iothub serve` in a temporary directory, its CLI, and the SDK clients aimed at it."""
 
-    def __init__(self):
+    def __init__(self, extra=()):
+        """`extra`: more `serve` arguments (a cluster node's `--store` and `--node-id`)."""
         _ensure_binary()
+        self.extra = list(extra)
         self.dir = tempfile.mkdtemp(prefix="iothub-sdk-")
         self.data = os.path.join(self.dir, "data")
         self.log_path = os.path.join(self.dir, "serve.log")
@@ -152,7 +154,7 @@ class Hub:
             self.proc = subprocess.Popen(
                 [BIN, "--data", self.data, "serve", "--name", HUB_NAME,
                  "--https", f"{ip}:0", "--mqtt", f"{ip}:{MQTT_PORT}", "--hostname", ip,
-                 "--metrics", "off"],
+                 "--metrics", "off", *self.extra],
                 cwd=self.dir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         _running.append(self.proc)
         deadline = time.monotonic() + START_TIMEOUT
