@@ -61,6 +61,7 @@ conformance!(
     audit_reads_newest_first_by_target,
     the_change_feed_leaves_out_the_readers_own_writes,
     presence_keeps_the_latest_session_and_heartbeats,
+    a_presence_batch_ends_as_its_updates_in_order_would,
     method_calls_are_answered_once,
     settings_and_persistent_sessions,
 );
@@ -436,6 +437,32 @@ fn presence_keeps_the_latest_session_and_heartbeats(s: &dyn Store) {
     );
     s.record_presence(&[update("a", 100, false)]).unwrap();
     assert_eq!(s.get_presence("p").unwrap(), None);
+}
+
+fn a_presence_batch_ends_as_its_updates_in_order_would(s: &dyn Store) {
+    let update = |id: &str, since, connected| PresenceUpdate {
+        device_id: id.into(),
+        node: "a".into(),
+        since_ms: since,
+        connected,
+    };
+    // One tick of a reconnect storm: q comes, goes and comes again; r comes and goes; an old
+    // session of t ends after its newer one began.
+    s.record_presence(&[update("t", 1, true)]).unwrap();
+    s.record_presence(&[
+        update("q", 1, true),
+        update("q", 1, false),
+        update("q", 2, true),
+        update("r", 5, true),
+        update("r", 5, false),
+        update("t", 3, true),
+        update("t", 1, false),
+    ])
+    .unwrap();
+    let since = |id: &str| s.get_presence(id).unwrap().map(|p| p.since_ms);
+    assert_eq!(since("q"), Some(2));
+    assert_eq!(since("r"), None);
+    assert_eq!(since("t"), Some(3));
 }
 
 fn method_calls_are_answered_once(s: &dyn Store) {

@@ -406,40 +406,105 @@ impl Db {
         Ok(TwinRecord { etag, ..t })
     }
 
+    /// A tick's presence updates in a few set-based statements whatever their number (a
+    /// reconnect storm brings thousands per tick, and each statement costs the node CPU): the
+    /// newest session of each device in the batch is upserted (a session only replaces an older
+    /// one), the sessions that began are one change each, numbered from one reservation of the
+    /// etag counter, and the ended sessions are deleted (an insert and a delete of the same
+    /// short session in one batch leave no row, as in order).
     pub(super) async fn record_presence(
         &self,
         updates: Vec<PresenceUpdate>,
     ) -> Result<(), StoreError> {
         let e = |e| self.error(e);
+        let mut newest: std::collections::HashMap<&str, &PresenceUpdate> = Default::default();
+        for u in updates.iter().filter(|u| u.connected) {
+            let slot = newest.entry(u.device_id.as_str()).or_insert(u);
+            if u.since_ms >= slot.since_ms {
+                *slot = u;
+            }
+        }
+        let columns = |rows: &mut dyn Iterator<Item = &PresenceUpdate>| {
+            let (mut ids, mut nodes, mut since) = (Vec::new(), Vec::new(), Vec::new());
+            for u in rows {
+                ids.push(u.device_id.clone());
+                nodes.push(u.node.clone());
+                since.push(u.since_ms);
+            }
+            (ids, nodes, since)
+        };
+        let began = columns(&mut newest.values().copied());
+        let ended = columns(&mut updates.iter().filter(|u| !u.connected));
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(e)?;
-        for u in &updates {
-            if u.connected {
-                let n = tx
-                    .execute(
-                        "INSERT INTO presence (device_id, node, since_ms) VALUES ($1, $2, $3)
-                         ON CONFLICT (device_id) DO UPDATE SET node = excluded.node, since_ms = excluded.since_ms
-                         WHERE excluded.since_ms >= presence.since_ms",
-                        &[&u.device_id, &u.node, &u.since_ms],
-                    )
-                    .await
-                    .map_err(e)?;
-                if n == 1 {
-                    let seq = self.next_etag(&tx).await?;
-                    let detail = format!("{} {}", u.node, u.since_ms);
-                    self.record_change(&tx, ChangeKind::Session, &u.device_id, Some(&detail), seq)
-                        .await?;
-                }
-            } else {
-                tx.execute(
-                    "DELETE FROM presence WHERE device_id = $1 AND node = $2 AND since_ms = $3",
-                    &[&u.device_id, &u.node, &u.since_ms],
+        if !began.0.is_empty() {
+            let written = tx
+                .query(
+                    "INSERT INTO presence (device_id, node, since_ms)
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])
+                     ON CONFLICT (device_id) DO UPDATE SET node = excluded.node, since_ms = excluded.since_ms
+                     WHERE excluded.since_ms >= presence.since_ms
+                     RETURNING device_id, node, since_ms",
+                    &[&began.0, &began.1, &began.2],
                 )
                 .await
                 .map_err(e)?;
+            if !written.is_empty() {
+                self.record_session_changes(&tx, &written).await?;
             }
         }
+        if !ended.0.is_empty() {
+            tx.execute(
+                "DELETE FROM presence p USING UNNEST($1::text[], $2::text[], $3::bigint[]) AS d(device_id, node, since_ms)
+                 WHERE p.device_id = d.device_id AND p.node = d.node AND p.since_ms = d.since_ms",
+                &[&ended.0, &ended.1, &ended.2],
+            )
+            .await
+            .map_err(e)?;
+        }
         tx.commit().await.map_err(e)
+    }
+
+    /// One `Session` change per presence row written (device_id, node, since_ms), numbered from
+    /// one reservation of the etag counter, and one notification.
+    async fn record_session_changes(
+        &self,
+        tx: &Transaction<'_>,
+        written: &[Row],
+    ) -> Result<(), StoreError> {
+        let e = |e| self.error(e);
+        let n = written.len() as i64;
+        let last: i64 = tx
+            .query_one(
+                "UPDATE etag_counter SET value = value + $1 WHERE id = 1 RETURNING value",
+                &[&n],
+            )
+            .await
+            .map_err(e)?
+            .get(0);
+        let seqs: Vec<i64> = (last - n + 1..=last).collect();
+        let keys: Vec<String> = written.iter().map(|r| r.get(0)).collect();
+        let details: Vec<String> = written
+            .iter()
+            .map(|r| format!("{} {}", r.get::<_, String>(1), r.get::<_, i64>(2)))
+            .collect();
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        tx.execute(
+            "INSERT INTO change_log (seq, node, kind, key, detail, at)
+             SELECT s, $2, $3, k, d, $4 FROM UNNEST($1::bigint[], $5::text[], $6::text[]) AS u(s, k, d)",
+            &[&seqs, &self.node, &ChangeKind::Session.as_str(), &at, &keys, &details],
+        )
+        .await
+        .map_err(e)?;
+        tx.execute(
+            &format!("SELECT pg_notify('{}', $1)", super::notify::CHANNEL),
+            &[&self.node],
+        )
+        .await
+        .map_err(e)?;
+        Ok(())
     }
 
     pub(super) async fn put_method_call(&self, call: MethodCallRecord) -> Result<i64, StoreError> {
