@@ -2,8 +2,10 @@
 //! act as one hub: one identity (CA file, owner key), a CA proved through one node admits devices
 //! on another, C2D, direct methods and desired patches sent through any node reach the device on
 //! the node that holds it, a CA deleted through one node drops the device on another within a
-//! second, a device's new connection on one node closes its old one on another, and a node
-//! killed with SIGKILL loses no acknowledged message while its device moves to another node.
+//! second, a device's new connection on one node closes its old one on another, a node killed
+//! with SIGKILL loses no acknowledged message while its device moves to another node, and two
+//! nodes racing to replace one CA are held apart by its etag. (PostgreSQL restarted under the
+//! nodes: `database_restart.rs`, a test binary of its own.)
 
 mod common;
 
@@ -251,4 +253,55 @@ fn a_killed_node_loses_no_acknowledged_message_and_its_device_moves_on() {
         stored.starts_with(&acked) && stored.len() <= acked.len() + 1,
         "acknowledged {acked:?}, stored {stored:?}"
     );
+}
+
+/// Two nodes replacing one CA at the same moment with the same etag: one wins, the other is
+/// refused with 412 (the etag moved), every time; the CA holds the winner's certificate.
+#[test]
+fn two_nodes_racing_on_one_ca_are_held_apart_by_its_etag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = three_nodes(tmp.path());
+    let dir = nodes[0].dir.clone();
+    for name in ["race", "by-n1", "by-n2"] {
+        ok(&nodes[0].cli_in(&dir, &["pki", "ca", name, "--force"]));
+    }
+    ok(&nodes[0].cli_in(&dir, &["cert", "add", "race", "race.pem"]));
+    let pem = |name: &str| std::fs::read_to_string(dir.join(format!("{name}.pem"))).unwrap();
+    for round in 0..5 {
+        let etag = nodes[0].get_json("/certificates/race")["etag"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let answers: Vec<(usize, u16)> = std::thread::scope(|scope| {
+            let racers: Vec<_> = [(0, "by-n1"), (1, "by-n2")]
+                .into_iter()
+                .map(|(i, name)| {
+                    let (hub, barrier, etag, body) =
+                        (&nodes[i], barrier.clone(), etag.clone(), pem(name));
+                    scope.spawn(move || {
+                        let request = hub
+                            .client()
+                            .put(format!("{}/certificates/race", hub.base()))
+                            .header("Authorization", hub.owner_token())
+                            .header("If-Match", etag)
+                            .json(&serde_json::json!({ "properties": { "certificate": body } }));
+                        barrier.wait();
+                        (i, request.send().unwrap().status().as_u16())
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let mut statuses: Vec<u16> = answers.iter().map(|(_, s)| *s).collect();
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 412], "round {round}: {answers:?}");
+        let winner = answers.iter().find(|(_, s)| *s == 200).unwrap().0;
+        let held = nodes[2].get_json("/certificates/race")["properties"]["certificate"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let expected = pem(["by-n1", "by-n2"][winner]);
+        assert_eq!(held.trim(), expected.trim(), "round {round}");
+    }
 }

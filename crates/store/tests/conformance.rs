@@ -57,6 +57,7 @@ conformance!(
     twins_are_etag_checked_and_empty_until_written,
     c2d_queue_limit_expiry_and_delivery,
     messages_keep_offsets_and_per_partition_sequences,
+    pruning_takes_every_old_message_and_no_newer_one,
     activity_merges_and_skips_deleted_devices,
     audit_reads_newest_first_by_target,
     the_change_feed_leaves_out_the_readers_own_writes,
@@ -350,6 +351,25 @@ fn messages_keep_offsets_and_per_partition_sequences(s: &dyn Store) {
     // Pruning never makes an offset come back.
     assert_eq!(s.prune_messages(101).unwrap(), 4);
     assert_eq!(s.append_messages(&[message(0, "a", "5")]).unwrap(), [5]);
+}
+
+fn pruning_takes_every_old_message_and_no_newer_one(s: &dyn Store) {
+    // More than one of PostgreSQL's delete batches (10,000 rows).
+    let at = |enqueued, n: usize| -> Vec<NewMessage> {
+        (0..n)
+            .map(|i| NewMessage {
+                enqueued,
+                ..message((i % 4) as u32, "p", "x")
+            })
+            .collect()
+    };
+    for _ in 0..5 {
+        s.append_messages(&at(100, 5_000)).unwrap();
+    }
+    s.append_messages(&at(200, 3)).unwrap();
+    assert_eq!(s.prune_messages(150).unwrap(), 25_000);
+    assert_eq!(s.read_messages(1, None, 10).unwrap().len(), 3);
+    assert_eq!(s.prune_messages(150).unwrap(), 0);
 }
 
 fn activity_merges_and_skips_deleted_devices(s: &dyn Store) {

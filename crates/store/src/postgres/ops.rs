@@ -535,12 +535,29 @@ impl Store for PostgresStore {
     }
 
     fn prune_messages(&self, before: i64) -> Result<u64, StoreError> {
+        /// Rows deleted per transaction.
+        const PRUNE_BATCH: i64 = 10_000;
         self.call(move |db| {
             Box::pin(async move {
+                // In batches, each its own transaction: a day of a busy hub's telemetry is
+                // millions of rows, and one statement deleting them all would hold its locks and
+                // its WAL for as long as that takes while devices' messages wait behind it.
                 let c = db.conn().await?;
-                c.execute("DELETE FROM message WHERE enqueued < $1", &[&before])
-                    .await
-                    .map_err(|e| db.error(e))
+                let mut total = 0;
+                loop {
+                    let n = c
+                        .execute(
+                            "DELETE FROM message WHERE msg_offset IN (
+                                SELECT msg_offset FROM message WHERE enqueued < $1 LIMIT $2)",
+                            &[&before, &PRUNE_BATCH],
+                        )
+                        .await
+                        .map_err(|e| db.error(e))?;
+                    total += n;
+                    if n < PRUNE_BATCH as u64 {
+                        return Ok(total);
+                    }
+                }
             })
         })
     }
