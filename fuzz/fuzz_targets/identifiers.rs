@@ -1,4 +1,4 @@
-//! Device ids, certificate names and thumbprints on arbitrary text: typed errors, no panic, and
+//! Device ids, certificate names, thumbprints, revocation serials and reasons on arbitrary text: typed errors, no panic, and
 //! what is accepted is within the documented alphabets and lengths.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
@@ -13,5 +13,15 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(t) = iothub_pki::thumbprint::normalize_thumbprint(&text) {
         assert!(t.len() == 40 || t.len() == 64);
+    }
+    if let Ok(serial) = iothub_pki::revocation::normalize_serial(&text) {
+        // One spelling: upper-case hex, no leading zero, at most 20 octets, and stable.
+        assert!(!serial.is_empty() && serial.len() <= 40);
+        assert!(serial.chars().all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c)));
+        assert!(serial == "0" || !serial.starts_with('0'));
+        assert_eq!(iothub_pki::revocation::normalize_serial(&serial).as_ref(), Ok(&serial));
+    }
+    if let Ok(reason) = iothub_pki::revocation::RevocationReason::parse(&text) {
+        assert_eq!(iothub_pki::revocation::RevocationReason::parse(reason.as_str()), Ok(reason));
     }
 });

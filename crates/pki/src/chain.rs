@@ -26,6 +26,9 @@ pub struct ChainOk {
     /// The issuer names of the presented certificates (sorted, no repeats): the verdict can only
     /// change when a CA with one of these subjects is added, changed or removed.
     pub issuers: Vec<NameKey>,
+    /// Each presented certificate's issuer name and serial (normalized, see
+    /// [`crate::revocation::normalize_serial`]), leaf first: what a revocation is checked against.
+    pub presented: Vec<(NameKey, String)>,
 }
 
 /// The default bound on the number of certificates a device may present.
@@ -58,6 +61,9 @@ pub enum ChainError {
         subject: String,
         reason: String,
     },
+    /// A certificate of the chain was revoked (see [`crate::revocation`]).
+    #[error("{0}")]
+    Revoked(crate::revocation::Revoked),
 }
 
 /// Why webpki refuses a certificate whose outer signatureAlgorithm differs from the signed one.
@@ -299,6 +305,14 @@ fn admitted(
         .min()
         .unwrap_or(now)
         .min(ca_not_after);
+    let presented: Vec<(NameKey, String)> = infos
+        .iter()
+        .map(|i| {
+            let serial =
+                crate::revocation::normalize_serial(&i.serial).unwrap_or_else(|_| i.serial.clone());
+            (name_key(&i.issuer_raw), serial)
+        })
+        .collect();
     let mut issuers: Vec<NameKey> = infos.iter().map(|i| name_key(&i.issuer_raw)).collect();
     issuers.sort_unstable();
     issuers.dedup();
@@ -308,6 +322,7 @@ fn admitted(
         valid_from,
         valid_until,
         issuers,
+        presented,
     })
 }
 

@@ -25,6 +25,8 @@ pub struct VerifiedChain {
     pub valid_until: i64,
     /// See [`ChainOk::issuers`].
     pub issuers: Arc<[NameKey]>,
+    /// See [`ChainOk::presented`].
+    pub presented: Arc<[(NameKey, String)]>,
 }
 
 impl VerifiedChain {
@@ -42,6 +44,7 @@ impl From<&ChainOk> for VerifiedChain {
             valid_from: ok.valid_from,
             valid_until: ok.valid_until,
             issuers: ok.issuers.as_slice().into(),
+            presented: ok.presented.as_slice().into(),
         }
     }
 }
@@ -129,6 +132,7 @@ mod tests {
             valid_from: from,
             valid_until: until,
             issuers: issuers.into(),
+            presented: Arc::from([]),
         }
     }
 

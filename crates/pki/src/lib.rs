@@ -18,6 +18,7 @@
 //!   and the [`trust_index::NameKey`]s that say which chains a CA change can affect.
 //! - [`chain`]: whether a device's presented chain leads to a Verified CA, with a precise reason.
 //! - [`chain_cache`]: verdicts on chains already validated against one trust snapshot.
+//! - [`revocation`]: revoked certificates (CA and serial), serial spelling, RFC 5280 reasons.
 //! - `sharded` (private): the copy-on-write sharded map the trust index is built on.
 
 pub mod cert;
@@ -29,6 +30,7 @@ pub mod gen;
 pub mod input;
 pub mod policy;
 pub mod pop;
+pub mod revocation;
 pub mod sas;
 mod sharded;
 #[cfg(test)]
