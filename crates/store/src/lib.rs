@@ -233,6 +233,8 @@ text_enum! {
         /// A direct-method call waits for the node holding the device (key: the device id;
         /// detail: the call's id).
         MethodCall = "method_call",
+        /// A CA's revoked certificates changed (key: the CA's name).
+        Revocation = "revocation",
         /// A device's persistent-session subscriptions changed (key: the device id; detail:
         /// [`Subscriptions::detail`], none when the session was forgotten).
         Subscriptions = "subscriptions",
@@ -436,6 +438,18 @@ impl Subscriptions {
         }
         Some(s)
     }
+}
+
+/// A certificate revoked by a registered CA: the one that CA issued with `serial`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationRecord {
+    pub ca_name: String,
+    /// Upper-case hex without leading zeros (the service layer normalizes it).
+    pub serial: String,
+    /// RFC 5280's reason name, e.g. `keyCompromise`.
+    pub reason: String,
+    /// Unix seconds.
+    pub revoked_at: i64,
 }
 
 /// Why a store call failed.
@@ -651,6 +665,13 @@ pub trait Store: Send + Sync + 'static {
     /// Sets every one of `settings` in one transaction if none of them is set yet; returns
     /// whether it did (false: another node set them first, read theirs).
     fn insert_settings_if_absent(&self, settings: &[(&str, &[u8])]) -> Result<bool, StoreError>;
+
+    /// Records a revocation, with a change for the other nodes and its audit entry, in one
+    /// transaction. NotFound when the CA does not exist; AlreadyExists when that serial is
+    /// already revoked by it. Deleting a CA deletes its revocations.
+    fn revoke(&self, record: &RevocationRecord, audit: &NewAudit) -> Result<(), StoreError>;
+    /// The revocations of `ca_name` (every CA's when None), by CA name, then oldest first.
+    fn list_revocations(&self, ca_name: Option<&str>) -> Result<Vec<RevocationRecord>, StoreError>;
 
     /// Every persistent session's subscriptions, ordered by device id.
     fn list_persistent_sessions(&self) -> Result<Vec<(String, Subscriptions)>, StoreError>;

@@ -31,8 +31,8 @@ mod writes;
 use crate::{
     AuditEntry, AuditQuery, AuthType, C2dRecord, C2dState, CaChanges, CaRecord, Change, ChangeFeed,
     ChangeKind, CodeRecord, DeviceActivity, DeviceRecord, DeviceStatus, Expect, MethodCallRecord,
-    NewAudit, NewMessage, PolicyChange, PolicyRecord, Presence, PresenceUpdate, Store, StoreError,
-    StoredMessage, Subscriptions, TwinRecord,
+    NewAudit, NewMessage, PolicyChange, PolicyRecord, Presence, PresenceUpdate, RevocationRecord,
+    Store, StoreError, StoredMessage, Subscriptions, TwinRecord,
 };
 
 /// The schema, in numbered steps; `schema_version` records how many ran.
@@ -94,6 +94,10 @@ const MIGRATIONS: &[&str] = &[
         id BIGSERIAL PRIMARY KEY, device_id TEXT NOT NULL, target_node TEXT NOT NULL,
         name TEXT NOT NULL, payload BYTEA NOT NULL, created_ms BIGINT NOT NULL,
         timeout_ms BIGINT NOT NULL, status INT, response BYTEA);",
+    // 2: revoked certificates, by the CA that issued them.
+    "CREATE TABLE revocation (
+        ca_name TEXT NOT NULL, serial TEXT NOT NULL, reason TEXT NOT NULL,
+        revoked_at BIGINT NOT NULL, PRIMARY KEY (ca_name, serial));",
 ];
 
 /// The advisory lock key under which migrations run (any fixed number; "iothub" in ASCII).

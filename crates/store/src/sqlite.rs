@@ -10,8 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::{
     AuditEntry, AuditQuery, AuthType, C2dRecord, C2dState, CaChanges, CaRecord, Change, ChangeFeed,
     ChangeKind, CodeRecord, DeviceActivity, DeviceRecord, DeviceStatus, Expect, MethodCallRecord,
-    NewAudit, NewMessage, PolicyChange, PolicyRecord, Presence, PresenceUpdate, Store, StoreError,
-    StoredMessage, Subscriptions, TwinRecord,
+    NewAudit, NewMessage, PolicyChange, PolicyRecord, Presence, PresenceUpdate, RevocationRecord,
+    Store, StoreError, StoredMessage, Subscriptions, TwinRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -166,6 +166,10 @@ const MIGRATIONS: &[&str] = &[
      CREATE UNIQUE INDEX message_partition ON message (partition, sequence);
      CREATE TABLE partition_counter (partition INTEGER PRIMARY KEY NOT NULL, last INTEGER NOT NULL);
      INSERT INTO partition_counter (partition, last) SELECT 0, MAX(offset) FROM message HAVING COUNT(*) > 0;",
+    // 11: revoked certificates, by the CA that issued them.
+    "CREATE TABLE revocation (
+        ca_name TEXT NOT NULL, serial TEXT NOT NULL, reason TEXT NOT NULL,
+        revoked_at INTEGER NOT NULL, PRIMARY KEY (ca_name, serial));",
 ];
 
 /// The CA list a trust rebuild reads after a delete (see migration 5).
@@ -588,6 +592,8 @@ impl Store for SqliteStore {
         let current = current_etag(&tx, "ca_certificate", "name", name)?;
         check_delete(current, etag)?;
         tx.execute("DELETE FROM ca_certificate WHERE name = ?1", [name])
+            .map_err(backend)?;
+        tx.execute("DELETE FROM revocation WHERE ca_name = ?1", [name])
             .map_err(backend)?;
         let seq = next_etag(&tx)?;
         record_change(&tx, &self.node, ChangeKind::Ca, name, seq)?;
@@ -1301,6 +1307,56 @@ impl Store for SqliteStore {
                         methods: r.get(3)?,
                     },
                 ))
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
+    }
+
+    fn revoke(&self, record: &RevocationRecord, audit: &NewAudit) -> Result<(), StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        if current_etag(&tx, "ca_certificate", "name", &record.ca_name)?.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let inserted = tx
+            .execute(
+                "INSERT OR IGNORE INTO revocation (ca_name, serial, reason, revoked_at) VALUES (?1, ?2, ?3, ?4)",
+                params![record.ca_name, record.serial, record.reason, record.revoked_at],
+            )
+            .map_err(backend)?;
+        if inserted == 0 {
+            return Err(StoreError::AlreadyExists);
+        }
+        let seq = next_etag(&tx)?;
+        record_change(
+            &tx,
+            &self.node,
+            ChangeKind::Revocation,
+            &record.ca_name,
+            seq,
+        )?;
+        insert_audit(&tx, audit)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn list_revocations(&self, ca_name: Option<&str>) -> Result<Vec<RevocationRecord>, StoreError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT ca_name, serial, reason, revoked_at FROM revocation
+                 WHERE (?1 IS NULL OR ca_name = ?1) ORDER BY ca_name, revoked_at, serial",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([ca_name], |r| {
+                Ok(RevocationRecord {
+                    ca_name: r.get(0)?,
+                    serial: r.get(1)?,
+                    reason: r.get(2)?,
+                    revoked_at: r.get(3)?,
+                })
             })
             .map_err(backend)?;
         rows.collect::<Result<_, _>>().map_err(backend)

@@ -64,6 +64,7 @@ conformance!(
     presence_keeps_the_latest_session_and_heartbeats,
     a_presence_batch_ends_as_its_updates_in_order_would,
     method_calls_are_answered_once,
+    revocations_belong_to_their_ca,
     settings_and_persistent_sessions,
 );
 
@@ -483,6 +484,36 @@ fn a_presence_batch_ends_as_its_updates_in_order_would(s: &dyn Store) {
     assert_eq!(since("q"), Some(2));
     assert_eq!(since("r"), None);
     assert_eq!(since("t"), Some(3));
+}
+
+fn revocations_belong_to_their_ca(s: &dyn Store) {
+    let r = |ca: &str, serial: &str, at| RevocationRecord {
+        ca_name: ca.into(),
+        serial: serial.into(),
+        reason: "keyCompromise".into(),
+        revoked_at: at,
+    };
+    assert_eq!(
+        s.revoke(&r("nope", "1A", 1), &audit("r")),
+        Err(StoreError::NotFound)
+    );
+    s.write_ca(&ca("rv", "RVT"), NO_LIMIT, &audit("c")).unwrap();
+    s.write_ca(&ca("rw", "RWT"), NO_LIMIT, &audit("c")).unwrap();
+    s.revoke(&r("rv", "1A", 5), &audit("r")).unwrap();
+    s.revoke(&r("rv", "B", 3), &audit("r")).unwrap();
+    s.revoke(&r("rw", "1A", 4), &audit("r")).unwrap();
+    assert_eq!(
+        s.revoke(&r("rv", "1A", 9), &audit("r")),
+        Err(StoreError::AlreadyExists)
+    );
+    assert_eq!(
+        s.list_revocations(Some("rv")).unwrap(),
+        [r("rv", "B", 3), r("rv", "1A", 5)]
+    );
+    assert_eq!(s.list_revocations(None).unwrap().len(), 3);
+    // Deleting a CA deletes its revocations: a CA added again under its name starts clean.
+    s.delete_ca("rv", None, &audit("d")).unwrap();
+    assert_eq!(s.list_revocations(None).unwrap(), [r("rw", "1A", 4)]);
 }
 
 fn method_calls_are_answered_once(s: &dyn Store) {

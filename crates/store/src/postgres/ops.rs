@@ -168,6 +168,9 @@ impl Store for PostgresStore {
                 tx.execute("DELETE FROM ca_certificate WHERE name = $1", &[&name])
                     .await
                     .map_err(|e| db.error(e))?;
+                tx.execute("DELETE FROM revocation WHERE ca_name = $1", &[&name])
+                    .await
+                    .map_err(|e| db.error(e))?;
                 db.record_change(&tx, ChangeKind::Ca, &name, None, seq)
                     .await?;
                 db.insert_audit(&tx, &audit).await?;
@@ -936,6 +939,37 @@ impl Store for PostgresStore {
                             methods: r.get(3),
                         };
                         (r.get(0), subs)
+                    })
+                    .collect())
+            })
+        })
+    }
+
+    fn revoke(&self, record: &RevocationRecord, audit: &NewAudit) -> Result<(), StoreError> {
+        owned!(record, audit);
+        self.call(move |db| Box::pin(async move { db.revoke(record, audit).await }))
+    }
+
+    fn list_revocations(&self, ca_name: Option<&str>) -> Result<Vec<RevocationRecord>, StoreError> {
+        let ca_name = ca_name.map(str::to_string);
+        self.call(move |db| {
+            Box::pin(async move {
+                let c = db.conn().await?;
+                let rows = c
+                    .query(
+                        "SELECT ca_name, serial, reason, revoked_at FROM revocation
+                         WHERE ($1::text IS NULL OR ca_name = $1) ORDER BY ca_name, revoked_at, serial",
+                        &[&ca_name],
+                    )
+                    .await
+                    .map_err(|e| db.error(e))?;
+                Ok(rows
+                    .iter()
+                    .map(|r| RevocationRecord {
+                        ca_name: r.get(0),
+                        serial: r.get(1),
+                        reason: r.get(2),
+                        revoked_at: r.get(3),
                     })
                     .collect())
             })

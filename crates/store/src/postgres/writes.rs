@@ -507,6 +507,44 @@ impl Db {
         Ok(())
     }
 
+    /// See `Store::revoke`: the CA row is locked first, so a revocation racing the CA's
+    /// deletion either lands before it (and is deleted with it) or finds no CA.
+    pub(super) async fn revoke(
+        &self,
+        record: RevocationRecord,
+        audit: NewAudit,
+    ) -> Result<(), StoreError> {
+        let e = |e| self.error(e);
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(e)?;
+        let seq = self.next_etag(&tx).await?;
+        let ca = tx
+            .query_opt(
+                "SELECT 1 FROM ca_certificate WHERE name = $1 FOR UPDATE",
+                &[&record.ca_name],
+            )
+            .await
+            .map_err(e)?;
+        if ca.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let inserted = tx
+            .execute(
+                "INSERT INTO revocation (ca_name, serial, reason, revoked_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+                &[&record.ca_name, &record.serial, &record.reason, &record.revoked_at],
+            )
+            .await
+            .map_err(e)?;
+        if inserted == 0 {
+            return Err(StoreError::AlreadyExists);
+        }
+        self.record_change(&tx, ChangeKind::Revocation, &record.ca_name, None, seq)
+            .await?;
+        self.insert_audit(&tx, &audit).await?;
+        tx.commit().await.map_err(e)
+    }
+
     pub(super) async fn put_method_call(&self, call: MethodCallRecord) -> Result<i64, StoreError> {
         let e = |e| self.error(e);
         let mut c = self.conn().await?;
