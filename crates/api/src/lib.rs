@@ -35,6 +35,7 @@ pub mod overview;
 pub mod policies;
 pub mod portal;
 pub mod portal_routes;
+pub mod revocations;
 pub mod routes;
 pub mod server;
 pub mod shapes;

@@ -22,7 +22,7 @@ use crate::error::ApiError;
 use crate::limiter::{limit_auth_failures, AuthFailureLimiter};
 use crate::portal::PortalState;
 use crate::state::{authenticate, ApiLimits, AppState};
-use crate::{audit, azure, certificates, devices, overview, policies, portal_routes};
+use crate::{audit, azure, certificates, devices, overview, policies, portal_routes, revocations};
 
 /// The OpenAPI document of this API.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -45,6 +45,10 @@ fn registry_routes() -> Router<AppState> {
         .route(
             "/certificates/{name}/verify",
             post(certificates::verify_certificate),
+        )
+        .route(
+            "/certificates/{name}/revocations",
+            get(revocations::list).post(revocations::revoke),
         )
         // POST, not `/devices/import`: that path would hide a device named "import".
         .route(

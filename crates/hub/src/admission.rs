@@ -231,6 +231,7 @@ impl Refusal {
             Refusal::Chain(e) => match e {
                 ChainError::UnknownIssuer { .. } | ChainError::Unverified { .. } => C::UnverifiedCa,
                 ChainError::CaExpired { .. } => C::Expired,
+                ChainError::Revoked(_) => C::Revoked,
                 ChainError::LeafCommonNameNotText { .. } => C::CnMismatch,
                 ChainError::NoCertificate
                 | ChainError::TooLong { .. }

@@ -63,6 +63,8 @@ struct Work {
     sessions: Vec<(String, String)>,
     /// Direct-method calls handed to this node (their ids).
     method_calls: Vec<i64>,
+    /// Another node revoked a certificate: read the revocations again.
+    revocations: bool,
     /// Persistent sessions another node changed: (device, subscriptions; None if forgotten).
     subscriptions: Vec<(String, Option<Subscriptions>)>,
 }
@@ -89,6 +91,7 @@ impl Work {
                         work.sessions.push((key, detail.clone()));
                     }
                 }
+                ChangeKind::Revocation => work.revocations = true,
                 ChangeKind::Subscriptions => {
                     let subs = change
                         .detail
@@ -147,6 +150,9 @@ impl Hub {
         if work.trust {
             self.rebuild_trust()?;
         }
+        if work.revocations {
+            self.reload_revocations()?;
+        }
         for id in &work.devices {
             self.device_cache().forget(id);
             if self.store().get_device(id)?.is_none() {
@@ -187,6 +193,7 @@ impl Hub {
     fn refresh_everything(&self) -> Result<(), HubError> {
         self.policies().replace(self.store().list_policies()?)?;
         self.rebuild_trust()?;
+        self.reload_revocations()?;
         self.device_cache().forget_all();
         self.sessions()
             .replace_persistent(self.store().list_persistent_sessions()?);

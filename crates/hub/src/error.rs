@@ -82,6 +82,7 @@ error_codes! {
     METHOD_NOT_ALLOWED = (405001, "MethodNotAllowed"),
     DEVICE_ALREADY_EXISTS = (409001, "DeviceAlreadyExists"),
     CERTIFICATE_THUMBPRINT_EXISTS = (409050, "CertificateThumbprintExists"),
+    CERTIFICATE_ALREADY_REVOKED = (409051, "CertificateAlreadyRevoked"),
     PRECONDITION_FAILED = (412001, "PreconditionFailed"),
     CERTIFICATE_EXISTS = (412002, "CertificateExists"),
     REQUEST_TOO_LARGE = (413001, "RequestTooLarge"),
@@ -177,6 +178,8 @@ pub enum HubError {
         method: String,
         seconds: u64,
     },
+    #[error("certificate serial {serial} is already revoked by '{ca_name}' (`iothub cert revoked {ca_name}` lists when and why)")]
+    AlreadyRevoked { ca_name: String, serial: String },
     #[error("internal error: {0}")]
     Internal(String),
     /// The store could not be reached (`StoreError::Unavailable`): a clear, retryable refusal
@@ -218,6 +221,7 @@ impl HubError {
             HubError::TwinInvalid(_) => TWIN_INVALID,
             HubError::DeviceNotOnline(_) => DEVICE_NOT_ONLINE,
             HubError::MethodTimeout { .. } => GATEWAY_TIMEOUT,
+            HubError::AlreadyRevoked { .. } => CERTIFICATE_ALREADY_REVOKED,
             HubError::Internal(_) => SERVER_ERROR,
             HubError::StoreUnavailable(_) => SERVICE_UNAVAILABLE,
         }

@@ -12,7 +12,7 @@
 //! | part | module | owns |
 //! |---|---|---|
 //! | `Policies` | `policies` | the in-memory policies, their write lock, the change epoch |
-//! | `Trust` | `trust` | the trust snapshot, its generation, the anchor memo, rebuild requests, the chain cache |
+//! | `Trust` | `trust` | the trust snapshot, its generation, the anchor memo, rebuild requests, the chain cache, the revocation set |
 //! | `DeviceCache` | `device_cache` | what CONNECT needs of each device, and its generation |
 //! | `Sessions` | `sessions` | live sessions, persistent subscriptions, recent refusals, the refusal budget |
 //! | `Telemetry` | `telemetry` | the group-commit writer thread and the watch of the last offset |
@@ -42,6 +42,7 @@ pub mod peer_text;
 pub mod policies;
 mod presence;
 pub mod refusal_budget;
+pub mod revocations;
 pub mod sessions;
 pub mod telemetry;
 pub mod trust;
@@ -233,6 +234,7 @@ impl Hub {
             presence: Arc::default(),
         };
         hub.rebuild_trust()?;
+        hub.reload_revocations()?;
         Ok(hub)
     }
 

@@ -36,11 +36,12 @@ pub enum RefusalClass {
     Disabled,
     BadCredentials,
     ForeignHost,
+    Revoked,
     Other,
 }
 
 impl RefusalClass {
-    pub const ALL: [RefusalClass; 8] = [
+    pub const ALL: [RefusalClass; 9] = [
         RefusalClass::UnverifiedCa,
         RefusalClass::UnknownDevice,
         RefusalClass::CnMismatch,
@@ -48,6 +49,7 @@ impl RefusalClass {
         RefusalClass::Disabled,
         RefusalClass::BadCredentials,
         RefusalClass::ForeignHost,
+        RefusalClass::Revoked,
         RefusalClass::Other,
     ];
 
@@ -60,6 +62,7 @@ impl RefusalClass {
             RefusalClass::Disabled => "disabled",
             RefusalClass::BadCredentials => "bad_credentials",
             RefusalClass::ForeignHost => "foreign_host",
+            RefusalClass::Revoked => "revoked",
             RefusalClass::Other => "other",
         }
     }

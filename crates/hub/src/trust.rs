@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::ArcSwap;
 use iothub_pki::chain::{validate_chain_bounded, ChainError};
 use iothub_pki::chain_cache::{chain_key, ChainCache, VerifiedChain};
+use iothub_pki::revocation::{RevocationSet, Revoked};
 use iothub_pki::trust_index::{NameKey, ParsedAnchor, TrustIndex};
 use iothub_store::Store;
 
@@ -40,6 +41,9 @@ pub(crate) struct Trust {
     chain_cache: Mutex<(Arc<TrustIndex>, ChainCache)>,
     /// The most certificates a device may present (`HubConfig::max_chain_len`).
     max_chain_len: usize,
+    /// The revoked certificates, by the subject of the CA that revoked them: checked after
+    /// every chain verdict, cached or not, so a revocation needs no cache invalidation.
+    revocations: ArcSwap<RevocationSet>,
 }
 
 /// The registered CAs as last parsed, the index built from them, and how far the rebuilds have
@@ -54,6 +58,9 @@ struct AnchorMemo {
     read_up_to: u64,
     /// Every rebuild request up to this one was read by a rebuild that published its snapshot.
     covered: u64,
+    /// The revocations as last read from the store: the set is rebuilt from them whenever the
+    /// CAs' subjects may have changed.
+    revoked: Vec<Revoked>,
 }
 
 /// A CA to put into the index: its name, the etag of the version parsed, and the anchor.
@@ -79,6 +86,7 @@ impl Trust {
                 ChainCache::new(chain_cache_entries),
             )),
             max_chain_len,
+            revocations: ArcSwap::from_pointee(RevocationSet::default()),
         }
     }
 
@@ -95,6 +103,19 @@ impl Trust {
     /// Validates a device's chain against the current trust snapshot, remembering successes for
     /// as long as that snapshot stays current (see `iothub_pki::chain_cache`).
     pub(crate) fn validate_chain(
+        &self,
+        chain: &[Vec<u8>],
+        now: i64,
+    ) -> Result<VerifiedChain, ChainError> {
+        let verdict = self.validate_chain_cached(chain, now)?;
+        match self.revocations.load().check(&verdict.presented) {
+            Ok(()) => Ok(verdict),
+            Err(revoked) => Err(ChainError::Revoked(revoked.clone())),
+        }
+    }
+
+    /// The verdict on `chain` from the cache or from a full validation, revocations aside.
+    fn validate_chain_cached(
         &self,
         chain: &[Vec<u8>],
         now: i64,
@@ -185,7 +206,31 @@ impl Trust {
         cache.0 = index.clone();
         self.snapshot.store(index);
         self.generation.fetch_add(1, Ordering::SeqCst);
+        // A CA replaced under its name may have a new subject: its revocations follow it.
+        self.publish_revocations(&guard);
         Ok(changed)
+    }
+
+    /// Takes the store's revocations (all of them) and returns the subjects of the CAs whose
+    /// revocations the change can touch: the sessions naming them must be checked again.
+    pub(crate) fn replace_revocations(&self, revoked: Vec<Revoked>) -> HashSet<NameKey> {
+        let mut guard = self
+            .anchor_memo
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut touched: HashSet<NameKey> = self.revocations.load().issuers().copied().collect();
+        guard.revoked = revoked;
+        self.publish_revocations(&guard);
+        touched.extend(self.revocations.load().issuers().copied());
+        touched
+    }
+
+    /// Builds the revocation set from the memo's revocations and CAs, and publishes it.
+    fn publish_revocations(&self, memo: &AnchorMemo) {
+        let set = RevocationSet::new(memo.revoked.iter().cloned(), |name| {
+            memo.parsed.get(name).map(|(_, a)| a.subject_key())
+        });
+        self.revocations.store(Arc::new(set));
     }
 }
 
@@ -295,6 +340,19 @@ impl Hub {
         let changed = self.trust_set().rebuild(self.store().as_ref())?;
         self.revalidate_sessions_naming(&changed);
         self.metrics().trust_rebuilt(started.elapsed());
+        Ok(())
+    }
+
+    /// Reads every revocation from the store into the trust part, then re-checks the sessions
+    /// of the CAs concerned: a revoked certificate's sessions close at once, with the reason.
+    pub fn reload_revocations(&self) -> Result<(), HubError> {
+        let records = self.store().list_revocations(None)?;
+        let revoked = records
+            .into_iter()
+            .map(crate::revocations::revoked)
+            .collect();
+        let touched = self.trust_set().replace_revocations(revoked);
+        self.revalidate_sessions_naming(&touched);
         Ok(())
     }
 

@@ -240,6 +240,19 @@ impl Store for GatedStore {
     ) -> Result<(), StoreError> {
         self.inner.write_persistent_session(id, subscriptions)
     }
+    fn revoke(
+        &self,
+        record: &iothub_store::RevocationRecord,
+        audit: &NewAudit,
+    ) -> Result<(), StoreError> {
+        self.inner.revoke(record, audit)
+    }
+    fn list_revocations(
+        &self,
+        ca_name: Option<&str>,
+    ) -> Result<Vec<iothub_store::RevocationRecord>, StoreError> {
+        self.inner.list_revocations(ca_name)
+    }
 }
 
 fn gated_env() -> (Env, Arc<GatedStore>) {

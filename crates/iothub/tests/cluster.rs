@@ -305,3 +305,48 @@ fn two_nodes_racing_on_one_ca_are_held_apart_by_its_etag() {
         assert_eq!(held.trim(), expected.trim(), "round {round}");
     }
 }
+
+/// A certificate revoked through one node drops its device on another within a second, and the
+/// device is refused there with the reason; a sibling of the same CA stays connected.
+#[test]
+fn a_revocation_through_one_node_drops_the_device_on_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = three_nodes(tmp.path());
+    verified_root_with_devices(&nodes[0], &["stolen", "kept"]);
+    let files = nodes[0].dir.clone();
+    let (mut stolen, _) = connect_within(&nodes[2], &files, "stolen", Duration::from_secs(2));
+    let (mut kept, _) = connect_within(&nodes[1], &files, "kept", Duration::from_secs(2));
+    let serial = sh(
+        &files,
+        "openssl",
+        &["x509", "-noout", "-serial", "-in", "stolen.pem"],
+    );
+    let serial = serial.trim().trim_start_matches("serial=").to_string();
+    ok(&nodes[0].cli(&[
+        "cert",
+        "revoke",
+        "root",
+        "--serial",
+        &serial,
+        "--reason",
+        "keyCompromise",
+    ]));
+    let revoked = Instant::now();
+    assert!(stolen.recv().is_err(), "the session on n3 ended");
+    let took = revoked.elapsed();
+    assert!(took < Duration::from_secs(1), "dropped after {took:?}");
+    kept.send(&Packet::PingReq).unwrap();
+    assert!(matches!(kept.recv(), Ok(Packet::PingResp)));
+    let again = RawDevice::connect(
+        &nodes[2],
+        &files.join("stolen.pem"),
+        &files.join("stolen.key"),
+        "stolen",
+    );
+    assert!(!matches!(again, Ok((_, 0))));
+    let reason = latest_refusal(&nodes[2], "stolen");
+    assert!(
+        reason.contains("revoked by 'root' (keyCompromise"),
+        "{reason}"
+    );
+}

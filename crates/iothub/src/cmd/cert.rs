@@ -62,6 +62,26 @@ pub enum CertCommand {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Revoke the certificate NAME issued with a serial number (a device's, or an
+    /// intermediate's): its sessions close at once, on every node, and its next CONNECT is
+    /// refused with the reason. Other certificates of the CA are untouched.
+    Revoke {
+        /// The certificate's name on the hub (the CA that issued the revoked certificate).
+        name: String,
+        /// The revoked certificate's serial, in hex (`openssl x509 -noout -serial -in FILE`).
+        #[arg(long)]
+        serial: String,
+        /// Why, as RFC 5280 names it: unspecified, keyCompromise, cACompromise,
+        /// affiliationChanged, superseded, cessationOfOperation, certificateHold,
+        /// privilegeWithdrawn, aACompromise.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// List the certificates NAME revoked, oldest first.
+    Revoked {
+        /// The certificate's name on the hub.
+        name: String,
+    },
     /// Delete a CA certificate.
     Delete {
         /// The certificate's name on the hub.
@@ -95,6 +115,28 @@ pub fn run(target: &HubTarget, output: Output, cmd: CertCommand) -> Result<()> {
             output.answer(&v, || println!("{}", summary(&v)))
         }
         CertCommand::Prove { name, key } => prove(&api, output, &name, &key),
+        CertCommand::Revoke {
+            name,
+            serial,
+            reason,
+        } => {
+            let mut body = json!({ "serial": serial });
+            if let Some(reason) = reason {
+                body["reason"] = json!(reason);
+            }
+            let path = format!("{}/revocations", cert_path(&name));
+            let v = api.call(Method::POST, &path, None, Some(&body))?;
+            output.answer(&v, || {
+                println!(
+                    "revoked serial {} of {} ({}, since {})",
+                    shown(&v["serial"]),
+                    shown(&v["certificateName"]),
+                    shown(&v["reason"]),
+                    shown(&v["revokedAt"])
+                )
+            })
+        }
+        CertCommand::Revoked { name } => revoked(&api, output, &name),
         CertCommand::Delete { name, etag } => {
             api.call(Method::DELETE, &cert_path(&name), etag.as_deref(), None)?;
             output.answer(&json!({ "deleted": name }), || println!("deleted {name}"))
@@ -177,6 +219,30 @@ fn list(api: &ApiClient, output: Output) -> Result<()> {
                 shown(prop(&c, "thumbprint")),
                 shown(prop(&c, "expiry")),
                 shown(prop(&c, "subject"))
+            );
+        }
+    })
+}
+
+fn revoked(api: &ApiClient, output: Output, name: &str) -> Result<()> {
+    let path = format!("{}/revocations", cert_path(name));
+    let v = api.call(Method::GET, &path, None, None)?;
+    output.answer(&v, || {
+        let items = items(&v["value"]);
+        if items.is_empty() {
+            println!(
+                "{} revoked no certificates",
+                iothub_hub::peer_text::escaped(name)
+            );
+            return;
+        }
+        println!("{:<42} {:<22} REVOKED AT", "SERIAL", "REASON");
+        for r in items {
+            println!(
+                "{:<42} {:<22} {}",
+                shown(&r["serial"]),
+                shown(&r["reason"]),
+                shown(&r["revokedAt"])
             );
         }
     })
