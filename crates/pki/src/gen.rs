@@ -100,6 +100,12 @@ pub struct CaIssuer {
 }
 
 impl CaIssuer {
+    /// The rcgen issuer (for signing CRLs in tests).
+    #[cfg(test)]
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
     /// Loads a CA from its certificate PEM and key PEM, checking that the key belongs to the
     /// certificate. The certificate PEM may be a chain (the CA first, then its issuers, as
     /// `make_ca` writes intermediates); the chain is kept and appended to what this CA signs.

@@ -18,12 +18,14 @@
 //!   and the [`trust_index::NameKey`]s that say which chains a CA change can affect.
 //! - [`chain`]: whether a device's presented chain leads to a Verified CA, with a precise reason.
 //! - [`chain_cache`]: verdicts on chains already validated against one trust snapshot.
+//! - [`crl`]: certificate revocation lists uploaded for a CA: its issuer, signature, freshness.
 //! - [`revocation`]: revoked certificates (CA and serial), serial spelling, RFC 5280 reasons.
 //! - `sharded` (private): the copy-on-write sharded map the trust index is built on.
 
 pub mod cert;
 pub mod chain;
 pub mod chain_cache;
+pub mod crl;
 pub mod device_id;
 pub mod dn;
 pub mod gen;

@@ -96,6 +96,23 @@ impl RevocationReason {
             .map_or("unspecified", |(_, name)| name)
     }
 
+    /// The reason of a CRL entry's reasonCode (RFC 5280 5.3.1); None for removeFromCRL (8: the
+    /// certificate is not revoked) and for codes RFC 5280 does not define.
+    pub fn from_crl_code(code: u8) -> Option<RevocationReason> {
+        Some(match code {
+            0 => RevocationReason::Unspecified,
+            1 => RevocationReason::KeyCompromise,
+            2 => RevocationReason::CaCompromise,
+            3 => RevocationReason::AffiliationChanged,
+            4 => RevocationReason::Superseded,
+            5 => RevocationReason::CessationOfOperation,
+            6 => RevocationReason::CertificateHold,
+            9 => RevocationReason::PrivilegeWithdrawn,
+            10 => RevocationReason::AaCompromise,
+            _ => return None,
+        })
+    }
+
     /// Reads a reason name, in any letter case.
     pub fn parse(text: &str) -> Result<RevocationReason, ReasonError> {
         REASONS
