@@ -450,6 +450,23 @@ pub struct RevocationRecord {
     pub reason: String,
     /// Unix seconds.
     pub revoked_at: i64,
+    /// From the CA's uploaded CRL (replaced with the next CRL), not by an operator's revoke.
+    pub from_crl: bool,
+}
+
+/// The CRL held for a CA (its revoked serials are [`RevocationRecord`]s with `from_crl`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlRecord {
+    pub ca_name: String,
+    /// thisUpdate and nextUpdate, Unix seconds.
+    pub this_update: i64,
+    pub next_update: Option<i64>,
+    /// The cRLNumber, hex.
+    pub number: Option<String>,
+    /// How many certificates it revokes.
+    pub entries: u64,
+    /// When it was uploaded, Unix seconds.
+    pub uploaded_at: i64,
 }
 
 /// Why a store call failed.
@@ -670,6 +687,18 @@ pub trait Store: Send + Sync + 'static {
     /// transaction. NotFound when the CA does not exist; AlreadyExists when that serial is
     /// already revoked by it. Deleting a CA deletes its revocations.
     fn revoke(&self, record: &RevocationRecord, audit: &NewAudit) -> Result<(), StoreError>;
+    /// Replaces CA `crl.ca_name`'s CRL and the revocations the previous one brought with
+    /// `entries` (an operator's own revocations stay; a serial revoked both ways keeps the
+    /// operator's), with a change and its audit entry, in one transaction. NotFound without the
+    /// CA; `EtagMismatch { current: held thisUpdate }` when the CRL held is as new or newer.
+    fn replace_crl(
+        &self,
+        crl: &CrlRecord,
+        entries: &[RevocationRecord],
+        audit: &NewAudit,
+    ) -> Result<(), StoreError>;
+    /// The CRL held for `ca_name`, if any.
+    fn get_crl(&self, ca_name: &str) -> Result<Option<CrlRecord>, StoreError>;
     /// The revocations of `ca_name` (every CA's when None), by CA name, then oldest first.
     fn list_revocations(&self, ca_name: Option<&str>) -> Result<Vec<RevocationRecord>, StoreError>;
 

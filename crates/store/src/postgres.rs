@@ -30,9 +30,9 @@ mod writes;
 
 use crate::{
     AuditEntry, AuditQuery, AuthType, C2dRecord, C2dState, CaChanges, CaRecord, Change, ChangeFeed,
-    ChangeKind, CodeRecord, DeviceActivity, DeviceRecord, DeviceStatus, Expect, MethodCallRecord,
-    NewAudit, NewMessage, PolicyChange, PolicyRecord, Presence, PresenceUpdate, RevocationRecord,
-    Store, StoreError, StoredMessage, Subscriptions, TwinRecord,
+    ChangeKind, CodeRecord, CrlRecord, DeviceActivity, DeviceRecord, DeviceStatus, Expect,
+    MethodCallRecord, NewAudit, NewMessage, PolicyChange, PolicyRecord, Presence, PresenceUpdate,
+    RevocationRecord, Store, StoreError, StoredMessage, Subscriptions, TwinRecord,
 };
 
 /// The schema, in numbered steps; `schema_version` records how many ran.
@@ -97,7 +97,10 @@ const MIGRATIONS: &[&str] = &[
     // 2: revoked certificates, by the CA that issued them.
     "CREATE TABLE revocation (
         ca_name TEXT NOT NULL, serial TEXT NOT NULL, reason TEXT NOT NULL,
-        revoked_at BIGINT NOT NULL, PRIMARY KEY (ca_name, serial));",
+        revoked_at BIGINT NOT NULL, from_crl BOOLEAN NOT NULL, PRIMARY KEY (ca_name, serial));
+     CREATE TABLE crl (
+        ca_name TEXT PRIMARY KEY, this_update BIGINT NOT NULL, next_update BIGINT,
+        number TEXT, uploaded_at BIGINT NOT NULL);",
 ];
 
 /// The advisory lock key under which migrations run (any fixed number; "iothub" in ASCII).

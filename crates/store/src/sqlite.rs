@@ -9,9 +9,9 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::{
     AuditEntry, AuditQuery, AuthType, C2dRecord, C2dState, CaChanges, CaRecord, Change, ChangeFeed,
-    ChangeKind, CodeRecord, DeviceActivity, DeviceRecord, DeviceStatus, Expect, MethodCallRecord,
-    NewAudit, NewMessage, PolicyChange, PolicyRecord, Presence, PresenceUpdate, RevocationRecord,
-    Store, StoreError, StoredMessage, Subscriptions, TwinRecord,
+    ChangeKind, CodeRecord, CrlRecord, DeviceActivity, DeviceRecord, DeviceStatus, Expect,
+    MethodCallRecord, NewAudit, NewMessage, PolicyChange, PolicyRecord, Presence, PresenceUpdate,
+    RevocationRecord, Store, StoreError, StoredMessage, Subscriptions, TwinRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -169,7 +169,10 @@ const MIGRATIONS: &[&str] = &[
     // 11: revoked certificates, by the CA that issued them.
     "CREATE TABLE revocation (
         ca_name TEXT NOT NULL, serial TEXT NOT NULL, reason TEXT NOT NULL,
-        revoked_at INTEGER NOT NULL, PRIMARY KEY (ca_name, serial));",
+        revoked_at INTEGER NOT NULL, from_crl INTEGER NOT NULL, PRIMARY KEY (ca_name, serial));
+     CREATE TABLE crl (
+        ca_name TEXT PRIMARY KEY NOT NULL, this_update INTEGER NOT NULL, next_update INTEGER,
+        number TEXT, uploaded_at INTEGER NOT NULL);",
 ];
 
 /// The CA list a trust rebuild reads after a delete (see migration 5).
@@ -594,6 +597,8 @@ impl Store for SqliteStore {
         tx.execute("DELETE FROM ca_certificate WHERE name = ?1", [name])
             .map_err(backend)?;
         tx.execute("DELETE FROM revocation WHERE ca_name = ?1", [name])
+            .map_err(backend)?;
+        tx.execute("DELETE FROM crl WHERE ca_name = ?1", [name])
             .map_err(backend)?;
         let seq = next_etag(&tx)?;
         record_change(&tx, &self.node, ChangeKind::Ca, name, seq)?;
@@ -1322,12 +1327,28 @@ impl Store for SqliteStore {
         }
         let inserted = tx
             .execute(
-                "INSERT OR IGNORE INTO revocation (ca_name, serial, reason, revoked_at) VALUES (?1, ?2, ?3, ?4)",
-                params![record.ca_name, record.serial, record.reason, record.revoked_at],
+                "INSERT OR IGNORE INTO revocation (ca_name, serial, reason, revoked_at, from_crl) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![record.ca_name, record.serial, record.reason, record.revoked_at, record.from_crl],
             )
             .map_err(backend)?;
         if inserted == 0 {
-            return Err(StoreError::AlreadyExists);
+            // Revoked by the CRL already: the operator's revocation takes its place (it stays
+            // when a later CRL no longer lists the serial).
+            let taken = tx
+                .execute(
+                    "UPDATE revocation SET reason = ?3, revoked_at = ?4, from_crl = 0
+                     WHERE ca_name = ?1 AND serial = ?2 AND from_crl = 1",
+                    params![
+                        record.ca_name,
+                        record.serial,
+                        record.reason,
+                        record.revoked_at
+                    ],
+                )
+                .map_err(backend)?;
+            if taken == 0 {
+                return Err(StoreError::AlreadyExists);
+            }
         }
         let seq = next_etag(&tx)?;
         record_change(
@@ -1345,7 +1366,7 @@ impl Store for SqliteStore {
         let conn = self.lock()?;
         let mut stmt = conn
             .prepare_cached(
-                "SELECT ca_name, serial, reason, revoked_at FROM revocation
+                "SELECT ca_name, serial, reason, revoked_at, from_crl FROM revocation
                  WHERE (?1 IS NULL OR ca_name = ?1) ORDER BY ca_name, revoked_at, serial",
             )
             .map_err(backend)?;
@@ -1356,10 +1377,87 @@ impl Store for SqliteStore {
                     serial: r.get(1)?,
                     reason: r.get(2)?,
                     revoked_at: r.get(3)?,
+                    from_crl: r.get(4)?,
                 })
             })
             .map_err(backend)?;
         rows.collect::<Result<_, _>>().map_err(backend)
+    }
+
+    fn replace_crl(
+        &self,
+        crl: &CrlRecord,
+        entries: &[RevocationRecord],
+        audit: &NewAudit,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        if current_etag(&tx, "ca_certificate", "name", &crl.ca_name)?.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let held: Option<i64> = tx
+            .query_row(
+                "SELECT this_update FROM crl WHERE ca_name = ?1",
+                [&crl.ca_name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        if let Some(held) = held.filter(|held| *held >= crl.this_update) {
+            return Err(StoreError::EtagMismatch {
+                current: held as u64,
+            });
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO crl (ca_name, this_update, next_update, number, uploaded_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![crl.ca_name, crl.this_update, crl.next_update, crl.number, crl.uploaded_at],
+        )
+        .map_err(backend)?;
+        tx.execute(
+            "DELETE FROM revocation WHERE ca_name = ?1 AND from_crl = 1",
+            [&crl.ca_name],
+        )
+        .map_err(backend)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO revocation (ca_name, serial, reason, revoked_at, from_crl) VALUES (?1, ?2, ?3, ?4, 1)",
+                )
+                .map_err(backend)?;
+            for e in entries {
+                insert
+                    .execute(params![crl.ca_name, e.serial, e.reason, e.revoked_at])
+                    .map_err(backend)?;
+            }
+        }
+        let seq = next_etag(&tx)?;
+        record_change(&tx, &self.node, ChangeKind::Revocation, &crl.ca_name, seq)?;
+        insert_audit(&tx, audit)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn get_crl(&self, ca_name: &str) -> Result<Option<CrlRecord>, StoreError> {
+        let conn = self.lock()?;
+        conn.query_row(
+            "SELECT c.this_update, c.next_update, c.number, c.uploaded_at,
+                    (SELECT COUNT(*) FROM revocation r WHERE r.ca_name = c.ca_name AND r.from_crl = 1)
+             FROM crl c WHERE c.ca_name = ?1",
+            [ca_name],
+            |r| {
+                Ok(CrlRecord {
+                    ca_name: ca_name.to_string(),
+                    this_update: r.get(0)?,
+                    next_update: r.get(1)?,
+                    number: r.get(2)?,
+                    uploaded_at: r.get(3)?,
+                    entries: r.get::<_, i64>(4)? as u64,
+                })
+            },
+        )
+        .optional()
+        .map_err(backend)
     }
 
     fn write_persistent_session(

@@ -65,6 +65,7 @@ conformance!(
     a_presence_batch_ends_as_its_updates_in_order_would,
     method_calls_are_answered_once,
     revocations_belong_to_their_ca,
+    a_crl_replaces_the_revocations_of_the_one_before,
     settings_and_persistent_sessions,
 );
 
@@ -492,6 +493,7 @@ fn revocations_belong_to_their_ca(s: &dyn Store) {
         serial: serial.into(),
         reason: "keyCompromise".into(),
         revoked_at: at,
+        from_crl: false,
     };
     assert_eq!(
         s.revoke(&r("nope", "1A", 1), &audit("r")),
@@ -514,6 +516,71 @@ fn revocations_belong_to_their_ca(s: &dyn Store) {
     // Deleting a CA deletes its revocations: a CA added again under its name starts clean.
     s.delete_ca("rv", None, &audit("d")).unwrap();
     assert_eq!(s.list_revocations(None).unwrap(), [r("rw", "1A", 4)]);
+}
+
+fn a_crl_replaces_the_revocations_of_the_one_before(s: &dyn Store) {
+    let entry = |serial: &str| RevocationRecord {
+        ca_name: "cr".into(),
+        serial: serial.into(),
+        reason: "superseded".into(),
+        revoked_at: 5,
+        from_crl: true,
+    };
+    let crl = |this_update| CrlRecord {
+        ca_name: "cr".into(),
+        this_update,
+        next_update: Some(this_update + 100),
+        number: Some("7".into()),
+        entries: 0,
+        uploaded_at: 1,
+    };
+    assert_eq!(
+        s.replace_crl(&crl(10), &[entry("1")], &audit("l")),
+        Err(StoreError::NotFound)
+    );
+    s.write_ca(&ca("cr", "CRT"), NO_LIMIT, &audit("c")).unwrap();
+    s.replace_crl(&crl(10), &[entry("1"), entry("2")], &audit("l"))
+        .unwrap();
+    // The operator revokes 2 (the CRL's already) and 3.
+    let mine = |serial: &str| RevocationRecord {
+        reason: "keyCompromise".into(),
+        from_crl: false,
+        ..entry(serial)
+    };
+    s.revoke(&mine("2"), &audit("r")).unwrap();
+    s.revoke(&mine("3"), &audit("r")).unwrap();
+    assert_eq!(
+        s.revoke(&mine("3"), &audit("r")),
+        Err(StoreError::AlreadyExists)
+    );
+    // An older or the same CRL is refused and changes nothing.
+    assert_eq!(
+        s.replace_crl(&crl(10), &[], &audit("l")),
+        Err(StoreError::EtagMismatch { current: 10 })
+    );
+    // A newer CRL without 1 and 2: 1 is no longer revoked; the operator's 2 and 3 stay.
+    s.replace_crl(&crl(20), &[entry("4")], &audit("l")).unwrap();
+    let held: Vec<(String, bool)> = s
+        .list_revocations(Some("cr"))
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.serial, r.from_crl))
+        .collect();
+    let mut held = held;
+    held.sort();
+    assert_eq!(
+        held,
+        [
+            ("2".to_string(), false),
+            ("3".to_string(), false),
+            ("4".to_string(), true)
+        ]
+    );
+    let got = s.get_crl("cr").unwrap().unwrap();
+    assert_eq!((got.this_update, got.entries), (20, 1));
+    // Deleting the CA deletes its CRL.
+    s.delete_ca("cr", None, &audit("d")).unwrap();
+    assert_eq!(s.get_crl("cr").unwrap(), None);
 }
 
 fn method_calls_are_answered_once(s: &dyn Store) {

@@ -171,6 +171,9 @@ impl Store for PostgresStore {
                 tx.execute("DELETE FROM revocation WHERE ca_name = $1", &[&name])
                     .await
                     .map_err(|e| db.error(e))?;
+                tx.execute("DELETE FROM crl WHERE ca_name = $1", &[&name])
+                    .await
+                    .map_err(|e| db.error(e))?;
                 db.record_change(&tx, ChangeKind::Ca, &name, None, seq)
                     .await?;
                 db.insert_audit(&tx, &audit).await?;
@@ -950,6 +953,43 @@ impl Store for PostgresStore {
         self.call(move |db| Box::pin(async move { db.revoke(record, audit).await }))
     }
 
+    fn replace_crl(
+        &self,
+        crl: &CrlRecord,
+        entries: &[RevocationRecord],
+        audit: &NewAudit,
+    ) -> Result<(), StoreError> {
+        owned!(crl, audit);
+        let entries = entries.to_vec();
+        self.call(move |db| Box::pin(async move { db.replace_crl(crl, entries, audit).await }))
+    }
+
+    fn get_crl(&self, ca_name: &str) -> Result<Option<CrlRecord>, StoreError> {
+        owned!(ca_name);
+        self.call(move |db| {
+            Box::pin(async move {
+                let c = db.conn().await?;
+                let row = c
+                    .query_opt(
+                        "SELECT c.this_update, c.next_update, c.number, c.uploaded_at,
+                                (SELECT COUNT(*) FROM revocation r WHERE r.ca_name = c.ca_name AND r.from_crl)
+                         FROM crl c WHERE c.ca_name = $1",
+                        &[&ca_name],
+                    )
+                    .await
+                    .map_err(|e| db.error(e))?;
+                Ok(row.map(|r| CrlRecord {
+                    ca_name: ca_name.clone(),
+                    this_update: r.get(0),
+                    next_update: r.get(1),
+                    number: r.get(2),
+                    uploaded_at: r.get(3),
+                    entries: r.get::<_, i64>(4) as u64,
+                }))
+            })
+        })
+    }
+
     fn list_revocations(&self, ca_name: Option<&str>) -> Result<Vec<RevocationRecord>, StoreError> {
         let ca_name = ca_name.map(str::to_string);
         self.call(move |db| {
@@ -957,7 +997,7 @@ impl Store for PostgresStore {
                 let c = db.conn().await?;
                 let rows = c
                     .query(
-                        "SELECT ca_name, serial, reason, revoked_at FROM revocation
+                        "SELECT ca_name, serial, reason, revoked_at, from_crl FROM revocation
                          WHERE ($1::text IS NULL OR ca_name = $1) ORDER BY ca_name, revoked_at, serial",
                         &[&ca_name],
                     )
@@ -970,6 +1010,7 @@ impl Store for PostgresStore {
                         serial: r.get(1),
                         reason: r.get(2),
                         revoked_at: r.get(3),
+                        from_crl: r.get(4),
                     })
                     .collect())
             })

@@ -528,18 +528,87 @@ impl Db {
         if ca.is_none() {
             return Err(StoreError::NotFound);
         }
-        let inserted = tx
+        // An operator's revocation takes the place of the CRL's for the same serial (see the
+        // SQLite store); a second one of the operator's is refused.
+        let written = tx
             .execute(
-                "INSERT INTO revocation (ca_name, serial, reason, revoked_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT DO NOTHING",
+                "INSERT INTO revocation (ca_name, serial, reason, revoked_at, from_crl) VALUES ($1, $2, $3, $4, FALSE)
+                 ON CONFLICT (ca_name, serial) DO UPDATE SET reason = excluded.reason,
+                    revoked_at = excluded.revoked_at, from_crl = FALSE
+                 WHERE revocation.from_crl",
                 &[&record.ca_name, &record.serial, &record.reason, &record.revoked_at],
             )
             .await
             .map_err(e)?;
-        if inserted == 0 {
+        if written == 0 {
             return Err(StoreError::AlreadyExists);
         }
         self.record_change(&tx, ChangeKind::Revocation, &record.ca_name, None, seq)
+            .await?;
+        self.insert_audit(&tx, &audit).await?;
+        tx.commit().await.map_err(e)
+    }
+
+    /// See `Store::replace_crl`: the CA row is locked first, as for a revocation.
+    pub(super) async fn replace_crl(
+        &self,
+        crl: CrlRecord,
+        entries: Vec<RevocationRecord>,
+        audit: NewAudit,
+    ) -> Result<(), StoreError> {
+        let e = |e| self.error(e);
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(e)?;
+        let seq = self.next_etag(&tx).await?;
+        let ca = tx
+            .query_opt(
+                "SELECT 1 FROM ca_certificate WHERE name = $1 FOR UPDATE",
+                &[&crl.ca_name],
+            )
+            .await
+            .map_err(e)?;
+        if ca.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let held: Option<i64> = tx
+            .query_opt(
+                "SELECT this_update FROM crl WHERE ca_name = $1",
+                &[&crl.ca_name],
+            )
+            .await
+            .map_err(e)?
+            .map(|r| r.get(0));
+        if let Some(held) = held.filter(|held| *held >= crl.this_update) {
+            return Err(StoreError::EtagMismatch {
+                current: held as u64,
+            });
+        }
+        tx.execute(
+            "INSERT INTO crl (ca_name, this_update, next_update, number, uploaded_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (ca_name) DO UPDATE SET this_update = excluded.this_update,
+                next_update = excluded.next_update, number = excluded.number, uploaded_at = excluded.uploaded_at",
+            &[&crl.ca_name, &crl.this_update, &crl.next_update, &crl.number, &crl.uploaded_at],
+        )
+        .await
+        .map_err(e)?;
+        tx.execute(
+            "DELETE FROM revocation WHERE ca_name = $1 AND from_crl",
+            &[&crl.ca_name],
+        )
+        .await
+        .map_err(e)?;
+        let serials: Vec<&str> = entries.iter().map(|r| r.serial.as_str()).collect();
+        let reasons: Vec<&str> = entries.iter().map(|r| r.reason.as_str()).collect();
+        let times: Vec<i64> = entries.iter().map(|r| r.revoked_at).collect();
+        tx.execute(
+            "INSERT INTO revocation (ca_name, serial, reason, revoked_at, from_crl)
+             SELECT $1, s, r, t, TRUE FROM UNNEST($2::text[], $3::text[], $4::bigint[]) AS u(s, r, t)
+             ON CONFLICT DO NOTHING",
+            &[&crl.ca_name, &serials, &reasons, &times],
+        )
+        .await
+        .map_err(e)?;
+        self.record_change(&tx, ChangeKind::Revocation, &crl.ca_name, None, seq)
             .await?;
         self.insert_audit(&tx, &audit).await?;
         tx.commit().await.map_err(e)
