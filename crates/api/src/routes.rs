@@ -50,6 +50,10 @@ fn registry_routes() -> Router<AppState> {
             "/certificates/{name}/revocations",
             get(revocations::list).post(revocations::revoke),
         )
+        .route(
+            "/certificates/{name}/crl",
+            get(revocations::get_crl).put(revocations::put_crl),
+        )
         // POST, not `/devices/import`: that path would hide a device named "import".
         .route(
             "/devices",

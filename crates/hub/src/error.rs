@@ -66,6 +66,11 @@ error_codes! {
     POLICY_RIGHTS_INVALID = (400075, "PolicyRightsInvalid"),
     CERTIFICATE_SIGNATURE_ALGORITHM_MISMATCH = (400076, "CertificateSignatureAlgorithmMismatch"),
     CERTIFICATE_PRIVATE_KEY_INCLUDED = (400077, "CertificatePrivateKeyIncluded"),
+    CRL_INVALID = (400078, "CrlInvalid"),
+    CRL_ISSUER_MISMATCH = (400079, "CrlIssuerMismatch"),
+    CRL_SIGNATURE_INVALID = (400080, "CrlSignatureInvalid"),
+    CRL_NOT_CURRENT = (400081, "CrlNotCurrent"),
+    CRL_NOT_NEWER = (409052, "CrlNotNewer"),
     IOT_HUB_UNAUTHORIZED_ACCESS = (401002, "IotHubUnauthorizedAccess"),
     IOT_HUB_FORBIDDEN = (403001, "IotHubForbidden"),
     CSRF_REJECTED = (403002, "CsrfRejected"),
@@ -178,6 +183,8 @@ pub enum HubError {
         method: String,
         seconds: u64,
     },
+    #[error(transparent)]
+    Crl(#[from] iothub_pki::crl::CrlError),
     #[error("certificate serial {serial} is already revoked by '{ca_name}' (`iothub cert revoked {ca_name}` lists when and why)")]
     AlreadyRevoked { ca_name: String, serial: String },
     #[error("internal error: {0}")]
@@ -222,6 +229,7 @@ impl HubError {
             HubError::DeviceNotOnline(_) => DEVICE_NOT_ONLINE,
             HubError::MethodTimeout { .. } => GATEWAY_TIMEOUT,
             HubError::AlreadyRevoked { .. } => CERTIFICATE_ALREADY_REVOKED,
+            HubError::Crl(e) => crl_code(e),
             HubError::Internal(_) => SERVER_ERROR,
             HubError::StoreUnavailable(_) => SERVICE_UNAVAILABLE,
         }
@@ -231,6 +239,18 @@ impl HubError {
 // The pki errors name their kind as text (`kind()`: the pure crate knows no codes). The code of
 // each variant is chosen here by an exhaustive match, so a new variant cannot go without one; a
 // test checks that each code's name is the variant's `kind()`.
+
+fn crl_code(e: &iothub_pki::crl::CrlError) -> ErrorCode {
+    use iothub_pki::crl::CrlError as E;
+    match e {
+        E::Empty | E::Unparsable(_) | E::TooManyEntries { .. } => CRL_INVALID,
+        E::TooLarge { .. } => REQUEST_TOO_LARGE,
+        E::WrongIssuer { .. } => CRL_ISSUER_MISMATCH,
+        E::NotSignedByCa { .. } => CRL_SIGNATURE_INVALID,
+        E::Expired { .. } | E::NotYetValid { .. } => CRL_NOT_CURRENT,
+        E::NotNewer { .. } => CRL_NOT_NEWER,
+    }
+}
 
 fn input_code(e: &InputError) -> ErrorCode {
     match e {

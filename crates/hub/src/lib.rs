@@ -61,6 +61,9 @@ pub use error::{ErrorCode, HubError};
 /// rights), re-exported so that adapters take it from the service layer, not the store.
 pub use iothub_store::PolicyRecord;
 use iothub_store::Store;
+/// The default of [`HubConfig::max_crl_entries`].
+pub const DEFAULT_MAX_CRL_ENTRIES: usize = 100_000;
+
 /// The typed seams of a device record and a cloud-to-device message: spelled once in the store's
 /// record types (their text columns), re-exported so adapters render them with `as_str` without
 /// depending on the store.
@@ -111,6 +114,8 @@ pub struct HubConfig {
     pub cluster: bool,
     /// A node whose last heartbeat is older than this is dead (`presence.rs`).
     pub node_timeout_ms: i64,
+    /// Most entries a CA's uploaded CRL may have.
+    pub max_crl_entries: usize,
     /// How many recent connection refusals are kept in memory.
     pub refusals_kept: usize,
     /// Refused device connections per remote address per minute before that address's
@@ -148,6 +153,7 @@ impl Default for HubConfig {
             partitions: 4,
             cluster: false,
             node_timeout_ms: 3000,
+            max_crl_entries: DEFAULT_MAX_CRL_ENTRIES,
             refusals_kept: 1000,
             mqtt_refusal_limit: DEFAULT_MQTT_REFUSAL_LIMIT,
             hub_name: "iothub".into(),

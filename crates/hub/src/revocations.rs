@@ -1,4 +1,4 @@
-//! Revoking certificates a registered CA issued, live: a compromised device certificate (or an
+//! Revoking certificates a registered CA issued (by serial, or by uploading its CRL), live: a compromised device certificate (or an
 //! intermediate) stops working at once, on every node, while the CA's other devices carry on.
 //!
 //! Why its own module: the rules of a revocation request (the CA exists, the serial is spelt as
@@ -8,9 +8,10 @@
 //! store, the audit log, the trust part, and the sessions re-check that closes what a revocation
 //! no longer admits.
 
+use iothub_pki::crl::{check_crl, read_crl, CrlError};
 use iothub_pki::pop::format_time;
 use iothub_pki::revocation::{normalize_serial, RevocationReason, Revoked};
-use iothub_store::{RevocationRecord, StoreError};
+use iothub_store::{CrlRecord, RevocationRecord, StoreError};
 
 use crate::auth::{Principal, Right};
 use crate::{Hub, HubError};
@@ -25,12 +26,40 @@ pub struct RevocationView {
     pub reason: String,
     /// RFC 3339 UTC.
     pub revoked_at: String,
+    /// From the CA's uploaded CRL rather than an operator's revoke.
+    pub from_crl: bool,
+}
+
+/// The CRL held for a CA, as the API and the CLI show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlView {
+    pub ca_name: String,
+    /// thisUpdate and nextUpdate, RFC 3339 UTC.
+    pub this_update: String,
+    pub next_update: Option<String>,
+    /// The cRLNumber, hex.
+    pub number: Option<String>,
+    /// How many certificates it revokes.
+    pub revoked: u64,
+}
+
+impl CrlView {
+    fn of(r: CrlRecord) -> CrlView {
+        CrlView {
+            this_update: format_time(r.this_update),
+            next_update: r.next_update.map(format_time),
+            number: r.number,
+            revoked: r.entries,
+            ca_name: r.ca_name,
+        }
+    }
 }
 
 impl RevocationView {
     fn of(r: RevocationRecord) -> RevocationView {
         RevocationView {
             revoked_at: format_time(r.revoked_at),
+            from_crl: r.from_crl,
             ca_name: r.ca_name,
             serial: r.serial,
             reason: r.reason,
@@ -85,6 +114,7 @@ impl Hub {
                 serial: serial.clone(),
                 reason: reason.as_str().to_string(),
                 revoked_at: self.now(),
+                from_crl: false,
             };
             let audit = self.audit_entry(
                 who,
@@ -107,6 +137,94 @@ impl Hub {
             Ok(RevocationView::of(record))
         };
         run().or_else(|e| self.refuse(who, ACTION, &target(ca_name), e))
+    }
+
+    /// Takes CA `ca_name`'s certificate revocation list (`input`: PEM or DER): it must name the
+    /// CA's subject as its issuer, be signed with the CA's key, be current, and be newer than the
+    /// CRL held. Its entries replace the previous CRL's (an operator's own revocations stay), and
+    /// the sessions of newly revoked certificates close at once, on every node.
+    pub fn upload_crl(
+        &self,
+        who: &Principal,
+        ca_name: &str,
+        input: &[u8],
+        max_bytes: usize,
+    ) -> Result<CrlView, HubError> {
+        const ACTION: &str = "certificate.uploadCrl";
+        self.authorize(who, Right::RegistryWrite, "upload CRLs", &target(ca_name))?;
+        let run = || -> Result<CrlView, HubError> {
+            iothub_pki::pop::validate_ca_name(ca_name)?;
+            let der = read_crl(input, max_bytes)?;
+            let ca = self
+                .store()
+                .get_ca(ca_name)?
+                .ok_or_else(|| HubError::NotFound(ca_name.to_string()))?;
+            let held = self.store().get_crl(ca_name)?;
+            let facts = check_crl(
+                &der,
+                ca_name,
+                &ca.der,
+                self.now(),
+                held.as_ref().map(|h| h.this_update),
+                self.config().max_crl_entries,
+            )?;
+            let entries: Vec<RevocationRecord> = facts
+                .entries
+                .iter()
+                .map(|e| RevocationRecord {
+                    ca_name: ca_name.to_string(),
+                    serial: e.serial.clone(),
+                    reason: e.reason.as_str().to_string(),
+                    revoked_at: e.revoked_at,
+                    from_crl: true,
+                })
+                .collect();
+            let record = CrlRecord {
+                ca_name: ca_name.to_string(),
+                this_update: facts.this_update,
+                next_update: facts.next_update,
+                number: facts.number.clone(),
+                entries: entries.len() as u64,
+                uploaded_at: self.now(),
+            };
+            let audit = self.audit_entry(
+                who,
+                ACTION,
+                &target(ca_name),
+                &Ok(format!(
+                    "CRL of {} (number {}) revokes {} certificates",
+                    format_time(facts.this_update),
+                    facts.number.as_deref().unwrap_or("none"),
+                    entries.len()
+                )),
+            );
+            self.store()
+                .replace_crl(&record, &entries, &audit)
+                .map_err(|e| match e {
+                    StoreError::NotFound => HubError::NotFound(ca_name.to_string()),
+                    // Another upload landed a newer CRL meanwhile.
+                    StoreError::EtagMismatch { current } => HubError::Crl(CrlError::NotNewer {
+                        this_update: format_time(facts.this_update),
+                        held: format_time(current as i64),
+                    }),
+                    other => other.into(),
+                })?;
+            if let Err(e) = self.reload_revocations() {
+                tracing::error!(error = %e, "could not reload the revocations");
+            }
+            Ok(CrlView::of(record))
+        };
+        run().or_else(|e| self.refuse(who, ACTION, &target(ca_name), e))
+    }
+
+    /// The CRL held for CA `ca_name`, if one was uploaded.
+    pub fn get_crl(&self, who: &Principal, ca_name: &str) -> Result<Option<CrlView>, HubError> {
+        self.authorize(who, Right::RegistryRead, "read CRLs", &target(ca_name))?;
+        iothub_pki::pop::validate_ca_name(ca_name)?;
+        if self.store().get_ca(ca_name)?.is_none() {
+            return Err(HubError::NotFound(ca_name.to_string()));
+        }
+        Ok(self.store().get_crl(ca_name)?.map(CrlView::of))
     }
 
     /// The certificates CA `ca_name` revoked, oldest first.

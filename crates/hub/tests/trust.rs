@@ -253,6 +253,17 @@ impl Store for GatedStore {
     ) -> Result<Vec<iothub_store::RevocationRecord>, StoreError> {
         self.inner.list_revocations(ca_name)
     }
+    fn replace_crl(
+        &self,
+        crl: &iothub_store::CrlRecord,
+        entries: &[iothub_store::RevocationRecord],
+        audit: &NewAudit,
+    ) -> Result<(), StoreError> {
+        self.inner.replace_crl(crl, entries, audit)
+    }
+    fn get_crl(&self, ca_name: &str) -> Result<Option<iothub_store::CrlRecord>, StoreError> {
+        self.inner.get_crl(ca_name)
+    }
 }
 
 fn gated_env() -> (Env, Arc<GatedStore>) {

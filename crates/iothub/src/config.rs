@@ -38,6 +38,9 @@ pub struct ServeArgs {
     /// Maximum number of CA certificates [default: 10000].
     #[arg(long, env = "IOTHUB_CA_LIMIT")]
     pub ca_limit: Option<u64>,
+    /// Most entries a CA's uploaded CRL may have [default: 100000].
+    #[arg(long, env = "IOTHUB_MAX_CRL_ENTRIES")]
+    pub max_crl_entries: Option<usize>,
     /// Honour isVerified=true on upload (skips proof of possession) [default: false].
     #[arg(long, env = "IOTHUB_ALLOW_VERIFY_ON_UPLOAD", num_args = 0..=1, default_missing_value = "true")]
     pub allow_verify_on_upload: Option<bool>,
@@ -145,6 +148,7 @@ struct FileConfig {
     name: Option<String>,
     code_lifetime: Option<toml::Value>,
     ca_limit: Option<u64>,
+    max_crl_entries: Option<usize>,
     allow_verify_on_upload: Option<bool>,
     max_request_bytes: Option<usize>,
     max_certificate_bytes: Option<usize>,
@@ -273,6 +277,7 @@ pub struct ServeConfig {
     pub name: String,
     pub code_lifetime_secs: i64,
     pub ca_limit: u64,
+    pub max_crl_entries: usize,
     pub allow_verify_on_upload: bool,
     pub max_request_bytes: usize,
     pub max_certificate_bytes: usize,
@@ -554,6 +559,11 @@ impl ServeConfig {
                 file.ca_limit,
                 iothub_pki::pop::DEFAULT_CA_LIMIT,
             ),
+            max_crl_entries: pick(
+                args.max_crl_entries,
+                file.max_crl_entries,
+                iothub_hub::DEFAULT_MAX_CRL_ENTRIES,
+            ),
             allow_verify_on_upload: pick(
                 args.allow_verify_on_upload,
                 file.allow_verify_on_upload,
@@ -620,6 +630,12 @@ impl ServeConfig {
     fn check_certificate_limits(&self) -> Result<()> {
         if self.ca_limit == 0 {
             bail!("--ca-limit must be at least 1");
+        }
+        if !(1..=10_000_000).contains(&self.max_crl_entries) {
+            bail!(
+                "--max-crl-entries is {}; expected 1 to 10000000",
+                self.max_crl_entries
+            );
         }
         if self.max_certificate_bytes < 1024 || self.max_certificate_bytes > 16 * 1024 * 1024 {
             bail!(

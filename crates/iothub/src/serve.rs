@@ -389,6 +389,7 @@ fn open_hub(
         HubConfig {
             code_lifetime_secs: config.code_lifetime_secs,
             ca_limit: config.ca_limit,
+            max_crl_entries: config.max_crl_entries,
             allow_verify_on_upload: config.allow_verify_on_upload,
             max_certificate_bytes: config.max_certificate_bytes,
             host_names: names.to_vec(),

@@ -153,3 +153,86 @@ fn revoking_an_intermediate_drops_every_device_below_it_and_no_other() {
         ),
     );
 }
+
+/// The seed tutorial's tools end to end: `openssl ca -revoke` + `-gencrl`, uploaded with
+/// `cert crl`: the revoked device drops at once and is refused with the CRL's reason, its sibling
+/// stays; the same CRL again, another CA's CRL and a certificate are refused; a newer CRL that no
+/// longer lists the device lets it in again.
+#[test]
+fn a_crl_from_openssl_ca_revokes_live_and_a_newer_one_lifts_it() {
+    let hub = TestHub::start(&[]);
+    verified_root_with_devices(&hub, &["crl-victim", "crl-sibling"]);
+    let dir = hub.dir.clone();
+    let conf = openssl_ca_config(&dir, "root.pem", "root.key");
+    let (mut victim, _) = connect(&hub, "crl-victim").unwrap();
+    let (mut sibling, _) = connect(&hub, "crl-sibling").unwrap();
+    let ca = |args: &[&str]| {
+        sh(
+            &dir,
+            "openssl",
+            &[&["ca", "-config", &conf][..], args].concat(),
+        )
+    };
+    ca(&["-revoke", "crl-victim.pem", "-crl_reason", "keyCompromise"]);
+    ca(&["-gencrl", "-crldays", "1", "-out", "root.crl"]);
+    let out = ok(&hub.cli(&["cert", "crl", "root", "root.crl"]));
+    assert!(out.contains("1 revoked"), "{out}");
+    let uploaded = Instant::now();
+    assert!(victim.recv().is_err(), "the revoked device's session ended");
+    assert!(uploaded.elapsed() < Duration::from_secs(1));
+    alive(&mut sibling);
+    refused_with(
+        &hub,
+        "crl-victim",
+        "revoked by 'root' (keyCompromise, since ",
+    );
+    let listed = ok(&hub.cli(&["cert", "revoked", "root"]));
+    assert!(listed.contains("crl"), "{listed}");
+
+    let again = refused(&hub.cli(&["cert", "crl", "root", "root.crl"]));
+    assert!(again.contains("not newer than the one held"), "{again}");
+    ok(&hub.cli_in(&dir, &["pki", "ca", "other", "--force"]));
+    let other_conf = openssl_ca_config(&dir, "other.pem", "other.key");
+    sh(
+        &dir,
+        "openssl",
+        &[
+            "ca",
+            "-config",
+            &other_conf,
+            "-gencrl",
+            "-crldays",
+            "1",
+            "-out",
+            "other.crl",
+        ],
+    );
+    let foreign = refused(&hub.cli(&["cert", "crl", "root", "other.crl"]));
+    assert!(foreign.contains("was issued by 'CN=other'"), "{foreign}");
+    let not_crl = refused(&hub.cli(&["cert", "crl", "root", "root.pem"]));
+    assert!(not_crl.contains("not labelled X509 CRL"), "{not_crl}");
+    let held = ok(&hub.cli(&["cert", "crl", "root"]));
+    assert!(held.contains("1 revoked"), "{held}");
+
+    // A newer CRL (thisUpdate has one-second resolution) that no longer lists the device.
+    std::thread::sleep(Duration::from_millis(1100));
+    let conf = openssl_ca_config(&dir, "root.pem", "root.key");
+    sh(
+        &dir,
+        "openssl",
+        &[
+            "ca",
+            "-config",
+            &conf,
+            "-gencrl",
+            "-crldays",
+            "1",
+            "-out",
+            "root2.crl",
+        ],
+    );
+    let out = ok(&hub.cli(&["cert", "crl", "root", "root2.crl"]));
+    assert!(out.contains("0 revoked"), "{out}");
+    let (_victim, code) = connect(&hub, "crl-victim").unwrap();
+    assert_eq!(code, 0, "{}", latest_refusal(&hub, "crl-victim"));
+}

@@ -77,10 +77,19 @@ pub enum CertCommand {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// List the certificates NAME revoked, oldest first.
+    /// List the certificates NAME revoked, oldest first (by an operator or by its CRL).
     Revoked {
         /// The certificate's name on the hub.
         name: String,
+    },
+    /// Upload NAME's certificate revocation list (PEM or DER, e.g. from `openssl ca -gencrl`):
+    /// it must be signed by that CA, current, and newer than the one held; its entries replace
+    /// the previous CRL's. Without FILE, show the CRL held.
+    Crl {
+        /// The certificate's name on the hub (the CA that issued the CRL).
+        name: String,
+        /// The CRL file.
+        file: Option<PathBuf>,
     },
     /// Delete a CA certificate.
     Delete {
@@ -137,6 +146,7 @@ pub fn run(target: &HubTarget, output: Output, cmd: CertCommand) -> Result<()> {
             })
         }
         CertCommand::Revoked { name } => revoked(&api, output, &name),
+        CertCommand::Crl { name, file } => crl(&api, output, &name, file.as_deref()),
         CertCommand::Delete { name, etag } => {
             api.call(Method::DELETE, &cert_path(&name), etag.as_deref(), None)?;
             output.answer(&json!({ "deleted": name }), || println!("deleted {name}"))
@@ -224,6 +234,28 @@ fn list(api: &ApiClient, output: Output) -> Result<()> {
     })
 }
 
+fn crl(api: &ApiClient, output: Output, name: &str, file: Option<&Path>) -> Result<()> {
+    let path = format!("{}/crl", cert_path(name));
+    let v = match file {
+        Some(file) => {
+            // PEM as text; DER as base64 (read_certificate_file does the same for certificates).
+            let crl = read_certificate_file(file)?;
+            api.call(Method::PUT, &path, None, Some(&json!({ "crl": crl })))?
+        }
+        None => api.call(Method::GET, &path, None, None)?,
+    };
+    output.answer(&v, || {
+        println!(
+            "CRL of {}: thisUpdate {}, nextUpdate {}, number {}, {} revoked",
+            shown(&v["certificateName"]),
+            shown(&v["thisUpdate"]),
+            shown(&v["nextUpdate"]),
+            shown(&v["crlNumber"]),
+            shown(&v["revoked"])
+        )
+    })
+}
+
 fn revoked(api: &ApiClient, output: Output, name: &str) -> Result<()> {
     let path = format!("{}/revocations", cert_path(name));
     let v = api.call(Method::GET, &path, None, None)?;
@@ -236,12 +268,16 @@ fn revoked(api: &ApiClient, output: Output, name: &str) -> Result<()> {
             );
             return;
         }
-        println!("{:<42} {:<22} REVOKED AT", "SERIAL", "REASON");
+        println!(
+            "{:<42} {:<22} {:<9} REVOKED AT",
+            "SERIAL", "REASON", "SOURCE"
+        );
         for r in items {
             println!(
-                "{:<42} {:<22} {}",
+                "{:<42} {:<22} {:<9} {}",
                 shown(&r["serial"]),
                 shown(&r["reason"]),
+                shown(&r["source"]),
                 shown(&r["revokedAt"])
             );
         }
