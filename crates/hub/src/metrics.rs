@@ -41,7 +41,10 @@ pub enum RefusalClass {
 }
 
 impl RefusalClass {
-    pub const ALL: [RefusalClass; 9] = [
+    /// How many classes there are: the length of every per-class array.
+    pub const COUNT: usize = 9;
+
+    pub const ALL: [RefusalClass; RefusalClass::COUNT] = [
         RefusalClass::UnverifiedCa,
         RefusalClass::UnknownDevice,
         RefusalClass::CnMismatch,
@@ -180,7 +183,7 @@ fn unix_now() -> i64 {
 #[derive(Default)]
 struct RefusalHistory {
     /// (minute, counts by class), oldest first, at most 60.
-    minutes: Mutex<VecDeque<(i64, [u64; 8])>>,
+    minutes: Mutex<VecDeque<(i64, [u64; RefusalClass::COUNT])>>,
 }
 
 impl RefusalHistory {
@@ -188,7 +191,7 @@ impl RefusalHistory {
         let minute = now / 60;
         let mut minutes = self.minutes.lock().unwrap_or_else(|p| p.into_inner());
         if minutes.back().is_none_or(|(m, _)| *m != minute) {
-            minutes.push_back((minute, [0; 8]));
+            minutes.push_back((minute, [0; RefusalClass::COUNT]));
             while minutes.len() > 60 {
                 minutes.pop_front();
             }
@@ -199,10 +202,10 @@ impl RefusalHistory {
     }
 
     /// Counts by class over the hour up to `now`.
-    fn last_hour(&self, now: i64) -> [u64; 8] {
+    fn last_hour(&self, now: i64) -> [u64; RefusalClass::COUNT] {
         let since = now / 60 - 59;
         let minutes = self.minutes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut total = [0; 8];
+        let mut total = [0; RefusalClass::COUNT];
         for (_, counts) in minutes.iter().filter(|(m, _)| *m >= since) {
             for (t, c) in total.iter_mut().zip(counts) {
                 *t += c;
@@ -256,7 +259,7 @@ pub(crate) struct Metrics {
     telemetry_rate: RateRing,
     connects_accepted: AtomicU64,
     connects_refused: AtomicU64,
-    refusals: [AtomicU64; 8],
+    refusals: [AtomicU64; RefusalClass::COUNT],
     tls_handshake_failures: AtomicU64,
     telemetry_messages: AtomicU64,
     telemetry_bytes: AtomicU64,
@@ -571,7 +574,7 @@ mod tests {
         let later = at(start + 61 * 60);
         assert_eq!(later[RefusalClass::UnknownDevice.index()], 1);
         assert_eq!(later[RefusalClass::UnverifiedCa.index()], 1);
-        assert_eq!(at(start + 200 * 60), [0; 8]);
+        assert_eq!(at(start + 200 * 60), [0; RefusalClass::COUNT]);
     }
 
     #[test]
