@@ -27,6 +27,8 @@ pub struct VerifiedChain {
     pub issuers: Arc<[NameKey]>,
     /// See [`ChainOk::presented`].
     pub presented: Arc<[(NameKey, String)]>,
+    /// The leaf certificate's notAfter (Unix seconds): what the device's certificate expiry is.
+    pub leaf_not_after: i64,
 }
 
 impl VerifiedChain {
@@ -45,6 +47,7 @@ impl From<&ChainOk> for VerifiedChain {
             valid_until: ok.valid_until,
             issuers: ok.issuers.as_slice().into(),
             presented: ok.presented.as_slice().into(),
+            leaf_not_after: ok.leaf.not_after,
         }
     }
 }
@@ -133,6 +136,7 @@ mod tests {
             valid_until: until,
             issuers: issuers.into(),
             presented: Arc::from([]),
+            leaf_not_after: until,
         }
     }
 

@@ -323,6 +323,8 @@ pub struct DeviceActivity {
     pub last_connected: Option<i64>,
     pub last_refusal: Option<String>,
     pub last_refusal_time: Option<i64>,
+    /// The notAfter of the certificate the device last connected with (Unix seconds).
+    pub certificate_not_after: Option<i64>,
 }
 
 /// A device-to-cloud message to store.
@@ -553,6 +555,13 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<DeviceRecord>, StoreError>;
+    /// The devices whose last certificate (`DeviceActivity::certificate_not_after`) expires
+    /// before `before` (Unix seconds), soonest first, at most `limit`: (device id, notAfter).
+    fn list_expiring_devices(
+        &self,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, i64)>, StoreError>;
     /// Creates or replaces a device under `expect`, assigning a new etag, with `audit`.
     fn write_device(
         &self,

@@ -100,7 +100,9 @@ const MIGRATIONS: &[&str] = &[
         revoked_at BIGINT NOT NULL, from_crl BOOLEAN NOT NULL, PRIMARY KEY (ca_name, serial));
      CREATE TABLE crl (
         ca_name TEXT PRIMARY KEY, this_update BIGINT NOT NULL, next_update BIGINT,
-        number TEXT, uploaded_at BIGINT NOT NULL);",
+        number TEXT, uploaded_at BIGINT NOT NULL);
+     ALTER TABLE device_activity ADD COLUMN certificate_not_after BIGINT;
+     CREATE INDEX device_certificate_expiry ON device_activity (certificate_not_after);",
 ];
 
 /// The advisory lock key under which migrations run (any fixed number; "iothub" in ASCII).

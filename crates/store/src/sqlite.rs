@@ -172,7 +172,9 @@ const MIGRATIONS: &[&str] = &[
         revoked_at INTEGER NOT NULL, from_crl INTEGER NOT NULL, PRIMARY KEY (ca_name, serial));
      CREATE TABLE crl (
         ca_name TEXT PRIMARY KEY NOT NULL, this_update INTEGER NOT NULL, next_update INTEGER,
-        number TEXT, uploaded_at INTEGER NOT NULL);",
+        number TEXT, uploaded_at INTEGER NOT NULL);
+     ALTER TABLE device_activity ADD COLUMN certificate_not_after INTEGER;
+     CREATE INDEX device_certificate_expiry ON device_activity (certificate_not_after);",
 ];
 
 /// The CA list a trust rebuild reads after a delete (see migration 5).
@@ -884,11 +886,31 @@ impl Store for SqliteStore {
         tx.commit().map_err(backend)
     }
 
+    fn list_expiring_devices(
+        &self,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT a.device_id, a.certificate_not_after FROM device_activity a
+                 JOIN device d ON d.device_id = a.device_id
+                 WHERE a.certificate_not_after < ?1
+                 ORDER BY a.certificate_not_after, a.device_id LIMIT ?2",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![before, limit], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
+    }
+
     fn get_device_activity(&self, device_id: &str) -> Result<DeviceActivity, StoreError> {
         let conn = self.lock()?;
         Ok(conn
             .query_row(
-                "SELECT last_activity, last_connected, last_refusal, last_refusal_time FROM device_activity WHERE device_id = ?1",
+                "SELECT last_activity, last_connected, last_refusal, last_refusal_time, certificate_not_after FROM device_activity WHERE device_id = ?1",
                 [device_id],
                 |r| {
                     Ok(DeviceActivity {
@@ -896,6 +918,7 @@ impl Store for SqliteStore {
                         last_connected: r.get(1)?,
                         last_refusal: r.get(2)?,
                         last_refusal_time: r.get(3)?,
+                        certificate_not_after: r.get(4)?,
                     })
                 },
             )
@@ -911,14 +934,15 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let conn = self.lock()?;
         conn.execute(
-            "INSERT INTO device_activity (device_id, last_activity, last_connected, last_refusal, last_refusal_time)
-             VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO device_activity (device_id, last_activity, last_connected, last_refusal, last_refusal_time, certificate_not_after)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(device_id) DO UPDATE SET
                last_activity = COALESCE(excluded.last_activity, last_activity),
                last_connected = COALESCE(excluded.last_connected, last_connected),
                last_refusal = COALESCE(excluded.last_refusal, last_refusal),
-               last_refusal_time = COALESCE(excluded.last_refusal_time, last_refusal_time)",
-            params![device_id, u.last_activity, u.last_connected, u.last_refusal, u.last_refusal_time],
+               last_refusal_time = COALESCE(excluded.last_refusal_time, last_refusal_time),
+               certificate_not_after = COALESCE(excluded.certificate_not_after, certificate_not_after)",
+            params![device_id, u.last_activity, u.last_connected, u.last_refusal, u.last_refusal_time, u.certificate_not_after],
         )
         .map_err(backend)?;
         Ok(())
@@ -935,13 +959,14 @@ impl Store for SqliteStore {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT INTO device_activity (device_id, last_activity, last_connected, last_refusal, last_refusal_time)
-                     SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM device WHERE device_id = ?1)
+                    "INSERT INTO device_activity (device_id, last_activity, last_connected, last_refusal, last_refusal_time, certificate_not_after)
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM device WHERE device_id = ?1)
                      ON CONFLICT(device_id) DO UPDATE SET
                        last_activity = COALESCE(excluded.last_activity, last_activity),
                        last_connected = COALESCE(excluded.last_connected, last_connected),
                        last_refusal = COALESCE(excluded.last_refusal, last_refusal),
-                       last_refusal_time = COALESCE(excluded.last_refusal_time, last_refusal_time)",
+                       last_refusal_time = COALESCE(excluded.last_refusal_time, last_refusal_time),
+                       certificate_not_after = COALESCE(excluded.certificate_not_after, certificate_not_after)",
                 )
                 .map_err(backend)?;
             for (id, u) in updates {
@@ -950,7 +975,8 @@ impl Store for SqliteStore {
                     u.last_activity,
                     u.last_connected,
                     u.last_refusal,
-                    u.last_refusal_time
+                    u.last_refusal_time,
+                    u.certificate_not_after
                 ])
                 .map_err(backend)?;
             }

@@ -59,6 +59,7 @@ conformance!(
     messages_keep_offsets_and_per_partition_sequences,
     pruning_takes_every_old_message_and_no_newer_one,
     activity_merges_and_skips_deleted_devices,
+    devices_whose_certificates_expire_soonest_first,
     audit_reads_newest_first_by_target,
     the_change_feed_leaves_out_the_readers_own_writes,
     presence_keeps_the_latest_session_and_heartbeats,
@@ -403,6 +404,45 @@ fn activity_merges_and_skips_deleted_devices(s: &dyn Store) {
     assert_eq!(
         s.get_device_activity("gone").unwrap(),
         DeviceActivity::default()
+    );
+}
+
+fn devices_whose_certificates_expire_soonest_first(s: &dyn Store) {
+    for (id, not_after) in [
+        ("e1", Some(300)),
+        ("e2", Some(100)),
+        ("e3", None),
+        ("e4", Some(900)),
+    ] {
+        s.write_device(&device(id), NO_LIMIT, &audit("c")).unwrap();
+        s.update_device_activity(
+            id,
+            &DeviceActivity {
+                last_connected: Some(1),
+                certificate_not_after: not_after,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+    // A later update without a certificate keeps the one recorded.
+    s.update_device_activity(
+        "e1",
+        &DeviceActivity {
+            last_activity: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        s.list_expiring_devices(500, 10).unwrap(),
+        [("e2".to_string(), 100), ("e1".to_string(), 300)]
+    );
+    assert_eq!(s.list_expiring_devices(500, 1).unwrap().len(), 1);
+    s.delete_device("e2", None, &audit("d")).unwrap();
+    assert_eq!(
+        s.list_expiring_devices(500, 10).unwrap(),
+        [("e1".to_string(), 300)]
     );
 }
 

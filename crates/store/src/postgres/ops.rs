@@ -419,6 +419,29 @@ impl Store for PostgresStore {
         })
     }
 
+    fn list_expiring_devices(
+        &self,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        self.call(move |db| {
+            Box::pin(async move {
+                let c = db.conn().await?;
+                let rows = c
+                    .query(
+                        "SELECT a.device_id, a.certificate_not_after FROM device_activity a
+                         JOIN device d ON d.device_id = a.device_id
+                         WHERE a.certificate_not_after < $1
+                         ORDER BY a.certificate_not_after, a.device_id LIMIT $2",
+                        &[&before, &(limit as i64)],
+                    )
+                    .await
+                    .map_err(|e| db.error(e))?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            })
+        })
+    }
+
     fn get_device_activity(&self, device_id: &str) -> Result<DeviceActivity, StoreError> {
         owned!(device_id);
         self.call(move |db| {
@@ -426,7 +449,7 @@ impl Store for PostgresStore {
                 let c = db.conn().await?;
                 let row = c
                     .query_opt(
-                        "SELECT last_activity, last_connected, last_refusal, last_refusal_time FROM device_activity WHERE device_id = $1",
+                        "SELECT last_activity, last_connected, last_refusal, last_refusal_time, certificate_not_after FROM device_activity WHERE device_id = $1",
                         &[&device_id],
                     )
                     .await
@@ -437,6 +460,7 @@ impl Store for PostgresStore {
                         last_connected: r.get(1),
                         last_refusal: r.get(2),
                         last_refusal_time: r.get(3),
+                        certificate_not_after: r.get(4),
                     })
                     .unwrap_or_default())
             })

@@ -158,13 +158,14 @@ impl Db {
         };
         let stmt = tx
             .prepare(&format!(
-                "INSERT INTO device_activity (device_id, last_activity, last_connected, last_refusal, last_refusal_time)
-                 SELECT $1, $2, $3, $4, $5 {guard}
+                "INSERT INTO device_activity (device_id, last_activity, last_connected, last_refusal, last_refusal_time, certificate_not_after)
+                 SELECT $1, $2, $3, $4, $5, $6 {guard}
                  ON CONFLICT (device_id) DO UPDATE SET
                    last_activity = COALESCE(excluded.last_activity, device_activity.last_activity),
                    last_connected = COALESCE(excluded.last_connected, device_activity.last_connected),
                    last_refusal = COALESCE(excluded.last_refusal, device_activity.last_refusal),
-                   last_refusal_time = COALESCE(excluded.last_refusal_time, device_activity.last_refusal_time)"
+                   last_refusal_time = COALESCE(excluded.last_refusal_time, device_activity.last_refusal_time),
+                   certificate_not_after = COALESCE(excluded.certificate_not_after, device_activity.certificate_not_after)"
             ))
             .await
             .map_err(e)?;
@@ -177,6 +178,7 @@ impl Db {
                     &u.last_connected,
                     &u.last_refusal,
                     &u.last_refusal_time,
+                    &u.certificate_not_after,
                 ],
             )
             .await
