@@ -90,6 +90,13 @@ async function certificatesPage() {
   if (selected) showDetails(selected);
 }
 
+// A CA expiring within 30 days (the hub's warning window) gets a badge; an expired one a red one.
+function expiryBadge(days) {
+  if (typeof days !== "number" || days >= 30) return "";
+  return el("span", { class: days < 0 ? "badge bad" : "badge warn", title: "days until the certificate expires",
+    text: days < 0 ? " expired" : " " + days + (days === 1 ? " day left" : " days left") });
+}
+
 async function renderList() {
   const box = document.getElementById("list");
   const data = await api("GET", "/certificates");
@@ -106,7 +113,7 @@ async function renderList() {
     el("td", {}, el("span", { class: "status " + c.properties.status, text: c.properties.status })),
     el("td", { class: "wide", text: c.properties.subject }),
     el("td", { class: "mono wide", text: c.properties.thumbprint }),
-    el("td", { text: c.properties.expiry }),
+    el("td", {}, c.properties.expiry, expiryBadge(c.properties.daysToExpiry)),
   ));
   box.replaceChildren(el("table", { "aria-label": "CA certificates" },
     el("thead", {}, el("tr", {}, el("th", { text: "Name" }), el("th", { text: "Status" }), el("th", { class: "wide", text: "Subject" }), el("th", { class: "wide", text: "Thumbprint" }), el("th", { text: "Expiry" }))),
@@ -414,7 +421,7 @@ async function devicePage() {
       ...field("Connection", el("span", { class: "status " + d.connectionState, text: d.connectionState + (live ? " from " + live.remote + " since " + live.since : "") })),
       ...field("Last activity", d.lastActivityTime.startsWith("0001") ? "never" : d.lastActivityTime),
       ...field("Last refusal", d.lastRefusal ? d.lastRefusal + " (" + d.lastRefusalTime + ")" : "none"),
-      ...field("Certificate expiry", live && live.certificateExpiry ? live.certificateExpiry : "known while it is connected with a certificate")),
+      ...field("Certificate expiry", d.certificateExpiry || (live && live.certificateExpiry) || "known once it has connected with a certificate")),
     el("h2", { text: "Twin" }), el("div", { id: "twin" }),
     el("h2", { text: "Send a cloud-to-device message" }), c2dForm(id),
     el("h2", { text: "Invoke a direct method" }), methodForm(id),

@@ -54,6 +54,7 @@ pub fn device_json(v: &DeviceView) -> Value {
         "lastConnectedTime": v.activity.last_connected.map(|t| iso(Some(t))),
         "lastRefusal": v.activity.last_refusal,
         "lastRefusalTime": v.activity.last_refusal_time.map(|t| iso(Some(t))),
+        "certificateExpiry": v.activity.certificate_not_after.map(|t| iso(Some(t))),
     })
 }
 
@@ -99,9 +100,12 @@ pub(crate) async fn get_device(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct ListParams {
     top: Option<u32>,
     after: Option<String>,
+    /// Only the devices whose last certificate expires within this many days, soonest first.
+    expiring_within_days: Option<i64>,
 }
 
 pub(crate) async fn list_devices(
@@ -121,6 +125,14 @@ pub(crate) async fn list_devices(
         Some(t) if (1..=1000).contains(&t) => t,
         _ => 1000,
     };
+    if let Some(days) = params.expiring_within_days {
+        let views = blocking(&state, move |hub| {
+            hub.list_expiring_devices(&who, days.saturating_mul(86_400), top)
+        })
+        .await?;
+        let body: Vec<Value> = views.iter().map(device_json).collect();
+        return Ok(Json(body).into_response());
+    }
     let views = blocking(&state, move |hub| {
         hub.list_devices(&who, after.as_deref(), top)
     })

@@ -36,6 +36,9 @@ fn merge(into: &mut DeviceActivity, update: &DeviceActivity) {
         into.last_refusal = update.last_refusal.clone();
         into.last_refusal_time = update.last_refusal_time;
     }
+    if update.certificate_not_after.is_some() {
+        into.certificate_not_after = update.certificate_not_after;
+    }
 }
 
 impl ActivityBuffer {

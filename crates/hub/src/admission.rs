@@ -359,6 +359,7 @@ fn judge_self_signed(
     }
     Ok(AuthMethod::SelfSigned {
         thumbprint: info.thumbprint_sha1,
+        not_after: info.not_after,
     })
 }
 
@@ -484,6 +485,7 @@ impl Hub {
             [cn] if cn == id => Ok(AuthMethod::Ca {
                 ca_name: ok.ca_name,
                 issuers: ok.issuers,
+                not_after: ok.leaf_not_after,
             }),
             [cn] => Err(Refusal::LeafCnMismatch {
                 cn: cn.clone(),

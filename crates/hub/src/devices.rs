@@ -254,6 +254,34 @@ impl Hub {
     }
 
     /// Devices by id, after `after`, at most `limit` (1 to 1000).
+    /// The devices whose last certificate (recorded at each CONNECT) expires within
+    /// `within_secs` from now (or has expired), soonest first, at most `limit` (1-1000).
+    pub fn list_expiring_devices(
+        &self,
+        who: &Principal,
+        within_secs: i64,
+        limit: u32,
+    ) -> Result<Vec<DeviceView>, HubError> {
+        self.authorize(who, Right::RegistryRead, "list devices", "devices")?;
+        if !(0..=100 * 365 * 86_400).contains(&within_secs) {
+            return Err(HubError::InvalidArgument(format!(
+                "expiring within {within_secs} s: expected 0 to 100 years"
+            )));
+        }
+        let before = self.now().saturating_add(within_secs);
+        let expiring = self
+            .store()
+            .list_expiring_devices(before, limit.clamp(1, 1000))?;
+        let mut views = Vec::with_capacity(expiring.len());
+        for (id, _) in expiring {
+            // Deleted since the read: left out.
+            if let Some(record) = self.store().get_device(&id)? {
+                views.push(self.device_view(record)?);
+            }
+        }
+        Ok(views)
+    }
+
     pub fn list_devices(
         &self,
         who: &Principal,

@@ -53,11 +53,27 @@ pub enum AuthMethod {
         /// The issuer names of the presented chain: a change to a CA with one of these subjects
         /// re-checks the session (see `iothub_pki::trust_index::NameKey`).
         issuers: Arc<[NameKey]>,
+        /// The leaf certificate's notAfter (Unix seconds).
+        not_after: i64,
     },
     SelfSigned {
         thumbprint: String,
+        /// The certificate's notAfter (Unix seconds).
+        not_after: i64,
     },
     Sas,
+}
+
+impl AuthMethod {
+    /// When the certificate the device connected with expires (None for a SAS token).
+    pub fn certificate_not_after(&self) -> Option<i64> {
+        match self {
+            AuthMethod::Ca { not_after, .. } | AuthMethod::SelfSigned { not_after, .. } => {
+                Some(*not_after)
+            }
+            AuthMethod::Sas => None,
+        }
+    }
 }
 
 impl std::fmt::Display for AuthMethod {
@@ -66,7 +82,7 @@ impl std::fmt::Display for AuthMethod {
             AuthMethod::Ca { ca_name, .. } => {
                 write!(f, "{} via '{ca_name}'", AuthType::CertificateAuthority)
             }
-            AuthMethod::SelfSigned { thumbprint } => {
+            AuthMethod::SelfSigned { thumbprint, .. } => {
                 write!(f, "{} {thumbprint}", AuthType::SelfSigned)
             }
             AuthMethod::Sas => f.write_str(AuthType::Sas.as_str()),
@@ -467,6 +483,7 @@ impl Hub {
             DeviceActivity {
                 last_activity: Some(now),
                 last_connected: Some(now),
+                certificate_not_after: method.certificate_not_after(),
                 ..Default::default()
             },
         );

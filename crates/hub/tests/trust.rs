@@ -264,6 +264,13 @@ impl Store for GatedStore {
     fn get_crl(&self, ca_name: &str) -> Result<Option<iothub_store::CrlRecord>, StoreError> {
         self.inner.get_crl(ca_name)
     }
+    fn list_expiring_devices(
+        &self,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        self.inner.list_expiring_devices(before, limit)
+    }
 }
 
 fn gated_env() -> (Env, Arc<GatedStore>) {

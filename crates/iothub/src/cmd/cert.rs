@@ -218,16 +218,25 @@ fn list(api: &ApiClient, output: Output) -> Result<()> {
             return;
         }
         println!(
-            "{:<24} {:<10} {:<40} {:<29} SUBJECT",
-            "NAME", "STATUS", "THUMBPRINT", "EXPIRY"
+            "{:<24} {:<10} {:<40} {:<29} {:<9} SUBJECT",
+            "NAME", "STATUS", "THUMBPRINT", "EXPIRY", "DAYS LEFT"
         );
         for c in items {
+            // Flagged within the hub's warning window, as the portal's badge.
+            let days = prop(&c, "daysToExpiry").as_i64();
+            let left = match days {
+                Some(d) if d < 0 => "EXPIRED".to_string(),
+                Some(d) if d < iothub_hub::certificates::EXPIRY_WARNING_DAYS => format!("{d} (!)"),
+                Some(d) => d.to_string(),
+                None => "-".into(),
+            };
             println!(
-                "{:<24} {:<10} {:<40} {:<29} {}",
+                "{:<24} {:<10} {:<40} {:<29} {:<9} {}",
                 shown(&c["name"]),
                 shown(prop(&c, "status")),
                 shown(prop(&c, "thumbprint")),
                 shown(prop(&c, "expiry")),
+                left,
                 shown(prop(&c, "subject"))
             );
         }

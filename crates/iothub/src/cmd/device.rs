@@ -59,6 +59,10 @@ pub enum DeviceCommand {
         /// At most this many.
         #[arg(long, default_value_t = 1000)]
         top: u32,
+        /// Only the devices whose certificate (the one each last connected with) expires within
+        /// this many days, or has expired, soonest first: `30d` or `30`.
+        #[arg(long, value_name = "DAYS", value_parser = parse_days)]
+        expiring: Option<i64>,
     },
     /// Show one device, with its last connection and last refusal.
     Show {
@@ -120,7 +124,7 @@ pub fn run(target: &HubTarget, output: Output, cmd: DeviceCommand) -> Result<()>
                 );
             })
         }
-        DeviceCommand::List { top } => list(&api, output, top),
+        DeviceCommand::List { top, expiring } => list(&api, output, top, expiring),
         DeviceCommand::Show { id } => show(
             output,
             &api.call(Method::GET, &device_path(&id), None, None)?,
@@ -195,6 +199,7 @@ fn show(output: Output, v: &Value) -> Result<()> {
             "lastConnectedTime",
             "lastRefusal",
             "lastRefusalTime",
+            "certificateExpiry",
             "cloudToDeviceMessageCount",
             "etag",
         ] {
@@ -204,12 +209,46 @@ fn show(output: Output, v: &Value) -> Result<()> {
     })
 }
 
-fn list(api: &ApiClient, output: Output, top: u32) -> Result<()> {
-    let v = api.call(Method::GET, &format!("/devices?top={top}"), None, None)?;
+/// `30d` or `30`: a number of days, 0 to 36500.
+fn parse_days(text: &str) -> Result<i64, String> {
+    let digits = text.trim().strip_suffix('d').unwrap_or(text.trim());
+    match digits.parse::<i64>() {
+        Ok(days) if (0..=36_500).contains(&days) => Ok(days),
+        _ => Err(format!(
+            "'{text}' is not a number of days; expected e.g. 30d or 30 (0 to 36500)"
+        )),
+    }
+}
+
+fn list(api: &ApiClient, output: Output, top: u32, expiring: Option<i64>) -> Result<()> {
+    let path = match expiring {
+        Some(days) => format!("/devices?top={top}&expiringWithinDays={days}"),
+        None => format!("/devices?top={top}"),
+    };
+    let v = api.call(Method::GET, &path, None, None)?;
     output.answer(&v, || {
         let items = items(&v);
         if items.is_empty() {
-            println!("no devices");
+            match expiring {
+                Some(days) => println!("no device certificate expires within {days} days"),
+                None => println!("no devices"),
+            }
+            return;
+        }
+        if expiring.is_some() {
+            println!(
+                "{:<32} {:<9} {:<21} CERTIFICATE EXPIRY",
+                "DEVICE", "STATUS", "CONNECTION"
+            );
+            for d in items {
+                println!(
+                    "{:<32} {:<9} {:<21} {}",
+                    shown(&d["deviceId"]),
+                    shown(&d["status"]),
+                    shown(&d["connectionState"]),
+                    shown(&d["certificateExpiry"])
+                );
+            }
             return;
         }
         println!(
