@@ -106,3 +106,63 @@ fn device_and_ca_expiry_are_recorded_listed_and_flagged() {
     let root = cas.lines().find(|l| l.starts_with("root ")).unwrap();
     assert!(root.contains("19 (!)") || root.contains("20 (!)"), "{root}");
 }
+
+/// A CA rollover: the old and the new root have the same subject; while both are Verified, the
+/// devices of each connect; deleting the old one drops and refuses only its devices.
+#[test]
+fn a_rollover_keeps_both_generations_until_the_old_root_goes() {
+    let hub = TestHub::start(&[]);
+    let dir = hub.dir.clone();
+    for generation in ["old", "new"] {
+        ok(&hub.cli_in(
+            &dir,
+            &[
+                "pki",
+                "ca",
+                "root",
+                "--cn",
+                "Contoso Root",
+                "--out-dir",
+                generation,
+                "--force",
+            ],
+        ));
+        let (cert, key) = (
+            format!("{generation}/root.pem"),
+            format!("{generation}/root.key"),
+        );
+        let name = format!("root-{generation}");
+        ok(&hub.cli_in(&dir, &["cert", "add", &name, &cert]));
+        ok(&hub.cli_in(&dir, &["cert", "prove", &name, "--key", &key]));
+        let id = format!("device-{generation}");
+        ok(&hub.cli_in(
+            &dir,
+            &["pki", "device", &id, "--ca-cert", &cert, "--ca-key", &key],
+        ));
+        ok(&hub.cli(&["device", "add", &id]));
+    }
+    let mut old = connect(&hub, "device-old");
+    let mut new = connect(&hub, "device-new");
+    ok(&hub.cli(&["cert", "delete", "root-old"]));
+    assert!(
+        old.recv().is_err(),
+        "the old generation's device was dropped"
+    );
+    new.send(&iothub_mqtt::codec::Packet::PingReq).unwrap();
+    assert!(matches!(
+        new.recv(),
+        Ok(iothub_mqtt::codec::Packet::PingResp)
+    ));
+    let again = RawDevice::connect(
+        &hub,
+        &dir.join("device-old.pem"),
+        &dir.join("device-old.key"),
+        "device-old",
+    );
+    assert!(!matches!(again, Ok((_, 0))));
+    let reason = latest_refusal(&hub, "device-old");
+    assert!(
+        reason.contains("does not verify against registered CA 'root-new'"),
+        "{reason}"
+    );
+}

@@ -137,6 +137,11 @@ fn write_pair(
     g: &gen::Generated,
     force: bool,
 ) -> Result<()> {
+    // --out-dir names where the pair goes: made when missing, as `openssl req -out` would not.
+    if let Some(dir) = key_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+    }
     // Key first: a certificate on disk always has its key beside it.
     write_new(key_path, g.key_pem.as_bytes(), 0o600, force)?;
     write_new(cert_path, g.cert_pem.as_bytes(), 0o644, force)?;
