@@ -235,6 +235,8 @@ text_enum! {
         MethodCall = "method_call",
         /// A CA's revoked certificates changed (key: the CA's name).
         Revocation = "revocation",
+        /// A CA's auto-registration was turned on, off or changed (key: the CA's name).
+        AutoRegistration = "auto_registration",
         /// A device's persistent-session subscriptions changed (key: the device id; detail:
         /// [`Subscriptions::detail`], none when the session was forgotten).
         Subscriptions = "subscriptions",
@@ -456,6 +458,16 @@ pub struct RevocationRecord {
     pub from_crl: bool,
 }
 
+/// A CA whose devices are registered at their first CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoRegistration {
+    pub ca_name: String,
+    /// At most this many devices may be registered through it.
+    pub device_limit: u64,
+    /// How many it registered so far.
+    pub registered: u64,
+}
+
 /// The CRL held for a CA (its revoked serials are [`RevocationRecord`]s with `from_crl`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrlRecord {
@@ -482,6 +494,9 @@ pub enum StoreError {
     EtagMismatch { current: u64 },
     #[error("the limit of {limit} records is reached")]
     LimitReached { limit: u64 },
+    /// A per-CA quota (auto-registration's device limit) is reached.
+    #[error("the quota of {limit} is reached")]
+    QuotaReached { limit: u64 },
     #[error("the same certificate is registered as '{name}'")]
     DuplicateThumbprint { name: String },
     #[error("storage failure: {0}")]
@@ -706,6 +721,28 @@ pub trait Store: Send + Sync + 'static {
         entries: &[RevocationRecord],
         audit: &NewAudit,
     ) -> Result<(), StoreError>;
+    /// Turns auto-registration through CA `ca_name` on with `device_limit` (Some; the count of
+    /// devices it registered is kept) or off (None), with a change and its audit entry.
+    /// NotFound without the CA. Deleting the CA turns it off.
+    fn set_auto_registration(
+        &self,
+        ca_name: &str,
+        device_limit: Option<u64>,
+        audit: &NewAudit,
+    ) -> Result<(), StoreError>;
+    /// Every CA with auto-registration on, by name.
+    fn list_auto_registrations(&self) -> Result<Vec<AutoRegistration>, StoreError>;
+    /// Registers `record` (a new certificateAuthority device) through CA `ca_name`'s
+    /// auto-registration, in one transaction with its count, a change and `audit`. NotFound when
+    /// the CA's auto-registration is off; `QuotaReached` at its device limit; `LimitReached` at
+    /// the hub's `device_limit`; AlreadyExists when the device exists (registered meanwhile).
+    fn auto_register_device(
+        &self,
+        ca_name: &str,
+        record: &DeviceRecord,
+        device_limit: u64,
+        audit: &NewAudit,
+    ) -> Result<DeviceRecord, StoreError>;
     /// The CRL held for `ca_name`, if any.
     fn get_crl(&self, ca_name: &str) -> Result<Option<CrlRecord>, StoreError>;
     /// The revocations of `ca_name` (every CA's when None), by CA name, then oldest first.

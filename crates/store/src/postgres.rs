@@ -29,10 +29,11 @@ mod ops;
 mod writes;
 
 use crate::{
-    AuditEntry, AuditQuery, AuthType, C2dRecord, C2dState, CaChanges, CaRecord, Change, ChangeFeed,
-    ChangeKind, CodeRecord, CrlRecord, DeviceActivity, DeviceRecord, DeviceStatus, Expect,
-    MethodCallRecord, NewAudit, NewMessage, PolicyChange, PolicyRecord, Presence, PresenceUpdate,
-    RevocationRecord, Store, StoreError, StoredMessage, Subscriptions, TwinRecord,
+    AuditEntry, AuditQuery, AuthType, AutoRegistration, C2dRecord, C2dState, CaChanges, CaRecord,
+    Change, ChangeFeed, ChangeKind, CodeRecord, CrlRecord, DeviceActivity, DeviceRecord,
+    DeviceStatus, Expect, MethodCallRecord, NewAudit, NewMessage, PolicyChange, PolicyRecord,
+    Presence, PresenceUpdate, RevocationRecord, Store, StoreError, StoredMessage, Subscriptions,
+    TwinRecord,
 };
 
 /// The schema, in numbered steps; `schema_version` records how many ran.
@@ -102,6 +103,8 @@ const MIGRATIONS: &[&str] = &[
         ca_name TEXT PRIMARY KEY, this_update BIGINT NOT NULL, next_update BIGINT,
         number TEXT, uploaded_at BIGINT NOT NULL);
      ALTER TABLE device_activity ADD COLUMN certificate_not_after BIGINT;
+     CREATE TABLE auto_registration (
+        ca_name TEXT PRIMARY KEY, device_limit BIGINT NOT NULL, registered BIGINT NOT NULL);
      CREATE INDEX device_certificate_expiry ON device_activity (certificate_not_after);",
 ];
 

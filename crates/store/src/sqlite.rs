@@ -8,10 +8,11 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::{
-    AuditEntry, AuditQuery, AuthType, C2dRecord, C2dState, CaChanges, CaRecord, Change, ChangeFeed,
-    ChangeKind, CodeRecord, CrlRecord, DeviceActivity, DeviceRecord, DeviceStatus, Expect,
-    MethodCallRecord, NewAudit, NewMessage, PolicyChange, PolicyRecord, Presence, PresenceUpdate,
-    RevocationRecord, Store, StoreError, StoredMessage, Subscriptions, TwinRecord,
+    AuditEntry, AuditQuery, AuthType, AutoRegistration, C2dRecord, C2dState, CaChanges, CaRecord,
+    Change, ChangeFeed, ChangeKind, CodeRecord, CrlRecord, DeviceActivity, DeviceRecord,
+    DeviceStatus, Expect, MethodCallRecord, NewAudit, NewMessage, PolicyChange, PolicyRecord,
+    Presence, PresenceUpdate, RevocationRecord, Store, StoreError, StoredMessage, Subscriptions,
+    TwinRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -174,6 +175,9 @@ const MIGRATIONS: &[&str] = &[
         ca_name TEXT PRIMARY KEY NOT NULL, this_update INTEGER NOT NULL, next_update INTEGER,
         number TEXT, uploaded_at INTEGER NOT NULL);
      ALTER TABLE device_activity ADD COLUMN certificate_not_after INTEGER;
+     CREATE TABLE auto_registration (
+        ca_name TEXT PRIMARY KEY NOT NULL, device_limit INTEGER NOT NULL,
+        registered INTEGER NOT NULL);
      CREATE INDEX device_certificate_expiry ON device_activity (certificate_not_after);",
 ];
 
@@ -601,6 +605,8 @@ impl Store for SqliteStore {
         tx.execute("DELETE FROM revocation WHERE ca_name = ?1", [name])
             .map_err(backend)?;
         tx.execute("DELETE FROM crl WHERE ca_name = ?1", [name])
+            .map_err(backend)?;
+        tx.execute("DELETE FROM auto_registration WHERE ca_name = ?1", [name])
             .map_err(backend)?;
         let seq = next_etag(&tx)?;
         record_change(&tx, &self.node, ChangeKind::Ca, name, seq)?;
@@ -1462,6 +1468,109 @@ impl Store for SqliteStore {
         record_change(&tx, &self.node, ChangeKind::Revocation, &crl.ca_name, seq)?;
         insert_audit(&tx, audit)?;
         tx.commit().map_err(backend)
+    }
+
+    fn set_auto_registration(
+        &self,
+        ca_name: &str,
+        device_limit: Option<u64>,
+        audit: &NewAudit,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        if current_etag(&tx, "ca_certificate", "name", ca_name)?.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        match device_limit {
+            Some(limit) => tx.execute(
+                "INSERT INTO auto_registration (ca_name, device_limit, registered) VALUES (?1, ?2, 0)
+                 ON CONFLICT(ca_name) DO UPDATE SET device_limit = excluded.device_limit",
+                params![ca_name, limit as i64],
+            ),
+            None => tx.execute("DELETE FROM auto_registration WHERE ca_name = ?1", [ca_name]),
+        }
+        .map_err(backend)?;
+        let seq = next_etag(&tx)?;
+        record_change(&tx, &self.node, ChangeKind::AutoRegistration, ca_name, seq)?;
+        insert_audit(&tx, audit)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn list_auto_registrations(&self) -> Result<Vec<AutoRegistration>, StoreError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT ca_name, device_limit, registered FROM auto_registration ORDER BY ca_name",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(AutoRegistration {
+                    ca_name: r.get(0)?,
+                    device_limit: r.get::<_, i64>(1)? as u64,
+                    registered: r.get::<_, i64>(2)? as u64,
+                })
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
+    }
+
+    fn auto_register_device(
+        &self,
+        ca_name: &str,
+        record: &DeviceRecord,
+        device_limit: u64,
+        audit: &NewAudit,
+    ) -> Result<DeviceRecord, StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let quota: Option<(i64, i64)> = tx
+            .query_row(
+                "SELECT device_limit, registered FROM auto_registration WHERE ca_name = ?1",
+                [ca_name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(backend)?;
+        let Some((limit, registered)) = quota else {
+            return Err(StoreError::NotFound);
+        };
+        if registered >= limit {
+            return Err(StoreError::QuotaReached {
+                limit: limit as u64,
+            });
+        }
+        let current = current_etag(&tx, "device", "device_id", &record.device_id)?;
+        check_expect(
+            &tx,
+            Expect::Absent {
+                limit: device_limit,
+            },
+            current,
+            "SELECT COUNT(*) FROM device",
+        )?;
+        let etag = next_etag(&tx)?;
+        tx.execute(
+            &format!("INSERT INTO device ({DEVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+            device_row(record, &(etag as i64)),
+        )
+        .map_err(backend)?;
+        tx.execute(
+            "UPDATE auto_registration SET registered = registered + 1 WHERE ca_name = ?1",
+            [ca_name],
+        )
+        .map_err(backend)?;
+        record_change(&tx, &self.node, ChangeKind::Device, &record.device_id, etag)?;
+        insert_audit(&tx, audit)?;
+        tx.commit().map_err(backend)?;
+        Ok(DeviceRecord {
+            etag,
+            ..record.clone()
+        })
     }
 
     fn get_crl(&self, ca_name: &str) -> Result<Option<CrlRecord>, StoreError> {

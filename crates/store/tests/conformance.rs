@@ -67,6 +67,7 @@ conformance!(
     method_calls_are_answered_once,
     revocations_belong_to_their_ca,
     a_crl_replaces_the_revocations_of_the_one_before,
+    auto_registration_counts_against_its_quota,
     settings_and_persistent_sessions,
 );
 
@@ -621,6 +622,52 @@ fn a_crl_replaces_the_revocations_of_the_one_before(s: &dyn Store) {
     // Deleting the CA deletes its CRL.
     s.delete_ca("cr", None, &audit("d")).unwrap();
     assert_eq!(s.get_crl("cr").unwrap(), None);
+}
+
+fn auto_registration_counts_against_its_quota(s: &dyn Store) {
+    assert_eq!(
+        s.set_auto_registration("ar", Some(2), &audit("a")),
+        Err(StoreError::NotFound)
+    );
+    s.write_ca(&ca("ar", "ART"), NO_LIMIT, &audit("c")).unwrap();
+    assert_eq!(
+        s.auto_register_device("ar", &device("a1"), 1000, &audit("r")),
+        Err(StoreError::NotFound),
+        "off: nothing is registered through it"
+    );
+    s.set_auto_registration("ar", Some(2), &audit("a")).unwrap();
+    s.auto_register_device("ar", &device("a1"), 1000, &audit("r"))
+        .unwrap();
+    assert_eq!(
+        s.auto_register_device("ar", &device("a1"), 1000, &audit("r")),
+        Err(StoreError::AlreadyExists)
+    );
+    // The hub's own device limit still holds.
+    let hub_limit = s.auto_register_device("ar", &device("a2"), 1, &audit("r"));
+    assert_eq!(hub_limit, Err(StoreError::LimitReached { limit: 1 }));
+    s.auto_register_device("ar", &device("a2"), 1000, &audit("r"))
+        .unwrap();
+    assert_eq!(
+        s.auto_register_device("ar", &device("a3"), 1000, &audit("r")),
+        Err(StoreError::QuotaReached { limit: 2 })
+    );
+    assert!(
+        s.get_device("a3").unwrap().is_none(),
+        "a refusal writes nothing"
+    );
+    // Raising the limit keeps the count.
+    s.set_auto_registration("ar", Some(3), &audit("a")).unwrap();
+    let listed = s.list_auto_registrations().unwrap();
+    assert_eq!(
+        listed,
+        [AutoRegistration {
+            ca_name: "ar".into(),
+            device_limit: 3,
+            registered: 2
+        }]
+    );
+    s.set_auto_registration("ar", None, &audit("a")).unwrap();
+    assert!(s.list_auto_registrations().unwrap().is_empty());
 }
 
 fn method_calls_are_answered_once(s: &dyn Store) {

@@ -174,6 +174,9 @@ impl Store for PostgresStore {
                 tx.execute("DELETE FROM crl WHERE ca_name = $1", &[&name])
                     .await
                     .map_err(|e| db.error(e))?;
+                tx.execute("DELETE FROM auto_registration WHERE ca_name = $1", &[&name])
+                    .await
+                    .map_err(|e| db.error(e))?;
                 db.record_change(&tx, ChangeKind::Ca, &name, None, seq)
                     .await?;
                 db.insert_audit(&tx, &audit).await?;
@@ -986,6 +989,148 @@ impl Store for PostgresStore {
         owned!(crl, audit);
         let entries = entries.to_vec();
         self.call(move |db| Box::pin(async move { db.replace_crl(crl, entries, audit).await }))
+    }
+
+    fn set_auto_registration(
+        &self,
+        ca_name: &str,
+        device_limit: Option<u64>,
+        audit: &NewAudit,
+    ) -> Result<(), StoreError> {
+        owned!(ca_name, audit);
+        self.call(move |db| {
+            Box::pin(async move {
+                let e = |e| db.error(e);
+                let mut c = db.conn().await?;
+                let tx = c.transaction().await.map_err(e)?;
+                let seq = db.next_etag(&tx).await?;
+                let ca = tx
+                    .query_opt(
+                        "SELECT 1 FROM ca_certificate WHERE name = $1 FOR UPDATE",
+                        &[&ca_name],
+                    )
+                    .await
+                    .map_err(e)?;
+                if ca.is_none() {
+                    return Err(StoreError::NotFound);
+                }
+                match device_limit {
+                    Some(limit) => {
+                        let limit = limit as i64;
+                        tx.execute(
+                            "INSERT INTO auto_registration (ca_name, device_limit, registered) VALUES ($1, $2, 0)
+                             ON CONFLICT (ca_name) DO UPDATE SET device_limit = excluded.device_limit",
+                            &[&ca_name, &limit],
+                        )
+                        .await
+                    }
+                    None => {
+                        tx.execute(
+                            "DELETE FROM auto_registration WHERE ca_name = $1",
+                            &[&ca_name],
+                        )
+                        .await
+                    }
+                }
+                .map_err(e)?;
+                db.record_change(&tx, ChangeKind::AutoRegistration, &ca_name, None, seq)
+                    .await?;
+                db.insert_audit(&tx, &audit).await?;
+                tx.commit().await.map_err(e)
+            })
+        })
+    }
+
+    fn list_auto_registrations(&self) -> Result<Vec<AutoRegistration>, StoreError> {
+        self.call(move |db| {
+            Box::pin(async move {
+                let c = db.conn().await?;
+                let rows = c
+                    .query(
+                        "SELECT ca_name, device_limit, registered FROM auto_registration ORDER BY ca_name",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| db.error(e))?;
+                Ok(rows
+                    .iter()
+                    .map(|r| AutoRegistration {
+                        ca_name: r.get(0),
+                        device_limit: r.get::<_, i64>(1) as u64,
+                        registered: r.get::<_, i64>(2) as u64,
+                    })
+                    .collect())
+            })
+        })
+    }
+
+    fn auto_register_device(
+        &self,
+        ca_name: &str,
+        record: &DeviceRecord,
+        device_limit: u64,
+        audit: &NewAudit,
+    ) -> Result<DeviceRecord, StoreError> {
+        owned!(ca_name, record, audit);
+        self.call(move |db| {
+            Box::pin(async move {
+                let e = |e| db.error(e);
+                let mut c = db.conn().await?;
+                let tx = c.transaction().await.map_err(e)?;
+                let etag = db.next_etag(&tx).await?;
+                // The quota row locked: two nodes registering through one CA take turns.
+                let quota = tx
+                    .query_opt(
+                        "SELECT device_limit, registered FROM auto_registration WHERE ca_name = $1 FOR UPDATE",
+                        &[&ca_name],
+                    )
+                    .await
+                    .map_err(e)?;
+                let Some(quota) = quota else {
+                    return Err(StoreError::NotFound);
+                };
+                let (limit, registered): (i64, i64) = (quota.get(0), quota.get(1));
+                if registered >= limit {
+                    return Err(StoreError::QuotaReached {
+                        limit: limit as u64,
+                    });
+                }
+                let current = db
+                    .current_etag(&tx, "device", "device_id", &record.device_id)
+                    .await?;
+                db.check_expect(
+                    &tx,
+                    Expect::Absent {
+                        limit: device_limit,
+                    },
+                    current,
+                    "device",
+                )
+                .await?;
+                let (etag_value, status, auth) = (
+                    etag as i64,
+                    record.status.as_str(),
+                    record.auth_type.as_str(),
+                );
+                tx.execute(
+                    INSERT_DEVICE,
+                    &device_params(&record, &etag_value, &status, &auth),
+                )
+                .await
+                .map_err(e)?;
+                tx.execute(
+                    "UPDATE auto_registration SET registered = registered + 1 WHERE ca_name = $1",
+                    &[&ca_name],
+                )
+                .await
+                .map_err(e)?;
+                db.record_change(&tx, ChangeKind::Device, &record.device_id, None, etag)
+                    .await?;
+                db.insert_audit(&tx, &audit).await?;
+                tx.commit().await.map_err(e)?;
+                Ok(DeviceRecord { etag, ..record })
+            })
+        })
     }
 
     fn get_crl(&self, ca_name: &str) -> Result<Option<CrlRecord>, StoreError> {
