@@ -1,6 +1,7 @@
 //! The revocation handlers: `POST /certificates/{name}/revocations` revokes a certificate the CA
 //! issued (by serial, with an RFC 5280 reason), `GET` lists them; `PUT /certificates/{name}/crl`
-//! takes the CA's certificate revocation list, `GET` shows the one held. The rules are the hub's
+//! takes the CA's certificate revocation list, `GET` shows the one held;
+//! `PUT/GET /certificates/{name}/autoRegistration` turns the CA's auto-registration on or off. The rules are the hub's
 //! (`iothub_hub::revocations`); this file only carries the body in and the view out.
 
 use axum::body::Body;
@@ -89,6 +90,54 @@ pub(crate) async fn put_crl(
     })
     .await?;
     Ok(Json(crl_view(&held)))
+}
+
+fn auto_view(v: &iothub_hub::auto_registration::AutoRegistrationView) -> Value {
+    json!({
+        "certificateName": v.ca_name,
+        "enabled": v.enabled,
+        "deviceLimit": v.device_limit,
+        "registered": v.registered,
+    })
+}
+
+/// `{"enabled": true, "deviceLimit": 1000}`; the limit defaults to 1000 when enabling.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AutoBody {
+    enabled: bool,
+    device_limit: Option<u64>,
+}
+
+pub(crate) async fn put_auto_registration(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    let parsed = read_json::<AutoBody>(body, state.limits.max_request_bytes).await;
+    let target = format!("certificate/{name}");
+    let body = audited(&state, &who, "certificate.autoRegistration", target, parsed).await?;
+    let limit = body.enabled.then(|| {
+        body.device_limit
+            .unwrap_or(iothub_hub::auto_registration::DEFAULT_AUTO_REGISTER_LIMIT)
+    });
+    let view = blocking(&state, move |hub| {
+        hub.set_auto_registration(&who, &name, limit)
+    })
+    .await?;
+    Ok(Json(auto_view(&view)))
+}
+
+pub(crate) async fn get_auto_registration(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    let view = blocking(&state, move |hub| hub.get_auto_registration(&who, &name)).await?;
+    Ok(Json(auto_view(&view)))
 }
 
 pub(crate) async fn get_crl(

@@ -54,6 +54,10 @@ fn registry_routes() -> Router<AppState> {
             "/certificates/{name}/crl",
             get(revocations::get_crl).put(revocations::put_crl),
         )
+        .route(
+            "/certificates/{name}/autoRegistration",
+            get(revocations::get_auto_registration).put(revocations::put_auto_registration),
+        )
         // POST, not `/devices/import`: that path would hide a device named "import".
         .route(
             "/devices",

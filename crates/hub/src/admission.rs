@@ -63,6 +63,12 @@ pub enum Refusal {
     NotRegistered {
         device_id: String,
     },
+    /// An unknown device of a CA whose auto-registration reached its device limit.
+    AutoRegisterLimit {
+        ca_name: String,
+        limit: u64,
+        device_id: String,
+    },
     Disabled {
         device_id: String,
     },
@@ -153,6 +159,14 @@ impl std::fmt::Display for Refusal {
             Refusal::NotRegistered { device_id } => {
                 write!(f, "device '{device_id}' is not registered")
             }
+            Refusal::AutoRegisterLimit {
+                ca_name,
+                limit,
+                device_id,
+            } => write!(
+                f,
+                "device '{device_id}' is not registered, and auto-registration through '{ca_name}' reached its limit of {limit} devices; raise it (iothub cert update {ca_name} --auto-register-limit N) or register the device"
+            ),
             Refusal::Disabled { device_id } => write!(f, "device '{device_id}' is disabled"),
             Refusal::NoClientCertificate {
                 device_id,
@@ -226,7 +240,7 @@ impl Refusal {
         use RefusalClass as C;
         match self {
             Refusal::ForeignHost { .. } => C::ForeignHost,
-            Refusal::NotRegistered { .. } => C::UnknownDevice,
+            Refusal::NotRegistered { .. } | Refusal::AutoRegisterLimit { .. } => C::UnknownDevice,
             Refusal::Disabled { .. } => C::Disabled,
             Refusal::Chain(e) => match e {
                 ChainError::UnknownIssuer { .. } | ChainError::Unverified { .. } => C::UnverifiedCa,
@@ -376,11 +390,11 @@ impl Hub {
                 let record = self
                     .store()
                     .get_device(id)
-                    .map_err(|e| Refusal::RegistryUnavailable(e.to_string()))?
-                    .ok_or_else(|| Refusal::NotRegistered {
-                        device_id: id.to_string(),
-                    })?;
-                self.device_cache().remember(generation, &record)
+                    .map_err(|e| Refusal::RegistryUnavailable(e.to_string()))?;
+                match record {
+                    Some(record) => self.device_cache().remember(generation, &record),
+                    None => return self.admit_unregistered(req),
+                }
             }
         };
         self.judge_connect(req, &device)
@@ -470,7 +484,11 @@ impl Hub {
 
     /// A certificateAuthority device: its chain ends at a Verified CA and its leaf's only CN is
     /// its id.
-    fn judge_ca_chain(&self, req: &ConnectRequest, now: i64) -> Result<AuthMethod, Refusal> {
+    pub(crate) fn judge_ca_chain(
+        &self,
+        req: &ConnectRequest,
+        now: i64,
+    ) -> Result<AuthMethod, Refusal> {
         let id = req.client_id.as_str();
         if req.chain.is_empty() {
             return Err(Refusal::NoClientCertificate {

@@ -107,7 +107,9 @@ impl Hub {
                 given: given.map(IfMatch::shown).unwrap_or_default(),
                 current: encode_etag(current),
             },
-            StoreError::LimitReached { limit } => HubError::LimitReached(limit),
+            StoreError::LimitReached { limit } | StoreError::QuotaReached { limit } => {
+                HubError::LimitReached(limit)
+            }
             StoreError::DuplicateThumbprint { name: other } => HubError::DuplicateThumbprint {
                 thumbprint: thumbprint.to_string(),
                 other,

@@ -65,6 +65,8 @@ struct Work {
     method_calls: Vec<i64>,
     /// Another node revoked a certificate: read the revocations again.
     revocations: bool,
+    /// Another node turned a CA's auto-registration on or off.
+    auto_registrations: bool,
     /// Persistent sessions another node changed: (device, subscriptions; None if forgotten).
     subscriptions: Vec<(String, Option<Subscriptions>)>,
 }
@@ -92,6 +94,7 @@ impl Work {
                     }
                 }
                 ChangeKind::Revocation => work.revocations = true,
+                ChangeKind::AutoRegistration => work.auto_registrations = true,
                 ChangeKind::Subscriptions => {
                     let subs = change
                         .detail
@@ -153,6 +156,9 @@ impl Hub {
         if work.revocations {
             self.reload_revocations()?;
         }
+        if work.auto_registrations {
+            self.reload_auto_registrations()?;
+        }
         for id in &work.devices {
             self.device_cache().forget(id);
             if self.store().get_device(id)?.is_none() {
@@ -194,6 +200,7 @@ impl Hub {
         self.policies().replace(self.store().list_policies()?)?;
         self.rebuild_trust()?;
         self.reload_revocations()?;
+        self.reload_auto_registrations()?;
         self.device_cache().forget_all();
         self.sessions()
             .replace_persistent(self.store().list_persistent_sessions()?);

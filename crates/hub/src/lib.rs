@@ -19,15 +19,17 @@
 //! | `PendingCalls` | `methods` | direct-method calls waiting for an answer |
 //! | `ActivityBuffer` | `activity` | connection facts waiting to be written, and their flusher |
 //! | `Metrics` | `metrics` | the counters `/metrics` shows, as atomics |
+//! | `AutoRegistrations` | `auto_registration` | the CAs whose unknown devices are registered at first CONNECT |
 //!
 //! The store, the config and the clock are shared by all. `admission`, `devices`, `certificates`,
-//! `c2d`, `twins`, `auth` and `audit` own no in-memory state: they apply rules over the store and
+//! `c2d`, `twins`, `auth`, `audit` and `revocations` own no in-memory state: they apply rules over the store and
 //! ask the parts. Each module's opening comment says what it owns and what it asks of others.
 
 pub mod activity;
 pub mod admission;
 pub mod audit;
 pub mod auth;
+pub mod auto_registration;
 pub mod c2d;
 pub mod certificates;
 pub mod changes;
@@ -201,6 +203,8 @@ pub struct Hub {
     follower: Arc<changes::Follower>,
     /// `presence.rs`: this node's sessions as the other nodes must learn of them.
     presence: Arc<presence::Presence>,
+    /// `auto_registration.rs`: the CAs whose unknown devices are registered at first CONNECT.
+    auto_registrations: Arc<auto_registration::AutoRegistrations>,
 }
 
 impl Hub {
@@ -238,9 +242,11 @@ impl Hub {
             metrics,
             follower: Arc::new(follower),
             presence: Arc::default(),
+            auto_registrations: Arc::default(),
         };
         hub.rebuild_trust()?;
         hub.reload_revocations()?;
+        hub.reload_auto_registrations()?;
         Ok(hub)
     }
 
@@ -298,6 +304,10 @@ impl Hub {
     pub(crate) fn presence(&self) -> &presence::Presence {
         &self.presence
     }
+
+    pub(crate) fn auto_registrations(&self) -> &auto_registration::AutoRegistrations {
+        &self.auto_registrations
+    }
 }
 
 #[cfg(test)]
@@ -307,7 +317,8 @@ mod tests {
     /// module) or another part's interface.
     #[test]
     fn no_module_names_a_field_of_hub() {
-        const FIELDS: [&str; 11] = [
+        const FIELDS: [&str; 12] = [
+            "auto_registrations",
             "store",
             "config",
             "clock",

@@ -264,6 +264,28 @@ impl Store for GatedStore {
     fn get_crl(&self, ca_name: &str) -> Result<Option<iothub_store::CrlRecord>, StoreError> {
         self.inner.get_crl(ca_name)
     }
+    fn set_auto_registration(
+        &self,
+        ca_name: &str,
+        device_limit: Option<u64>,
+        audit: &NewAudit,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .set_auto_registration(ca_name, device_limit, audit)
+    }
+    fn list_auto_registrations(&self) -> Result<Vec<iothub_store::AutoRegistration>, StoreError> {
+        self.inner.list_auto_registrations()
+    }
+    fn auto_register_device(
+        &self,
+        ca_name: &str,
+        record: &iothub_store::DeviceRecord,
+        device_limit: u64,
+        audit: &NewAudit,
+    ) -> Result<iothub_store::DeviceRecord, StoreError> {
+        self.inner
+            .auto_register_device(ca_name, record, device_limit, audit)
+    }
     fn list_expiring_devices(
         &self,
         before: i64,

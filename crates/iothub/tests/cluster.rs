@@ -350,3 +350,35 @@ fn a_revocation_through_one_node_drops_the_device_on_another() {
         "{reason}"
     );
 }
+
+/// Auto-registration turned on through one node registers an unknown device at its first
+/// CONNECT on another; the device is then known to every node.
+#[test]
+fn auto_registration_on_one_node_registers_a_device_connecting_to_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = three_nodes(tmp.path());
+    verified_root_with_devices(&nodes[0], &[]);
+    let files = nodes[0].dir.clone();
+    ok(&nodes[0].cli_in(
+        &files,
+        &[
+            "pki",
+            "device",
+            "newcomer",
+            "--ca-cert",
+            "root.pem",
+            "--ca-key",
+            "root.key",
+        ],
+    ));
+    ok(&nodes[0].cli(&["cert", "update", "root", "--auto-register", "on"]));
+    let (_d, took) = connect_within(&nodes[2], &files, "newcomer", Duration::from_secs(2));
+    assert!(
+        took < Duration::from_secs(1),
+        "admitted on n3 after {took:?}"
+    );
+    assert_eq!(
+        nodes[1].get_json("/devices/newcomer")["authentication"]["type"],
+        "certificateAuthority"
+    );
+}

@@ -11,8 +11,11 @@ use crate::output::{items, shown, Output};
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
     /// Only entries about this certificate.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "device")]
     pub certificate: Option<String>,
+    /// Only entries about this device (its registration, auto-registration, changes).
+    #[arg(long)]
+    pub device: Option<String>,
     /// At most this many entries (1 to 1000).
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
@@ -23,6 +26,9 @@ pub fn run(target: &HubTarget, output: Output, args: AuditArgs) -> Result<()> {
     let mut path = format!("/audit?limit={}", args.limit);
     if let Some(c) = &args.certificate {
         path.push_str(&format!("&target={}", segment(&format!("certificate/{c}"))));
+    }
+    if let Some(d) = &args.device {
+        path.push_str(&format!("&target={}", segment(&format!("device/{d}"))));
     }
     let v = api.call(Method::GET, &path, None, None)?;
     output.answer(&v, || {

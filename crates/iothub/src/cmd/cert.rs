@@ -91,6 +91,20 @@ pub enum CertCommand {
         /// The CRL file.
         file: Option<PathBuf>,
     },
+    /// Change a CA's settings: auto-registration (a device whose chain ends at this Verified
+    /// CA, and whose certificate's CN is its id, is registered at its first CONNECT, which is
+    /// admitted), and its device limit.
+    Update {
+        /// The certificate's name on the hub.
+        name: String,
+        /// on or off.
+        #[arg(long, value_parser = ["on", "off"])]
+        auto_register: Option<String>,
+        /// The most devices auto-registration through this CA may create [default: 1000, or
+        /// the limit already set].
+        #[arg(long)]
+        auto_register_limit: Option<u64>,
+    },
     /// Delete a CA certificate.
     Delete {
         /// The certificate's name on the hub.
@@ -146,6 +160,17 @@ pub fn run(target: &HubTarget, output: Output, cmd: CertCommand) -> Result<()> {
             })
         }
         CertCommand::Revoked { name } => revoked(&api, output, &name),
+        CertCommand::Update {
+            name,
+            auto_register,
+            auto_register_limit,
+        } => update(
+            &api,
+            output,
+            &name,
+            auto_register.as_deref(),
+            auto_register_limit,
+        ),
         CertCommand::Crl { name, file } => crl(&api, output, &name, file.as_deref()),
         CertCommand::Delete { name, etag } => {
             api.call(Method::DELETE, &cert_path(&name), etag.as_deref(), None)?;
@@ -239,6 +264,41 @@ fn list(api: &ApiClient, output: Output) -> Result<()> {
                 left,
                 shown(prop(&c, "subject"))
             );
+        }
+    })
+}
+
+fn update(
+    api: &ApiClient,
+    output: Output,
+    name: &str,
+    auto_register: Option<&str>,
+    limit: Option<u64>,
+) -> Result<()> {
+    let path = format!("{}/autoRegistration", cert_path(name));
+    let current = api.call(Method::GET, &path, None, None)?;
+    let enabled = match auto_register {
+        Some(on) => on == "on",
+        None if limit.is_some() => true,
+        None => anyhow::bail!(
+            "nothing to change: give --auto-register on|off and/or --auto-register-limit N"
+        ),
+    };
+    let mut body = json!({ "enabled": enabled });
+    if let Some(limit) = limit.or_else(|| current["deviceLimit"].as_u64()) {
+        body["deviceLimit"] = json!(limit);
+    }
+    let v = api.call(Method::PUT, &path, None, Some(&body))?;
+    output.answer(&v, || {
+        if v["enabled"].as_bool() == Some(true) {
+            println!(
+                "{}: auto-registration on, {} of at most {} devices registered",
+                shown(&v["certificateName"]),
+                shown(&v["registered"]),
+                shown(&v["deviceLimit"])
+            )
+        } else {
+            println!("{}: auto-registration off", shown(&v["certificateName"]))
         }
     })
 }
