@@ -17,11 +17,19 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(serial) = iothub_pki::revocation::normalize_serial(&text) {
         // One spelling: upper-case hex, no leading zero, at most 20 octets, and stable.
         assert!(!serial.is_empty() && serial.len() <= 40);
-        assert!(serial.chars().all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c)));
+        assert!(serial
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c)));
         assert!(serial == "0" || !serial.starts_with('0'));
-        assert_eq!(iothub_pki::revocation::normalize_serial(&serial).as_ref(), Ok(&serial));
+        assert_eq!(
+            iothub_pki::revocation::normalize_serial(&serial).as_ref(),
+            Ok(&serial)
+        );
     }
     if let Ok(reason) = iothub_pki::revocation::RevocationReason::parse(&text) {
-        assert_eq!(iothub_pki::revocation::RevocationReason::parse(reason.as_str()), Ok(reason));
+        assert_eq!(
+            iothub_pki::revocation::RevocationReason::parse(reason.as_str()),
+            Ok(reason)
+        );
     }
 });

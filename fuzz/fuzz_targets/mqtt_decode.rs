@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
                 let mut out = BytesMut::new();
                 encode(&packet, &mut out).expect("a decoded packet re-encodes");
                 let mut again = out.clone();
-                assert_eq!(decode(&mut again, usize::MAX).expect("round trip"), Some(packet));
+                assert_eq!(
+                    decode(&mut again, usize::MAX).expect("round trip"),
+                    Some(packet)
+                );
             }
             Ok(None) | Err(_) => break,
         }

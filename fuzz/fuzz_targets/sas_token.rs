@@ -10,6 +10,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = token.resource();
         // The fuzzer cannot compute an HMAC under a key it never sees: acceptance would mean the
         // check can be passed without the key (an empty or truncated signature, say).
-        assert!(token.check("p", &[b"a secret key the fuzzer does not know"], 0).is_err());
+        assert!(token
+            .check("p", &[b"a secret key the fuzzer does not know"], 0)
+            .is_err());
     }
 });

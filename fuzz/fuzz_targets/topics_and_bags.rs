@@ -1,7 +1,9 @@
 //! Topic authorisation and property bags on arbitrary text: typed errors, no panic, and a device
 //! is never allowed to publish or subscribe under another device's id.
 #![no_main]
-use iothub_mqtt::topics::{device_may_publish, device_may_subscribe, encode_property_bag, parse_property_bag};
+use iothub_mqtt::topics::{
+    device_may_publish, device_may_subscribe, encode_property_bag, parse_property_bag,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,9 +14,15 @@ fuzz_target!(|data: &[u8]| {
         let _ = parse_property_bag(&encoded).expect("an encoded bag parses");
     }
     if device_may_publish(device, topic).is_ok() && topic.starts_with("devices/") {
-        assert!(topic.starts_with(&format!("devices/{device}/")), "{device} published to {topic}");
+        assert!(
+            topic.starts_with(&format!("devices/{device}/")),
+            "{device} published to {topic}"
+        );
     }
     if device_may_subscribe(device, topic).is_ok() && topic.starts_with("devices/") {
-        assert!(topic.starts_with(&format!("devices/{device}/")), "{device} subscribed to {topic}");
+        assert!(
+            topic.starts_with(&format!("devices/{device}/")),
+            "{device} subscribed to {topic}"
+        );
     }
 });
