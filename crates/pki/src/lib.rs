@@ -11,6 +11,7 @@
 //! - [`pop`]: proof-of-possession rules: upload checks, verification codes, the ordered verify check.
 //! - [`sas`]: SharedAccessSignature tokens, signed and checked exactly as Azure IoT Hub does.
 //! - [`policy`]: shared access policy names, rights lists and key slots as operators write them.
+//! - [`external_key`]: a verification certificate signed by a CA key kept elsewhere (PKCS#11, KMS).
 //! - [`gen`]: certificate and key generation for test PKIs and the one-step `cert prove`.
 //! - [`device_id`]: which device ids are valid (Azure's rule).
 //! - [`thumbprint`]: certificate thumbprints in one canonical form.
@@ -28,6 +29,7 @@ pub mod chain_cache;
 pub mod crl;
 pub mod device_id;
 pub mod dn;
+pub mod external_key;
 pub mod gen;
 pub mod input;
 pub mod policy;
