@@ -48,6 +48,24 @@ pub fn prove_with(
     etag: &str,
     issuer: &CaIssuer,
 ) -> Result<Value> {
+    let make = |code: &str| -> Result<String> {
+        let now = time::OffsetDateTime::now_utc();
+        let cert =
+            iothub_pki::gen::make_verification_cert(code, issuer, now, time::Duration::hours(1))?;
+        Ok(cert.cert_pem)
+    };
+    prove_with_signer(api, name, ca_pem, etag, &make)
+}
+
+/// [`prove_with`] where `make` builds the verification certificate (PEM) for a code: signed
+/// with a key held elsewhere, e.g. in a PKCS#11 module.
+pub fn prove_with_signer(
+    api: &ApiClient,
+    name: &str,
+    ca_pem: &str,
+    etag: &str,
+    make: &dyn Fn(&str) -> Result<String>,
+) -> Result<Value> {
     let coded = api.call(
         Method::POST,
         &format!("{}/generateVerificationCode", cert_path(name)),
@@ -55,9 +73,7 @@ pub fn prove_with(
         None,
     )?;
     let code = text(&coded["properties"]["verificationCode"]);
-    let now = time::OffsetDateTime::now_utc();
-    let verification =
-        iothub_pki::gen::make_verification_cert(&code, issuer, now, time::Duration::hours(1))?;
+    let verification_pem = make(&code)?;
 
     // Apply the hub's own rule locally first: a certificate we cannot reproduce exactly (e.g. a CA
     // subject with repeated attribute types) is explained here instead of being refused remotely.
@@ -71,7 +87,7 @@ pub fn prove_with(
         name,
         &ca_info,
         &state,
-        verification.cert_pem.as_bytes(),
+        verification_pem.as_bytes(),
         usize::MAX,
         unix_now(),
     ) {
@@ -83,7 +99,7 @@ pub fn prove_with(
         Method::POST,
         &format!("{}/verify", cert_path(name)),
         Some(&text(&coded["etag"])),
-        Some(&json!({ "certificate": verification.cert_pem })),
+        Some(&json!({ "certificate": verification_pem })),
     )?;
     Ok(v)
 }

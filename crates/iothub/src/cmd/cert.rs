@@ -59,8 +59,11 @@ pub enum CertCommand {
         /// The certificate's name on the hub.
         name: String,
         /// The CA's private key (PKCS#8, PKCS#1 or SEC1 PEM).
-        #[arg(long)]
-        key: PathBuf,
+        #[arg(long, required_unless_present = "pkcs11_module")]
+        key: Option<PathBuf>,
+        /// Or the CA's key in a PKCS#11 module: it signs there and never leaves it.
+        #[command(flatten)]
+        pkcs11: crate::cmd::pkcs11::Pkcs11Args,
     },
     /// Revoke the certificate NAME issued with a serial number (a device's, or an
     /// intermediate's): its sessions close at once, on every node, and its next CONNECT is
@@ -137,7 +140,10 @@ pub fn run(target: &HubTarget, output: Output, cmd: CertCommand) -> Result<()> {
             )?;
             output.answer(&v, || println!("{}", summary(&v)))
         }
-        CertCommand::Prove { name, key } => prove(&api, output, &name, &key),
+        CertCommand::Prove { name, key, pkcs11 } => match key {
+            Some(key) => prove(&api, output, &name, &key),
+            None => prove_in_module(&api, output, &name, &pkcs11),
+        },
         CertCommand::Revoke {
             name,
             serial,
@@ -400,6 +406,42 @@ fn code(api: &ApiClient, output: Output, name: &str, etag: Option<&str>) -> Resu
 }
 
 /// `cert prove`: the whole proof of possession in one step, the key staying on this machine.
+/// `cert prove --pkcs11-*`: the verification certificate signed inside the module.
+fn prove_in_module(
+    api: &ApiClient,
+    output: Output,
+    name: &str,
+    args: &crate::cmd::pkcs11::Pkcs11Args,
+) -> Result<()> {
+    let current = api.call(Method::GET, &cert_path(name), None, None)?;
+    let ca_pem = text(prop(&current, "certificate"));
+    let ca_der = iothub_pki::parse_certificate_input(ca_pem.as_bytes(), usize::MAX)?;
+    let kind = iothub_pki::external_key::external_key_kind(&ca_der)?;
+    // Open the module before changing anything on the hub (a wrong PIN leaves no code behind).
+    let signer = crate::cmd::pkcs11::Pkcs11Signer::open(args, kind)?;
+    let sign = |msg: &[u8]| signer.sign(msg);
+    let make = |code: &str| -> Result<String> {
+        let now = time::OffsetDateTime::now_utc();
+        let cert = iothub_pki::external_key::make_verification_cert_external(
+            code,
+            &ca_der,
+            &sign,
+            now,
+            time::Duration::hours(1),
+        )
+        .context("the module could not sign the verification certificate (is the key the CA's?)")?;
+        Ok(cert.cert_pem)
+    };
+    let v = iothub_client::proof::prove_with_signer(
+        api,
+        name,
+        &ca_pem,
+        &text(&current["etag"]),
+        &make,
+    )?;
+    output.answer(&v, || println!("{}", summary(&v)))
+}
+
 fn prove(api: &ApiClient, output: Output, name: &str, key_path: &Path) -> Result<()> {
     let key_pem = std::fs::read_to_string(key_path)
         .with_context(|| format!("cannot read {}", key_path.display()))?;

@@ -8,6 +8,7 @@ pub mod cert;
 pub mod credentials;
 pub mod device;
 pub mod monitor;
+pub mod pkcs11;
 pub mod pki;
 pub mod policy;
 pub mod twin;
