@@ -90,6 +90,12 @@ async function certificatesPage() {
   if (selected) showDetails(selected);
 }
 
+// Whole days from now until an RFC 1123 time (negative once passed).
+function daysLeft(expiry) {
+  const at = Date.parse(expiry);
+  return Number.isNaN(at) ? undefined : Math.floor((at - Date.now()) / 86400000);
+}
+
 // A CA expiring within 30 days (the hub's warning window) gets a badge; an expired one a red one.
 function expiryBadge(days) {
   if (typeof days !== "number" || days >= 30) return "";
@@ -113,7 +119,7 @@ async function renderList() {
     el("td", {}, el("span", { class: "status " + c.properties.status, text: c.properties.status })),
     el("td", { class: "wide", text: c.properties.subject }),
     el("td", { class: "mono wide", text: c.properties.thumbprint }),
-    el("td", {}, c.properties.expiry, expiryBadge(c.properties.daysToExpiry)),
+    el("td", {}, c.properties.expiry, expiryBadge(daysLeft(c.properties.expiry))),
   ));
   box.replaceChildren(el("table", { "aria-label": "CA certificates" },
     el("thead", {}, el("tr", {}, el("th", { text: "Name" }), el("th", { text: "Status" }), el("th", { class: "wide", text: "Subject" }), el("th", { class: "wide", text: "Thumbprint" }), el("th", { text: "Expiry" }))),

@@ -44,7 +44,6 @@ pub fn certificate_description(view: &CaView, id: &str) -> Value {
             "serialNumber": info.serial,
             "subjectKeyIdentifier": info.subject_key_id,
             "authorityKeyIdentifier": info.authority_key_id,
-            "daysToExpiry": view.days_to_expiry,
         }
     })
 }

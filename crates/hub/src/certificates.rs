@@ -25,11 +25,11 @@ pub struct CaView {
     pub updated: i64,
     /// When the live verification code expires, if one is live.
     pub verification_code_expiry: Option<i64>,
-    /// Whole days until the certificate expires, as of the view (negative once it has).
-    pub days_to_expiry: i64,
 }
 
-/// A CA expiring within this many days is flagged (the portal's badge, `cert list`).
+/// A CA expiring within this many days is flagged (the portal's badge, `cert list`, the
+/// overview). Days are counted by whoever shows them, from `expiry`: a certificate's description
+/// holds no clock-dependent field, so two reads of an unchanged CA are equal.
 pub const EXPIRY_WARNING_DAYS: i64 = 30;
 
 impl CaView {
@@ -63,7 +63,6 @@ impl Hub {
             CodeRecord::Live { expires_at, .. } if *expires_at > self.now() => Some(*expires_at),
             _ => None,
         };
-        let info_not_after = info.not_after;
         Ok(CaView {
             name: record.name.clone(),
             etag: encode_etag(record.etag),
@@ -72,7 +71,6 @@ impl Hub {
             created: record.created,
             updated: record.updated,
             verification_code_expiry,
-            days_to_expiry: (info_not_after - self.now()).div_euclid(86_400),
         })
     }
 

@@ -254,7 +254,7 @@ fn list(api: &ApiClient, output: Output) -> Result<()> {
         );
         for c in items {
             // Flagged within the hub's warning window, as the portal's badge.
-            let days = prop(&c, "daysToExpiry").as_i64();
+            let days = days_left(prop(&c, "expiry"));
             let left = match days {
                 Some(d) if d < 0 => "EXPIRED".to_string(),
                 Some(d) if d < iothub_hub::certificates::EXPIRY_WARNING_DAYS => format!("{d} (!)"),
@@ -329,6 +329,17 @@ fn crl(api: &ApiClient, output: Output, name: &str, file: Option<&Path>) -> Resu
             shown(&v["revoked"])
         )
     })
+}
+
+/// Whole days from now until `expiry` (the API's RFC 1123 time, e.g. "Mon, 04 Jan 2027
+/// 06:11:50 GMT"); negative once passed.
+fn days_left(expiry: &Value) -> Option<i64> {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let at = time::PrimitiveDateTime::parse(expiry.as_str()?, format).ok()?;
+    let left = at.assume_utc() - time::OffsetDateTime::now_utc();
+    Some(left.whole_seconds().div_euclid(86_400))
 }
 
 fn revoked(api: &ApiClient, output: Output, name: &str) -> Result<()> {
