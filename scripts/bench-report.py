@@ -158,6 +158,9 @@ def locked_versions(names, lock="Cargo.lock"):
 # The markers around BENCHMARKS.md's cluster section (scripts/bench-cluster-report.py).
 CLUSTER_BEGIN = "<!-- cluster run: begin -->"
 CLUSTER_END = "<!-- cluster run: end -->"
+# The markers around its cold-storm section (scripts/bench-cold-report.py).
+COLD_BEGIN = "<!-- cold storm: begin -->"
+COLD_END = "<!-- cold storm: end -->"
 
 
 def version(cmd):
@@ -443,11 +446,12 @@ def main():
                   "(target: at least 10,000/s; no peer figure: Mosquitto has no device registry)."]
     lines += ["", f"Raw results: `{out}/*.json`."]
     text = "\n".join(lines) + "\n"
-    # The cluster section (scripts/bench --cluster writes it) is kept as it was.
+    # The sections other scripts write (--cluster, --cold) are kept as they were.
     try:
         old = open(a.md).read()
-        if CLUSTER_BEGIN in old and CLUSTER_END in old:
-            text += "\n" + old[old.index(CLUSTER_BEGIN):old.index(CLUSTER_END) + len(CLUSTER_END)] + "\n"
+        for begin, end in ((CLUSTER_BEGIN, CLUSTER_END), (COLD_BEGIN, COLD_END)):
+            if begin in old and end in old:
+                text += "\n" + old[old.index(begin):old.index(end) + len(end)] + "\n"
     except FileNotFoundError:
         pass
     os.makedirs(os.path.dirname(os.path.abspath(a.md)), exist_ok=True)

@@ -41,7 +41,7 @@ pub(crate) async fn connect_storm(t: Target) -> Result<()> {
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut i = c;
-            while Instant::now() < deadline {
+            while Instant::now() < deadline && !(t.once && i >= ids.len()) {
                 let index = i % ids.len();
                 i += t.clients;
                 let t0 = Instant::now();
@@ -89,6 +89,7 @@ pub(crate) async fn connect_storm(t: Target) -> Result<()> {
         json!({
             "mode": "connect",
             "resume": t.resume,
+            "once": t.once,
             "tls": if t.tls12 { "1.2" } else { "1.3" },
             "resumed": resumed.load(Ordering::Relaxed),
             "clients": t.clients,

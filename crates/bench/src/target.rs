@@ -36,6 +36,10 @@ pub struct Target {
     /// Resume TLS sessions (connect): each identity keeps the tickets the broker sent it.
     #[arg(long)]
     pub(crate) resume: bool,
+    /// Connect: every identity connects exactly once, then the run ends (a cold reconnect
+    /// storm: no chain the broker has seen before); --seconds is then only a safety limit.
+    #[arg(long, conflicts_with = "resume")]
+    pub(crate) once: bool,
     /// Offer TLS 1.2 only, as the Azure IoT Python SDK does (TLS 1.2 resumption makes no key
     /// exchange) [default: TLS 1.3, or 1.2 if the broker has nothing newer].
     #[arg(long)]
