@@ -122,6 +122,22 @@ pub enum Refusal {
     Internal(String),
 }
 
+/// The reason of [`Refusal::CertificateNotValidNow`].
+fn not_valid_now(not_before: i64, not_after: i64) -> String {
+    format!(
+        "the client certificate is valid from {} to {}, not now",
+        iothub_pki::pop::format_time(not_before),
+        iothub_pki::pop::format_time(not_after)
+    )
+}
+
+/// The reason of [`Refusal::AutoRegisterLimit`]: what happened and how to go on.
+fn auto_register_limit(ca_name: &str, limit: u64, device_id: &str) -> String {
+    format!(
+        "device '{device_id}' is not registered, and auto-registration through '{ca_name}' reached its limit of {limit} devices; raise it (iothub cert update {ca_name} --auto-register-limit N) or register the device"
+    )
+}
+
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         const USERNAME: &str = "{hub host}";
@@ -163,10 +179,7 @@ impl std::fmt::Display for Refusal {
                 ca_name,
                 limit,
                 device_id,
-            } => write!(
-                f,
-                "device '{device_id}' is not registered, and auto-registration through '{ca_name}' reached its limit of {limit} devices; raise it (iothub cert update {ca_name} --auto-register-limit N) or register the device"
-            ),
+            } => f.write_str(&auto_register_limit(ca_name, *limit, device_id)),
             Refusal::Disabled { device_id } => write!(f, "device '{device_id}' is disabled"),
             Refusal::NoClientCertificate {
                 device_id,
@@ -200,12 +213,7 @@ impl std::fmt::Display for Refusal {
             Refusal::CertificateNotValidNow {
                 not_before,
                 not_after,
-            } => write!(
-                f,
-                "the client certificate is valid from {} to {}, not now",
-                iothub_pki::pop::format_time(*not_before),
-                iothub_pki::pop::format_time(*not_after)
-            ),
+            } => f.write_str(&not_valid_now(*not_before, *not_after)),
             Refusal::NoSasToken { device_id } => write!(
                 f,
                 "device '{device_id}' authenticates with sas but sent no SAS token as its password"
