@@ -13,6 +13,8 @@ import json
 import os
 import sys
 
+from bench_section import write_section
+
 BEGIN = "<!-- cluster run: begin -->"
 END = "<!-- cluster run: end -->"
 
@@ -113,16 +115,7 @@ def main():
         sys.exit("scripts/bench-cluster: " + "; ".join(problems))
     text = section(a, parts["sqlite", "connect"], parts["postgres", "connect"],
                    parts["sqlite", "telemetry"], parts["postgres", "telemetry"], cl)
-    try:
-        old = open(a.md).read()
-    except FileNotFoundError:
-        old = ""
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + text.rstrip("\n") + old[old.index(END) + len(END):]
-    else:
-        new = old + ("\n" if old and not old.endswith("\n\n") else "") + text
-    with open(a.md, "w") as f:
-        f.write(new)
+    write_section(a.md, BEGIN, END, text)
     # A smoke run's figures mean nothing: its section goes only to its own file.
     if not a.smoke:
         print(text)

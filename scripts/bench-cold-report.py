@@ -12,6 +12,8 @@ import json
 import os
 import sys
 
+from bench_section import write_section
+
 BEGIN = "<!-- cold storm: begin -->"
 END = "<!-- cold storm: end -->"
 
@@ -78,16 +80,7 @@ def main():
         END,
     ]
     text = "\n".join(lines) + "\n"
-    try:
-        old = open(a.md).read()
-    except FileNotFoundError:
-        old = ""
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + text.rstrip("\n") + old[old.index(END) + len(END):]
-    else:
-        new = old + ("\n" if old and not old.endswith("\n\n") else "") + text
-    with open(a.md, "w") as f:
-        f.write(new)
+    write_section(a.md, BEGIN, END, text)
     if a.smoke:
         print(f"scripts/bench --cold --smoke: every identity connected once on both brokers; {a.md} written")
     else:
