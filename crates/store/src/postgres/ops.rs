@@ -1004,16 +1004,7 @@ impl Store for PostgresStore {
                 let mut c = db.conn().await?;
                 let tx = c.transaction().await.map_err(e)?;
                 let seq = db.next_etag(&tx).await?;
-                let ca = tx
-                    .query_opt(
-                        "SELECT 1 FROM ca_certificate WHERE name = $1 FOR UPDATE",
-                        &[&ca_name],
-                    )
-                    .await
-                    .map_err(e)?;
-                if ca.is_none() {
-                    return Err(StoreError::NotFound);
-                }
+                db.lock_ca(&tx, &ca_name).await?;
                 match device_limit {
                     Some(limit) => {
                         let limit = limit as i64;

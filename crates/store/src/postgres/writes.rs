@@ -509,6 +509,19 @@ impl Db {
         Ok(())
     }
 
+    /// Locks CA `name`'s row for the rest of `tx` (a write about a CA racing its deletion either
+    /// lands before it or finds no CA): NotFound when there is none.
+    pub(super) async fn lock_ca(&self, tx: &Transaction<'_>, name: &str) -> Result<(), StoreError> {
+        let row = tx
+            .query_opt(
+                "SELECT 1 FROM ca_certificate WHERE name = $1 FOR UPDATE",
+                &[&name],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        row.map(|_| ()).ok_or(StoreError::NotFound)
+    }
+
     /// See `Store::revoke`: the CA row is locked first, so a revocation racing the CA's
     /// deletion either lands before it (and is deleted with it) or finds no CA.
     pub(super) async fn revoke(
@@ -520,16 +533,7 @@ impl Db {
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(e)?;
         let seq = self.next_etag(&tx).await?;
-        let ca = tx
-            .query_opt(
-                "SELECT 1 FROM ca_certificate WHERE name = $1 FOR UPDATE",
-                &[&record.ca_name],
-            )
-            .await
-            .map_err(e)?;
-        if ca.is_none() {
-            return Err(StoreError::NotFound);
-        }
+        self.lock_ca(&tx, &record.ca_name).await?;
         // An operator's revocation takes the place of the CRL's for the same serial (see the
         // SQLite store); a second one of the operator's is refused.
         let written = tx
@@ -562,16 +566,7 @@ impl Db {
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(e)?;
         let seq = self.next_etag(&tx).await?;
-        let ca = tx
-            .query_opt(
-                "SELECT 1 FROM ca_certificate WHERE name = $1 FOR UPDATE",
-                &[&crl.ca_name],
-            )
-            .await
-            .map_err(e)?;
-        if ca.is_none() {
-            return Err(StoreError::NotFound);
-        }
+        self.lock_ca(&tx, &crl.ca_name).await?;
         let held: Option<i64> = tx
             .query_opt(
                 "SELECT this_update FROM crl WHERE ca_name = $1",
