@@ -369,6 +369,9 @@ fn device_message<'a>(
     })
 }
 
+/// The most read-buffer capacity an idle session keeps (see `Session::wait`).
+const IDLE_BUFFER_BYTES: usize = 512;
+
 /// What woke a session waiting with nothing buffered to decode.
 enum Wake {
     /// Bytes arrived (Ok(0): the device closed the connection).
@@ -477,6 +480,11 @@ impl Session {
                 None => std::future::pending().await,
             }
         };
+        // An idle session holds no read buffer: a fleet is mostly idle, and 4 KB per idle
+        // connection is a sixth of what one costs. The next read takes a small one and grows.
+        if self.conn.buf.is_empty() && self.conn.buf.capacity() > IDLE_BUFFER_BYTES {
+            self.conn.buf = BytesMut::new();
+        }
         let oldest_stored = async {
             match self.state.unacked.front_mut() {
                 Some((_, receipt)) => wait_stored(receipt).await,
