@@ -8,10 +8,13 @@
 //!
 //! - [`codec`]: [`decode`] and [`encode`] MQTT 3.1.1 packets over `bytes::BytesMut`, with the size
 //!   limit checked before a body is awaited and every malformation a distinct [`DecodeError`].
+//! - [`provisioning`]: the provisioning service's dialect (username, request and answer topics,
+//!   the register body) that the device SDK's `ProvisioningDeviceClient` speaks on the same port.
 //! - [`topics`]: the IoT Hub topics a device may publish and subscribe to, property bags, and MQTT
 //!   filter matching.
 
 pub mod codec;
+pub mod provisioning;
 pub mod topics;
 
 pub use codec::{

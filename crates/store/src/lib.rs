@@ -468,6 +468,55 @@ pub struct AutoRegistration {
     pub registered: u64,
 }
 
+text_enum! {
+    /// How a provisioning client is enrolled.
+    pub enum EnrollmentKind {
+        /// Any device whose chain ends at the group's CA.
+        Group = "group",
+        /// One device, by its certificate.
+        Individual = "individual",
+    }
+}
+
+/// An enrollment of the provisioning service: who may register through it, and what a device
+/// registered through it starts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentRecord {
+    pub kind: EnrollmentKind,
+    /// The group's name, or the individual enrollment's registration id.
+    pub name: String,
+    /// Group: the CA its devices' chains must end at.
+    pub ca_name: Option<String>,
+    /// Individual: the enrolled certificate (DER) and its SHA-256 thumbprint (unique among
+    /// enrollments).
+    pub certificate: Option<Vec<u8>>,
+    pub thumbprint: Option<String>,
+    /// The twin a device registered through it starts with, as JSON
+    /// (`{"tags": {...}, "properties": {"desired": {...}}}`).
+    pub initial_twin: Option<String>,
+    pub enabled: bool,
+    pub etag: u64,
+    /// Unix seconds.
+    pub created: i64,
+    pub updated: i64,
+}
+
+/// A provisioning client's registration: the device it was assigned and through which
+/// enrollment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationRecord {
+    pub registration_id: String,
+    pub device_id: String,
+    pub enrollment_kind: EnrollmentKind,
+    pub enrollment_name: String,
+    /// The operation id the client polls with.
+    pub operation_id: String,
+    pub etag: u64,
+    /// Unix seconds: the first registration and the latest.
+    pub created: i64,
+    pub updated: i64,
+}
+
 /// The CRL held for a CA (its revoked serials are [`RevocationRecord`]s with `from_crl`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrlRecord {
@@ -747,6 +796,51 @@ pub trait Store: Send + Sync + 'static {
     fn get_crl(&self, ca_name: &str) -> Result<Option<CrlRecord>, StoreError>;
     /// The revocations of `ca_name` (every CA's when None), by CA name, then oldest first.
     fn list_revocations(&self, ca_name: Option<&str>) -> Result<Vec<RevocationRecord>, StoreError>;
+
+    /// Creates (`Expect::Absent { limit }`: fewer than `limit` enrollments of any kind exist)
+    /// or replaces (`Expect::Etag`) an enrollment, with its audit entry, in one transaction,
+    /// assigning a new etag. `DuplicateThumbprint` when another enrollment holds its certificate.
+    fn write_enrollment(
+        &self,
+        record: &EnrollmentRecord,
+        expect: Expect,
+        audit: &NewAudit,
+    ) -> Result<EnrollmentRecord, StoreError>;
+    fn get_enrollment(
+        &self,
+        kind: EnrollmentKind,
+        name: &str,
+    ) -> Result<Option<EnrollmentRecord>, StoreError>;
+    /// The enrollments of one kind, by name.
+    fn list_enrollments(&self, kind: EnrollmentKind) -> Result<Vec<EnrollmentRecord>, StoreError>;
+    /// Deletes an enrollment if its etag matches (any when None), with its audit entry. Its
+    /// registrations and devices stay.
+    fn delete_enrollment(
+        &self,
+        kind: EnrollmentKind,
+        name: &str,
+        etag: Option<u64>,
+        audit: &NewAudit,
+    ) -> Result<(), StoreError>;
+    /// Records a registration, in one transaction with `audit`: when `device` does not exist it
+    /// is created (counting against `device_limit`: `LimitReached`) with `twin` and a change for
+    /// the other nodes; when it exists it is kept as it is (a re-registration keeps the device
+    /// and its twin). The registration keeps its first `created`. Returns the stored
+    /// registration and whether the device was created.
+    fn provision_device(
+        &self,
+        registration: &RegistrationRecord,
+        device: &DeviceRecord,
+        twin: Option<&TwinRecord>,
+        device_limit: u64,
+        audit: &NewAudit,
+    ) -> Result<(RegistrationRecord, bool), StoreError>;
+    fn get_registration(
+        &self,
+        registration_id: &str,
+    ) -> Result<Option<RegistrationRecord>, StoreError>;
+    /// Every registration, by registration id. Deleting a device deletes its registrations.
+    fn list_registrations(&self) -> Result<Vec<RegistrationRecord>, StoreError>;
 
     /// Every persistent session's subscriptions, ordered by device id.
     fn list_persistent_sessions(&self) -> Result<Vec<(String, Subscriptions)>, StoreError>;

@@ -26,6 +26,7 @@ use tokio_postgres::{Client, NoTls, Row, Transaction};
 
 mod notify;
 mod ops;
+mod provisioning;
 mod writes;
 
 use crate::{
@@ -106,6 +107,18 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE auto_registration (
         ca_name TEXT PRIMARY KEY, device_limit BIGINT NOT NULL, registered BIGINT NOT NULL);
      CREATE INDEX device_certificate_expiry ON device_activity (certificate_not_after);",
+    // 3: the provisioning service: enrollments (groups by CA, individual ones by certificate)
+    // and the registrations made through them.
+    "CREATE TABLE enrollment (
+        kind TEXT NOT NULL, name TEXT NOT NULL, ca_name TEXT, certificate BYTEA, thumbprint TEXT,
+        initial_twin TEXT, enabled BOOLEAN NOT NULL, etag BIGINT NOT NULL,
+        created BIGINT NOT NULL, updated BIGINT NOT NULL, PRIMARY KEY (kind, name));
+     CREATE UNIQUE INDEX enrollment_thumbprint ON enrollment (thumbprint) WHERE thumbprint IS NOT NULL;
+     CREATE TABLE registration (
+        registration_id TEXT PRIMARY KEY, device_id TEXT NOT NULL,
+        enrollment_kind TEXT NOT NULL, enrollment_name TEXT NOT NULL, operation_id TEXT NOT NULL,
+        etag BIGINT NOT NULL, created BIGINT NOT NULL, updated BIGINT NOT NULL);
+     CREATE INDEX registration_device ON registration (device_id);",
 ];
 
 /// The advisory lock key under which migrations run (any fixed number; "iothub" in ASCII).

@@ -7,12 +7,14 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+mod provisioning;
+
 use crate::{
     AuditEntry, AuditQuery, AuthType, AutoRegistration, C2dRecord, C2dState, CaChanges, CaRecord,
     Change, ChangeFeed, ChangeKind, CodeRecord, CrlRecord, DeviceActivity, DeviceRecord,
-    DeviceStatus, Expect, MethodCallRecord, NewAudit, NewMessage, PolicyChange, PolicyRecord,
-    Presence, PresenceUpdate, RevocationRecord, Store, StoreError, StoredMessage, Subscriptions,
-    TwinRecord,
+    DeviceStatus, EnrollmentKind, EnrollmentRecord, Expect, MethodCallRecord, NewAudit, NewMessage,
+    PolicyChange, PolicyRecord, Presence, PresenceUpdate, RegistrationRecord, RevocationRecord,
+    Store, StoreError, StoredMessage, Subscriptions, TwinRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -179,6 +181,18 @@ const MIGRATIONS: &[&str] = &[
         ca_name TEXT PRIMARY KEY NOT NULL, device_limit INTEGER NOT NULL,
         registered INTEGER NOT NULL);
      CREATE INDEX device_certificate_expiry ON device_activity (certificate_not_after);",
+    // 12: the provisioning service: enrollments (groups by CA, individual ones by certificate)
+    // and the registrations made through them.
+    "CREATE TABLE enrollment (
+        kind TEXT NOT NULL, name TEXT NOT NULL, ca_name TEXT, certificate BLOB, thumbprint TEXT,
+        initial_twin TEXT, enabled INTEGER NOT NULL, etag INTEGER NOT NULL,
+        created INTEGER NOT NULL, updated INTEGER NOT NULL, PRIMARY KEY (kind, name));
+     CREATE UNIQUE INDEX enrollment_thumbprint ON enrollment (thumbprint) WHERE thumbprint IS NOT NULL;
+     CREATE TABLE registration (
+        registration_id TEXT PRIMARY KEY NOT NULL, device_id TEXT NOT NULL,
+        enrollment_kind TEXT NOT NULL, enrollment_name TEXT NOT NULL, operation_id TEXT NOT NULL,
+        etag INTEGER NOT NULL, created INTEGER NOT NULL, updated INTEGER NOT NULL);
+     CREATE INDEX registration_device ON registration (device_id);",
 ];
 
 /// The CA list a trust rebuild reads after a delete (see migration 5).
@@ -370,7 +384,7 @@ macro_rules! text_column {
     )+};
 }
 
-text_column!(DeviceStatus, AuthType, C2dState, ChangeKind);
+text_column!(DeviceStatus, AuthType, C2dState, ChangeKind, EnrollmentKind);
 
 const DEVICE_COLUMNS: &str = "device_id, generation_id, etag, status, status_reason, status_updated, auth_type, primary_thumbprint, secondary_thumbprint, primary_key, secondary_key, created, updated";
 
@@ -885,6 +899,8 @@ impl Store for SqliteStore {
         )
         .map_err(backend)?;
         tx.execute("DELETE FROM presence WHERE device_id = ?1", [device_id])
+            .map_err(backend)?;
+        tx.execute("DELETE FROM registration WHERE device_id = ?1", [device_id])
             .map_err(backend)?;
         let seq = next_etag(&tx)?;
         record_change(&tx, &self.node, ChangeKind::Device, device_id, seq)?;
@@ -1593,6 +1609,59 @@ impl Store for SqliteStore {
         )
         .optional()
         .map_err(backend)
+    }
+
+    fn write_enrollment(
+        &self,
+        record: &EnrollmentRecord,
+        expect: Expect,
+        audit: &NewAudit,
+    ) -> Result<EnrollmentRecord, StoreError> {
+        self.write_enrollment_sql(record, expect, audit)
+    }
+
+    fn get_enrollment(
+        &self,
+        kind: EnrollmentKind,
+        name: &str,
+    ) -> Result<Option<EnrollmentRecord>, StoreError> {
+        self.get_enrollment_sql(kind, name)
+    }
+
+    fn list_enrollments(&self, kind: EnrollmentKind) -> Result<Vec<EnrollmentRecord>, StoreError> {
+        self.list_enrollments_sql(kind)
+    }
+
+    fn delete_enrollment(
+        &self,
+        kind: EnrollmentKind,
+        name: &str,
+        etag: Option<u64>,
+        audit: &NewAudit,
+    ) -> Result<(), StoreError> {
+        self.delete_enrollment_sql(kind, name, etag, audit)
+    }
+
+    fn provision_device(
+        &self,
+        registration: &RegistrationRecord,
+        device: &DeviceRecord,
+        twin: Option<&TwinRecord>,
+        device_limit: u64,
+        audit: &NewAudit,
+    ) -> Result<(RegistrationRecord, bool), StoreError> {
+        self.provision_device_sql(registration, device, twin, device_limit, audit)
+    }
+
+    fn get_registration(
+        &self,
+        registration_id: &str,
+    ) -> Result<Option<RegistrationRecord>, StoreError> {
+        self.get_registration_sql(registration_id)
+    }
+
+    fn list_registrations(&self) -> Result<Vec<RegistrationRecord>, StoreError> {
+        self.list_registrations_sql()
     }
 
     fn write_persistent_session(

@@ -68,6 +68,8 @@ conformance!(
     revocations_belong_to_their_ca,
     a_crl_replaces_the_revocations_of_the_one_before,
     auto_registration_counts_against_its_quota,
+    enrollments_keep_etags_limits_and_unique_certificates,
+    a_registration_creates_its_device_once_and_keeps_it,
     settings_and_persistent_sessions,
 );
 
@@ -622,6 +624,149 @@ fn a_crl_replaces_the_revocations_of_the_one_before(s: &dyn Store) {
     // Deleting the CA deletes its CRL.
     s.delete_ca("cr", None, &audit("d")).unwrap();
     assert_eq!(s.get_crl("cr").unwrap(), None);
+}
+
+fn enrollment(kind: EnrollmentKind, name: &str, thumbprint: Option<&str>) -> EnrollmentRecord {
+    EnrollmentRecord {
+        kind,
+        name: name.into(),
+        ca_name: thumbprint.is_none().then(|| "root".into()),
+        certificate: thumbprint.map(|_| vec![1, 2]),
+        thumbprint: thumbprint.map(String::from),
+        initial_twin: Some(r#"{"tags":{"a":1}}"#.into()),
+        enabled: true,
+        etag: 0,
+        created: 5,
+        updated: 5,
+    }
+}
+
+fn enrollments_keep_etags_limits_and_unique_certificates(s: &dyn Store) {
+    use EnrollmentKind::{Group, Individual};
+    let g = s
+        .write_enrollment(&enrollment(Group, "line-1", None), NO_LIMIT, &audit("g"))
+        .unwrap();
+    assert_eq!(
+        s.write_enrollment(&enrollment(Group, "line-1", None), NO_LIMIT, &audit("g")),
+        Err(StoreError::AlreadyExists)
+    );
+    // A group and an individual enrollment may share a name: they are different kinds.
+    s.write_enrollment(
+        &enrollment(Individual, "line-1", Some("T1")),
+        NO_LIMIT,
+        &audit("i"),
+    )
+    .unwrap();
+    assert_eq!(
+        s.write_enrollment(
+            &enrollment(Individual, "dev-2", Some("T1")),
+            NO_LIMIT,
+            &audit("i")
+        ),
+        Err(StoreError::DuplicateThumbprint {
+            name: "line-1".into()
+        })
+    );
+    assert_eq!(
+        s.write_enrollment(
+            &enrollment(Individual, "dev-2", Some("T2")),
+            Expect::Absent { limit: 2 },
+            &audit("i")
+        ),
+        Err(StoreError::LimitReached { limit: 2 })
+    );
+    let mut disabled = g.clone();
+    disabled.enabled = false;
+    assert_eq!(
+        s.write_enrollment(&disabled, Expect::Etag(g.etag + 100), &audit("g")),
+        Err(StoreError::EtagMismatch { current: g.etag })
+    );
+    let d = s
+        .write_enrollment(&disabled, Expect::Etag(g.etag), &audit("g"))
+        .unwrap();
+    assert!(d.etag > g.etag);
+    assert_eq!(s.get_enrollment(Group, "line-1").unwrap(), Some(d.clone()));
+    assert_eq!(s.list_enrollments(Group).unwrap(), [d.clone()]);
+    assert_eq!(s.list_enrollments(Individual).unwrap().len(), 1);
+    assert_eq!(
+        s.delete_enrollment(Group, "line-1", Some(g.etag), &audit("d")),
+        Err(StoreError::EtagMismatch { current: d.etag })
+    );
+    s.delete_enrollment(Group, "line-1", Some(d.etag), &audit("d"))
+        .unwrap();
+    assert_eq!(s.get_enrollment(Group, "line-1").unwrap(), None);
+    assert_eq!(
+        s.delete_enrollment(Group, "line-1", None, &audit("d")),
+        Err(StoreError::NotFound)
+    );
+}
+
+fn a_registration_creates_its_device_once_and_keeps_it(s: &dyn Store) {
+    let registration = |op: &str, at: i64| RegistrationRecord {
+        registration_id: "p-1".into(),
+        device_id: "p-1".into(),
+        enrollment_kind: EnrollmentKind::Group,
+        enrollment_name: "line-1".into(),
+        operation_id: op.into(),
+        etag: 0,
+        created: at,
+        updated: at,
+    };
+    let mut twin = TwinRecord::empty("p-1");
+    twin.tags = r#"{"line":1}"#.into();
+    assert_eq!(
+        s.provision_device(
+            &registration("o1", 10),
+            &device("p-1"),
+            Some(&twin),
+            0,
+            &audit("p")
+        ),
+        Err(StoreError::LimitReached { limit: 0 })
+    );
+    assert!(
+        s.get_device("p-1").unwrap().is_none(),
+        "a refusal writes nothing"
+    );
+    assert!(s.get_registration("p-1").unwrap().is_none());
+    let (first, created) = s
+        .provision_device(
+            &registration("o1", 10),
+            &device("p-1"),
+            Some(&twin),
+            10,
+            &audit("p"),
+        )
+        .unwrap();
+    assert!(created);
+    assert_eq!(s.get_twin("p-1").unwrap().tags, twin.tags);
+    assert_eq!(s.get_registration("p-1").unwrap(), Some(first.clone()));
+    // Again: the device and its twin as they are now, the first registration time kept.
+    let mut changed = twin.clone();
+    changed.tags = r#"{"line":2}"#.into();
+    s.write_twin(&changed, None, None).unwrap();
+    let (again, created) = s
+        .provision_device(
+            &registration("o2", 20),
+            &device("p-1"),
+            Some(&twin),
+            10,
+            &audit("p"),
+        )
+        .unwrap();
+    assert!(!created);
+    assert_eq!((again.created, again.updated), (10, 20));
+    assert_eq!(again.operation_id, "o2");
+    assert!(again.etag > first.etag);
+    assert_eq!(
+        s.get_twin("p-1").unwrap().tags,
+        changed.tags,
+        "the twin is kept"
+    );
+    assert_eq!(s.list_registrations().unwrap(), [again]);
+    // Deleting the device deletes its registration.
+    s.delete_device("p-1", None, &audit("d")).unwrap();
+    assert!(s.list_registrations().unwrap().is_empty());
 }
 
 fn auto_registration_counts_against_its_quota(s: &dyn Store) {

@@ -3,6 +3,7 @@
 //! (`crates/store/tests/conformance.rs`) run the same checks against both.
 
 use super::*;
+use crate::{EnrollmentKind, EnrollmentRecord, RegistrationRecord};
 
 /// Turns a borrowed value into an owned one for the store's runtime.
 macro_rules! owned {
@@ -406,6 +407,7 @@ impl Store for PostgresStore {
                     "twin",
                     "persistent_session",
                     "presence",
+                    "registration",
                 ] {
                     tx.execute(
                         &format!("DELETE FROM {table} WHERE device_id = $1"),
@@ -1175,6 +1177,74 @@ impl Store for PostgresStore {
                     .collect())
             })
         })
+    }
+
+    fn write_enrollment(
+        &self,
+        record: &EnrollmentRecord,
+        expect: Expect,
+        audit: &NewAudit,
+    ) -> Result<EnrollmentRecord, StoreError> {
+        owned!(record, audit);
+        self.call(move |db| {
+            Box::pin(async move { db.write_enrollment(record, expect, audit).await })
+        })
+    }
+
+    fn get_enrollment(
+        &self,
+        kind: EnrollmentKind,
+        name: &str,
+    ) -> Result<Option<EnrollmentRecord>, StoreError> {
+        owned!(name);
+        self.call(move |db| Box::pin(async move { db.get_enrollment(kind, name).await }))
+    }
+
+    fn list_enrollments(&self, kind: EnrollmentKind) -> Result<Vec<EnrollmentRecord>, StoreError> {
+        self.call(move |db| Box::pin(async move { db.list_enrollments(kind).await }))
+    }
+
+    fn delete_enrollment(
+        &self,
+        kind: EnrollmentKind,
+        name: &str,
+        etag: Option<u64>,
+        audit: &NewAudit,
+    ) -> Result<(), StoreError> {
+        owned!(name, audit);
+        self.call(move |db| {
+            Box::pin(async move { db.delete_enrollment(kind, name, etag, audit).await })
+        })
+    }
+
+    fn provision_device(
+        &self,
+        registration: &RegistrationRecord,
+        device: &DeviceRecord,
+        twin: Option<&TwinRecord>,
+        device_limit: u64,
+        audit: &NewAudit,
+    ) -> Result<(RegistrationRecord, bool), StoreError> {
+        owned!(registration, device, audit);
+        let twin = twin.cloned();
+        self.call(move |db| {
+            Box::pin(async move {
+                db.provision_device(registration, device, twin, device_limit, audit)
+                    .await
+            })
+        })
+    }
+
+    fn get_registration(
+        &self,
+        registration_id: &str,
+    ) -> Result<Option<RegistrationRecord>, StoreError> {
+        owned!(registration_id);
+        self.call(move |db| Box::pin(async move { db.get_registration(registration_id).await }))
+    }
+
+    fn list_registrations(&self) -> Result<Vec<RegistrationRecord>, StoreError> {
+        self.call(move |db| Box::pin(async move { db.list_registrations().await }))
     }
 
     fn write_persistent_session(
