@@ -686,7 +686,7 @@ fn enrollments_keep_etags_limits_and_unique_certificates(s: &dyn Store) {
         .unwrap();
     assert!(d.etag > g.etag);
     assert_eq!(s.get_enrollment(Group, "line-1").unwrap(), Some(d.clone()));
-    assert_eq!(s.list_enrollments(Group).unwrap(), [d.clone()]);
+    assert_eq!(s.list_enrollments(Group).unwrap(), std::slice::from_ref(&d));
     assert_eq!(s.list_enrollments(Individual).unwrap().len(), 1);
     assert_eq!(
         s.delete_enrollment(Group, "line-1", Some(g.etag), &audit("d")),
