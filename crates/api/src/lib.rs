@@ -29,6 +29,7 @@ pub mod azure;
 pub mod body;
 pub mod certificates;
 pub mod devices;
+pub mod enrollments;
 pub mod error;
 pub mod limiter;
 pub mod overview;

@@ -22,7 +22,10 @@ use crate::error::ApiError;
 use crate::limiter::{limit_auth_failures, AuthFailureLimiter};
 use crate::portal::PortalState;
 use crate::state::{authenticate, ApiLimits, AppState};
-use crate::{audit, azure, certificates, devices, overview, policies, portal_routes, revocations};
+use crate::{
+    audit, azure, certificates, devices, enrollments, overview, policies, portal_routes,
+    revocations,
+};
 
 /// The OpenAPI document of this API.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -58,6 +61,23 @@ fn registry_routes() -> Router<AppState> {
             "/certificates/{name}/autoRegistration",
             get(revocations::get_auto_registration).put(revocations::put_auto_registration),
         )
+        .route("/provisioning", get(enrollments::provisioning))
+        .route("/enrollmentGroups", get(enrollments::list_groups))
+        .route(
+            "/enrollmentGroups/{name}",
+            get(enrollments::get_group)
+                .put(enrollments::put_group)
+                .delete(enrollments::delete_group),
+        )
+        .route("/enrollments", get(enrollments::list_individuals))
+        .route(
+            "/enrollments/{id}",
+            get(enrollments::get_individual)
+                .put(enrollments::put_individual)
+                .delete(enrollments::delete_individual),
+        )
+        .route("/registrations", get(enrollments::list_registrations))
+        .route("/registrations/{id}", get(enrollments::get_registration))
         // POST, not `/devices/import`: that path would hide a device named "import".
         .route(
             "/devices",

@@ -12,10 +12,13 @@
 //! - [`server`]: the accept loop, connection limits, periodic revalidation, graceful shutdown.
 //! - [`session`]: one device connection: CONNECT, then telemetry, subscriptions, C2D delivery,
 //!   keep-alive, and closing when the hub says so.
+//! - `provisioning`: a provisioning client (the device SDK's `ProvisioningDeviceClient`) on the
+//!   device port: admitted on structure, then its register and status requests answered.
 //! - `stream`: rustls driven over the socket, so the session ticket leaves with CONNACK.
 
 pub mod limits;
 mod listener;
+mod provisioning;
 pub mod server;
 pub mod session;
 mod stream;

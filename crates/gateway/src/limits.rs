@@ -21,6 +21,10 @@ pub struct GatewayLimits {
     /// QoS 1 messages from one device whose commit (and so PUBACK) is pending, at most: the
     /// session reads on while they are stored, up to this many.
     pub max_unacked_telemetry: usize,
+    /// How long a provisioning client may stay connected (its exchange takes seconds).
+    pub provisioning_timeout: Duration,
+    /// Requests (register, status polls) one provisioning connection may make.
+    pub provisioning_requests: u32,
 }
 
 impl Default for GatewayLimits {
@@ -33,6 +37,8 @@ impl Default for GatewayLimits {
             revalidate_every: Duration::from_secs(10),
             max_inflight: 10,
             max_unacked_telemetry: 64,
+            provisioning_timeout: Duration::from_secs(60),
+            provisioning_requests: 16,
         }
     }
 }

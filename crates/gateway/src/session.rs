@@ -31,8 +31,8 @@ enum End {
     Cause(String),
 }
 
-struct Conn {
-    stream: DeviceTls,
+pub(crate) struct Conn {
+    pub(crate) stream: DeviceTls,
     buf: BytesMut,
     max_packet: usize,
     /// The configured `--max-message-bytes`, named when a packet is refused for its size.
@@ -52,7 +52,7 @@ fn protocol_error_text(e: &codec::DecodeError, max_message: usize) -> String {
 }
 
 /// Why reading a packet failed.
-enum ReadError {
+pub(crate) enum ReadError {
     Protocol(codec::DecodeError),
     Io(String),
 }
@@ -68,7 +68,7 @@ impl std::fmt::Display for ReadError {
 
 impl Conn {
     /// Reads one packet (None: the peer closed the connection).
-    async fn read_packet(&mut self) -> Result<Option<Packet>, ReadError> {
+    pub(crate) async fn read_packet(&mut self) -> Result<Option<Packet>, ReadError> {
         loop {
             match codec::decode(&mut self.buf, self.max_packet) {
                 Ok(Some(p)) => return Ok(Some(p)),
@@ -86,7 +86,7 @@ impl Conn {
         }
     }
 
-    async fn write_packet(&mut self, packet: &Packet) -> Result<(), String> {
+    pub(crate) async fn write_packet(&mut self, packet: &Packet) -> Result<(), String> {
         let mut out = BytesMut::new();
         codec::encode(packet, &mut out).map_err(|e| format!("cannot encode a packet: {e}"))?;
         self.write_bytes(&out).await
@@ -119,6 +119,11 @@ pub(crate) async fn run(
     let Some(connect) = read_connect(&mut conn, peer, &hub, &limits).await else {
         return;
     };
+    let username = connect.username.as_deref().unwrap_or_default();
+    if iothub_mqtt::provisioning::is_provisioning_username(username) {
+        crate::provisioning::run(conn, peer, hub, &limits, connect, chain, stop).await;
+        return;
+    }
     let Some(admission) = admit(&mut conn, peer, &remote, &hub, &connect, chain).await else {
         return;
     };
@@ -225,7 +230,7 @@ async fn read_connect(
 }
 
 /// A CONNACK without a session present (every refusal, and a fresh session).
-fn connack(code: u8) -> Packet {
+pub(crate) fn connack(code: u8) -> Packet {
     Packet::ConnAck(ConnAck {
         session_present: false,
         code,

@@ -120,6 +120,25 @@ pub enum Refusal {
     },
     /// The judgement itself failed (a blocking task panicked or was cancelled).
     Internal(String),
+    /// A provisioning client's username is not `{idScope}/registrations/{id}/api-version=...`.
+    ProvisioningUsername {
+        username: String,
+        client_id: String,
+    },
+    /// A provisioning client named an ID scope that is not this hub's.
+    ForeignIdScope {
+        id_scope: String,
+        client_id: String,
+    },
+    /// A provisioning client's username names another registration id than its client id.
+    ProvisioningClientId {
+        named: String,
+        client_id: String,
+    },
+    /// A provisioning client presented no certificate (X.509 attestation needs one).
+    ProvisioningNoCertificate {
+        registration_id: String,
+    },
 }
 
 /// The reason of [`Refusal::CertificateNotValidNow`].
@@ -235,6 +254,22 @@ impl std::fmt::Display for Refusal {
                 "device '{device_id}' has authentication type '{auth_type}', which cannot connect"
             ),
             Refusal::Internal(e) => write!(f, "authentication task failed: {e}"),
+            Refusal::ProvisioningUsername { username, client_id } => write!(
+                f,
+                "provisioning username '{username}' is not '{{idScope}}/registrations/{client_id}/api-version=...'"
+            ),
+            Refusal::ForeignIdScope { id_scope, client_id } => write!(
+                f,
+                "provisioning client '{client_id}' names ID scope '{id_scope}', which is not this hub's (iothub dps id-scope prints it)"
+            ),
+            Refusal::ProvisioningClientId { named, client_id } => write!(
+                f,
+                "the provisioning username names registration '{named}' but the client id is '{client_id}'; they must be the same"
+            ),
+            Refusal::ProvisioningNoCertificate { registration_id } => write!(
+                f,
+                "provisioning client '{registration_id}' presented no client certificate; registration needs an X.509 certificate whose CN is the registration id"
+            ),
         }
     }
 }
@@ -247,7 +282,7 @@ impl Refusal {
     pub fn class(&self) -> RefusalClass {
         use RefusalClass as C;
         match self {
-            Refusal::ForeignHost { .. } => C::ForeignHost,
+            Refusal::ForeignHost { .. } | Refusal::ForeignIdScope { .. } => C::ForeignHost,
             Refusal::NotRegistered { .. } | Refusal::AutoRegisterLimit { .. } => C::UnknownDevice,
             Refusal::Disabled { .. } => C::Disabled,
             Refusal::Chain(e) => match e {
@@ -272,14 +307,17 @@ impl Refusal {
             | Refusal::PasswordNotText
             | Refusal::SasToken(_)
             | Refusal::SasResource { .. }
-            | Refusal::UsernameNamesOtherDevice { .. } => C::BadCredentials,
+            | Refusal::UsernameNamesOtherDevice { .. }
+            | Refusal::ProvisioningClientId { .. }
+            | Refusal::ProvisioningNoCertificate { .. } => C::BadCredentials,
             Refusal::ModuleClientId { .. }
             | Refusal::ClientIdInvalid(_)
             | Refusal::NoUsername { .. }
             | Refusal::UsernameMalformed { .. }
             | Refusal::RegistryUnavailable(_)
             | Refusal::AuthTypeCannotConnect { .. }
-            | Refusal::Internal(_) => C::Other,
+            | Refusal::Internal(_)
+            | Refusal::ProvisioningUsername { .. } => C::Other,
         }
     }
 }

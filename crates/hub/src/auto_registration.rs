@@ -168,7 +168,8 @@ impl Hub {
         let AuthMethod::Ca { ca_name, .. } = &method else {
             return Err(not_registered());
         };
-        let record = new_ca_device(id, now)?;
+        let record = new_device_record(id, AuthType::CertificateAuthority, None, now)
+            .map_err(Refusal::RegistryUnavailable)?;
         let audit = self.audit_entry(
             &Principal::system(),
             "device.autoRegister",
@@ -205,10 +206,16 @@ impl Hub {
     }
 }
 
-/// A new, enabled certificateAuthority device record.
-fn new_ca_device(id: &str, now: i64) -> Result<DeviceRecord, Refusal> {
+/// A new, enabled device record authenticated by certificate: `CertificateAuthority`, or
+/// `SelfSigned` with `thumbprint` (a provisioned individual enrollment).
+pub(crate) fn new_device_record(
+    id: &str,
+    auth_type: AuthType,
+    thumbprint: Option<String>,
+    now: i64,
+) -> Result<DeviceRecord, String> {
     let generation_id: String = iothub_pki::pop::generate_code()
-        .map_err(|_| Refusal::RegistryUnavailable("the system random source failed".into()))?
+        .map_err(|_| "the system random source failed".to_string())?
         .chars()
         .take(18)
         .collect();
@@ -219,8 +226,8 @@ fn new_ca_device(id: &str, now: i64) -> Result<DeviceRecord, Refusal> {
         status: DeviceStatus::Enabled,
         status_reason: None,
         status_updated: now,
-        auth_type: AuthType::CertificateAuthority,
-        primary_thumbprint: None,
+        auth_type,
+        primary_thumbprint: thumbprint,
         secondary_thumbprint: None,
         primary_key: None,
         secondary_key: None,

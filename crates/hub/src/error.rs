@@ -70,8 +70,11 @@ error_codes! {
     CRL_ISSUER_MISMATCH = (400079, "CrlIssuerMismatch"),
     CRL_SIGNATURE_INVALID = (400080, "CrlSignatureInvalid"),
     CRL_NOT_CURRENT = (400081, "CrlNotCurrent"),
+    ENROLLMENT_CA_NOT_VERIFIED = (400082, "EnrollmentCaNotVerified"),
+    PROVISIONING_REQUEST_INVALID = (400083, "ProvisioningRequestInvalid"),
     CRL_NOT_NEWER = (409052, "CrlNotNewer"),
     IOT_HUB_UNAUTHORIZED_ACCESS = (401002, "IotHubUnauthorizedAccess"),
+    PROVISIONING_UNAUTHORIZED = (401003, "ProvisioningUnauthorized"),
     IOT_HUB_FORBIDDEN = (403001, "IotHubForbidden"),
     CSRF_REJECTED = (403002, "CsrfRejected"),
     DEVICE_MAXIMUM_QUEUE_DEPTH_EXCEEDED = (403004, "DeviceMaximumQueueDepthExceeded"),
@@ -79,15 +82,21 @@ error_codes! {
     DEVICE_LIMIT_REACHED = (403051, "DeviceLimitReached"),
     POLICY_LIMIT_REACHED = (403052, "PolicyLimitReached"),
     OWNER_POLICY_PROTECTED = (403053, "OwnerPolicyProtected"),
+    ENROLLMENT_DISABLED = (403054, "EnrollmentDisabled"),
+    ENROLLMENT_LIMIT_REACHED = (403055, "EnrollmentLimitReached"),
     ROUTE_NOT_FOUND = (404000, "RouteNotFound"),
     DEVICE_NOT_FOUND = (404001, "DeviceNotFound"),
     DEVICE_NOT_ONLINE = (404103, "DeviceNotOnline"),
     CERTIFICATE_NOT_FOUND = (404050, "CertificateNotFound"),
     POLICY_NOT_FOUND = (404051, "PolicyNotFound"),
+    ENROLLMENT_NOT_FOUND = (404052, "EnrollmentNotFound"),
+    REGISTRATION_NOT_FOUND = (404053, "RegistrationNotFound"),
     METHOD_NOT_ALLOWED = (405001, "MethodNotAllowed"),
     DEVICE_ALREADY_EXISTS = (409001, "DeviceAlreadyExists"),
     CERTIFICATE_THUMBPRINT_EXISTS = (409050, "CertificateThumbprintExists"),
     CERTIFICATE_ALREADY_REVOKED = (409051, "CertificateAlreadyRevoked"),
+    ENROLLMENT_EXISTS = (409053, "EnrollmentExists"),
+    ENROLLMENT_CERTIFICATE_EXISTS = (409054, "EnrollmentCertificateExists"),
     PRECONDITION_FAILED = (412001, "PreconditionFailed"),
     CERTIFICATE_EXISTS = (412002, "CertificateExists"),
     REQUEST_TOO_LARGE = (413001, "RequestTooLarge"),
@@ -187,6 +196,37 @@ pub enum HubError {
     Crl(#[from] iothub_pki::crl::CrlError),
     #[error("certificate serial {serial} is already revoked by '{ca_name}' (`iothub cert revoked {ca_name}` lists when and why)")]
     AlreadyRevoked { ca_name: String, serial: String },
+    #[error("{kind} '{name}' does not exist")]
+    EnrollmentNotFound { kind: &'static str, name: String },
+    /// No enrollment admits a provisioning client (the reason names what was looked for).
+    #[error("{0}")]
+    NoEnrollment(String),
+    #[error("{kind} '{name}' already exists; to replace it, send its current etag in If-Match")]
+    EnrollmentExists { kind: &'static str, name: String },
+    #[error("Invalid ETag supplied for {kind} '{name}': If-Match is '{given}' but the current etag is '{current}'; read it again and retry with its etag")]
+    EnrollmentEtagMismatch {
+        kind: &'static str,
+        name: String,
+        given: String,
+        current: String,
+    },
+    #[error("this certificate (SHA-256 thumbprint {thumbprint}) is already enrolled as '{other}'; a certificate is enrolled once")]
+    EnrollmentCertificateExists { thumbprint: String, other: String },
+    #[error("{0}")]
+    EnrollmentCaNotVerified(String),
+    #[error("the hub already holds its limit of {0} enrollments (groups and individual ones together, --device-limit); delete one first")]
+    EnrollmentLimitReached(u64),
+    #[error(
+        "{kind} '{name}' is disabled: registrations through it are refused until it is enabled"
+    )]
+    EnrollmentDisabled { kind: &'static str, name: String },
+    /// A provisioning client's certificate or chain does not admit it (the precise reason).
+    #[error("{0}")]
+    RegistrationRefused(String),
+    #[error("{0}")]
+    ProvisioningRequestInvalid(String),
+    #[error("{0}")]
+    RegistrationNotFound(String),
     #[error("internal error: {0}")]
     Internal(String),
     /// The store could not be reached (`StoreError::Unavailable`): a clear, retryable refusal
@@ -230,6 +270,16 @@ impl HubError {
             HubError::MethodTimeout { .. } => GATEWAY_TIMEOUT,
             HubError::AlreadyRevoked { .. } => CERTIFICATE_ALREADY_REVOKED,
             HubError::Crl(e) => crl_code(e),
+            HubError::EnrollmentNotFound { .. } | HubError::NoEnrollment(_) => ENROLLMENT_NOT_FOUND,
+            HubError::EnrollmentExists { .. } => ENROLLMENT_EXISTS,
+            HubError::EnrollmentEtagMismatch { .. } => PRECONDITION_FAILED,
+            HubError::EnrollmentCertificateExists { .. } => ENROLLMENT_CERTIFICATE_EXISTS,
+            HubError::EnrollmentCaNotVerified(_) => ENROLLMENT_CA_NOT_VERIFIED,
+            HubError::EnrollmentLimitReached(_) => ENROLLMENT_LIMIT_REACHED,
+            HubError::EnrollmentDisabled { .. } => ENROLLMENT_DISABLED,
+            HubError::RegistrationRefused(_) => PROVISIONING_UNAUTHORIZED,
+            HubError::ProvisioningRequestInvalid(_) => PROVISIONING_REQUEST_INVALID,
+            HubError::RegistrationNotFound(_) => REGISTRATION_NOT_FOUND,
             HubError::Internal(_) => SERVER_ERROR,
             HubError::StoreUnavailable(_) => SERVICE_UNAVAILABLE,
         }

@@ -20,9 +20,10 @@
 //! | `ActivityBuffer` | `activity` | connection facts waiting to be written, and their flusher |
 //! | `Metrics` | `metrics` | the counters `/metrics` shows, as atomics |
 //! | `AutoRegistrations` | `auto_registration` | the CAs whose unknown devices are registered at first CONNECT |
+//! | `Provisioning` | `provisioning` | the ID scope, once read |
 //!
 //! The store, the config and the clock are shared by all. `admission`, `devices`, `certificates`,
-//! `c2d`, `twins`, `auth`, `audit` and `revocations` own no in-memory state: they apply rules over the store and
+//! `c2d`, `twins`, `auth`, `audit`, `revocations` and `enrollments` own no in-memory state: they apply rules over the store and
 //! ask the parts. Each module's opening comment says what it owns and what it asks of others.
 
 pub mod activity;
@@ -36,6 +37,7 @@ pub mod changes;
 pub mod clock;
 mod device_cache;
 pub mod devices;
+pub mod enrollments;
 pub mod error;
 pub mod methods;
 pub mod metrics;
@@ -43,6 +45,7 @@ pub mod overview;
 pub mod peer_text;
 pub mod policies;
 mod presence;
+pub mod provisioning;
 pub mod refusal_budget;
 pub mod revocations;
 pub mod sessions;
@@ -69,7 +72,7 @@ pub const DEFAULT_MAX_CRL_ENTRIES: usize = 100_000;
 /// The typed seams of a device record and a cloud-to-device message: spelled once in the store's
 /// record types (their text columns), re-exported so adapters render them with `as_str` without
 /// depending on the store.
-pub use iothub_store::{AuthType, C2dState, DeviceStatus, Subscriptions};
+pub use iothub_store::{AuthType, C2dState, DeviceStatus, EnrollmentKind, Subscriptions};
 pub use metrics::RefusalClass;
 pub use policies::PolicyView;
 pub use sessions::{
@@ -134,6 +137,9 @@ pub struct HubConfig {
     /// How many devices' connect facts (status, authentication) are kept in memory, so that a
     /// CONNECT reads no database (0: read the store at every CONNECT).
     pub device_cache_entries: usize,
+    /// The provisioning service's ID scope (`serve --id-scope`); None: the one generated once
+    /// and kept in the store.
+    pub id_scope: Option<String>,
 }
 
 impl Default for HubConfig {
@@ -162,6 +168,7 @@ impl Default for HubConfig {
             max_chain_len: iothub_pki::chain::DEFAULT_MAX_CHAIN_LEN,
             chain_cache_entries: 100_000,
             device_cache_entries: 100_000,
+            id_scope: None,
         }
     }
 }
@@ -205,6 +212,8 @@ pub struct Hub {
     presence: Arc<presence::Presence>,
     /// `auto_registration.rs`: the CAs whose unknown devices are registered at first CONNECT.
     auto_registrations: Arc<auto_registration::AutoRegistrations>,
+    /// `provisioning.rs`: the ID scope, once read.
+    provisioning: Arc<provisioning::Provisioning>,
 }
 
 impl Hub {
@@ -243,6 +252,7 @@ impl Hub {
             follower: Arc::new(follower),
             presence: Arc::default(),
             auto_registrations: Arc::default(),
+            provisioning: Arc::default(),
         };
         hub.rebuild_trust()?;
         hub.reload_revocations()?;
@@ -308,6 +318,10 @@ impl Hub {
     pub(crate) fn auto_registrations(&self) -> &auto_registration::AutoRegistrations {
         &self.auto_registrations
     }
+
+    pub(crate) fn provisioning_part(&self) -> &provisioning::Provisioning {
+        &self.provisioning
+    }
 }
 
 #[cfg(test)]
@@ -317,8 +331,9 @@ mod tests {
     /// module) or another part's interface.
     #[test]
     fn no_module_names_a_field_of_hub() {
-        const FIELDS: [&str; 12] = [
+        const FIELDS: [&str; 13] = [
             "auto_registrations",
+            "provisioning",
             "store",
             "config",
             "clock",

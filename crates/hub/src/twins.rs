@@ -136,6 +136,71 @@ fn service_twin_patch(body: &Value) -> Result<&Map<String, Value>, HubError> {
     Ok(body)
 }
 
+/// An enrollment's initial twin, checked: a JSON object with at most `tags` (an object) and
+/// `properties.desired` (an object), each within the twin limits. Returns the document as it is
+/// kept: `{"tags": {...}, "properties": {"desired": {...}}}`.
+pub(crate) fn check_initial_twin(twin: &Value) -> Result<Value, HubError> {
+    let bad = |what: &str| {
+        HubError::TwinInvalid(format!(
+            "the initial twin {what}; expected {{\"tags\": {{...}}, \"properties\": {{\"desired\": {{...}}}}}}"
+        ))
+    };
+    let doc = twin
+        .as_object()
+        .ok_or_else(|| bad("is not a JSON object"))?;
+    let section = |v: Option<&Value>, name: &str| -> Result<Map<String, Value>, HubError> {
+        match v {
+            None | Some(Value::Null) => Ok(Map::new()),
+            Some(Value::Object(m)) => Ok(m.clone()),
+            Some(_) => Err(bad(&format!("has {name} that is not an object"))),
+        }
+    };
+    let mut desired = Map::new();
+    for (key, value) in doc {
+        match key.as_str() {
+            "tags" => {}
+            "properties" => {
+                let props = value
+                    .as_object()
+                    .ok_or_else(|| bad("has properties that are not an object"))?;
+                if let Some(other) = props.keys().find(|k| *k != "desired") {
+                    return Err(bad(&format!(
+                        "sets properties.{other} (only desired properties can be set)"
+                    )));
+                }
+                desired = section(props.get("desired"), "properties.desired")?;
+            }
+            other => return Err(bad(&format!("has a field '{other}'"))),
+        }
+    }
+    let tags = section(doc.get("tags"), "tags")?;
+    check_section("tags", &tags)?;
+    check_section("desired properties", &desired)?;
+    Ok(json!({ "tags": tags, "properties": { "desired": desired } }))
+}
+
+/// The twin of a device registered through an enrollment whose initial twin is `initial` (as
+/// [`check_initial_twin`] keeps it), written at time `now`.
+pub(crate) fn initial_twin_record(device_id: &str, initial: &str, now: i64) -> TwinRecord {
+    let doc: Value = serde_json::from_str(initial).unwrap_or(Value::Null);
+    let tags = doc.get("tags").cloned().unwrap_or_else(|| json!({}));
+    let desired = doc
+        .pointer("/properties/desired")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let mut twin = TwinRecord::empty(device_id);
+    twin.tags = tags.to_string();
+    if !desired.is_empty() {
+        let mut meta = Map::new();
+        let keys: Vec<String> = desired.keys().cloned().collect();
+        touch_metadata(&mut meta, &keys, &desired, 1, &iso(now));
+        twin.desired_metadata = Value::Object(meta).to_string();
+        twin.desired = Value::Object(desired).to_string();
+    }
+    twin
+}
+
 /// The etag the twin write is conditional on: the caller's If-Match, or the twin just read.
 fn expected_twin_etag(
     id: &str,

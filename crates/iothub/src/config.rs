@@ -102,6 +102,17 @@ pub struct ServeArgs {
     /// [default: 100000].
     #[arg(long, env = "IOTHUB_DEVICE_CACHE_ENTRIES")]
     pub device_cache_entries: Option<usize>,
+    /// The provisioning service's ID scope, 1 to 64 letters and digits [default: one generated
+    /// when first needed and kept in the store].
+    #[arg(long, env = "IOTHUB_ID_SCOPE")]
+    pub id_scope: Option<String>,
+    /// How long a provisioning client may stay connected [default: 60s].
+    #[arg(long, env = "IOTHUB_PROVISIONING_TIMEOUT", value_name = "DURATION")]
+    pub provisioning_timeout: Option<String>,
+    /// Requests (register and status polls) one provisioning connection may make, 1 to 1000
+    /// [default: 16].
+    #[arg(long, env = "IOTHUB_PROVISIONING_REQUESTS")]
+    pub provisioning_requests: Option<u32>,
     /// How long a portal login link stays usable [default: 15m].
     #[arg(long, env = "IOTHUB_PORTAL_LINK_LIFETIME", value_name = "DURATION")]
     pub portal_link_lifetime: Option<String>,
@@ -168,6 +179,9 @@ struct FileConfig {
     max_keep_alive: Option<u32>,
     chain_cache_entries: Option<usize>,
     device_cache_entries: Option<usize>,
+    id_scope: Option<String>,
+    provisioning_timeout: Option<String>,
+    provisioning_requests: Option<u32>,
     metrics: Option<String>,
     log_format: Option<String>,
     store: Option<String>,
@@ -297,6 +311,10 @@ pub struct ServeConfig {
     pub max_keep_alive: u16,
     pub chain_cache_entries: usize,
     pub device_cache_entries: usize,
+    /// `None`: the generated one kept in the store.
+    pub id_scope: Option<String>,
+    pub provisioning_timeout_secs: i64,
+    pub provisioning_requests: u32,
     /// Where /metrics, /healthz and /readyz listen; `None`: off.
     pub metrics: Option<SocketAddr>,
     pub log_format: LogFormat,
@@ -479,6 +497,7 @@ struct Durations {
     telemetry_retention_secs: i64,
     handshake_timeout_secs: i64,
     portal_link_lifetime_secs: i64,
+    provisioning_timeout_secs: i64,
 }
 
 impl Durations {
@@ -504,6 +523,13 @@ impl Durations {
                 15 * 60,
                 "--portal-link-lifetime",
             )?,
+            provisioning_timeout_secs: text_duration(
+                args.provisioning_timeout.as_ref(),
+                file.provisioning_timeout.as_ref(),
+                3600,
+                60,
+                "--provisioning-timeout",
+            )?,
         })
     }
 }
@@ -525,6 +551,7 @@ impl ServeConfig {
             telemetry_retention_secs,
             handshake_timeout_secs,
             portal_link_lifetime_secs,
+            provisioning_timeout_secs,
         } = Durations::resolve(args, &file)?;
         let hostnames = hostnames(args, &file)?;
         let max_keep_alive = keep_alive(pick(args.max_keep_alive, file.max_keep_alive, 1177))?;
@@ -604,6 +631,10 @@ impl ServeConfig {
                 file.device_cache_entries,
                 100_000,
             ),
+            // Provisioning.
+            id_scope: args.id_scope.clone().or(file.id_scope.clone()),
+            provisioning_timeout_secs,
+            provisioning_requests: pick(args.provisioning_requests, file.provisioning_requests, 16),
             // The portal.
             portal_link_lifetime_secs,
             // Watching it.
@@ -624,6 +655,7 @@ impl ServeConfig {
         self.check_certificate_limits()?;
         self.check_connection_limits()?;
         self.check_device_limits()?;
+        self.check_provisioning()?;
         self.check_name()
     }
 
@@ -649,6 +681,20 @@ impl ServeConfig {
                 "--max-request-bytes ({}) must be at least --max-certificate-bytes ({})",
                 self.max_request_bytes,
                 self.max_certificate_bytes
+            );
+        }
+        Ok(())
+    }
+
+    fn check_provisioning(&self) -> Result<()> {
+        if let Some(scope) = &self.id_scope {
+            iothub_hub::enrollments::validate_id_scope(scope)
+                .map_err(|e| anyhow::anyhow!("--id-scope: {e}"))?;
+        }
+        if !(1..=1000).contains(&self.provisioning_requests) {
+            bail!(
+                "--provisioning-requests is {}; expected 1 to 1000",
+                self.provisioning_requests
             );
         }
         Ok(())
@@ -930,6 +976,54 @@ mod tests {
             });
             assert_eq!(u32::from(c.max_keep_alive), ok);
         }
+    }
+
+    #[test]
+    fn provisioning_settings_are_checked() {
+        let c = resolved(ServeArgs::default());
+        assert_eq!(
+            (
+                c.id_scope,
+                c.provisioning_timeout_secs,
+                c.provisioning_requests
+            ),
+            (None, 60, 16)
+        );
+        let err = refusal(ServeArgs {
+            id_scope: Some("0ne/1".into()),
+            ..Default::default()
+        });
+        assert!(
+            err.contains("--id-scope: the ID scope '0ne/1' is not usable"),
+            "{err}"
+        );
+        let err = refusal(ServeArgs {
+            provisioning_requests: Some(0),
+            ..Default::default()
+        });
+        assert!(
+            err.contains("--provisioning-requests is 0; expected 1 to 1000"),
+            "{err}"
+        );
+        let err = refusal(ServeArgs {
+            provisioning_timeout: Some("2h".into()),
+            ..Default::default()
+        });
+        assert!(err.contains("--provisioning-timeout"), "{err}");
+        let c = resolved(ServeArgs {
+            id_scope: Some("0ne00ABC123".into()),
+            provisioning_timeout: Some("5s".into()),
+            provisioning_requests: Some(3),
+            ..Default::default()
+        });
+        assert_eq!(
+            (
+                c.id_scope.as_deref(),
+                c.provisioning_timeout_secs,
+                c.provisioning_requests
+            ),
+            (Some("0ne00ABC123"), 5, 3)
+        );
     }
 
     #[test]

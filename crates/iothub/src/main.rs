@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use iothub_client::HubTarget;
 
-use crate::cmd::{audit, c2d, cert, credentials, device, monitor, pki, policy, twin};
+use crate::cmd::{audit, c2d, cert, credentials, device, dps, monitor, pki, policy, twin};
 use crate::output::Output;
 
 #[derive(Debug, Parser)]
@@ -128,6 +128,14 @@ enum Command {
         #[command(flatten)]
         hub: HubArgs,
     },
+    /// The provisioning service: ID scope, enrollment groups, individual enrollments,
+    /// registrations (devices register with the SDK's ProvisioningDeviceClient).
+    Dps {
+        #[command(subcommand)]
+        command: dps::DpsCommand,
+        #[command(flatten)]
+        hub: HubArgs,
+    },
     /// Shared access policies: add with chosen rights, list, show, delete, rotate keys.
     Policy {
         #[command(subcommand)]
@@ -207,6 +215,7 @@ fn main() -> ExitCode {
         }
         Command::Cert { command, hub } => cert::run(&hub.target(data), output, command),
         Command::Policy { command, hub } => policy::run(&hub.target(data), output, command),
+        Command::Dps { command, hub } => dps::run(&hub.target(data), output, command),
         Command::Audit { args, hub } => audit::run(&hub.target(data), output, args),
         Command::Device { command, hub } => device::run(&hub.target(data), output, command),
         Command::C2d { command, hub } => c2d::run(&hub.target(data), output, command),
@@ -272,6 +281,8 @@ mod tests {
             &["monitor"],
             &["connections"],
             &["policy", "rotate"],
+            &["dps", "group", "add"],
+            &["dps", "registrations"],
             &["audit"],
             &["connection-string"],
             &["portal-link"],

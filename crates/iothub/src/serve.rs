@@ -400,6 +400,7 @@ fn open_hub(
             max_chain_len: config.max_chain_length,
             chain_cache_entries: config.chain_cache_entries,
             device_cache_entries: config.device_cache_entries,
+            id_scope: config.id_scope.clone(),
             mqtt_refusal_limit: config.mqtt_refusal_limit,
             node_id: config.node_id.clone(),
             partitions,
@@ -513,6 +514,10 @@ fn gateway_limits(config: &ServeConfig) -> iothub_gateway::GatewayLimits {
         max_unacked_telemetry: config.max_unacked_telemetry,
         max_keep_alive: config.max_keep_alive,
         handshake_timeout: std::time::Duration::from_secs(config.handshake_timeout_secs as u64),
+        provisioning_timeout: std::time::Duration::from_secs(
+            config.provisioning_timeout_secs as u64,
+        ),
+        provisioning_requests: config.provisioning_requests,
         ..Default::default()
     }
 }

@@ -7,6 +7,7 @@ pub mod c2d;
 pub mod cert;
 pub mod credentials;
 pub mod device;
+pub mod dps;
 pub mod monitor;
 pub mod pkcs11;
 pub mod pki;
