@@ -36,12 +36,7 @@ pub struct ProvisioningUsername<'a> {
 /// `{host}/{deviceId}/?api-version=...`: its third level starts with `?` (or is absent), so a
 /// device whose id is literally `registrations` is still a device.
 pub fn is_provisioning_username(username: &str) -> bool {
-    let mut levels = username.splitn(3, '/');
-    let _scope = levels.next();
-    levels.next() == Some("registrations")
-        && levels
-            .next()
-            .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('?'))
+    parse_username(username).is_ok_and(|u| !u.registration_id.starts_with('?'))
 }
 
 /// Why a provisioning username, topic or body is refused; each message names what was expected.
@@ -208,6 +203,9 @@ mod tests {
             "hub.local/registrations",
             "registrations",
             "",
+            // Found by the fuzz target: an empty level is not a registration id.
+            "x/registrations//",
+            "/registrations/x",
         ] {
             assert!(!is_provisioning_username(u), "{u}");
         }
