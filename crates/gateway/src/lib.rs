@@ -8,6 +8,8 @@
 //!   checks only that the client holds the certificate's key, and resumes sessions by stateless
 //!   tickets; a resumed connection's chain (kept in the ticket) is judged at CONNECT like any other.
 //! - [`limits`]: `GatewayLimits`, the limits the accept loop and every session read.
+//! - `conn`: a device connection's MQTT framing over TLS (read one packet, write packets), shared
+//!   by `session` and `provisioning`.
 //! - `listener`: socket options set once on the listener (TCP_NODELAY) and on accepted sockets.
 //! - [`server`]: the accept loop, connection limits, periodic revalidation, graceful shutdown.
 //! - [`session`]: one device connection: CONNECT, then telemetry, subscriptions, C2D delivery,
@@ -16,6 +18,7 @@
 //!   device port: admitted on structure, then its register and status requests answered.
 //! - `stream`: rustls driven over the socket, so the session ticket leaves with CONNACK.
 
+mod conn;
 pub mod limits;
 mod listener;
 mod provisioning;

@@ -20,7 +20,7 @@ use iothub_mqtt::provisioning::{
 use tokio::sync::watch;
 
 use crate::limits::GatewayLimits;
-use crate::session::{connack, Conn, ReadError};
+use crate::conn::{connack, Conn, ReadError};
 
 /// Serves a provisioning client from its CONNECT to its end.
 pub(crate) async fn run(
