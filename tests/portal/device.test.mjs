@@ -144,6 +144,38 @@ test("the device page: details, twin with etag, C2D, a direct method, live telem
   await page.screenshot({ path: join(SHOTS, "portal-device.png"), fullPage: true });
 });
 
+test("the provisioning page: the ID scope, a group added on a Verified CA, disabled, a refusal shown", async () => {
+  await page.goto(base + "/portal/provisioning");
+  const scope = iothub("dps", "id-scope").trim();
+  assert.equal(await page.locator("#id-scope").textContent(), scope);
+  await page.getByText("No enrollment groups yet.").waitFor();
+
+  await page.getByRole("button", { name: "Add enrollment group" }).click();
+  await page.getByLabel("Name").fill("pumps");
+  await page.getByLabel("Verified CA").selectOption("root");
+  await page.getByLabel("Initial twin (JSON, optional)").fill('{"tags": {"site": "north"}}');
+  await page.getByRole("button", { name: "Save" }).click();
+  const row = page.locator('tr[data-group="pumps"]');
+  await row.waitFor();
+  const group = JSON.parse(iothub("-o", "json", "dps", "group", "show", "pumps"));
+  assert.equal(group.attestation.x509.caReferences.primary, "root");
+  assert.deepEqual(group.initialTwin.tags, { site: "north" });
+
+  await row.getByRole("button", { name: "Disable" }).click();
+  await row.getByText("disabled").waitFor();
+  assert.equal(JSON.parse(iothub("-o", "json", "dps", "group", "show", "pumps")).provisioningStatus, "disabled");
+
+  // The hub's refusal is shown in the form (an initial twin may not set reported properties).
+  await page.getByRole("button", { name: "Add enrollment group" }).click();
+  await page.getByLabel("Name").fill("bad");
+  await page.getByLabel("Initial twin (JSON, optional)").fill('{"properties": {"reported": {"a": 1}}}');
+  await page.getByRole("button", { name: "Save" }).click();
+  await page.locator("#group-error").getByText(/properties.reported/).waitFor();
+  assert.equal(failures.filter((f) => f.includes("400")).length, 2, failures.join("; "));
+  failures.splice(0, failures.length, ...failures.filter((f) => !f.includes("400")));
+  await page.screenshot({ path: join(SHOTS, "portal-provisioning.png"), fullPage: true });
+});
+
 test("no page asked for anything that failed (the icon included)", async () => {
   await page.goto(base + "/portal/certificates");
   await page.getByRole("heading", { name: "Certificates" }).waitFor();

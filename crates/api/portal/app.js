@@ -359,6 +359,107 @@ async function removeDevice(id) {
   catch (e) { toast(e.message); }
 }
 
+// ---------- Provisioning ----------------------------------------------------------------------
+
+async function provisioningPage() {
+  const info = await api("GET", "/provisioning");
+  main.replaceChildren(
+    el("h1", { text: "Provisioning" }),
+    el("p", {}, "Devices register with the device SDK's ProvisioningDeviceClient on this hub's MQTT port: ID scope ",
+      el("code", { id: "id-scope", text: info.idScope }), ", provisioning host ", el("code", { text: info.provisioningHost }), "."),
+    el("h2", { text: "Enrollment groups" }),
+    el("div", { class: "toolbar" }, el("button", { type: "button", class: "primary", id: "add-group", onclick: () => showAddGroup() }, "Add enrollment group")),
+    el("div", { id: "group-panel" }),
+    el("div", { id: "groups" }),
+    el("h2", { text: "Individual enrollments" }),
+    el("div", { id: "individuals" }),
+    el("h2", { text: "Registrations" }),
+    el("div", { id: "registrations" }));
+  await renderEnrollments();
+}
+
+async function renderEnrollments() {
+  const [groups, individuals, registrations] = await Promise.all([
+    api("GET", "/enrollmentGroups"), api("GET", "/enrollments"), api("GET", "/registrations")]);
+  const actions = (kind, name, v) => el("td", {},
+    el("button", { type: "button", onclick: () => setEnrollmentStatus(kind, name, v.provisioningStatus === "enabled" ? "disabled" : "enabled") }, v.provisioningStatus === "enabled" ? "Disable" : "Enable"),
+    " ",
+    el("button", { type: "button", class: "danger", onclick: () => removeEnrollment(kind, name) }, "Delete"));
+  document.getElementById("groups").replaceChildren(groups.value.length ? el("table", { "aria-label": "Enrollment groups" },
+    el("thead", {}, el("tr", {}, ...["Group", "CA", "Status", "Initial twin", ""].map((h) => el("th", { text: h })))),
+    el("tbody", {}, ...groups.value.map((g) => el("tr", { "data-group": g.enrollmentGroupId },
+      el("td", { text: g.enrollmentGroupId }),
+      el("td", { text: g.attestation.x509.caReferences.primary }),
+      el("td", {}, el("span", { class: "status " + g.provisioningStatus, text: g.provisioningStatus })),
+      el("td", { class: "wide" }, el("code", { text: JSON.stringify(g.initialTwin) })),
+      actions("enrollmentGroups", g.enrollmentGroupId, g)))))
+    : el("p", { class: "muted", text: "No enrollment groups yet." }));
+  document.getElementById("individuals").replaceChildren(individuals.value.length ? el("table", { "aria-label": "Individual enrollments" },
+    el("thead", {}, el("tr", {}, ...["Registration", "Certificate (SHA-256)", "Status", ""].map((h) => el("th", { text: h })))),
+    el("tbody", {}, ...individuals.value.map((e) => el("tr", {},
+      el("td", { text: e.registrationId }),
+      el("td", { class: "wide" }, el("code", { text: e.attestation.x509.clientCertificates.primary.info.sha256Thumbprint })),
+      el("td", {}, el("span", { class: "status " + e.provisioningStatus, text: e.provisioningStatus })),
+      actions("enrollments", e.registrationId, e)))))
+    : el("p", { class: "muted", text: "None (iothub dps individual add ID --cert FILE)." }));
+  document.getElementById("registrations").replaceChildren(registrations.value.length ? el("table", { "aria-label": "Registrations" },
+    el("thead", {}, el("tr", {}, ...["Registration", "Device", "Through", "Last registered"].map((h) => el("th", { text: h })))),
+    el("tbody", {}, ...registrations.value.map((r) => el("tr", {},
+      el("td", { text: r.registrationId }),
+      el("td", {}, el("a", { href: "/portal/device?id=" + enc(r.deviceId), text: r.deviceId })),
+      el("td", { text: r.enrollment.kind + " " + r.enrollment.name }),
+      el("td", { text: r.lastUpdatedDateTimeUtc })))))
+    : el("p", { class: "muted", text: "No device has registered yet." }));
+}
+
+async function showAddGroup() {
+  const cas = await api("GET", "/certificates");
+  const verified = cas.value.filter((c) => c.properties.isVerified);
+  const name = el("input", { type: "text", id: "group-name", autocomplete: "off", "aria-describedby": "group-error" });
+  const ca = el("select", { id: "group-ca" }, ...verified.map((c) => el("option", { value: c.name, text: c.name })));
+  const twin = el("textarea", { id: "group-twin", rows: "3", placeholder: "{\"tags\": {}, \"properties\": {\"desired\": {}}}" });
+  const error = el("div", { class: "error", id: "group-error", "aria-live": "polite" });
+  const form = el("form", { class: "panel", "aria-label": "Add enrollment group" },
+    el("h2", { text: "Add enrollment group" }),
+    el("div", { class: "field" }, el("label", { for: "group-name", text: "Name" }), name),
+    el("div", { class: "field" }, el("label", { for: "group-ca", text: "Verified CA" }), verified.length ? ca : el("p", { class: "muted", text: "No Verified CA yet: add one and prove possession first." })),
+    el("div", { class: "field" }, el("label", { for: "group-twin", text: "Initial twin (JSON, optional)" }), twin),
+    error,
+    el("div", { class: "toolbar" }, el("button", { type: "submit", class: "primary" }, "Save"), el("button", { type: "button", onclick: () => form.remove() }, "Cancel")));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    error.textContent = "";
+    const body = { attestation: { type: "x509", x509: { caReferences: { primary: ca.value } } }, provisioningStatus: "enabled" };
+    if (twin.value.trim()) {
+      try { body.initialTwin = JSON.parse(twin.value); } catch (e) { error.textContent = "The initial twin is not JSON: " + e.message; return; }
+    }
+    try {
+      await api("PUT", "/enrollmentGroups/" + enc(name.value.trim()), body);
+      form.remove();
+      toast("Added enrollment group " + name.value.trim());
+      await renderEnrollments();
+    } catch (e) { error.textContent = e.message; }
+  });
+  document.getElementById("group-panel").replaceChildren(form);
+  name.focus();
+}
+
+async function setEnrollmentStatus(kind, name, status) {
+  try {
+    const current = await api("GET", "/" + kind + "/" + enc(name));
+    current.provisioningStatus = status;
+    await api("PUT", "/" + kind + "/" + enc(name), current, "\"" + current.etag + "\"");
+    toast(name + " " + status);
+    await renderEnrollments();
+  } catch (e) { toast(e.message); }
+}
+
+async function removeEnrollment(kind, name) {
+  if (!confirm("Delete enrollment '" + name + "'? Devices registered through it stay.")) return;
+  try { await api("DELETE", "/" + kind + "/" + enc(name)); toast("Deleted " + name); await renderEnrollments(); }
+  catch (e) { toast(e.message); }
+}
+
 // ---------- Connections -----------------------------------------------------------------------
 
 async function connectionsPage() {
@@ -524,5 +625,5 @@ document.getElementById("logout").addEventListener("click", async () => {
 
 const page = document.body.dataset.page;
 for (const a of document.querySelectorAll("nav a")) if (a.dataset.nav === page) a.setAttribute("aria-current", "page");
-({ overview: overviewPage, certificates: certificatesPage, devices: devicesPage, device: devicePage, connections: connectionsPage })[page]()
+({ overview: overviewPage, certificates: certificatesPage, devices: devicesPage, device: devicePage, provisioning: provisioningPage, connections: connectionsPage })[page]()
   .catch((e) => main.replaceChildren(el("p", { class: "error", text: e.message })));

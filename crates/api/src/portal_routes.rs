@@ -172,6 +172,7 @@ pub(crate) async fn page(
         "devices" => "devices",
         "device" => "device",
         "connections" => "connections",
+        "provisioning" => "provisioning",
         _ => {
             return message_page(
                 StatusCode::NOT_FOUND,

@@ -180,6 +180,7 @@ fn portal_table() -> Router<AppState> {
         .route("/portal/devices", get(portal_routes::page))
         .route("/portal/device", get(portal_routes::page))
         .route("/portal/connections", get(portal_routes::page))
+        .route("/portal/provisioning", get(portal_routes::page))
         .route("/portal/login", get(portal_routes::login))
         .route("/portal/logout", post(portal_routes::logout))
         .route("/portal/signed-out", get(portal_routes::signed_out))

@@ -87,4 +87,3 @@ pub(crate) fn connack(code: u8) -> Packet {
         code,
     })
 }
-

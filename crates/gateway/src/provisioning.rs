@@ -19,8 +19,8 @@ use iothub_mqtt::provisioning::{
 };
 use tokio::sync::watch;
 
-use crate::limits::GatewayLimits;
 use crate::conn::{connack, Conn, ReadError};
+use crate::limits::GatewayLimits;
 
 /// Serves a provisioning client from its CONNECT to its end.
 pub(crate) async fn run(

@@ -467,7 +467,11 @@ fn enrollments_are_managed_under_preconditions_with_precise_errors() {
     );
     let (status, list) = send(&hub, "GET", "/enrollmentGroups", None, None);
     assert_eq!(status, 200);
-    assert_eq!(list["value"].as_array().unwrap().len(), 2, "line and g1: {list}");
+    assert_eq!(
+        list["value"].as_array().unwrap().len(),
+        2,
+        "line and g1: {list}"
+    );
 
     // Individual: the certificate's CN must be the registration id.
     let pem = std::fs::read_to_string(hub.dir.join("solo.pem")).unwrap();
