@@ -153,6 +153,125 @@ pub fn make_verification_cert_external(
     })
 }
 
+/// The to-be-signed bytes of a verification certificate for `code` under the CA of `ca_der`, for
+/// a signer that cannot be called from here (a KMS behind its own command line): have it sign
+/// them with the CA's key (SHA-256; ECDSA P-256 or RSA PKCS#1 v1.5, as the CA's key is) and give
+/// the signature to [`certificate_from_tbs`]. The certificate's own key is thrown away: a
+/// verification certificate is judged by the CA's signature over it, never used.
+pub fn verification_tbs(
+    code: &str,
+    ca_der: &[u8],
+    now: OffsetDateTime,
+    lifetime: Duration,
+) -> Result<Vec<u8>, GenError> {
+    let captured = std::cell::RefCell::new(Vec::new());
+    let kind = external_key_kind(ca_der)?;
+    // rcgen asks for a signature once the TBS is complete: keep the bytes, answer a placeholder
+    // of the right shape (the certificate it builds around it is discarded).
+    let capture = |msg: &[u8]| -> Result<Vec<u8>, String> {
+        *captured.borrow_mut() = msg.to_vec();
+        Ok(match kind {
+            ExternalKeyKind::EcP256 => ecdsa_raw_to_der(&[1u8; 64]).unwrap_or_default(),
+            ExternalKeyKind::Rsa => vec![0u8; 256],
+        })
+    };
+    make_verification_cert_external(code, ca_der, &capture, now, lifetime)?;
+    Ok(captured.into_inner())
+}
+
+/// Why a certificate cannot be put together from a TBS and a signature.
+fn assembly_error(what: &str) -> GenError {
+    GenError::BadIssuer(format!(
+        "the to-be-signed file and the signature do not make a certificate: {what}"
+    ))
+}
+
+/// One DER element at the start of `input`: (tag, the whole element's length, its content's
+/// offset). None when the header or the length does not fit.
+fn der_element(input: &[u8]) -> Option<(u8, usize, usize)> {
+    let tag = *input.first()?;
+    let first = *input.get(1)? as usize;
+    let (len, header) = if first < 0x80 {
+        (first, 2)
+    } else {
+        let n = first & 0x7f;
+        if n == 0 || n > 3 {
+            return None;
+        }
+        let bytes = input.get(2..2 + n)?;
+        (
+            bytes.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize),
+            2 + n,
+        )
+    };
+    let total = header.checked_add(len)?;
+    (total <= input.len()).then_some((tag, total, header))
+}
+
+/// The OID of ecdsa-with-SHA256, DER-encoded (1.2.840.10045.4.3.2).
+const ECDSA_SHA256_OID: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+
+/// A certificate (DER) from its to-be-signed bytes (as [`verification_tbs`] made them) and the
+/// signature over them: DER for ECDSA (a raw 64-byte `r || s`, as some KMSs answer, is
+/// converted), the bytes as they are for RSA. The signature algorithm is the one the TBS names.
+pub fn certificate_from_tbs(tbs: &[u8], signature: &[u8]) -> Result<Vec<u8>, GenError> {
+    let (tag, total, header) =
+        der_element(tbs).ok_or_else(|| assembly_error("the to-be-signed file is not DER"))?;
+    if tag != 0x30 || total != tbs.len() {
+        return Err(assembly_error(
+            "the to-be-signed file is not one DER SEQUENCE (a TBSCertificate)",
+        ));
+    }
+    // TBSCertificate: [0] version (optional), serialNumber, signature AlgorithmIdentifier, ...
+    let mut rest = &tbs[header..];
+    let mut next = |expect: Option<u8>| -> Result<&[u8], GenError> {
+        let (tag, len, _) =
+            der_element(rest).ok_or_else(|| assembly_error("the TBSCertificate ends early"))?;
+        if expect.is_some_and(|t| t != tag) {
+            return Err(assembly_error(
+                "the TBSCertificate's fields are not in order",
+            ));
+        }
+        let (element, after) = rest.split_at(len);
+        rest = after;
+        Ok(element)
+    };
+    let mut element = next(None)?;
+    if element[0] == 0xa0 {
+        element = next(Some(0x02))?;
+    } else if element[0] != 0x02 {
+        return Err(assembly_error("the TBSCertificate has no serial number"));
+    }
+    let _serial = element;
+    let algorithm = next(Some(0x30))?.to_vec();
+    let ecdsa = algorithm
+        .windows(ECDSA_SHA256_OID.len())
+        .any(|w| w == ECDSA_SHA256_OID);
+    let signature = if ecdsa && signature.first() != Some(&0x30) {
+        if signature.len() != 64 {
+            return Err(assembly_error(&format!(
+                "an ECDSA P-256 signature is DER or 64 raw bytes (r || s); this one is {} bytes",
+                signature.len()
+            )));
+        }
+        ecdsa_raw_to_der(signature).ok_or_else(|| assembly_error("the signature is empty"))?
+    } else {
+        signature.to_vec()
+    };
+    if signature.is_empty() {
+        return Err(assembly_error("the signature is empty"));
+    }
+    let mut bits = vec![0x03];
+    push_len(&mut bits, signature.len() + 1);
+    bits.push(0);
+    bits.extend_from_slice(&signature);
+    let body = [tbs, &algorithm, &bits].concat();
+    let mut out = vec![0x30];
+    push_len(&mut out, body.len());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +296,113 @@ mod tests {
 
     /// Proves as the hub would check it, signing "externally" with the CA's key the way a
     /// PKCS#11 module does (raw r||s for ECDSA, converted here).
+    /// The two-step path (to-be-signed bytes out, a signature in) makes a certificate the hub's
+    /// proof check accepts, with DER or raw ECDSA signatures and with RSA.
+    fn proved_in_two_steps(kind: KeyKind, raw_ecdsa: bool) {
+        let now = OffsetDateTime::now_utc();
+        let ca = make_ca(
+            "Kms Root",
+            kind,
+            None,
+            now - Duration::hours(1),
+            now + Duration::days(3),
+        )
+        .unwrap();
+        let ca_der = der_of(&ca.cert_pem);
+        let pkcs8 = pkcs8_of(&ca.key_pem);
+        let code = "0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF";
+        let tbs = verification_tbs(code, &ca_der, now, Duration::hours(1)).unwrap();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let signature = match kind {
+            KeyKind::EcP256 if raw_ecdsa => {
+                let key =
+                    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8).unwrap();
+                key.sign(&rng, &tbs).unwrap().as_ref().to_vec()
+            }
+            KeyKind::EcP256 => {
+                let key = EcdsaKeyPair::from_pkcs8(
+                    &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+                    &pkcs8,
+                )
+                .unwrap();
+                key.sign(&rng, &tbs).unwrap().as_ref().to_vec()
+            }
+            _ => {
+                let key = RsaKeyPair::from_pkcs8(&pkcs8).unwrap();
+                let mut sig = vec![0u8; key.public_modulus_len()];
+                key.sign(&RSA_PKCS1_SHA256, &rng, &tbs, &mut sig).unwrap();
+                sig
+            }
+        };
+        let der = certificate_from_tbs(&tbs, &signature).unwrap();
+        let pem = crate::input::der_to_pem(&der);
+        let info = CertInfo::from_der(&ca_der).unwrap();
+        let state = CodeState::Live {
+            code: code.into(),
+            expires_at: now.unix_timestamp() + 60,
+        };
+        verify_proof(
+            "kms",
+            &info,
+            &state,
+            pem.as_bytes(),
+            usize::MAX,
+            now.unix_timestamp(),
+        )
+        .unwrap();
+        // Someone else's signature is refused by the proof check, not by assembly.
+        let mut wrong = signature.clone();
+        let last = wrong.len() - 1;
+        wrong[last] ^= 1;
+        if let Ok(der) = certificate_from_tbs(&tbs, &wrong) {
+            let pem = crate::input::der_to_pem(&der);
+            assert!(verify_proof(
+                "kms",
+                &info,
+                &state,
+                pem.as_bytes(),
+                usize::MAX,
+                now.unix_timestamp()
+            )
+            .is_err());
+        }
+    }
+
+    #[test]
+    fn two_steps_with_ecdsa_der_raw_and_rsa() {
+        proved_in_two_steps(KeyKind::EcP256, false);
+        proved_in_two_steps(KeyKind::EcP256, true);
+        proved_in_two_steps(KeyKind::Rsa(2048), false);
+    }
+
+    #[test]
+    fn assembly_refuses_what_is_not_a_tbs_or_a_signature() {
+        for tbs in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x05, 0x02],
+            &[0x04, 0x00],
+            &[0x30, 0x84, 1, 1, 1, 1],
+        ] {
+            assert!(certificate_from_tbs(tbs, &[1, 2]).is_err(), "{tbs:?}");
+        }
+        let now = OffsetDateTime::now_utc();
+        let ca = make_ca(
+            "Kms Root",
+            KeyKind::EcP256,
+            None,
+            now - Duration::hours(1),
+            now + Duration::days(3),
+        )
+        .unwrap();
+        let tbs = verification_tbs("ABC", &der_of(&ca.cert_pem), now, Duration::hours(1)).unwrap();
+        let err = certificate_from_tbs(&tbs, &[7u8; 10])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DER or 64 raw bytes"), "{err}");
+        assert!(certificate_from_tbs(&tbs, &[]).is_err());
+    }
+
     fn proved(kind: KeyKind) {
         let now = OffsetDateTime::now_utc();
         let ca = make_ca(

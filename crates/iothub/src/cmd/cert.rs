@@ -65,6 +65,32 @@ pub enum CertCommand {
         #[command(flatten)]
         pkcs11: crate::cmd::pkcs11::Pkcs11Args,
     },
+    /// For a CA key behind a KMS: fetch a code and write the to-be-signed bytes of a
+    /// verification certificate, with the commands that sign them (then verification-finish).
+    #[command(visible_alias = "verification-csr")]
+    VerificationTbs {
+        /// The certificate's name on the hub.
+        name: String,
+        /// Where to write the to-be-signed bytes (DER) [default: NAME.tbs].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Finish a proof begun with verification-tbs: the CA key's signature over the to-be-signed
+    /// bytes (DER, raw r||s for ECDSA, or either in base64) makes the verification
+    /// certificate, which is checked here, then verified.
+    VerificationFinish {
+        /// The certificate's name on the hub.
+        name: String,
+        /// The to-be-signed file verification-tbs wrote.
+        #[arg(long)]
+        tbs: PathBuf,
+        /// The signature file.
+        #[arg(long)]
+        signature: PathBuf,
+        /// Also write the verification certificate (PEM) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Revoke the certificate NAME issued with a serial number (a device's, or an
     /// intermediate's): its sessions close at once, on every node, and its next CONNECT is
     /// refused with the reason. Other certificates of the CA are untouched.
@@ -140,6 +166,15 @@ pub fn run(target: &HubTarget, output: Output, cmd: CertCommand) -> Result<()> {
             )?;
             output.answer(&v, || println!("{}", summary(&v)))
         }
+        CertCommand::VerificationTbs { name, out } => {
+            crate::cmd::kms::write_tbs(&api, output, &name, out)
+        }
+        CertCommand::VerificationFinish {
+            name,
+            tbs,
+            signature,
+            out,
+        } => crate::cmd::kms::finish(&api, output, &name, &tbs, &signature, out),
         CertCommand::Prove { name, key, pkcs11 } => match key {
             Some(key) => prove(&api, output, &name, &key),
             None => prove_in_module(&api, output, &name, &pkcs11),
