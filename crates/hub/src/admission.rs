@@ -157,39 +157,65 @@ fn auto_register_limit(ca_name: &str, limit: u64, device_id: &str) -> String {
     )
 }
 
+/// How refusals write the hub's host in the username they expected.
+const USERNAME: &str = "{hub host}";
+
+/// The reason of a device's refusal for its username.
+fn username_reason(refusal: &Refusal) -> String {
+    match refusal {
+        Refusal::NoUsername { client_id } => {
+            format!("no username; expected '{USERNAME}/{client_id}/?api-version=...'")
+        }
+        Refusal::ForeignHost {
+            host,
+            hub_names,
+            client_id,
+        } => format!(
+            "the username names host '{host}', which is not this hub (expected one of: {}); expected '{USERNAME}/{client_id}/?api-version=...'",
+            hub_names.join(", ")
+        ),
+        Refusal::UsernameNamesOtherDevice { named, client_id } => format!(
+            "the username names device '{named}' but the client id is '{client_id}'; expected '{USERNAME}/{client_id}/?api-version=...'"
+        ),
+        Refusal::UsernameMalformed {
+            username,
+            client_id,
+        } => format!("username '{username}' is not '{USERNAME}/{client_id}/?api-version=...'"),
+        _ => String::new(),
+    }
+}
+
+/// The reason of a provisioning client's refusal at CONNECT.
+fn provisioning_reason(refusal: &Refusal) -> String {
+    match refusal {
+        Refusal::ProvisioningUsername { username, client_id } => format!(
+            "provisioning username '{username}' is not '{{idScope}}/registrations/{client_id}/api-version=...'"
+        ),
+        Refusal::ForeignIdScope { id_scope, client_id } => format!(
+            "provisioning client '{client_id}' names ID scope '{id_scope}', which is not this hub's (iothub dps id-scope prints it)"
+        ),
+        Refusal::ProvisioningClientId { named, client_id } => format!(
+            "the provisioning username names registration '{named}' but the client id is '{client_id}'; they must be the same"
+        ),
+        Refusal::ProvisioningNoCertificate { registration_id } => format!(
+            "provisioning client '{registration_id}' presented no client certificate; registration needs an X.509 certificate whose CN is the registration id"
+        ),
+        _ => String::new(),
+    }
+}
+
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        const USERNAME: &str = "{hub host}";
         match self {
             Refusal::ModuleClientId { client_id } => write!(
                 f,
                 "client id '{client_id}' names a module; modules are not supported yet"
             ),
             Refusal::ClientIdInvalid(e) => write!(f, "client id: {e}"),
-            Refusal::NoUsername { client_id } => write!(
-                f,
-                "no username; expected '{USERNAME}/{client_id}/?api-version=...'"
-            ),
-            Refusal::ForeignHost {
-                host,
-                hub_names,
-                client_id,
-            } => write!(
-                f,
-                "the username names host '{host}', which is not this hub (expected one of: {}); expected '{USERNAME}/{client_id}/?api-version=...'",
-                hub_names.join(", ")
-            ),
-            Refusal::UsernameNamesOtherDevice { named, client_id } => write!(
-                f,
-                "the username names device '{named}' but the client id is '{client_id}'; expected '{USERNAME}/{client_id}/?api-version=...'"
-            ),
-            Refusal::UsernameMalformed {
-                username,
-                client_id,
-            } => write!(
-                f,
-                "username '{username}' is not '{USERNAME}/{client_id}/?api-version=...'"
-            ),
+            Refusal::NoUsername { .. }
+            | Refusal::ForeignHost { .. }
+            | Refusal::UsernameNamesOtherDevice { .. }
+            | Refusal::UsernameMalformed { .. } => f.write_str(&username_reason(self)),
             Refusal::RegistryUnavailable(e) => write!(f, "the registry is unavailable: {e}"),
             Refusal::NotRegistered { device_id } => {
                 write!(f, "device '{device_id}' is not registered")
@@ -254,22 +280,10 @@ impl std::fmt::Display for Refusal {
                 "device '{device_id}' has authentication type '{auth_type}', which cannot connect"
             ),
             Refusal::Internal(e) => write!(f, "authentication task failed: {e}"),
-            Refusal::ProvisioningUsername { username, client_id } => write!(
-                f,
-                "provisioning username '{username}' is not '{{idScope}}/registrations/{client_id}/api-version=...'"
-            ),
-            Refusal::ForeignIdScope { id_scope, client_id } => write!(
-                f,
-                "provisioning client '{client_id}' names ID scope '{id_scope}', which is not this hub's (iothub dps id-scope prints it)"
-            ),
-            Refusal::ProvisioningClientId { named, client_id } => write!(
-                f,
-                "the provisioning username names registration '{named}' but the client id is '{client_id}'; they must be the same"
-            ),
-            Refusal::ProvisioningNoCertificate { registration_id } => write!(
-                f,
-                "provisioning client '{registration_id}' presented no client certificate; registration needs an X.509 certificate whose CN is the registration id"
-            ),
+            Refusal::ProvisioningUsername { .. }
+            | Refusal::ForeignIdScope { .. }
+            | Refusal::ProvisioningClientId { .. }
+            | Refusal::ProvisioningNoCertificate { .. } => f.write_str(&provisioning_reason(self)),
         }
     }
 }

@@ -273,6 +273,56 @@ impl Store for GatedStore {
         self.inner
             .set_auto_registration(ca_name, device_limit, audit)
     }
+    fn write_enrollment(
+        &self,
+        record: &iothub_store::EnrollmentRecord,
+        expect: Expect,
+        audit: &NewAudit,
+    ) -> Result<iothub_store::EnrollmentRecord, StoreError> {
+        self.inner.write_enrollment(record, expect, audit)
+    }
+    fn get_enrollment(
+        &self,
+        kind: iothub_store::EnrollmentKind,
+        name: &str,
+    ) -> Result<Option<iothub_store::EnrollmentRecord>, StoreError> {
+        self.inner.get_enrollment(kind, name)
+    }
+    fn list_enrollments(
+        &self,
+        kind: iothub_store::EnrollmentKind,
+    ) -> Result<Vec<iothub_store::EnrollmentRecord>, StoreError> {
+        self.inner.list_enrollments(kind)
+    }
+    fn delete_enrollment(
+        &self,
+        kind: iothub_store::EnrollmentKind,
+        name: &str,
+        etag: Option<u64>,
+        audit: &NewAudit,
+    ) -> Result<(), StoreError> {
+        self.inner.delete_enrollment(kind, name, etag, audit)
+    }
+    fn provision_device(
+        &self,
+        registration: &iothub_store::RegistrationRecord,
+        device: &iothub_store::DeviceRecord,
+        twin: Option<&TwinRecord>,
+        device_limit: u64,
+        audit: &NewAudit,
+    ) -> Result<(iothub_store::RegistrationRecord, bool), StoreError> {
+        self.inner
+            .provision_device(registration, device, twin, device_limit, audit)
+    }
+    fn get_registration(
+        &self,
+        id: &str,
+    ) -> Result<Option<iothub_store::RegistrationRecord>, StoreError> {
+        self.inner.get_registration(id)
+    }
+    fn list_registrations(&self) -> Result<Vec<iothub_store::RegistrationRecord>, StoreError> {
+        self.inner.list_registrations()
+    }
     fn list_auto_registrations(&self) -> Result<Vec<iothub_store::AutoRegistration>, StoreError> {
         self.inner.list_auto_registrations()
     }

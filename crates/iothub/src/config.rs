@@ -272,6 +272,20 @@ fn node_id(text: Option<&str>) -> Result<String> {
 }
 
 /// `--tls-cert` and `--tls-key`: both or neither.
+/// Where the state is, which node this is, and the TLS identity files to serve with.
+type Placement = (StoreLocation, String, Option<(PathBuf, PathBuf)>);
+
+fn placement(args: &ServeArgs, file: &FileConfig) -> Result<Placement> {
+    Ok((
+        store_location(args.store.as_deref().or(file.store.as_deref()))?,
+        node_id(args.node_id.as_deref().or(file.node_id.as_deref()))?,
+        tls_files(
+            args.tls_cert.clone().or(file.tls_cert.clone()),
+            args.tls_key.clone().or(file.tls_key.clone()),
+        )?,
+    ))
+}
+
 fn tls_files(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<(PathBuf, PathBuf)>> {
     match (cert, key) {
         (None, None) => Ok(None),
@@ -562,12 +576,7 @@ impl ServeConfig {
         );
         let metrics = metrics_addr(args.metrics.as_deref().or(file.metrics.as_deref()), https)?;
         let log_format = log_format(args.log_format.as_deref().or(file.log_format.as_deref()))?;
-        let store = store_location(args.store.as_deref().or(file.store.as_deref()))?;
-        let node_id = node_id(args.node_id.as_deref().or(file.node_id.as_deref()))?;
-        let tls_files = tls_files(
-            args.tls_cert.clone().or(file.tls_cert),
-            args.tls_key.clone().or(file.tls_key),
-        )?;
+        let (store, node_id, tls_files) = placement(args, &file)?;
         let config = ServeConfig {
             // Listeners and the hub's identity.
             data: pick(
