@@ -161,6 +161,9 @@ CLUSTER_END = "<!-- cluster run: end -->"
 # The markers around its cold-storm section (scripts/bench-cold-report.py).
 COLD_BEGIN = "<!-- cold storm: begin -->"
 COLD_END = "<!-- cold storm: end -->"
+# The markers around its registry-growth section (scripts/bench-registry-report.py).
+REGISTRY_BEGIN = "<!-- registry growth: begin -->"
+REGISTRY_END = "<!-- registry growth: end -->"
 
 
 def version(cmd):
@@ -446,10 +449,11 @@ def main():
                   "(target: at least 10,000/s; no peer figure: Mosquitto has no device registry)."]
     lines += ["", f"Raw results: `{out}/*.json`."]
     text = "\n".join(lines) + "\n"
-    # The sections other scripts write (--cluster, --cold) are kept as they were.
+    # The sections other scripts write (--cluster, --cold, --registry) are kept as they were.
     try:
         old = open(a.md).read()
-        for begin, end in ((CLUSTER_BEGIN, CLUSTER_END), (COLD_BEGIN, COLD_END)):
+        for begin, end in ((CLUSTER_BEGIN, CLUSTER_END), (COLD_BEGIN, COLD_END),
+                           (REGISTRY_BEGIN, REGISTRY_END)):
             if begin in old and end in old:
                 text += "\n" + old[old.index(begin):old.index(end) + len(end)] + "\n"
     except FileNotFoundError:
