@@ -164,6 +164,9 @@ COLD_END = "<!-- cold storm: end -->"
 # The markers around its registry-growth section (scripts/bench-registry-report.py).
 REGISTRY_BEGIN = "<!-- registry growth: begin -->"
 REGISTRY_END = "<!-- registry growth: end -->"
+# The markers around its fleet-telemetry section (scripts/bench-fleet-report.py).
+FLEET_BEGIN = "<!-- fleet telemetry: begin -->"
+FLEET_END = "<!-- fleet telemetry: end -->"
 
 
 def version(cmd):
@@ -449,11 +452,11 @@ def main():
                   "(target: at least 10,000/s; no peer figure: Mosquitto has no device registry)."]
     lines += ["", f"Raw results: `{out}/*.json`."]
     text = "\n".join(lines) + "\n"
-    # The sections other scripts write (--cluster, --cold, --registry) are kept as they were.
+    # The sections other scripts write (--cluster, --cold, --registry, --fleet) are kept as they were.
     try:
         old = open(a.md).read()
         for begin, end in ((CLUSTER_BEGIN, CLUSTER_END), (COLD_BEGIN, COLD_END),
-                           (REGISTRY_BEGIN, REGISTRY_END)):
+                           (REGISTRY_BEGIN, REGISTRY_END), (FLEET_BEGIN, FLEET_END)):
             if begin in old and end in old:
                 text += "\n" + old[old.index(begin):old.index(end) + len(end)] + "\n"
     except FileNotFoundError:

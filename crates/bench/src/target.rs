@@ -33,6 +33,14 @@ pub struct Target {
     /// QoS 1 messages each device keeps in flight (telemetry; 1 = one at a time).
     #[arg(long, default_value_t = 1)]
     pub(crate) inflight: usize,
+    /// Telemetry at fleet shape: each device sends this many messages per second, paced (its
+    /// first at a random moment of the first second), instead of as fast as its window allows.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) rate: f64,
+    /// Telemetry at fleet shape: halfway through, each device also sends this many messages at
+    /// once (a burst); their PUBACK latency is reported apart.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) burst: usize,
     /// Resume TLS sessions (connect): each identity keeps the tickets the broker sent it.
     #[arg(long)]
     pub(crate) resume: bool,
