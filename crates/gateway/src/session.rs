@@ -43,30 +43,38 @@ pub(crate) async fn run(
     stop: watch::Receiver<bool>,
 ) {
     let remote = peer.to_string();
-    let Some((mut conn, chain)) = accept_tls(stream, peer, tls, &hub, &limits).await else {
+    // The phases before and after the session's long wait run boxed: a task's future is as large
+    // as its largest state, and every idle connection holds its task, so only what the wait
+    // needs is kept inline (docs/decisions.md: memory per idle connection).
+    let Some((mut conn, chain)) = Box::pin(accept_tls(stream, peer, tls, &hub, &limits)).await
+    else {
         return;
     };
-    let Some(connect) = read_connect(&mut conn, peer, &hub, &limits).await else {
+    let Some(connect) = Box::pin(read_connect(&mut conn, peer, &hub, &limits)).await else {
         return;
     };
     let username = connect.username.as_deref().unwrap_or_default();
     if iothub_mqtt::provisioning::is_provisioning_username(username) {
-        crate::provisioning::run(conn, peer, hub, &limits, connect, chain, stop).await;
+        Box::pin(crate::provisioning::run(
+            conn, peer, hub, &limits, connect, chain, stop,
+        ))
+        .await;
         return;
     }
-    let Some(admission) = admit(&mut conn, peer, &remote, &hub, &connect, chain).await else {
+    let Some(admission) = Box::pin(admit(&mut conn, peer, &remote, &hub, &connect, chain)).await
+    else {
         return;
     };
     let keep_alive = connect.keep_alive.min(limits.max_keep_alive);
     let (mut session, mut signals) = Session::open(conn, hub, limits, admission, &connect, remote);
     // A resumed session was subscribed to C2D: what waits is delivered now, as after SUBSCRIBE.
     if session.state.c2d_subscribed {
-        if let Err(e) = session.deliver_c2d().await {
+        if let Err(e) = Box::pin(session.deliver_c2d()).await {
             session.record_refusal(&e);
         }
     }
     let end = session.serve(keep_alive, &mut signals, stop).await;
-    session.close(end, &connect).await;
+    Box::pin(session.close(end, &connect)).await;
 }
 
 /// Completes the TLS handshake (within the handshake timeout): the connection and the chain the
@@ -380,7 +388,7 @@ impl Session {
                 Ok(Some(p)) => p,
                 Ok(None) => {
                     let wake = self.wait(deadline, signals, &mut stop).await;
-                    if let Err(end) = self.on_wake(wake, keep_alive).await {
+                    if let Err(end) = Box::pin(self.on_wake(wake, keep_alive)).await {
                         return end;
                     }
                     continue;
@@ -388,7 +396,7 @@ impl Session {
                 Err(e) => return End::Cause(protocol_error_text(&e, self.conn.max_message)),
             };
             deadline = grace.map(|g| Instant::now() + g);
-            if let Err(end) = self.on_packet(packet).await {
+            if let Err(end) = Box::pin(self.on_packet(packet)).await {
                 return end;
             }
         }
@@ -460,9 +468,9 @@ impl Session {
                     .await
                     .map_err(End::Normal)
             }
-            SessionSignal::MethodRequest { rid, name, payload } => {
-                let topic = topics::method_request_topic(&name, rid);
-                publish_qos0(&mut self.conn, topic, payload)
+            SessionSignal::MethodRequest(call) => {
+                let topic = topics::method_request_topic(&call.name, call.rid);
+                publish_qos0(&mut self.conn, topic, call.payload)
                     .await
                     .map_err(End::Normal)
             }

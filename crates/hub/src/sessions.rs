@@ -99,12 +99,17 @@ pub enum SessionSignal {
     C2dAvailable,
     /// Desired properties changed: publish this patch (JSON with `$version`).
     DesiredPatch(String),
-    /// A direct-method call to deliver.
-    MethodRequest {
-        rid: u64,
-        name: String,
-        payload: Vec<u8>,
-    },
+    /// A direct-method call to deliver (boxed: every session's signal channel holds a block of
+    /// slots as large as the largest signal, and method calls are rare).
+    MethodRequest(Box<MethodRequest>),
+}
+
+/// A direct-method call for a device's session: publish it on the method topic with `rid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodRequest {
+    pub rid: u64,
+    pub name: String,
+    pub payload: Vec<u8>,
 }
 
 /// An admitted device session, as the gateway holds it.

@@ -290,9 +290,10 @@ async fn a_direct_method_taken_by_one_node_is_answered_by_the_device_on_the_othe
         .invoke_method(&sys(), "pump", "reboot", &json!({"delay": 1}), timeout)
         .unwrap();
     b.hub.cluster_tick().unwrap();
-    let SessionSignal::MethodRequest { rid, name, payload } = next_signal(&mut on_b) else {
+    let SessionSignal::MethodRequest(call) = next_signal(&mut on_b) else {
         panic!("expected the method request");
     };
+    let iothub_hub::sessions::MethodRequest { rid, name, payload } = *call;
     assert_eq!(name, "reboot");
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&payload).unwrap(),
