@@ -3,7 +3,9 @@
 //! (202 assigning with an operation id and retry-after, then 200 assigned on the poll), the
 //! device connecting afterwards, the audit entries; every refusal at CONNECT and at register with
 //! its reason; the limits of one provisioning connection (requests, time, filters); and the
-//! management API's preconditions and error codes. Runs against PostgreSQL too.
+//! management API's preconditions and error codes; and on two nodes sharing PostgreSQL, a group
+//! added through one node registers a device that provisions through the other. Runs against
+//! PostgreSQL too.
 
 mod common;
 
@@ -546,6 +548,44 @@ fn enrollments_are_managed_under_preconditions_with_precise_errors() {
         .send()
         .unwrap();
     assert_eq!(get.status(), 200);
+}
+
+#[test]
+fn a_group_added_through_one_node_registers_a_device_on_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = iothub_testpg::shared().database();
+    let nodes: Vec<TestHub> = ["n1", "n2"]
+        .iter()
+        .map(|n| TestHub::start_in(&tmp.path().join(n), &["--store", &url, "--node-id", n]))
+        .collect();
+    group_with_devices(&nodes[0], &["roamer"]);
+    // One ID scope for the hub, whichever node is asked.
+    let scope = scope(&nodes[0]);
+    assert_eq!(self::scope(&nodes[1]), scope);
+    // n2 holds no copy of the enrollments: the group is there at once; the device files are n1's.
+    let config = client_config(
+        &nodes[1],
+        &nodes[0].dir.join("roamer.pem"),
+        &nodes[0].dir.join("roamer.key"),
+    )
+    .unwrap();
+    let (mut d, code) =
+        RawDevice::connect_packet(&nodes[1], config, hello(&scope, "roamer", "roamer"), None)
+            .unwrap();
+    assert_eq!(code, 0);
+    let (_, body) = register(&mut d, "1", "roamer");
+    let operation = body["operationId"].as_str().unwrap().to_string();
+    let (_, body) = poll(&mut d, "2", &operation);
+    assert_eq!(body["status"], "assigned", "{body}");
+    assert_eq!(
+        nodes[0].get_json("/registrations/roamer")["enrollment"]["name"],
+        "line"
+    );
+    assert_eq!(
+        nodes[0].get_json("/twins/roamer")["tags"]["site"],
+        "north",
+        "the initial twin, written through n2, read through n1"
+    );
 }
 
 /// A TLS configuration that trusts the hub and presents no certificate.
