@@ -1,4 +1,5 @@
-//! A device's TLS connection: rustls driven directly over the tokio socket.
+//! A device's TLS connection: rustls' unbuffered connection driven directly over the tokio
+//! socket, with the TLS buffers ours.
 //!
 //! Why not tokio-rustls' acceptor: it flushes everything rustls queued before it hands the
 //! connection over, so the TLS 1.3 session ticket (made when the client's Finished arrives) left
@@ -7,47 +8,70 @@
 //! device fewer on every connect. Closing sends close_notify and lets the socket close, without
 //! the `shutdown(2)` that always failed on an already closed peer.
 //!
+//! Why the unbuffered API: a fleet is mostly idle, and rustls' buffered connection keeps a 4 KiB
+//! record buffer for its whole life once it has read. Here the incoming and outgoing bytes live
+//! in our own buffers, which give their memory back as soon as they are empty: an idle connection
+//! holds none (docs/decisions.md, memory per idle connection).
+//!
 //! Every await is a readiness wait (`readable`, `writable`), and the rustls state changes between
 //! them are synchronous, so every method is cancel-safe in `select!` as far as reading goes: a
 //! cancelled read loses nothing. Errors are `io::Error`s carrying the rustls error, as
 //! tokio-rustls gave them, so refusal reasons read the same.
 
-use std::io::{self, BufRead, Read, Write};
+use std::io;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use rustls::pki_types::CertificateDer;
-use rustls::{ProtocolVersion, ServerConfig, ServerConnection};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::{ProtocolVersion, ServerConfig};
 use tokio::net::TcpStream;
 
-/// The socket as blocking-style `Read`/`Write` for rustls: "would block" instead of waiting.
-struct NonBlocking<'a>(&'a TcpStream);
+/// The most TLS bytes held unprocessed: a handshake message may be up to 64 KiB (rustls' own
+/// bound) plus a record's framing; anything beyond is refused before it is buffered.
+const MAX_INCOMING: usize = 64 * 1024 + 4096;
 
-impl Read for NonBlocking<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
-    }
+/// How much is read from the socket at a time.
+const READ_CHUNK: usize = 4096;
+
+/// What one round of rustls' state machine came to.
+enum Step {
+    /// It needs more bytes from the peer.
+    NeedData,
+    /// It produced or consumed something; ask again.
+    Progress,
+    /// Encoded records are waiting in `outgoing` and must leave before it goes on.
+    Transmit,
+    /// The connection is established and nothing is pending: data may be written.
+    Ready,
+    /// The peer sent close_notify (reported once).
+    PeerClosed,
+    /// Both sides sent close_notify.
+    Closed,
 }
 
-impl Write for NonBlocking<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.0.try_write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 pub(crate) struct DeviceTls {
     tcp: TcpStream,
-    tls: ServerConnection,
+    tls: UnbufferedServerConnection,
+    /// TLS bytes read from the socket and not yet processed. Empty, and holding no allocation,
+    /// whenever rustls has consumed what came: an idle connection keeps no buffer (rustls'
+    /// buffered connection keeps a 4 KiB one for its lifetime).
+    incoming: Vec<u8>,
+    /// Encrypted records waiting to be written (in TLS 1.3 the session ticket waits here for the
+    /// first answer).
+    outgoing: Vec<u8>,
+    /// Decrypted bytes that arrived when nobody was reading (with the handshake's last flight,
+    /// or while writing).
+    pending: Vec<u8>,
     /// The peer closed its side of the TCP connection.
     eof: bool,
+    /// The peer sent close_notify.
+    peer_closed: bool,
 }
 
 impl DeviceTls {
@@ -55,24 +79,45 @@ impl DeviceTls {
     /// session ticket) is left for the first write; in TLS 1.2 the server's last flight is sent,
     /// because the client waits for it.
     pub(crate) async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Self> {
-        let tls = ServerConnection::new(config).map_err(io::Error::other)?;
+        let tls = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
         let mut conn = DeviceTls {
             tcp,
             tls,
+            incoming: Vec::new(),
+            outgoing: Vec::new(),
+            pending: Vec::new(),
             eof: false,
+            peer_closed: false,
         };
-        while conn.tls.is_handshaking() {
-            conn.send_queued().await?;
-            if conn.eof {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "tls handshake eof",
-                ));
+        loop {
+            match conn.step(None)? {
+                Step::Progress => {}
+                // Once the handshake is done, what is left to send (TLS 1.3's ticket) waits.
+                Step::Transmit if !conn.tls.is_handshaking() => break,
+                Step::Transmit => conn.send_outgoing().await?,
+                Step::NeedData => {
+                    if conn.eof {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "tls handshake eof",
+                        ));
+                    }
+                    conn.receive().await?;
+                }
+                Step::Ready => break,
+                Step::PeerClosed | Step::Closed => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the peer closed during the TLS handshake",
+                    ))
+                }
             }
-            conn.receive().await?;
         }
+        // What rustls queues once the handshake is done (the TLS 1.3 ticket) is encoded now and
+        // sent with the first answer; TLS 1.2's last flight went out above.
+        while let Step::Progress = conn.step(None)? {}
         if conn.tls.protocol_version() != Some(ProtocolVersion::TLSv1_3) {
-            conn.send_queued().await?;
+            conn.send_outgoing().await?;
         }
         Ok(conn)
     }
@@ -86,82 +131,235 @@ impl DeviceTls {
     /// `UnexpectedEof` error: it closed without one.
     pub(crate) async fn read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         loop {
-            // The decrypted bytes are copied once, straight from rustls' buffer (no zeroed
-            // scratch space); an empty chunk is the clean close.
-            let mut reader = self.tls.reader();
-            match reader.fill_buf() {
-                Ok(chunk) => {
-                    let n = chunk.len();
-                    buf.extend_from_slice(chunk);
-                    reader.consume(n);
-                    return Ok(n);
+            if !self.pending.is_empty() {
+                let n = self.pending.len();
+                buf.extend_from_slice(&self.pending);
+                self.pending = Vec::new();
+                return Ok(n);
+            }
+            if self.peer_closed {
+                return Ok(0);
+            }
+            let before = buf.len();
+            match self.step(Some(buf))? {
+                Step::Progress if buf.len() > before => return Ok(buf.len() - before),
+                Step::Progress => {}
+                Step::Transmit => self.send_outgoing().await?,
+                Step::PeerClosed | Step::Closed => self.peer_closed = true,
+                Step::NeedData | Step::Ready => {
+                    if self.eof {
+                        // Nothing more will come, and no close_notify came.
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "peer closed connection without sending TLS close_notify",
+                        ));
+                    }
+                    self.receive().await?;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
             }
-            if self.eof {
-                // rustls said "would block" after the socket closed: nothing more will come.
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "peer closed connection without sending TLS close_notify",
-                ));
-            }
-            self.receive().await?;
         }
     }
 
     /// Encrypts `data` and sends it, with anything queued before it, in as few writes as the
     /// socket allows.
-    pub(crate) async fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
-        while !data.is_empty() {
-            let n = self.tls.writer().write(data)?;
-            data = &data[n..];
-            if !data.is_empty() {
-                // rustls' outgoing buffer is at its limit: drain it to the socket first.
-                self.send_queued().await?;
+    pub(crate) async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        loop {
+            // Whatever rustls has to say first (records to encode, plaintext that came) is
+            // handled; then the data is encrypted behind what is queued.
+            let UnbufferedStatus { discard, state } =
+                self.tls.process_tls_records(&mut self.incoming);
+            let done = match state.map_err(tls_error)? {
+                ConnectionState::WriteTraffic(mut writer) => {
+                    let start = self.outgoing.len();
+                    let mut room = data.len() + 64 * (1 + data.len() / 16384);
+                    loop {
+                        self.outgoing.resize(start + room, 0);
+                        match writer.encrypt(data, &mut self.outgoing[start..]) {
+                            Ok(n) => {
+                                self.outgoing.truncate(start + n);
+                                break;
+                            }
+                            Err(EncryptError::InsufficientSize(e)) => room = e.required_size,
+                            Err(e) => {
+                                self.outgoing.truncate(start);
+                                return Err(io::Error::other(e.to_string()));
+                            }
+                        }
+                    }
+                    true
+                }
+                other => {
+                    drop(other);
+                    false
+                }
+            };
+            self.discard(discard);
+            if done {
+                return self.send_outgoing().await;
+            }
+            match self.step(None)? {
+                Step::Transmit => self.send_outgoing().await?,
+                Step::Progress | Step::Ready => {}
+                Step::PeerClosed | Step::Closed => self.peer_closed = true,
+                Step::NeedData => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "the TLS connection cannot send yet",
+                    ))
+                }
             }
         }
-        self.send_queued().await
     }
 
     /// Sends close_notify (and anything still queued). The socket closes when this is dropped.
     pub(crate) async fn close(&mut self) -> io::Result<()> {
-        self.tls.send_close_notify();
-        self.send_queued().await
+        let UnbufferedStatus { discard, state } = self.tls.process_tls_records(&mut self.incoming);
+        if let Ok(ConnectionState::WriteTraffic(mut writer)) = state {
+            let start = self.outgoing.len();
+            self.outgoing.resize(start + 64, 0);
+            match writer.queue_close_notify(&mut self.outgoing[start..]) {
+                Ok(n) => self.outgoing.truncate(start + n),
+                Err(_) => self.outgoing.truncate(start),
+            }
+        }
+        self.discard(discard);
+        self.send_outgoing().await
     }
 
-    /// Writes everything rustls has queued, waiting while the socket is full.
-    async fn send_queued(&mut self) -> io::Result<()> {
-        while self.tls.wants_write() {
-            match self.tls.write_tls(&mut NonBlocking(&self.tcp)) {
+    /// One round of rustls' state machine over what came; decrypted bytes go to `sink` (or are
+    /// kept for the next read), encoded records to `outgoing`.
+    fn step(&mut self, sink: Option<&mut BytesMut>) -> io::Result<Step> {
+        let UnbufferedStatus { discard, state } = self.tls.process_tls_records(&mut self.incoming);
+        let step = match state {
+            Err(e) => Err(tls_error(e)),
+            Ok(ConnectionState::ReadTraffic(mut records)) => {
+                let mut sink = sink;
+                let mut failed = None;
+                while let Some(record) = records.next_record() {
+                    match record {
+                        Ok(record) => match sink.as_deref_mut() {
+                            Some(buf) => buf.extend_from_slice(record.payload),
+                            None => self.pending.extend_from_slice(record.payload),
+                        },
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                match failed {
+                    Some(e) => Err(tls_error(e)),
+                    None => Ok(Step::Progress),
+                }
+            }
+            Ok(ConnectionState::EncodeTlsData(mut encoder)) => {
+                let start = self.outgoing.len();
+                let mut room = 2048;
+                loop {
+                    self.outgoing.resize(start + room, 0);
+                    match encoder.encode(&mut self.outgoing[start..]) {
+                        Ok(n) => {
+                            self.outgoing.truncate(start + n);
+                            break Ok(Step::Progress);
+                        }
+                        Err(EncodeError::InsufficientSize(e)) => room = e.required_size,
+                        Err(e) => {
+                            self.outgoing.truncate(start);
+                            break Err(io::Error::other(e.to_string()));
+                        }
+                    }
+                }
+            }
+            Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                // The records are in `outgoing`; the caller sends them before going on.
+                transmit.done();
+                Ok(Step::Transmit)
+            }
+            Ok(ConnectionState::BlockedHandshake) => Ok(Step::NeedData),
+            Ok(ConnectionState::WriteTraffic(_)) => Ok(Step::Ready),
+            Ok(ConnectionState::PeerClosed) => Ok(Step::PeerClosed),
+            Ok(ConnectionState::Closed) => Ok(Step::Closed),
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "unexpected TLS state (early data is not accepted)",
+            )),
+        };
+        self.discard(discard);
+        if step.is_err() {
+            self.send_alert();
+        }
+        step
+    }
+
+    /// After a TLS error: the alert rustls queued is encoded and goes out if the socket takes it
+    /// at once.
+    fn send_alert(&mut self) {
+        let UnbufferedStatus { state, .. } = self.tls.process_tls_records(&mut []);
+        if let Ok(ConnectionState::EncodeTlsData(mut encoder)) = state {
+            let start = self.outgoing.len();
+            self.outgoing.resize(start + 64, 0);
+            match encoder.encode(&mut self.outgoing[start..]) {
+                Ok(n) => self.outgoing.truncate(start + n),
+                Err(_) => self.outgoing.truncate(start),
+            }
+        }
+        let _ = self.tcp.try_write(&self.outgoing);
+    }
+
+    /// Drops what rustls consumed; an emptied buffer gives its memory back.
+    fn discard(&mut self, n: usize) {
+        if n >= self.incoming.len() {
+            self.incoming = Vec::new();
+        } else if n > 0 {
+            self.incoming.drain(..n);
+        }
+    }
+
+    /// Writes everything in `outgoing`, waiting while the socket is full.
+    async fn send_outgoing(&mut self) -> io::Result<()> {
+        let mut sent = 0;
+        while sent < self.outgoing.len() {
+            match self.tcp.try_write(&self.outgoing[sent..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.tcp.writable().await?,
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.outgoing.drain(..sent);
+                    sent = 0;
+                    self.tcp.writable().await?;
+                }
                 Err(e) => return Err(e),
             }
         }
+        self.outgoing = Vec::new();
         Ok(())
     }
 
-    /// Reads what the socket has (waiting until it has something) and lets rustls process it.
-    /// On a TLS error the alert rustls queued is sent if the socket takes it at once.
+    /// Reads what the socket has (waiting until it has something) into `incoming`.
     async fn receive(&mut self) -> io::Result<()> {
+        if self.incoming.len() >= MAX_INCOMING {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a TLS message larger than 64 KiB",
+            ));
+        }
         loop {
-            match self.tls.read_tls(&mut NonBlocking(&self.tcp)) {
+            self.incoming.reserve(READ_CHUNK);
+            match self.tcp.try_read_buf(&mut self.incoming) {
                 Ok(0) => {
                     self.eof = true;
-                    break;
+                    return Ok(());
                 }
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.tcp.readable().await?,
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.incoming.is_empty() {
+                        // Waiting with nothing buffered: hold no memory while idle.
+                        self.incoming = Vec::new();
+                    }
+                    self.tcp.readable().await?;
+                }
                 Err(e) => return Err(e),
             }
         }
-        if let Err(error) = self.tls.process_new_packets() {
-            let _ = self.tls.write_tls(&mut NonBlocking(&self.tcp));
-            return Err(io::Error::new(io::ErrorKind::InvalidData, error));
-        }
-        Ok(())
     }
 }
 
