@@ -31,18 +31,11 @@ pub(crate) async fn telemetry(t: Target) -> Result<()> {
             t.burst
         );
     }
+    let clients = connect_all(&t, ca, &ids).await?;
     if t.rate > 0.0 {
-        return fleet(t, ca, ids.len()).await;
+        return fleet(t, clients).await;
     }
     let payload = vec![b'x'; t.size];
-    let mut clients = Vec::new();
-    let mut configs = ClientConfigs::new(ca, false, t.tls12);
-    for (index, id) in ids.iter().enumerate() {
-        clients.push((
-            id.id.clone(),
-            connect_once(&t, &mut configs, index, id).await?,
-        ));
-    }
     let deadline = Instant::now() + Duration::from_secs(t.seconds);
     let acked = Arc::new(AtomicU64::new(0));
     let cpu0 = t.server_pid.and_then(cpu_secs);
@@ -80,6 +73,23 @@ pub(crate) async fn telemetry(t: Target) -> Result<()> {
             "server_cpu_seconds": cpu,
         }),
     )
+}
+
+/// Every device connected, one after the other, before any publishes.
+async fn connect_all(
+    t: &Target,
+    ca: Vec<u8>,
+    ids: &[crate::identities::Identity],
+) -> Result<Vec<(String, MqttClient)>> {
+    let mut clients = Vec::new();
+    let mut configs = ClientConfigs::new(ca, false, t.tls12);
+    for (index, id) in ids.iter().enumerate() {
+        clients.push((
+            id.id.clone(),
+            connect_once(t, &mut configs, index, id).await?,
+        ));
+    }
+    Ok(clients)
 }
 
 /// Publishes QoS 1 messages keeping `window` unacknowledged until `deadline`, then waits for the
@@ -131,17 +141,9 @@ async fn publish_window(
 
 /// `telemetry --rate R [--burst N]`: every device connected first, then each sends R messages a
 /// second, paced, and N at once halfway through.
-async fn fleet(t: Target, ca: Vec<u8>, devices: usize) -> Result<()> {
-    let ids = load_identities(&t.dir, devices)?;
+async fn fleet(t: Target, clients: Vec<(String, MqttClient)>) -> Result<()> {
+    let devices = clients.len();
     let payload = bytes::Bytes::from(vec![b'x'; t.size]);
-    let mut clients = Vec::new();
-    let mut configs = ClientConfigs::new(ca, false, t.tls12);
-    for (index, id) in ids.iter().enumerate() {
-        clients.push((
-            id.id.clone(),
-            connect_once(&t, &mut configs, index, id).await?,
-        ));
-    }
     let started = Instant::now();
     let deadline = started + Duration::from_secs(t.seconds);
     let burst_at = started + Duration::from_secs_f64(t.seconds as f64 / 2.0);

@@ -55,6 +55,54 @@ fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
+/// Why rustls could not write a record into the room it was given.
+enum Short {
+    /// It needs this many bytes.
+    Needs(usize),
+    Failed(String),
+}
+
+fn encode_failure(e: EncodeError) -> Short {
+    match e {
+        EncodeError::InsufficientSize(e) => Short::Needs(e.required_size),
+        other => Short::Failed(other.to_string()),
+    }
+}
+
+fn encrypt_failure(e: EncryptError) -> Short {
+    match e {
+        EncryptError::InsufficientSize(e) => Short::Needs(e.required_size),
+        other => Short::Failed(other.to_string()),
+    }
+}
+
+/// Appends to `out` what `write` puts into a slice (answering its length), first offering
+/// `room` bytes and then as many as it says it needs. Nothing is appended on failure.
+fn append_records(
+    out: &mut Vec<u8>,
+    mut room: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, Short>,
+) -> io::Result<()> {
+    let start = out.len();
+    loop {
+        out.resize(start + room, 0);
+        match write(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(Short::Needs(needed)) if needed > room => room = needed,
+            Err(failure) => {
+                out.truncate(start);
+                return Err(io::Error::other(match failure {
+                    Short::Failed(reason) => reason,
+                    Short::Needs(_) => "no room for a TLS record".to_string(),
+                }));
+            }
+        }
+    }
+}
+
 pub(crate) struct DeviceTls {
     tcp: TcpStream,
     tls: UnbufferedServerConnection,
@@ -170,28 +218,13 @@ impl DeviceTls {
                 self.tls.process_tls_records(&mut self.incoming);
             let done = match state.map_err(tls_error)? {
                 ConnectionState::WriteTraffic(mut writer) => {
-                    let start = self.outgoing.len();
-                    let mut room = data.len() + 64 * (1 + data.len() / 16384);
-                    loop {
-                        self.outgoing.resize(start + room, 0);
-                        match writer.encrypt(data, &mut self.outgoing[start..]) {
-                            Ok(n) => {
-                                self.outgoing.truncate(start + n);
-                                break;
-                            }
-                            Err(EncryptError::InsufficientSize(e)) => room = e.required_size,
-                            Err(e) => {
-                                self.outgoing.truncate(start);
-                                return Err(io::Error::other(e.to_string()));
-                            }
-                        }
-                    }
+                    let room = data.len() + 64 * (1 + data.len() / 16384);
+                    append_records(&mut self.outgoing, room, |out| {
+                        writer.encrypt(data, out).map_err(encrypt_failure)
+                    })?;
                     true
                 }
-                other => {
-                    drop(other);
-                    false
-                }
+                _ => false,
             };
             self.discard(discard);
             if done {
@@ -215,12 +248,10 @@ impl DeviceTls {
     pub(crate) async fn close(&mut self) -> io::Result<()> {
         let UnbufferedStatus { discard, state } = self.tls.process_tls_records(&mut self.incoming);
         if let Ok(ConnectionState::WriteTraffic(mut writer)) = state {
-            let start = self.outgoing.len();
-            self.outgoing.resize(start + 64, 0);
-            match writer.queue_close_notify(&mut self.outgoing[start..]) {
-                Ok(n) => self.outgoing.truncate(start + n),
-                Err(_) => self.outgoing.truncate(start),
-            }
+            // A close_notify that cannot be made is simply not sent.
+            let _ = append_records(&mut self.outgoing, 64, |out| {
+                writer.queue_close_notify(out).map_err(encrypt_failure)
+            });
         }
         self.discard(discard);
         self.send_outgoing().await
@@ -253,22 +284,10 @@ impl DeviceTls {
                 }
             }
             Ok(ConnectionState::EncodeTlsData(mut encoder)) => {
-                let start = self.outgoing.len();
-                let mut room = 2048;
-                loop {
-                    self.outgoing.resize(start + room, 0);
-                    match encoder.encode(&mut self.outgoing[start..]) {
-                        Ok(n) => {
-                            self.outgoing.truncate(start + n);
-                            break Ok(Step::Progress);
-                        }
-                        Err(EncodeError::InsufficientSize(e)) => room = e.required_size,
-                        Err(e) => {
-                            self.outgoing.truncate(start);
-                            break Err(io::Error::other(e.to_string()));
-                        }
-                    }
-                }
+                append_records(&mut self.outgoing, 2048, |out| {
+                    encoder.encode(out).map_err(encode_failure)
+                })
+                .map(|()| Step::Progress)
             }
             Ok(ConnectionState::TransmitTlsData(transmit)) => {
                 // The records are in `outgoing`; the caller sends them before going on.
@@ -296,12 +315,9 @@ impl DeviceTls {
     fn send_alert(&mut self) {
         let UnbufferedStatus { state, .. } = self.tls.process_tls_records(&mut []);
         if let Ok(ConnectionState::EncodeTlsData(mut encoder)) = state {
-            let start = self.outgoing.len();
-            self.outgoing.resize(start + 64, 0);
-            match encoder.encode(&mut self.outgoing[start..]) {
-                Ok(n) => self.outgoing.truncate(start + n),
-                Err(_) => self.outgoing.truncate(start),
-            }
+            let _ = append_records(&mut self.outgoing, 64, |out| {
+                encoder.encode(out).map_err(encode_failure)
+            });
         }
         let _ = self.tcp.try_write(&self.outgoing);
     }

@@ -245,7 +245,9 @@ impl Hub {
             let stored = self
                 .store()
                 .write_enrollment(&record, expect, &audit)
-                .map_err(|e| enrollment_store_error(kind, name, &record, e, if_match))?;
+                .map_err(|e| {
+                    enrollment_store_error(kind, name, record.thumbprint.as_deref(), e, if_match)
+                })?;
             Ok((enrollment_view(stored)?, existing.is_none()))
         };
         run().or_else(|e| self.refuse(who, action, &target(kind, name), e))
@@ -283,16 +285,7 @@ impl Hub {
             );
             self.store()
                 .delete_enrollment(kind, name, etag, &audit)
-                .map_err(|e| match e {
-                    StoreError::NotFound => not_found(kind, name),
-                    StoreError::EtagMismatch { current } => HubError::EnrollmentEtagMismatch {
-                        kind: kind_name(kind),
-                        name: name.to_string(),
-                        given: if_match.map(IfMatch::shown).unwrap_or_default(),
-                        current: encode_etag(current),
-                    },
-                    other => other.into(),
-                })
+                .map_err(|e| enrollment_store_error(kind, name, None, e, if_match))
         };
         run().or_else(|e| self.refuse(who, action, &target(kind, name), e))
     }
@@ -458,10 +451,12 @@ fn enrollment_expect(
     }
 }
 
+/// A store refusal of an enrollment write or delete, as the hub words it (`thumbprint`: the
+/// certificate being enrolled, if any).
 fn enrollment_store_error(
     kind: EnrollmentKind,
     name: &str,
-    record: &EnrollmentRecord,
+    thumbprint: Option<&str>,
     e: StoreError,
     if_match: Option<&IfMatch>,
 ) -> HubError {
@@ -479,7 +474,7 @@ fn enrollment_store_error(
         },
         StoreError::LimitReached { limit } => HubError::EnrollmentLimitReached(limit),
         StoreError::DuplicateThumbprint { name: other } => HubError::EnrollmentCertificateExists {
-            thumbprint: record.thumbprint.clone().unwrap_or_default(),
+            thumbprint: thumbprint.unwrap_or_default().to_string(),
             other,
         },
         other => other.into(),

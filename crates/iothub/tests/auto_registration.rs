@@ -10,21 +10,6 @@ mod common;
 
 use common::*;
 
-fn device_files(hub: &TestHub, id: &str) {
-    ok(&hub.cli_in(
-        &hub.dir,
-        &[
-            "pki",
-            "device",
-            id,
-            "--ca-cert",
-            "root.pem",
-            "--ca-key",
-            "root.key",
-        ],
-    ));
-}
-
 fn connect_as(hub: &TestHub, files: &str, client: &str) -> u8 {
     match RawDevice::connect(
         hub,
@@ -42,7 +27,7 @@ fn devices_of_an_auto_registering_ca_are_admitted_and_registered_at_first_connec
     let hub = TestHub::start(&[]);
     verified_root_with_devices(&hub, &[]);
     for id in ["first", "second", "third", "fourth"] {
-        device_files(&hub, id);
+        device_files(&hub, id, "root");
     }
     // Off by default.
     assert_ne!(connect_as(&hub, "first", "first"), 0);

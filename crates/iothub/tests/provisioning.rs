@@ -111,18 +111,7 @@ fn group_with_devices(hub: &TestHub, ids: &[&str]) {
         ],
     ));
     for id in ids {
-        ok(&hub.cli_in(
-            &hub.dir,
-            &[
-                "pki",
-                "device",
-                id,
-                "--ca-cert",
-                "root.pem",
-                "--ca-key",
-                "root.key",
-            ],
-        ));
+        device_files(hub, id, "root");
     }
 }
 

@@ -294,22 +294,24 @@ mod tests {
             .to_vec()
     }
 
-    /// Proves as the hub would check it, signing "externally" with the CA's key the way a
-    /// PKCS#11 module does (raw r||s for ECDSA, converted here).
-    /// The two-step path (to-be-signed bytes out, a signature in) makes a certificate the hub's
-    /// proof check accepts, with DER or raw ECDSA signatures and with RSA.
-    fn proved_in_two_steps(kind: KeyKind, raw_ecdsa: bool) {
-        let now = OffsetDateTime::now_utc();
+    /// A test CA of `kind`, valid around `now`: its DER and its key as PKCS#8.
+    fn test_ca(name: &str, kind: KeyKind, now: OffsetDateTime) -> (Vec<u8>, Vec<u8>) {
         let ca = make_ca(
-            "Kms Root",
+            name,
             kind,
             None,
             now - Duration::hours(1),
             now + Duration::days(3),
         )
         .unwrap();
-        let ca_der = der_of(&ca.cert_pem);
-        let pkcs8 = pkcs8_of(&ca.key_pem);
+        (der_of(&ca.cert_pem), pkcs8_of(&ca.key_pem))
+    }
+
+    /// The two-step path (to-be-signed bytes out, a signature in) makes a certificate the hub's
+    /// proof check accepts, with DER or raw ECDSA signatures and with RSA.
+    fn proved_in_two_steps(kind: KeyKind, raw_ecdsa: bool) {
+        let now = OffsetDateTime::now_utc();
+        let (ca_der, pkcs8) = test_ca("Kms Root", kind, now);
         let code = "0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF";
         let tbs = verification_tbs(code, &ca_der, now, Duration::hours(1)).unwrap();
         let rng = aws_lc_rs::rand::SystemRandom::new();
@@ -387,15 +389,8 @@ mod tests {
             assert!(certificate_from_tbs(tbs, &[1, 2]).is_err(), "{tbs:?}");
         }
         let now = OffsetDateTime::now_utc();
-        let ca = make_ca(
-            "Kms Root",
-            KeyKind::EcP256,
-            None,
-            now - Duration::hours(1),
-            now + Duration::days(3),
-        )
-        .unwrap();
-        let tbs = verification_tbs("ABC", &der_of(&ca.cert_pem), now, Duration::hours(1)).unwrap();
+        let (ca_der, _) = test_ca("Kms Root", KeyKind::EcP256, now);
+        let tbs = verification_tbs("ABC", &ca_der, now, Duration::hours(1)).unwrap();
         let err = certificate_from_tbs(&tbs, &[7u8; 10])
             .unwrap_err()
             .to_string();
@@ -403,18 +398,11 @@ mod tests {
         assert!(certificate_from_tbs(&tbs, &[]).is_err());
     }
 
+    /// Proves as the hub would check it, signing "externally" with the CA's key the way a
+    /// PKCS#11 module does (raw r||s for ECDSA, converted here).
     fn proved(kind: KeyKind) {
         let now = OffsetDateTime::now_utc();
-        let ca = make_ca(
-            "Ext Root",
-            kind,
-            None,
-            now - Duration::hours(1),
-            now + Duration::days(3),
-        )
-        .unwrap();
-        let ca_der = der_of(&ca.cert_pem);
-        let pkcs8 = pkcs8_of(&ca.key_pem);
+        let (ca_der, pkcs8) = test_ca("Ext Root", kind, now);
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let sign = |msg: &[u8]| -> Result<Vec<u8>, String> {
             match external_key_kind(&ca_der).unwrap() {

@@ -146,6 +146,24 @@ fn print_enrollment(v: &Value) {
     println!("etag: {}", text(&v["etag"]));
 }
 
+/// Creates an enrollment at `path` with this x509 attestation, initial twin file and status.
+fn put_new(
+    api: &ApiClient,
+    path: &str,
+    x509: Value,
+    initial_twin: Option<&PathBuf>,
+    disabled: bool,
+) -> Result<Value> {
+    let mut body = json!({
+        "attestation": { "type": "x509", "x509": x509 },
+        "provisioningStatus": status(disabled),
+    });
+    if let Some(twin) = read_twin(initial_twin)? {
+        body["initialTwin"] = twin;
+    }
+    api.call(Method::PUT, path, None, Some(&body))
+}
+
 /// Sets an enrollment's provisioningStatus: read it, then replace it under its etag.
 fn set_status(api: &ApiClient, path: &str, enabled: bool) -> Result<Value> {
     let mut v = api.call(Method::GET, path, None, None)?;
@@ -194,14 +212,8 @@ fn group(api: &ApiClient, output: Output, cmd: GroupCommand) -> Result<()> {
             initial_twin,
             disabled,
         } => {
-            let mut body = json!({
-                "attestation": { "type": "x509", "x509": { "caReferences": { "primary": ca } } },
-                "provisioningStatus": status(disabled),
-            });
-            if let Some(twin) = read_twin(initial_twin.as_ref())? {
-                body["initialTwin"] = twin;
-            }
-            let v = api.call(Method::PUT, &path(&name), None, Some(&body))?;
+            let x509 = json!({ "caReferences": { "primary": ca } });
+            let v = put_new(api, &path(&name), x509, initial_twin.as_ref(), disabled)?;
             output.answer(&v, || print_enrollment(&v))
         }
         GroupCommand::List => {
@@ -258,15 +270,15 @@ fn individual(api: &ApiClient, output: Output, cmd: IndividualCommand) -> Result
                     base64::engine::general_purpose::STANDARD.encode(&bytes)
                 }
             };
-            let mut body = json!({
-                "attestation": { "type": "x509", "x509": { "clientCertificates": {
-                    "primary": { "certificate": certificate } } } },
-                "provisioningStatus": status(disabled),
-            });
-            if let Some(twin) = read_twin(initial_twin.as_ref())? {
-                body["initialTwin"] = twin;
-            }
-            let v = api.call(Method::PUT, &path(&registration_id), None, Some(&body))?;
+            let x509 =
+                json!({ "clientCertificates": { "primary": { "certificate": certificate } } });
+            let v = put_new(
+                api,
+                &path(&registration_id),
+                x509,
+                initial_twin.as_ref(),
+                disabled,
+            )?;
             output.answer(&v, || print_enrollment(&v))
         }
         IndividualCommand::List => {

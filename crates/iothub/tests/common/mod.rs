@@ -688,13 +688,18 @@ pub fn verified_root_with_devices(hub: &TestHub, ids: &[&str]) {
 }
 
 /// Makes `{id}.pem`/`{id}.key` signed by the CA files `{ca}.pem`/`{ca}.key` in the hub's
-/// directory and registers the device (certificateAuthority authentication).
-pub fn add_ca_device(hub: &TestHub, id: &str, ca: &str) {
+/// directory (the device is not registered).
+pub fn device_files(hub: &TestHub, id: &str, ca: &str) {
     let (cert, key) = (format!("{ca}.pem"), format!("{ca}.key"));
     ok(&hub.cli_in(
         &hub.dir,
         &["pki", "device", id, "--ca-cert", &cert, "--ca-key", &key],
     ));
+}
+
+/// [`device_files`], and the device registered (certificateAuthority authentication).
+pub fn add_ca_device(hub: &TestHub, id: &str, ca: &str) {
+    device_files(hub, id, ca);
     ok(&hub.cli(&["device", "add", id]));
 }
 
