@@ -39,6 +39,7 @@ mod device_cache;
 pub mod devices;
 pub mod enrollments;
 pub mod error;
+pub mod eventhub;
 pub mod methods;
 pub mod metrics;
 pub mod overview;
@@ -62,6 +63,7 @@ pub use certificates::{CaView, PutCertificate};
 pub use clock::{Clock, SystemClock};
 pub use devices::{DeviceAuth, DeviceView, PutDevice};
 pub use error::{ErrorCode, HubError};
+pub use eventhub::{EventHubInfo, PartitionInfo, StartPosition};
 /// A policy with its keys, as `Hub::policy_keys` hands it out: plain data (name, two keys,
 /// rights), re-exported so that adapters take it from the service layer, not the store.
 pub use iothub_store::PolicyRecord;

@@ -177,7 +177,7 @@ pub struct MessageView {
 }
 
 impl MessageView {
-    fn of(stored: StoredMessage) -> MessageView {
+    pub(crate) fn of(stored: StoredMessage) -> MessageView {
         let m = stored.message;
         MessageView {
             offset: stored.offset,

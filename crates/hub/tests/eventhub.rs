@@ -1,0 +1,150 @@
+//! The telemetry log as an Event Hubs reader sees it: partitions by id, their state, and every
+//! start position a reader may ask for, over a log written through the telemetry writer.
+
+mod common;
+
+use common::*;
+use iothub_hub::telemetry::partition_of;
+use iothub_hub::{HubConfig, HubError, StartPosition};
+use iothub_pki::sas::build_token;
+use iothub_store::NewMessage;
+
+fn publish(env: &Env, device: &str, body: &str) -> i64 {
+    let rx = env.hub.store_telemetry(NewMessage {
+        partition: 0,
+        device_id: device.into(),
+        module_id: None,
+        enqueued: env.now(),
+        system_properties: "{}".into(),
+        properties: "{}".into(),
+        body: body.as_bytes().to_vec(),
+    });
+    rx.blocking_recv().expect("writer").expect("stored")
+}
+
+/// Two devices in the same partition of 2, written at three instants 10 s apart.
+fn log() -> (Env, u32, &'static str, &'static str) {
+    let env = Env::with(HubConfig {
+        partitions: 2,
+        ..HubConfig::default()
+    });
+    let (a, b) = ("sensor-1", "pump");
+    let p = partition_of(a, 2);
+    assert_eq!(partition_of(b, 2), p, "both devices share a partition");
+    publish(&env, a, "a1");
+    env.clock.advance(10);
+    publish(&env, b, "b1");
+    publish(&env, a, "a2");
+    env.clock.advance(10);
+    publish(&env, a, "a3");
+    (env, p, a, b)
+}
+
+fn bodies(env: &Env, p: u32, from: i64) -> Vec<String> {
+    env.hub
+        .read_partition(&sys(), p, from, 100)
+        .unwrap()
+        .into_iter()
+        .map(|m| String::from_utf8(m.body).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_event_hub_has_the_hubs_name_and_one_id_per_partition_and_keeps_its_creation_time() {
+    let (env, _, _, _) = log();
+    let info = env.hub.eventhub_info(&sys()).unwrap();
+    assert_eq!(info.name, "iothub");
+    assert_eq!(info.partition_ids, ["0", "1"]);
+    env.clock.advance(100);
+    assert_eq!(
+        env.hub.eventhub_info(&sys()).unwrap().created_ms,
+        info.created_ms
+    );
+    assert!(info.created_ms > 0);
+}
+
+#[test]
+fn partition_ids_are_checked_with_a_precise_error() {
+    let (env, _, _, _) = log();
+    assert_eq!(env.hub.partition_by_id("1").unwrap(), 1);
+    for bad in ["2", "-1", "01", "+1", "", "x", "4294967296"] {
+        let err = env.hub.partition_by_id(bad).unwrap_err();
+        assert!(
+            matches!(&err, HubError::InvalidArgument(m) if m.contains("partitions are 0 to 1")),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_partition_reports_its_first_and_last_event() {
+    let (env, p, _, _) = log();
+    let info = env.hub.partition_info(&sys(), p).unwrap();
+    assert_eq!((info.begin_sequence, info.last_sequence), (1, 4));
+    assert_eq!(info.last_enqueued_ms, env.now() * 1000);
+    assert!(!info.is_empty);
+    let other = env.hub.partition_info(&sys(), 1 - p).unwrap();
+    assert!(other.is_empty);
+    assert_eq!((other.begin_sequence, other.last_sequence), (1, 0));
+    assert_eq!(bodies(&env, p, 1), ["a1", "b1", "a2", "a3"]);
+}
+
+#[test]
+fn every_start_position_names_the_sequence_number_read_first() {
+    let (env, p, _, _) = log();
+    let start = |pos| env.hub.partition_start(&sys(), p, pos).unwrap();
+    let t0 = (env.now() - 20) * 1000;
+    assert_eq!(start(StartPosition::Earliest), 1);
+    assert_eq!(start(StartPosition::Latest), 5);
+    for (sequence, inclusive, first) in [(2, false, 3), (2, true, 2), (0, false, 1), (9, true, 5)] {
+        assert_eq!(
+            start(StartPosition::Sequence {
+                sequence,
+                inclusive
+            }),
+            first,
+            "{sequence} {inclusive}"
+        );
+    }
+    for (unix_ms, inclusive, first) in [
+        (t0 - 1, false, 1),
+        (t0, true, 1),
+        (t0, false, 2),
+        (t0 + 10_000, true, 2),
+        (t0 + 10_000, false, 4),
+        (t0 + 15_000, false, 4),
+        (t0 + 20_000, false, 5),
+    ] {
+        assert_eq!(
+            start(StartPosition::EnqueuedAt { unix_ms, inclusive }),
+            first,
+            "{unix_ms} {inclusive}"
+        );
+    }
+    assert_eq!(bodies(&env, p, 4), ["a3"]);
+}
+
+#[test]
+fn a_policy_without_service_connect_reads_nothing() {
+    let (env, p, _, _) = log();
+    let key = env
+        .hub
+        .policy_keys(&sys(), "registryRead")
+        .unwrap()
+        .primary_key;
+    let token = build_token("localhost", &key, Some("registryRead"), env.now() + 60).unwrap();
+    let reader = env.hub.authenticate(Some(&token)).unwrap();
+    for refused in [
+        env.hub.eventhub_info(&reader).map(|_| ()),
+        env.hub.partition_info(&reader, p).map(|_| ()),
+        env.hub.read_partition(&reader, p, 1, 10).map(|_| ()),
+        env.hub
+            .partition_start(&reader, p, StartPosition::Earliest)
+            .map(|_| ()),
+    ] {
+        assert!(
+            matches!(refused, Err(HubError::Forbidden { ref right, .. }) if *right == "ServiceConnect"),
+            "{refused:?}"
+        );
+    }
+}
