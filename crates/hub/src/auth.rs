@@ -196,6 +196,17 @@ impl Hub {
         })
     }
 
+    /// [`Hub::authenticate`] for a token handed over a connection that outlives it (AMQP's
+    /// put-token): the principal and the token's expiry (Unix seconds), after which the
+    /// connection must present a new token.
+    pub fn authenticate_token(&self, token: &str) -> Result<(Principal, i64), HubError> {
+        let principal = self.authenticate(Some(token))?;
+        let expiry = SasToken::parse(token)
+            .map_err(|_| HubError::Unauthorized(TOKEN_REFUSED.into()))?
+            .expiry;
+        Ok((principal, expiry))
+    }
+
     /// The precise reason a token is refused, for the log; callers get [`TOKEN_REFUSED`].
     fn check_token(&self, header: &str) -> Result<Principal, String> {
         let token = SasToken::parse(header).map_err(|e| e.to_string())?;
@@ -236,7 +247,7 @@ impl Hub {
             .to_string());
         }
         let resource = token.resource();
-        if !self.is_hub_host(&resource) {
+        if !self.is_hub_resource(&resource) {
             return Err(iothub_pki::sas::SasError::WrongResource {
                 found: resource,
                 expected: self.config().host_names.join(", "),
@@ -271,6 +282,17 @@ impl Hub {
                 })
             })
             .flatten()
+    }
+
+    /// Whether a policy token's `resource` names this hub: [`Hub::is_hub_host`], with a scheme
+    /// and a path allowed around the host (`sb://host/iothub` is the audience of an Event Hubs
+    /// reader's token; AMQP clients may sign `amqps://host/...`): the policy's rights, not the
+    /// path, decide what the token may do.
+    fn is_hub_resource(&self, resource: &str) -> bool {
+        let without_scheme = resource
+            .split_once("://")
+            .map_or(resource, |(_, rest)| rest);
+        self.is_hub_host(without_scheme.split('/').next().unwrap_or_default())
     }
 
     /// Whether `resource` names this hub: one of its host names, with or without a port,

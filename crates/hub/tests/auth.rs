@@ -278,3 +278,43 @@ fn owner_token_reads_keys_and_unknown_policy_is_404051() {
     assert!(env.hub.ensure_default_policies().unwrap().is_none());
     assert_eq!(env.hub.policy_keys(&owner, "service").unwrap(), keys);
 }
+
+/// An AMQP client's token may name the hub with a scheme and a path (an Event Hubs reader signs
+/// `sb://host/entity`); the host must still be the hub's, and the expiry comes back with the
+/// principal so that a long-lived connection can hold it to it.
+#[test]
+fn a_policy_token_may_name_the_hub_with_a_scheme_and_a_path() {
+    let env = Env::new();
+    let expiry = env.now() + HOUR;
+    for resource in [
+        "sb://localhost/iothub",
+        "amqps://localhost:5671/messages/devicebound",
+        "https://localhost",
+        "localhost:8443",
+    ] {
+        let t = token(&env, "service", resource, expiry);
+        let (p, until) = env
+            .hub
+            .authenticate_token(&t)
+            .unwrap_or_else(|e| panic!("{resource}: {e}"));
+        assert_eq!(
+            (p.policy.as_str(), until),
+            ("service", expiry),
+            "{resource}"
+        );
+    }
+    for resource in [
+        "sb://elsewhere/iothub",
+        "sb://localhostx/",
+        "elsewhere/localhost",
+    ] {
+        let t = token(&env, "service", resource, expiry);
+        assert!(
+            matches!(
+                env.hub.authenticate_token(&t),
+                Err(HubError::Unauthorized(_))
+            ),
+            "{resource}"
+        );
+    }
+}

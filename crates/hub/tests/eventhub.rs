@@ -143,7 +143,7 @@ fn a_policy_without_service_connect_reads_nothing() {
             .map(|_| ()),
     ] {
         assert!(
-            matches!(refused, Err(HubError::Forbidden { ref right, .. }) if *right == "ServiceConnect"),
+            matches!(refused, Err(HubError::Forbidden { right, .. }) if right == "ServiceConnect"),
             "{refused:?}"
         );
     }

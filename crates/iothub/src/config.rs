@@ -146,6 +146,28 @@ pub struct ServeArgs {
     /// id hashes to. Fixed when the hub is created; later starts may only repeat it [default: 4].
     #[arg(long, env = "IOTHUB_PARTITIONS")]
     pub partitions: Option<u32>,
+    /// AMQP 1.0 over TLS address (the service SDK's cloud-to-device sends, Event Hubs readers),
+    /// or `off` [default: the HTTPS address's host, port 5671].
+    #[arg(long, env = "IOTHUB_AMQP", value_name = "ADDR:PORT|off")]
+    pub amqp: Option<String>,
+    /// AMQP connections served at once [default: 1000].
+    #[arg(long, env = "IOTHUB_AMQP_MAX_CONNECTIONS")]
+    pub amqp_max_connections: Option<usize>,
+    /// Sessions one AMQP connection may begin, 1 to 256 [default: 8].
+    #[arg(long, env = "IOTHUB_AMQP_MAX_SESSIONS")]
+    pub amqp_max_sessions: Option<u16>,
+    /// Links one AMQP connection may attach, 1 to 10000 [default: 64].
+    #[arg(long, env = "IOTHUB_AMQP_MAX_LINKS")]
+    pub amqp_max_links: Option<usize>,
+    /// Largest AMQP frame, 512 to 1048576 bytes [default: 65536].
+    #[arg(long, env = "IOTHUB_AMQP_MAX_FRAME_BYTES")]
+    pub amqp_max_frame_bytes: Option<u32>,
+    /// Messages an AMQP client may send before the hub settles them, 1 to 10000 [default: 100].
+    #[arg(long, env = "IOTHUB_AMQP_CREDIT")]
+    pub amqp_credit: Option<u32>,
+    /// How long an AMQP connection may stay without a valid token [default: 30s].
+    #[arg(long, env = "IOTHUB_AMQP_AUTH_TIMEOUT", value_name = "DURATION")]
+    pub amqp_auth_timeout: Option<String>,
 }
 
 /// The TOML file: the same settings, all optional; unknown keys are an error.
@@ -189,6 +211,13 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     partitions: Option<u32>,
+    amqp: Option<String>,
+    amqp_max_connections: Option<usize>,
+    amqp_max_sessions: Option<u16>,
+    amqp_max_links: Option<usize>,
+    amqp_max_frame_bytes: Option<u32>,
+    amqp_credit: Option<u32>,
+    amqp_auth_timeout: Option<String>,
 }
 
 /// Where the hub keeps its state.
@@ -338,6 +367,94 @@ pub struct ServeConfig {
     pub tls_files: Option<(PathBuf, PathBuf)>,
     /// `--partitions` as given (None: the hub's own, or 4 for a new hub).
     pub partitions: Option<u32>,
+    /// Where AMQP listens; `None`: off.
+    pub amqp: Option<SocketAddr>,
+    pub amqp_limits: iothub_amqp::AmqpLimits,
+}
+
+/// The AMQP port when only the HTTPS address is configured: AMQP over TLS's well-known port, on
+/// the HTTPS host, so that several nodes on one machine (each on its own address) do not collide.
+pub const DEFAULT_AMQP_PORT: u16 = 5671;
+
+/// `--amqp`: `off`, or an address; absent, the HTTPS listener's host with port 5671 (with any
+/// free port when HTTPS asks for one, port 0: several such hubs share one address).
+fn amqp_addr(text: Option<&str>, https: SocketAddr) -> Result<Option<SocketAddr>> {
+    match text.map(str::trim) {
+        None if https.port() == 0 => Ok(Some(https)),
+        None => Ok(Some(SocketAddr::new(https.ip(), DEFAULT_AMQP_PORT))),
+        Some(t) if t.eq_ignore_ascii_case("off") => Ok(None),
+        Some(t) => t.parse().map(Some).map_err(|_| {
+            anyhow::anyhow!("--amqp is '{t}'; expected ADDR:PORT (e.g. 0.0.0.0:5671) or off")
+        }),
+    }
+}
+
+/// The AMQP endpoint's limits, each checked against its range.
+fn amqp_limits(
+    args: &ServeArgs,
+    file: &FileConfig,
+    handshake_secs: i64,
+) -> Result<iothub_amqp::AmqpLimits> {
+    let defaults = iothub_amqp::AmqpLimits::default();
+    let limits = iothub_amqp::AmqpLimits {
+        max_connections: pick(
+            args.amqp_max_connections,
+            file.amqp_max_connections,
+            defaults.max_connections,
+        ),
+        max_sessions: pick(
+            args.amqp_max_sessions,
+            file.amqp_max_sessions,
+            defaults.max_sessions,
+        ),
+        max_links: pick(args.amqp_max_links, file.amqp_max_links, defaults.max_links),
+        max_frame_bytes: pick(
+            args.amqp_max_frame_bytes,
+            file.amqp_max_frame_bytes,
+            defaults.max_frame_bytes,
+        ),
+        receive_credit: pick(args.amqp_credit, file.amqp_credit, defaults.receive_credit),
+        auth_timeout: std::time::Duration::from_secs(text_duration(
+            args.amqp_auth_timeout.as_ref(),
+            file.amqp_auth_timeout.as_ref(),
+            3600,
+            defaults.auth_timeout.as_secs() as i64,
+            "--amqp-auth-timeout",
+        )? as u64),
+        handshake_timeout: std::time::Duration::from_secs(handshake_secs as u64),
+        ..defaults
+    };
+    if !(1..=MAX_CONNECTIONS_LIMIT).contains(&limits.max_connections) {
+        bail!(
+            "--amqp-max-connections is {}; expected 1 to {MAX_CONNECTIONS_LIMIT}",
+            limits.max_connections
+        );
+    }
+    if !(1..=256).contains(&limits.max_sessions) {
+        bail!(
+            "--amqp-max-sessions is {}; expected 1 to 256",
+            limits.max_sessions
+        );
+    }
+    if !(1..=10_000).contains(&limits.max_links) {
+        bail!(
+            "--amqp-max-links is {}; expected 1 to 10000",
+            limits.max_links
+        );
+    }
+    if !(512..=1024 * 1024).contains(&limits.max_frame_bytes) {
+        bail!(
+            "--amqp-max-frame-bytes is {}; expected 512 to 1048576",
+            limits.max_frame_bytes
+        );
+    }
+    if !(1..=10_000).contains(&limits.receive_credit) {
+        bail!(
+            "--amqp-credit is {}; expected 1 to 10000",
+            limits.receive_credit
+        );
+    }
+    Ok(limits)
 }
 
 /// How log lines are written on stderr.
@@ -577,6 +694,8 @@ impl ServeConfig {
         let metrics = metrics_addr(args.metrics.as_deref().or(file.metrics.as_deref()), https)?;
         let log_format = log_format(args.log_format.as_deref().or(file.log_format.as_deref()))?;
         let (store, node_id, tls_files) = placement(args, &file)?;
+        let amqp = amqp_addr(args.amqp.as_deref().or(file.amqp.as_deref()), https)?;
+        let amqp_limits = amqp_limits(args, &file, handshake_timeout_secs)?;
         let config = ServeConfig {
             // Listeners and the hub's identity.
             data: pick(
@@ -654,6 +773,9 @@ impl ServeConfig {
             node_id,
             tls_files,
             partitions: args.partitions.or(file.partitions),
+            // AMQP.
+            amqp,
+            amqp_limits,
         };
         config.check()?;
         Ok(config)

@@ -200,6 +200,17 @@ fn api_tls(identity: &ServerIdentity) -> Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(config))
 }
 
+/// The AMQP endpoint's rustls configuration: the server certificate only (AMQP clients prove
+/// who they are with a token), no ALPN (Azure's AMQP clients send none).
+fn amqp_tls(identity: &ServerIdentity) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+    Ok(Arc::new(config))
+}
+
 /// The host part a client should use for `addr` when no host name is configured.
 fn connect_host(config: &ServeConfig) -> String {
     config
@@ -231,6 +242,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         hub.start_following(FOLLOW_EVERY)?;
     }
     let tls = api_tls(&identity)?;
+    let amqp_tls = amqp_tls(&identity)?;
     let device_tls =
         iothub_gateway::server_config(identity.chain.clone(), identity.key.clone_key())?;
     let listeners = Listeners::bind(&config).await?;
@@ -262,6 +274,15 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         gateway_limits(&config),
         stopped(stop_rx.clone()),
     ));
+    let amqp = listeners.amqp.map(|listener| {
+        tokio::spawn(iothub_amqp::serve(
+            listener,
+            amqp_tls.clone(),
+            hub.clone(),
+            config.amqp_limits.clone(),
+            stopped(stop_rx.clone()),
+        ))
+    });
     let pruner = spawn_pruner(hub.clone());
     let flush_hub = hub.clone();
     let router = iothub_api::router(
@@ -295,6 +316,9 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     pruner.abort();
     let _ = api.await;
     let _ = gateway.await;
+    if let Some(amqp) = amqp {
+        let _ = amqp.await;
+    }
     if let Some(watcher) = watcher {
         let _ = watcher.await;
     }
@@ -420,6 +444,8 @@ struct Listeners {
     https_addr: SocketAddr,
     mqtt: tokio::net::TcpListener,
     mqtt_addr: SocketAddr,
+    /// None: `--amqp off`.
+    amqp: Option<tokio::net::TcpListener>,
 }
 
 impl Listeners {
@@ -432,11 +458,18 @@ impl Listeners {
             .await
             .with_context(|| format!("cannot listen on {} (--mqtt)", config.mqtt))?;
         let mqtt_addr = mqtt.local_addr()?;
+        let amqp = match config.amqp {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} (--amqp; 'off' turns it off)")
+            })?),
+            None => None,
+        };
         Ok(Listeners {
             https,
             https_addr,
             mqtt,
             mqtt_addr,
+            amqp,
         })
     }
 }
@@ -496,6 +529,9 @@ fn announce(
         status!("portal: {portal_url} (sign in with a link from 'iothub portal-link')");
     }
     status!("mqtt listening on {mqtt_addr}");
+    if let Some(amqp) = &listeners.amqp {
+        status!("amqp listening on {}", amqp.local_addr()?);
+    }
     status!("https listening on {https_addr}");
     tracing::info!(%https_addr, %mqtt_addr, hub = %config.name, "iothub serving");
     Ok(portal)

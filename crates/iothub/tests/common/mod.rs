@@ -38,6 +38,8 @@ pub struct TestHub {
     pub port: u16,
     /// The MQTT (device) port.
     pub mqtt_port: u16,
+    /// The AMQP port (None with `--amqp off`).
+    pub amqp_port: Option<u16>,
     /// The plain-HTTP metrics port, when started with `--metrics` (off otherwise: a fixed port
     /// would collide between tests running in parallel).
     pub metrics_port: Option<u16>,
@@ -143,6 +145,7 @@ impl TestHub {
         });
         let mut lines = Vec::new();
         let mut mqtt_port = 0;
+        let mut amqp_port = None;
         let mut metrics_port = None;
         let port = loop {
             match rx.recv_timeout(Duration::from_secs(60)) {
@@ -153,6 +156,13 @@ impl TestHub {
                         .and_then(|p| p.parse::<u16>().ok())
                     {
                         mqtt_port = p;
+                    }
+                    if let Some(p) = line
+                        .strip_prefix("amqp listening on ")
+                        .and_then(|a| a.rsplit(':').next())
+                        .and_then(|p| p.parse::<u16>().ok())
+                    {
+                        amqp_port = Some(p);
                     }
                     if let Some(p) = line
                         .strip_prefix("metrics listening on ")
@@ -182,6 +192,7 @@ impl TestHub {
             _tmp: None,
             port,
             mqtt_port,
+            amqp_port,
             metrics_port,
             first_stdout: lines,
             log: log.map(|(path, _)| path.to_path_buf()),
