@@ -18,7 +18,8 @@ use fe2o3_amqp::types::definitions::{
 };
 use fe2o3_amqp::types::messaging::{Body, Message, TargetArchetype};
 use fe2o3_amqp::types::performatives::Attach;
-use fe2o3_amqp::types::primitives::Value;
+use fe2o3_amqp::types::definitions::Fields;
+use fe2o3_amqp::types::primitives::{Symbol, Value};
 use iothub_hub::{Hub, HubError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
@@ -80,6 +81,17 @@ pub(crate) fn hub_error(e: &HubError) -> AmqpErrorValue {
     amqp_error(condition, format!("{} {}: {e}", code.number, code.name))
 }
 
+/// The properties the hub puts on its open, begin and attach: the product and this node.
+fn identity(hub: &Hub) -> Fields {
+    let mut fields = Fields::new();
+    fields.insert(Symbol::from("product"), Value::String("iothub".into()));
+    fields.insert(
+        Symbol::from("com.microsoft:tracking-id"),
+        Value::String(hub.config().node_id.clone()),
+    );
+    fields
+}
+
 /// Serves one connection after its TLS handshake until it closes or the hub stops.
 pub(crate) async fn run<Io>(
     stream: Io,
@@ -91,7 +103,11 @@ pub(crate) async fn run<Io>(
     Io: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
 {
     let auth = Arc::new(ConnectionAuth::default());
+    // Open, begin and attach carry properties: their lists are then written out in full, which
+    // the pure-Python AMQP stack of the Event Hubs client needs (it indexes every field of
+    // those performatives, where AMQP lets a sender leave trailing empty fields out).
     let acceptor = ConnectionAcceptor::builder()
+        .properties(identity(&hub))
         .container_id(format!("iothub-{}", hub.config().node_id))
         .max_frame_size(limits.max_frame_bytes)
         .channel_max(limits.max_sessions.saturating_sub(1))
@@ -122,7 +138,12 @@ pub(crate) async fn run<Io>(
         sessions: AtomicUsize::new(0),
         replies: Mutex::new(HashMap::new()),
     });
-    let session_acceptor = SessionAcceptor::new();
+    // handle-max written out: the Python stack reads it with no default.
+    let handle_max = u32::try_from(limits.max_links.saturating_sub(1)).unwrap_or(u32::MAX);
+    let session_acceptor = SessionAcceptor::builder()
+        .handle_max(handle_max)
+        .properties(identity(&ctx.hub))
+        .build();
     let token_deadline = tokio::time::sleep(limits.auth_timeout);
     tokio::pin!(token_deadline);
     loop {
@@ -222,6 +243,7 @@ async fn run_session(mut session: ListenerSessionHandle, ctx: &Arc<Context>) {
         .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
         .fallback_receiver_settle_mode(ReceiverSettleMode::First)
         .initial_delivery_count(0)
+        .properties(identity(&ctx.hub))
         .max_message_size(ctx.limits.max_message_bytes)
         .build();
     while let Some(attach) = session.next_incoming_attach().await {

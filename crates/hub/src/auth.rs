@@ -223,12 +223,18 @@ impl Hub {
             })?;
         // A key that is not base64 (never written by the hub) matches nothing, rather than
         // standing for an empty HMAC key.
+        // Event Hubs clients sign with the key's text itself, not its decoded bytes
+        // (docs/azure-wire.md#amqp); their tokens name an `sb://` audience, and only those are
+        // also tried that way. Both forms are computed, so timing does not tell which matched.
+        let event_hubs_style = token.resource().starts_with("sb://");
         let signed_with = |k: &str| {
-            base64::engine::general_purpose::STANDARD
+            let decoded = base64::engine::general_purpose::STANDARD
                 .decode(k)
                 .ok()
                 .filter(|k| !k.is_empty())
-                .is_some_and(|k| token.signed_with(&k))
+                .is_some_and(|k| token.signed_with(&k));
+            let as_text = !k.is_empty() && token.signed_with(k.as_bytes());
+            decoded | (event_hubs_style & as_text)
         };
         // Both keys are always tried (no early exit), so timing does not tell which one matched.
         let primary = signed_with(&policy.primary_key);
