@@ -13,12 +13,12 @@ use fe2o3_amqp::acceptor::{
     ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerSessionHandle, SessionAcceptor,
     SupportedReceiverSettleModes,
 };
+use fe2o3_amqp::types::definitions::Fields;
 use fe2o3_amqp::types::definitions::{
     AmqpError, Error as AmqpErrorValue, ErrorCondition, ReceiverSettleMode,
 };
 use fe2o3_amqp::types::messaging::{Body, Message, TargetArchetype};
 use fe2o3_amqp::types::performatives::Attach;
-use fe2o3_amqp::types::definitions::Fields;
 use fe2o3_amqp::types::primitives::{Symbol, Value};
 use iothub_hub::{Hub, HubError};
 use tokio::io::{AsyncRead, AsyncWrite};

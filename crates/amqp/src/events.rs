@@ -96,12 +96,7 @@ fn open(
             iothub_hub::peer_text::escaped(&address.entity)
         )));
     }
-    if address.consumer_group != "$Default" {
-        return Err(HubError::InvalidArgument(format!(
-            "no consumer group named '{}'",
-            iothub_hub::peer_text::escaped(&address.consumer_group)
-        )));
-    }
+    ctx.hub.check_consumer_group(&address.consumer_group)?;
     let partition = ctx.hub.partition_by_id(&address.partition)?;
     let position = match selector {
         None => StartPosition::Latest,

@@ -31,6 +31,7 @@ pub mod certificates;
 pub mod devices;
 pub mod enrollments;
 pub mod error;
+pub mod eventhub;
 pub mod limiter;
 pub mod overview;
 pub mod policies;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use iothub_hub::error as codes;
 use iothub_hub::Hub;
@@ -23,7 +23,7 @@ use crate::limiter::{limit_auth_failures, AuthFailureLimiter};
 use crate::portal::PortalState;
 use crate::state::{authenticate, ApiLimits, AppState};
 use crate::{
-    audit, azure, certificates, devices, enrollments, overview, policies, portal_routes,
+    audit, azure, certificates, devices, enrollments, eventhub, overview, policies, portal_routes,
     revocations,
 };
 
@@ -60,6 +60,12 @@ fn registry_routes() -> Router<AppState> {
         .route(
             "/certificates/{name}/autoRegistration",
             get(revocations::get_auto_registration).put(revocations::put_auto_registration),
+        )
+        .route("/eventHub", get(eventhub::event_hub))
+        .route("/eventHub/consumerGroups", get(eventhub::list_groups))
+        .route(
+            "/eventHub/consumerGroups/{name}",
+            put(eventhub::put_group).delete(eventhub::delete_group),
         )
         .route("/provisioning", get(enrollments::provisioning))
         .route("/enrollmentGroups", get(enrollments::list_groups))

@@ -72,6 +72,7 @@ error_codes! {
     CRL_NOT_CURRENT = (400081, "CrlNotCurrent"),
     ENROLLMENT_CA_NOT_VERIFIED = (400082, "EnrollmentCaNotVerified"),
     PROVISIONING_REQUEST_INVALID = (400083, "ProvisioningRequestInvalid"),
+    CONSUMER_GROUP_INVALID = (400084, "ConsumerGroupInvalid"),
     CRL_NOT_NEWER = (409052, "CrlNotNewer"),
     IOT_HUB_UNAUTHORIZED_ACCESS = (401002, "IotHubUnauthorizedAccess"),
     PROVISIONING_UNAUTHORIZED = (401003, "ProvisioningUnauthorized"),
@@ -84,6 +85,7 @@ error_codes! {
     OWNER_POLICY_PROTECTED = (403053, "OwnerPolicyProtected"),
     ENROLLMENT_DISABLED = (403054, "EnrollmentDisabled"),
     ENROLLMENT_LIMIT_REACHED = (403055, "EnrollmentLimitReached"),
+    CONSUMER_GROUP_LIMIT_REACHED = (403056, "ConsumerGroupLimitReached"),
     ROUTE_NOT_FOUND = (404000, "RouteNotFound"),
     DEVICE_NOT_FOUND = (404001, "DeviceNotFound"),
     DEVICE_NOT_ONLINE = (404103, "DeviceNotOnline"),
@@ -91,12 +93,14 @@ error_codes! {
     POLICY_NOT_FOUND = (404051, "PolicyNotFound"),
     ENROLLMENT_NOT_FOUND = (404052, "EnrollmentNotFound"),
     REGISTRATION_NOT_FOUND = (404053, "RegistrationNotFound"),
+    CONSUMER_GROUP_NOT_FOUND = (404054, "ConsumerGroupNotFound"),
     METHOD_NOT_ALLOWED = (405001, "MethodNotAllowed"),
     DEVICE_ALREADY_EXISTS = (409001, "DeviceAlreadyExists"),
     CERTIFICATE_THUMBPRINT_EXISTS = (409050, "CertificateThumbprintExists"),
     CERTIFICATE_ALREADY_REVOKED = (409051, "CertificateAlreadyRevoked"),
     ENROLLMENT_EXISTS = (409053, "EnrollmentExists"),
     ENROLLMENT_CERTIFICATE_EXISTS = (409054, "EnrollmentCertificateExists"),
+    CONSUMER_GROUP_EXISTS = (409055, "ConsumerGroupExists"),
     PRECONDITION_FAILED = (412001, "PreconditionFailed"),
     CERTIFICATE_EXISTS = (412002, "CertificateExists"),
     REQUEST_TOO_LARGE = (413001, "RequestTooLarge"),
@@ -227,6 +231,14 @@ pub enum HubError {
     ProvisioningRequestInvalid(String),
     #[error("{0}")]
     RegistrationNotFound(String),
+    #[error("{0}")]
+    ConsumerGroupInvalid(String),
+    #[error("consumer group '{0}' does not exist; `iothub consumer-group list` shows them ($Default always exists)")]
+    ConsumerGroupNotFound(String),
+    #[error("consumer group '{0}' already exists")]
+    ConsumerGroupExists(String),
+    #[error("the hub already holds its limit of {0} consumer groups besides $Default (--consumer-group-limit); delete one first")]
+    ConsumerGroupLimitReached(u64),
     #[error("internal error: {0}")]
     Internal(String),
     /// The store could not be reached (`StoreError::Unavailable`): a clear, retryable refusal
@@ -280,6 +292,10 @@ impl HubError {
             HubError::RegistrationRefused(_) => PROVISIONING_UNAUTHORIZED,
             HubError::ProvisioningRequestInvalid(_) => PROVISIONING_REQUEST_INVALID,
             HubError::RegistrationNotFound(_) => REGISTRATION_NOT_FOUND,
+            HubError::ConsumerGroupInvalid(_) => CONSUMER_GROUP_INVALID,
+            HubError::ConsumerGroupNotFound(_) => CONSUMER_GROUP_NOT_FOUND,
+            HubError::ConsumerGroupExists(_) => CONSUMER_GROUP_EXISTS,
+            HubError::ConsumerGroupLimitReached(_) => CONSUMER_GROUP_LIMIT_REACHED,
             HubError::Internal(_) => SERVER_ERROR,
             HubError::StoreUnavailable(_) => SERVICE_UNAVAILABLE,
         }

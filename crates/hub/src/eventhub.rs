@@ -6,7 +6,11 @@
 //! Why here: which partitions exist, what a position means and who may read are rules; the AMQP
 //! adapter only turns its wire's filters into a [`StartPosition`] and events back into frames.
 //! An event's offset is its sequence number within the partition, as text (Event Hubs offsets are
-//! opaque strings to their readers; docs/decisions.md). Owns no in-memory state: reads the store.
+//! opaque strings to their readers; docs/decisions.md). Consumer groups: `$Default` always, the
+//! others kept in the store (at most `HubConfig::consumer_group_limit`), added and deleted with
+//! RegistryWrite, every change audited. Owns no in-memory state: reads the store.
+
+use iothub_store::StoreError;
 
 use crate::auth::{Principal, Right};
 use crate::telemetry::MessageView;
@@ -48,6 +52,37 @@ pub struct PartitionInfo {
     /// When that last event was enqueued, Unix milliseconds (0: none).
     pub last_enqueued_ms: i64,
     pub is_empty: bool,
+}
+
+/// The consumer group every event hub has, which cannot be deleted.
+pub const DEFAULT_CONSUMER_GROUP: &str = "$Default";
+
+/// A consumer group as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerGroupView {
+    pub name: String,
+    /// Unix seconds; None for `$Default` (as old as the hub).
+    pub created: Option<i64>,
+}
+
+/// Azure's rule for a consumer group's name: 1 to 50 letters, digits, '.', '-' or '_'.
+pub fn validate_consumer_group(name: &str) -> Result<(), HubError> {
+    let ok = (1..=50).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(HubError::ConsumerGroupInvalid(format!(
+            "consumer group name '{}' is not valid; expected 1 to 50 letters, digits, '.', '-' or '_'",
+            crate::peer_text::escaped(name)
+        )))
+    }
+}
+
+fn group_target(name: &str) -> String {
+    format!("consumerGroup/{name}")
 }
 
 /// The setting the event hub's creation time is kept under.
@@ -191,6 +226,97 @@ impl Hub {
             }
         }
         Ok(low)
+    }
+
+    /// The consumer groups, `$Default` first.
+    pub fn consumer_groups(&self, who: &Principal) -> Result<Vec<ConsumerGroupView>, HubError> {
+        self.authorize_read(who, "consumerGroups")?;
+        let mut groups = vec![ConsumerGroupView {
+            name: DEFAULT_CONSUMER_GROUP.into(),
+            created: None,
+        }];
+        groups.extend(
+            self.store()
+                .list_consumer_groups()?
+                .into_iter()
+                .map(|(name, created)| ConsumerGroupView {
+                    name,
+                    created: Some(created),
+                }),
+        );
+        Ok(groups)
+    }
+
+    /// Whether a reader's consumer group exists (`$Default`, any case, always does).
+    pub fn check_consumer_group(&self, name: &str) -> Result<(), HubError> {
+        if name.eq_ignore_ascii_case(DEFAULT_CONSUMER_GROUP)
+            || self
+                .store()
+                .list_consumer_groups()?
+                .iter()
+                .any(|(n, _)| n == name)
+        {
+            return Ok(());
+        }
+        Err(HubError::ConsumerGroupNotFound(
+            crate::peer_text::escaped(name).into_owned(),
+        ))
+    }
+
+    /// Adds a consumer group (RegistryWrite).
+    pub fn add_consumer_group(
+        &self,
+        who: &Principal,
+        name: &str,
+    ) -> Result<ConsumerGroupView, HubError> {
+        const ACTION: &str = "consumerGroup.add";
+        let run = || -> Result<ConsumerGroupView, HubError> {
+            who.require(Right::RegistryWrite, "add consumer groups")?;
+            if name.eq_ignore_ascii_case(DEFAULT_CONSUMER_GROUP) {
+                return Err(HubError::ConsumerGroupExists(name.to_string()));
+            }
+            validate_consumer_group(name)?;
+            let created = self.now();
+            let audit = self.audit_entry(who, ACTION, &group_target(name), &Ok("added".into()));
+            let limit = self.config().consumer_group_limit;
+            self.store()
+                .insert_consumer_group(name, created, limit, &audit)
+                .map_err(|e| match e {
+                    StoreError::AlreadyExists => HubError::ConsumerGroupExists(name.to_string()),
+                    StoreError::LimitReached { limit } => {
+                        HubError::ConsumerGroupLimitReached(limit)
+                    }
+                    other => other.into(),
+                })?;
+            Ok(ConsumerGroupView {
+                name: name.to_string(),
+                created: Some(created),
+            })
+        };
+        run().or_else(|e| self.refuse(who, ACTION, &group_target(name), e))
+    }
+
+    /// Deletes a consumer group (RegistryWrite); `$Default` cannot be deleted.
+    pub fn delete_consumer_group(&self, who: &Principal, name: &str) -> Result<(), HubError> {
+        const ACTION: &str = "consumerGroup.delete";
+        let run = || -> Result<(), HubError> {
+            who.require(Right::RegistryWrite, "delete consumer groups")?;
+            if name.eq_ignore_ascii_case(DEFAULT_CONSUMER_GROUP) {
+                return Err(HubError::ConsumerGroupInvalid(
+                    "$Default cannot be deleted: every event hub has it".into(),
+                ));
+            }
+            let audit = self.audit_entry(who, ACTION, &group_target(name), &Ok("deleted".into()));
+            self.store()
+                .delete_consumer_group(name, &audit)
+                .map_err(|e| match e {
+                    StoreError::NotFound => HubError::ConsumerGroupNotFound(
+                        crate::peer_text::escaped(name).into_owned(),
+                    ),
+                    other => other.into(),
+                })
+        };
+        run().or_else(|e| self.refuse(who, ACTION, &group_target(name), e))
     }
 
     /// Up to `limit` events of one partition from sequence number `from` on.

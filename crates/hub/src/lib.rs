@@ -63,7 +63,7 @@ pub use certificates::{CaView, PutCertificate};
 pub use clock::{Clock, SystemClock};
 pub use devices::{DeviceAuth, DeviceView, PutDevice};
 pub use error::{ErrorCode, HubError};
-pub use eventhub::{EventHubInfo, PartitionInfo, StartPosition};
+pub use eventhub::{ConsumerGroupView, EventHubInfo, PartitionInfo, StartPosition};
 /// A policy with its keys, as `Hub::policy_keys` hands it out: plain data (name, two keys,
 /// rights), re-exported so that adapters take it from the service layer, not the store.
 pub use iothub_store::PolicyRecord;
@@ -142,6 +142,8 @@ pub struct HubConfig {
     /// The provisioning service's ID scope (`serve --id-scope`); None: the one generated once
     /// and kept in the store.
     pub id_scope: Option<String>,
+    /// Consumer groups of the Event Hubs-compatible endpoint besides `$Default`, at most.
+    pub consumer_group_limit: u64,
 }
 
 impl Default for HubConfig {
@@ -171,6 +173,7 @@ impl Default for HubConfig {
             chain_cache_entries: 100_000,
             device_cache_entries: 100_000,
             id_scope: None,
+            consumer_group_limit: 20,
         }
     }
 }

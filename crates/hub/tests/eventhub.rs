@@ -148,3 +148,71 @@ fn a_policy_without_service_connect_reads_nothing() {
         );
     }
 }
+
+fn principal_of(env: &Env, policy: &str) -> iothub_hub::Principal {
+    let key = env.hub.policy_keys(&sys(), policy).unwrap().primary_key;
+    let token = build_token("localhost", &key, Some(policy), env.now() + 60).unwrap();
+    env.hub.authenticate(Some(&token)).unwrap()
+}
+
+#[test]
+fn consumer_groups_are_added_listed_checked_and_deleted_with_registry_write() {
+    let env = Env::with(HubConfig {
+        consumer_group_limit: 2,
+        ..HubConfig::default()
+    });
+    let names = |env: &Env| -> Vec<String> {
+        env.hub
+            .consumer_groups(&sys())
+            .unwrap()
+            .into_iter()
+            .map(|g| g.name)
+            .collect()
+    };
+    assert_eq!(names(&env), ["$Default"]);
+    env.hub.check_consumer_group("$Default").unwrap();
+    env.hub.check_consumer_group("$default").unwrap();
+    env.hub.add_consumer_group(&sys(), "analytics").unwrap();
+    env.hub.add_consumer_group(&sys(), "archive.v2").unwrap();
+    assert_eq!(names(&env), ["$Default", "analytics", "archive.v2"]);
+    env.hub.check_consumer_group("analytics").unwrap();
+    for (name, code) in [
+        ("analytics", 409055),
+        ("$Default", 409055),
+        ("third", 403056),
+        ("", 400084),
+        ("bad name", 400084),
+        (&"x".repeat(51), 400084),
+    ] {
+        let err = env.hub.add_consumer_group(&sys(), name).unwrap_err();
+        assert_eq!(err.code().number, code, "{name}: {err}");
+    }
+    let err = env.hub.check_consumer_group("nobody").unwrap_err();
+    assert_eq!(err.code().number, 404054);
+    assert!(err.to_string().contains("'nobody'"), "{err}");
+    // Changing them needs RegistryWrite; reading them ServiceConnect.
+    let service = principal_of(&env, "service");
+    assert!(env.hub.consumer_groups(&service).is_ok());
+    let err = env.hub.add_consumer_group(&service, "more").unwrap_err();
+    assert_eq!(err.code().number, 403001, "{err}");
+    let err = env
+        .hub
+        .delete_consumer_group(&service, "analytics")
+        .unwrap_err();
+    assert_eq!(err.code().number, 403001, "{err}");
+    let err = env
+        .hub
+        .delete_consumer_group(&sys(), "$Default")
+        .unwrap_err();
+    assert_eq!(err.code().number, 400084, "{err}");
+    env.hub.delete_consumer_group(&sys(), "analytics").unwrap();
+    assert_eq!(
+        env.hub
+            .delete_consumer_group(&sys(), "analytics")
+            .unwrap_err()
+            .code()
+            .number,
+        404054
+    );
+    assert_eq!(names(&env), ["$Default", "archive.v2"]);
+}

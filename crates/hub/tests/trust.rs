@@ -215,6 +215,22 @@ impl Store for GatedStore {
     fn prune_method_calls(&self, before_ms: i64) -> Result<u64, StoreError> {
         self.inner.prune_method_calls(before_ms)
     }
+    fn list_consumer_groups(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.inner.list_consumer_groups()
+    }
+    fn insert_consumer_group(
+        &self,
+        name: &str,
+        created: i64,
+        limit: u64,
+        audit: &NewAudit,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .insert_consumer_group(name, created, limit, audit)
+    }
+    fn delete_consumer_group(&self, name: &str, audit: &NewAudit) -> Result<(), StoreError> {
+        self.inner.delete_consumer_group(name, audit)
+    }
     fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.get_setting(name)
     }

@@ -165,6 +165,10 @@ pub struct ServeArgs {
     /// Messages an AMQP client may send before the hub settles them, 1 to 10000 [default: 100].
     #[arg(long, env = "IOTHUB_AMQP_CREDIT")]
     pub amqp_credit: Option<u32>,
+    /// Consumer groups of the Event Hubs-compatible endpoint besides $Default, 1 to 1000
+    /// [default: 20].
+    #[arg(long, env = "IOTHUB_CONSUMER_GROUP_LIMIT")]
+    pub consumer_group_limit: Option<u64>,
     /// How long an AMQP connection may stay without a valid token [default: 30s].
     #[arg(long, env = "IOTHUB_AMQP_AUTH_TIMEOUT", value_name = "DURATION")]
     pub amqp_auth_timeout: Option<String>,
@@ -218,6 +222,7 @@ struct FileConfig {
     amqp_max_frame_bytes: Option<u32>,
     amqp_credit: Option<u32>,
     amqp_auth_timeout: Option<String>,
+    consumer_group_limit: Option<u64>,
 }
 
 /// Where the hub keeps its state.
@@ -370,6 +375,7 @@ pub struct ServeConfig {
     /// Where AMQP listens; `None`: off.
     pub amqp: Option<SocketAddr>,
     pub amqp_limits: iothub_amqp::AmqpLimits,
+    pub consumer_group_limit: u64,
 }
 
 /// The AMQP port when only the HTTPS address is configured: AMQP over TLS's well-known port, on
@@ -776,6 +782,7 @@ impl ServeConfig {
             // AMQP.
             amqp,
             amqp_limits,
+            consumer_group_limit: pick(args.consumer_group_limit, file.consumer_group_limit, 20),
         };
         config.check()?;
         Ok(config)
@@ -818,6 +825,12 @@ impl ServeConfig {
     }
 
     fn check_provisioning(&self) -> Result<()> {
+        if !(1..=1000).contains(&self.consumer_group_limit) {
+            bail!(
+                "--consumer-group-limit is {}; expected 1 to 1000",
+                self.consumer_group_limit
+            );
+        }
         if let Some(scope) = &self.id_scope {
             iothub_hub::enrollments::validate_id_scope(scope)
                 .map_err(|e| anyhow::anyhow!("--id-scope: {e}"))?;
@@ -1085,6 +1098,95 @@ mod tests {
             ..Default::default()
         });
         assert_eq!((c.max_unacked_telemetry, c.chain_cache_entries), (1, 0));
+    }
+
+    #[test]
+    fn amqp_settings_follow_https_and_are_checked() {
+        let c = resolved(ServeArgs {
+            https: Some("127.0.0.7:8443".parse().unwrap()),
+            ..Default::default()
+        });
+        assert_eq!(c.amqp, Some("127.0.0.7:5671".parse().unwrap()));
+        assert_eq!(c.consumer_group_limit, 20);
+        let c = resolved(ServeArgs {
+            https: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        });
+        assert_eq!(
+            c.amqp,
+            Some("127.0.0.1:0".parse().unwrap()),
+            "any free port, like HTTPS"
+        );
+        let c = resolved(ServeArgs {
+            amqp: Some("off".into()),
+            amqp_auth_timeout: Some("5s".into()),
+            amqp_max_links: Some(3),
+            ..Default::default()
+        });
+        assert_eq!(c.amqp, None);
+        assert_eq!(c.amqp_limits.auth_timeout.as_secs(), 5);
+        assert_eq!(c.amqp_limits.max_links, 3);
+        for (args, flag) in [
+            (
+                ServeArgs {
+                    amqp: Some("nowhere".into()),
+                    ..Default::default()
+                },
+                "--amqp is 'nowhere'",
+            ),
+            (
+                ServeArgs {
+                    amqp_max_sessions: Some(0),
+                    ..Default::default()
+                },
+                "--amqp-max-sessions is 0",
+            ),
+            (
+                ServeArgs {
+                    amqp_max_links: Some(10_001),
+                    ..Default::default()
+                },
+                "--amqp-max-links is 10001",
+            ),
+            (
+                ServeArgs {
+                    amqp_max_frame_bytes: Some(511),
+                    ..Default::default()
+                },
+                "--amqp-max-frame-bytes is 511",
+            ),
+            (
+                ServeArgs {
+                    amqp_credit: Some(0),
+                    ..Default::default()
+                },
+                "--amqp-credit is 0",
+            ),
+            (
+                ServeArgs {
+                    amqp_max_connections: Some(0),
+                    ..Default::default()
+                },
+                "--amqp-max-connections is 0",
+            ),
+            (
+                ServeArgs {
+                    amqp_auth_timeout: Some("2h".into()),
+                    ..Default::default()
+                },
+                "--amqp-auth-timeout",
+            ),
+            (
+                ServeArgs {
+                    consumer_group_limit: Some(0),
+                    ..Default::default()
+                },
+                "--consumer-group-limit is 0",
+            ),
+        ] {
+            let err = refusal(args);
+            assert!(err.contains(flag), "{err}");
+        }
     }
 
     #[test]

@@ -16,7 +16,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use iothub_client::HubTarget;
 
-use crate::cmd::{audit, c2d, cert, credentials, device, dps, monitor, pki, policy, twin};
+use crate::cmd::{
+    audit, c2d, cert, credentials, device, dps, eventhub, monitor, pki, policy, twin,
+};
 use crate::output::Output;
 
 #[derive(Debug, Parser)]
@@ -136,6 +138,13 @@ enum Command {
         #[command(flatten)]
         hub: HubArgs,
     },
+    /// Consumer groups of the Event Hubs-compatible endpoint (AMQP): add, list, delete.
+    ConsumerGroup {
+        #[command(subcommand)]
+        command: eventhub::ConsumerGroupCommand,
+        #[command(flatten)]
+        hub: HubArgs,
+    },
     /// Shared access policies: add with chosen rights, list, show, delete, rotate keys.
     Policy {
         #[command(subcommand)]
@@ -215,6 +224,9 @@ fn main() -> ExitCode {
         }
         Command::Cert { command, hub } => cert::run(&hub.target(data), output, command),
         Command::Policy { command, hub } => policy::run(&hub.target(data), output, command),
+        Command::ConsumerGroup { command, hub } => {
+            eventhub::run(&hub.target(data), output, command)
+        }
         Command::Dps { command, hub } => dps::run(&hub.target(data), output, command),
         Command::Audit { args, hub } => audit::run(&hub.target(data), output, args),
         Command::Device { command, hub } => device::run(&hub.target(data), output, command),

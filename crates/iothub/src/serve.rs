@@ -425,6 +425,7 @@ fn open_hub(
             chain_cache_entries: config.chain_cache_entries,
             device_cache_entries: config.device_cache_entries,
             id_scope: config.id_scope.clone(),
+            consumer_group_limit: config.consumer_group_limit,
             mqtt_refusal_limit: config.mqtt_refusal_limit,
             node_id: config.node_id.clone(),
             partitions,

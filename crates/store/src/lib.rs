@@ -750,6 +750,20 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes method calls created before `before_ms`; returns how many.
     fn prune_method_calls(&self, before_ms: i64) -> Result<u64, StoreError>;
 
+    /// The consumer groups of the Event Hubs-compatible endpoint besides `$Default`: (name,
+    /// created Unix seconds), ordered by name.
+    fn list_consumer_groups(&self) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Adds a consumer group and appends `audit`, in one transaction: `AlreadyExists`, or
+    /// `LimitReached` when `limit` groups exist already.
+    fn insert_consumer_group(
+        &self,
+        name: &str,
+        created: i64,
+        limit: u64,
+        audit: &NewAudit,
+    ) -> Result<(), StoreError>;
+    /// Deletes a consumer group and appends `audit`, in one transaction: `NotFound` if absent.
+    fn delete_consumer_group(&self, name: &str, audit: &NewAudit) -> Result<(), StoreError>;
     /// The hub-wide setting `name` (the hub's TLS CA, its ID scope...), if set.
     fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Sets every one of `settings` in one transaction if none of them is set yet; returns

@@ -119,6 +119,8 @@ const MIGRATIONS: &[&str] = &[
         enrollment_kind TEXT NOT NULL, enrollment_name TEXT NOT NULL, operation_id TEXT NOT NULL,
         etag BIGINT NOT NULL, created BIGINT NOT NULL, updated BIGINT NOT NULL);
      CREATE INDEX registration_device ON registration (device_id);",
+    // 4: the Event Hubs-compatible endpoint's consumer groups besides $Default.
+    "CREATE TABLE consumer_group (name TEXT PRIMARY KEY, created BIGINT NOT NULL);",
 ];
 
 /// The advisory lock key under which migrations run (any fixed number; "iothub" in ASCII).

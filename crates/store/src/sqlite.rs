@@ -193,6 +193,8 @@ const MIGRATIONS: &[&str] = &[
         enrollment_kind TEXT NOT NULL, enrollment_name TEXT NOT NULL, operation_id TEXT NOT NULL,
         etag INTEGER NOT NULL, created INTEGER NOT NULL, updated INTEGER NOT NULL);
      CREATE INDEX registration_device ON registration (device_id);",
+    // 13: the Event Hubs-compatible endpoint's consumer groups besides $Default.
+    "CREATE TABLE consumer_group (name TEXT PRIMARY KEY NOT NULL, created INTEGER NOT NULL);",
 ];
 
 /// The CA list a trust rebuild reads after a delete (see migration 5).
@@ -1848,6 +1850,62 @@ impl Store for SqliteStore {
         conn.execute("DELETE FROM method_call WHERE created_ms < ?1", [before_ms])
             .map(|n| n as u64)
             .map_err(backend)
+    }
+
+    fn list_consumer_groups(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached("SELECT name, created FROM consumer_group ORDER BY name")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn insert_consumer_group(
+        &self,
+        name: &str,
+        created: i64,
+        limit: u64,
+        audit: &NewAudit,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let count: i64 = tx
+            .query_row("SELECT COUNT(*) FROM consumer_group", [], |r| r.get(0))
+            .map_err(backend)?;
+        let inserted = tx
+            .execute(
+                "INSERT OR IGNORE INTO consumer_group (name, created) VALUES (?1, ?2)",
+                params![name, created],
+            )
+            .map_err(backend)?;
+        if inserted == 0 {
+            return Err(StoreError::AlreadyExists);
+        }
+        if count as u64 >= limit {
+            return Err(StoreError::LimitReached { limit });
+        }
+        insert_audit(&tx, audit)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn delete_consumer_group(&self, name: &str, audit: &NewAudit) -> Result<(), StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let deleted = tx
+            .execute("DELETE FROM consumer_group WHERE name = ?1", [name])
+            .map_err(backend)?;
+        if deleted == 0 {
+            return Err(StoreError::NotFound);
+        }
+        insert_audit(&tx, audit)?;
+        tx.commit().map_err(backend)
     }
 
     fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {

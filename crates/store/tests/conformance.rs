@@ -71,6 +71,7 @@ conformance!(
     enrollments_keep_etags_limits_and_unique_certificates,
     a_registration_creates_its_device_once_and_keeps_it,
     settings_and_persistent_sessions,
+    consumer_groups_are_unique_bounded_and_audited,
 );
 
 fn cas_keep_etags_thumbprints_limits_and_codes(s: &dyn Store) {
@@ -863,6 +864,46 @@ fn settings_and_persistent_sessions(s: &dyn Store) {
     );
     s.delete_device("ps", None, &audit("d")).unwrap();
     assert!(s.list_persistent_sessions().unwrap().is_empty());
+}
+
+fn consumer_groups_are_unique_bounded_and_audited(s: &dyn Store) {
+    assert!(s.list_consumer_groups().unwrap().is_empty());
+    s.insert_consumer_group("b", 5, 2, &audit("add b")).unwrap();
+    s.insert_consumer_group("a", 6, 2, &audit("add a")).unwrap();
+    assert!(matches!(
+        s.insert_consumer_group("a", 7, 5, &audit("again")),
+        Err(StoreError::AlreadyExists)
+    ));
+    assert!(matches!(
+        s.insert_consumer_group("c", 7, 2, &audit("third")),
+        Err(StoreError::LimitReached { limit: 2 })
+    ));
+    assert_eq!(
+        s.list_consumer_groups().unwrap(),
+        [("a".to_string(), 6), ("b".to_string(), 5)]
+    );
+    s.delete_consumer_group("b", &audit("delete b")).unwrap();
+    assert!(matches!(
+        s.delete_consumer_group("b", &audit("again")),
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(s.list_consumer_groups().unwrap(), [("a".to_string(), 6)]);
+    // Only the writes that landed are on record.
+    let actions: Vec<String> = s
+        .list_audit(&AuditQuery {
+            target: None,
+            before: None,
+            limit: 10,
+        })
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert!(actions.contains(&"add b".to_string()) && actions.contains(&"delete b".to_string()));
+    assert!(
+        !actions.iter().any(|a| a == "again" || a == "third"),
+        "{actions:?}"
+    );
 }
 
 // ----- what only a shared store shows: two nodes, concurrent writers -----------------------------

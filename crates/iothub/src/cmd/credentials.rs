@@ -14,6 +14,10 @@ pub struct ConnectionStringArgs {
     /// A policy other than the connection string's own (its keys are read from the hub).
     #[arg(long)]
     pub policy: Option<String>,
+    /// The Event Hubs-compatible form, for telemetry readers (azure-eventhub and other Event
+    /// Hubs clients): Endpoint=sb://HOST/;...;EntityPath=HUB. They connect on AMQP's port 5671.
+    #[arg(long)]
+    pub eventhub: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,11 +55,35 @@ pub fn connection_string(
         }
         _ => (conn.policy.clone(), conn.key.clone()),
     };
-    let s = format!(
-        "HostName={};SharedAccessKeyName={policy};SharedAccessKey={key}",
-        conn.host_name
-    );
+    let s = if args.eventhub {
+        // The hub's name, which readers give as the entity, comes from the hub.
+        let api = ApiClient::connect(target)?;
+        let name = text(&api.call(Method::GET, "/eventHub", None, None)?["name"]);
+        format!(
+            "Endpoint=sb://{}/;SharedAccessKeyName={policy};SharedAccessKey={key};EntityPath={name}",
+            host_without_port(&conn.host_name)
+        )
+    } else {
+        format!(
+            "HostName={};SharedAccessKeyName={policy};SharedAccessKey={key}",
+            conn.host_name
+        )
+    };
     output.answer(&json!({ "connectionString": s }), || println!("{s}"))
+}
+
+/// `host:8443` -> `host`, `[::1]:8443` -> `[::1]`: Event Hubs clients take the AMQP port (5671)
+/// from the scheme, not from the HTTPS port the hub's own connection string carries.
+fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..=h.len()]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if !h.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
 }
 
 pub fn sas_token(target: &HubTarget, output: Output, args: SasTokenArgs) -> Result<()> {
@@ -89,4 +117,18 @@ pub fn portal_link(target: &HubTarget, output: Output) -> Result<()> {
             eprintln!("single use, valid for {} s", text(&v["expiresInSeconds"]));
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_without_port;
+
+    #[test]
+    fn the_event_hubs_endpoint_drops_the_https_port() {
+        assert_eq!(host_without_port("hub.local:8443"), "hub.local");
+        assert_eq!(host_without_port("hub.local"), "hub.local");
+        assert_eq!(host_without_port("127.0.0.9:8443"), "127.0.0.9");
+        assert_eq!(host_without_port("[::1]:8443"), "[::1]");
+        assert_eq!(host_without_port("::1"), "::1");
+    }
 }

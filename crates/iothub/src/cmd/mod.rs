@@ -8,6 +8,7 @@ pub mod cert;
 pub mod credentials;
 pub mod device;
 pub mod dps;
+pub mod eventhub;
 pub mod kms;
 pub mod monitor;
 pub mod pkcs11;

@@ -842,6 +842,83 @@ impl Store for PostgresStore {
         })
     }
 
+    fn list_consumer_groups(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.call(move |db| {
+            Box::pin(async move {
+                let c = db.conn().await?;
+                let rows = c
+                    .query(
+                        "SELECT name, created FROM consumer_group ORDER BY name",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| db.error(e))?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            })
+        })
+    }
+
+    fn insert_consumer_group(
+        &self,
+        name: &str,
+        created: i64,
+        limit: u64,
+        audit: &NewAudit,
+    ) -> Result<(), StoreError> {
+        owned!(name, audit);
+        self.call(move |db| {
+            Box::pin(async move {
+                let e = |e| db.error(e);
+                let mut c = db.conn().await?;
+                let tx = c.transaction().await.map_err(e)?;
+                // One writer at a time, so the count and the insert agree.
+                tx.execute("LOCK TABLE consumer_group IN EXCLUSIVE MODE", &[])
+                    .await
+                    .map_err(e)?;
+                let count: i64 = tx
+                    .query_one("SELECT COUNT(*) FROM consumer_group", &[])
+                    .await
+                    .map_err(e)?
+                    .get(0);
+                let inserted = tx
+                    .execute(
+                        "INSERT INTO consumer_group (name, created) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                        &[&name, &created],
+                    )
+                    .await
+                    .map_err(e)?;
+                if inserted == 0 {
+                    return Err(StoreError::AlreadyExists);
+                }
+                if count as u64 >= limit {
+                    return Err(StoreError::LimitReached { limit });
+                }
+                db.insert_audit(&tx, &audit).await?;
+                tx.commit().await.map_err(e)
+            })
+        })
+    }
+
+    fn delete_consumer_group(&self, name: &str, audit: &NewAudit) -> Result<(), StoreError> {
+        owned!(name, audit);
+        self.call(move |db| {
+            Box::pin(async move {
+                let e = |e| db.error(e);
+                let mut c = db.conn().await?;
+                let tx = c.transaction().await.map_err(e)?;
+                let deleted = tx
+                    .execute("DELETE FROM consumer_group WHERE name = $1", &[&name])
+                    .await
+                    .map_err(e)?;
+                if deleted == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                db.insert_audit(&tx, &audit).await?;
+                tx.commit().await.map_err(e)
+            })
+        })
+    }
+
     fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         owned!(name);
         self.call(move |db| {
