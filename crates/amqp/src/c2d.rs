@@ -13,7 +13,7 @@ use fe2o3_amqp::types::primitives::{SimpleValue, Value};
 use fe2o3_amqp::Receiver;
 use iothub_hub::C2dSend;
 
-use crate::connection::{amqp_error, hub_error, Context};
+use crate::context::{amqp_error, hub_error, Context};
 
 pub(crate) async fn serve(mut receiver: Receiver, ctx: &Arc<Context>) {
     if let Err(e) = ctx.auth.current(&ctx.hub) {

@@ -7,79 +7,25 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use fe2o3_amqp::acceptor::{
     ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerSessionHandle, SessionAcceptor,
     SupportedReceiverSettleModes,
 };
 use fe2o3_amqp::types::definitions::Fields;
-use fe2o3_amqp::types::definitions::{
-    AmqpError, Error as AmqpErrorValue, ErrorCondition, ReceiverSettleMode,
-};
+use fe2o3_amqp::types::definitions::{AmqpError, ReceiverSettleMode};
 use fe2o3_amqp::types::messaging::{Body, Message, TargetArchetype};
 use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::{Symbol, Value};
-use iothub_hub::{Hub, HubError};
+use iothub_hub::Hub;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 
 use crate::address::{self, Node};
 use crate::auth::ConnectionAuth;
+use crate::context::{amqp_error, node_key, refuse, Context};
 use crate::limits::AmqpLimits;
 use crate::sasl::Mechanisms;
-
-/// What every session and link of one connection shares.
-pub(crate) struct Context {
-    pub(crate) hub: Hub,
-    pub(crate) limits: Arc<AmqpLimits>,
-    pub(crate) auth: Arc<ConnectionAuth>,
-    pub(crate) peer: SocketAddr,
-    links: AtomicUsize,
-    sessions: AtomicUsize,
-    /// The client's reply links by their address: where `$cbs` and `$management` answer.
-    replies: Mutex<HashMap<String, mpsc::Sender<Message<Body<Value>>>>>,
-}
-
-impl Context {
-    /// Hands a reply to the link attached at `address`, waiting a little for a client that
-    /// sent its request before its reply link was accepted.
-    pub(crate) async fn reply(&self, address: &str, message: Message<Body<Value>>) -> bool {
-        for _ in 0..20 {
-            let link = self
-                .replies
-                .lock()
-                .ok()
-                .and_then(|r| r.get(address).cloned());
-            if let Some(link) = link {
-                return link.send(message).await.is_ok();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
-    }
-}
-
-/// An AMQP error with a condition and a description.
-pub(crate) fn amqp_error(
-    condition: impl Into<ErrorCondition>,
-    description: String,
-) -> AmqpErrorValue {
-    AmqpErrorValue::new(condition, description, None)
-}
-
-/// A hub refusal as AMQP sees it: a standard condition, the hub's code and reason as the text.
-pub(crate) fn hub_error(e: &HubError) -> AmqpErrorValue {
-    let code = e.code();
-    let condition = match code.status {
-        401 | 403 => AmqpError::UnauthorizedAccess,
-        404 => AmqpError::NotFound,
-        400 | 412 => AmqpError::InvalidField,
-        409 | 429 => AmqpError::ResourceLimitExceeded,
-        _ => AmqpError::InternalError,
-    };
-    amqp_error(condition, format!("{} {}: {e}", code.number, code.name))
-}
 
 /// The properties the hub puts on its open, begin and attach: the product and this node.
 fn identity(hub: &Hub) -> Fields {
@@ -280,18 +226,6 @@ async fn run_session(mut session: ListenerSessionHandle, ctx: &Arc<Context>) {
     let _ = session.end().await;
 }
 
-/// Detaches (closes) a link with `error`.
-pub(crate) async fn refuse(link: LinkEndpoint, error: AmqpErrorValue) {
-    match link {
-        LinkEndpoint::Sender(s) => {
-            let _ = s.close_with_error(error).await;
-        }
-        LinkEndpoint::Receiver(r) => {
-            let _ = r.close_with_error(error).await;
-        }
-    }
-}
-
 async fn serve_link(link: LinkEndpoint, route: Route, ctx: &Arc<Context>) {
     match (link, route.node) {
         (LinkEndpoint::Receiver(r), Node::Cbs) => crate::nodes::serve_cbs(r, ctx).await,
@@ -336,11 +270,6 @@ async fn serve_link(link: LinkEndpoint, route: Route, ctx: &Arc<Context>) {
             refuse(link, error).await
         }
     }
-}
-
-/// The key under which the reply link a client receives from `node` on is found.
-pub(crate) fn node_key(node: &str) -> String {
-    format!("node:{node}")
 }
 
 /// A client's reply link: answers handed over by `Context::reply` under any of `keys` are sent

@@ -19,7 +19,7 @@ use fe2o3_amqp::Sender;
 use iothub_hub::{HubError, MessageView, StartPosition};
 
 use crate::address::PartitionAddress;
-use crate::connection::{hub_error, Context};
+use crate::context::{hub_error, Context};
 
 /// Events read from the store at a time.
 const BATCH: u32 = 256;

@@ -11,6 +11,7 @@
 //! - [`address`]: link addresses, a message's device, the selector filter, read into types.
 //! - [`server`]: the TLS accept loop, the connection limit, graceful shutdown.
 //! - `connection`: one connection: SASL, sessions, links routed by address, the token deadline.
+//! - `context`: what a connection's sessions and links share, and how a refusal is sent.
 //! - `sasl`: the mechanisms offered (MSSBCBS, ANONYMOUS, PLAIN).
 //! - `auth`: what a connection has proved (the token put on `$cbs`), until when.
 //! - `nodes`: the request/response nodes `$cbs` (put-token) and `$management` (event hub and
@@ -24,6 +25,7 @@ pub mod address;
 mod auth;
 mod c2d;
 mod connection;
+mod context;
 mod events;
 pub mod limits;
 mod nodes;

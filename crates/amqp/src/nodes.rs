@@ -14,7 +14,7 @@ use fe2o3_amqp::types::primitives::{OrderedMap, SimpleValue, Timestamp, Value};
 use fe2o3_amqp::Receiver;
 use iothub_hub::{HubError, Principal};
 
-use crate::connection::{node_key, Context};
+use crate::context::{node_key, Context};
 
 /// The token types a put-token request may name (service clients, device clients).
 const TOKEN_TYPES: [&str; 2] = [
