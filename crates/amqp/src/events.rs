@@ -10,16 +10,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fe2o3_amqp::types::definitions::LinkError;
 use fe2o3_amqp::types::messaging::{
     annotations::OwnedKey, ApplicationProperties, Data, Message, MessageAnnotations, MessageId,
     Properties,
 };
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Timestamp, Value};
 use fe2o3_amqp::Sender;
-use iothub_hub::{HubError, MessageView, StartPosition};
+use iothub_hub::{HubError, MessageView, ReaderLease, StartPosition};
 
 use crate::address::PartitionAddress;
-use crate::context::{hub_error, Context};
+use crate::context::{amqp_error, hub_error, Context};
 
 /// Events read from the store at a time.
 const BATCH: u32 = 256;
@@ -39,14 +40,21 @@ pub(crate) async fn serve(
             .await
             .unwrap_or_else(|_| Err(HubError::Internal("the reader's start failed".into())))
     };
-    let (partition, mut next) = match start {
+    let (partition, mut next, lease) = match start {
         Ok(s) => s,
         Err(e) => {
             let _ = sender.close_with_error(hub_error(&e)).await;
             return;
         }
     };
+    let mut displaced = lease.displaced.clone();
     let mut grown = ctx.hub.watch_messages();
+    let stolen = |why: Option<String>| {
+        amqp_error(
+            LinkError::Stolen,
+            why.unwrap_or_else(|| "another reader took this partition".into()),
+        )
+    };
     loop {
         let batch = {
             let ctx = ctx.clone();
@@ -68,26 +76,41 @@ pub(crate) async fn serve(
             tokio::select! {
                 _ = grown.changed() => {}
                 _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = displaced.changed() => {
+                    let why = displaced.borrow().clone();
+                    let _ = sender.close_with_error(stolen(why)).await;
+                    return;
+                }
                 _ = sender.on_detach() => return,
             }
             continue;
         }
         for event in batch {
             next = event.sequence + 1;
-            if sender.send_batchable(event_message(event)).await.is_err() {
+            // Waiting for the client's credit, the reader may still be displaced.
+            let sent = tokio::select! {
+                sent = sender.send_batchable(event_message(event)) => sent.is_ok(),
+                _ = displaced.changed() => false,
+            };
+            if displaced.borrow().is_some() {
+                let why = displaced.borrow().clone();
+                let _ = sender.close_with_error(stolen(why)).await;
+                return;
+            }
+            if !sent {
                 return;
             }
         }
     }
 }
 
-/// The partition and the first sequence number of a new reader.
+/// The partition, the first sequence number and the hold on the partition of a new reader.
 fn open(
     ctx: &Context,
     address: &PartitionAddress,
     selector: Option<&str>,
-    _epoch: Option<i64>,
-) -> Result<(u32, i64), HubError> {
+    owner_level: Option<i64>,
+) -> Result<(u32, i64, ReaderLease), HubError> {
     let who = ctx.auth.current(&ctx.hub)?;
     let hub_name = &ctx.hub.config().hub_name;
     if !address.entity.eq_ignore_ascii_case(hub_name) {
@@ -104,7 +127,10 @@ fn open(
             .map_err(|e| HubError::InvalidArgument(e.to_string()))?,
     };
     let first = ctx.hub.partition_start(&who, partition, position)?;
-    Ok((partition, first))
+    let lease = ctx
+        .hub
+        .claim_reader(&address.consumer_group, partition, owner_level)?;
+    Ok((partition, first, lease))
 }
 
 fn symbol_key(name: &str) -> OwnedKey {

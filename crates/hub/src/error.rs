@@ -101,6 +101,7 @@ error_codes! {
     ENROLLMENT_EXISTS = (409053, "EnrollmentExists"),
     ENROLLMENT_CERTIFICATE_EXISTS = (409054, "EnrollmentCertificateExists"),
     CONSUMER_GROUP_EXISTS = (409055, "ConsumerGroupExists"),
+    READER_CONFLICT = (409056, "ReaderConflict"),
     PRECONDITION_FAILED = (412001, "PreconditionFailed"),
     CERTIFICATE_EXISTS = (412002, "CertificateExists"),
     REQUEST_TOO_LARGE = (413001, "RequestTooLarge"),
@@ -239,6 +240,9 @@ pub enum HubError {
     ConsumerGroupExists(String),
     #[error("the hub already holds its limit of {0} consumer groups besides $Default (--consumer-group-limit); delete one first")]
     ConsumerGroupLimitReached(u64),
+    /// An Event Hubs reader refused by the owner-level rule or the readers' limit.
+    #[error("{0}")]
+    ReaderConflict(String),
     #[error("internal error: {0}")]
     Internal(String),
     /// The store could not be reached (`StoreError::Unavailable`): a clear, retryable refusal
@@ -296,6 +300,7 @@ impl HubError {
             HubError::ConsumerGroupNotFound(_) => CONSUMER_GROUP_NOT_FOUND,
             HubError::ConsumerGroupExists(_) => CONSUMER_GROUP_EXISTS,
             HubError::ConsumerGroupLimitReached(_) => CONSUMER_GROUP_LIMIT_REACHED,
+            HubError::ReaderConflict(_) => READER_CONFLICT,
             HubError::Internal(_) => SERVER_ERROR,
             HubError::StoreUnavailable(_) => SERVICE_UNAVAILABLE,
         }

@@ -21,6 +21,7 @@
 //! | `Metrics` | `metrics` | the counters `/metrics` shows, as atomics |
 //! | `AutoRegistrations` | `auto_registration` | the CAs whose unknown devices are registered at first CONNECT |
 //! | `Provisioning` | `provisioning` | the ID scope, once read |
+//! | `Readers` | `readers` | the Event Hubs readers this node serves, by consumer group and partition, with their owner levels |
 //!
 //! The store, the config and the clock are shared by all. `admission`, `devices`, `certificates`,
 //! `c2d`, `twins`, `auth`, `audit`, `revocations` and `enrollments` own no in-memory state: they apply rules over the store and
@@ -47,6 +48,7 @@ pub mod peer_text;
 pub mod policies;
 mod presence;
 pub mod provisioning;
+pub mod readers;
 pub mod refusal_budget;
 pub mod revocations;
 pub mod sessions;
@@ -68,6 +70,7 @@ pub use eventhub::{ConsumerGroupView, EventHubInfo, PartitionInfo, StartPosition
 /// rights), re-exported so that adapters take it from the service layer, not the store.
 pub use iothub_store::PolicyRecord;
 use iothub_store::Store;
+pub use readers::ReaderLease;
 /// The default of [`HubConfig::max_crl_entries`].
 pub const DEFAULT_MAX_CRL_ENTRIES: usize = 100_000;
 
@@ -144,6 +147,8 @@ pub struct HubConfig {
     pub id_scope: Option<String>,
     /// Consumer groups of the Event Hubs-compatible endpoint besides `$Default`, at most.
     pub consumer_group_limit: u64,
+    /// Readers without an owner level that may share one partition of one consumer group.
+    pub readers_per_partition: usize,
 }
 
 impl Default for HubConfig {
@@ -174,6 +179,7 @@ impl Default for HubConfig {
             device_cache_entries: 100_000,
             id_scope: None,
             consumer_group_limit: 20,
+            readers_per_partition: 5,
         }
     }
 }
@@ -219,6 +225,8 @@ pub struct Hub {
     auto_registrations: Arc<auto_registration::AutoRegistrations>,
     /// `provisioning.rs`: the ID scope, once read.
     provisioning: Arc<provisioning::Provisioning>,
+    /// `readers.rs`: the Event Hubs readers this node serves and their owner levels.
+    readers: Arc<readers::Readers>,
 }
 
 impl Hub {
@@ -258,6 +266,7 @@ impl Hub {
             presence: Arc::default(),
             auto_registrations: Arc::default(),
             provisioning: Arc::default(),
+            readers: Arc::default(),
         };
         hub.rebuild_trust()?;
         hub.reload_revocations()?;
@@ -327,6 +336,10 @@ impl Hub {
     pub(crate) fn provisioning_part(&self) -> &provisioning::Provisioning {
         &self.provisioning
     }
+
+    pub(crate) fn readers(&self) -> &Arc<readers::Readers> {
+        &self.readers
+    }
 }
 
 #[cfg(test)]
@@ -336,7 +349,8 @@ mod tests {
     /// module) or another part's interface.
     #[test]
     fn no_module_names_a_field_of_hub() {
-        const FIELDS: [&str; 13] = [
+        const FIELDS: [&str; 14] = [
+            "readers",
             "auto_registrations",
             "provisioning",
             "store",

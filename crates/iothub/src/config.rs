@@ -169,6 +169,10 @@ pub struct ServeArgs {
     /// [default: 20].
     #[arg(long, env = "IOTHUB_CONSUMER_GROUP_LIMIT")]
     pub consumer_group_limit: Option<u64>,
+    /// Event Hubs readers without an owner level that may share one partition of one consumer
+    /// group, 1 to 100 [default: 5].
+    #[arg(long, env = "IOTHUB_READERS_PER_PARTITION")]
+    pub readers_per_partition: Option<usize>,
     /// How long an AMQP connection may stay without a valid token [default: 30s].
     #[arg(long, env = "IOTHUB_AMQP_AUTH_TIMEOUT", value_name = "DURATION")]
     pub amqp_auth_timeout: Option<String>,
@@ -223,6 +227,7 @@ struct FileConfig {
     amqp_credit: Option<u32>,
     amqp_auth_timeout: Option<String>,
     consumer_group_limit: Option<u64>,
+    readers_per_partition: Option<usize>,
 }
 
 /// Where the hub keeps its state.
@@ -376,6 +381,7 @@ pub struct ServeConfig {
     pub amqp: Option<SocketAddr>,
     pub amqp_limits: iothub_amqp::AmqpLimits,
     pub consumer_group_limit: u64,
+    pub readers_per_partition: usize,
 }
 
 /// The AMQP port when only the HTTPS address is configured: AMQP over TLS's well-known port, on
@@ -783,6 +789,7 @@ impl ServeConfig {
             amqp,
             amqp_limits,
             consumer_group_limit: pick(args.consumer_group_limit, file.consumer_group_limit, 20),
+            readers_per_partition: pick(args.readers_per_partition, file.readers_per_partition, 5),
         };
         config.check()?;
         Ok(config)
@@ -825,6 +832,12 @@ impl ServeConfig {
     }
 
     fn check_provisioning(&self) -> Result<()> {
+        if !(1..=100).contains(&self.readers_per_partition) {
+            bail!(
+                "--readers-per-partition is {}; expected 1 to 100",
+                self.readers_per_partition
+            );
+        }
         if !(1..=1000).contains(&self.consumer_group_limit) {
             bail!(
                 "--consumer-group-limit is {}; expected 1 to 1000",

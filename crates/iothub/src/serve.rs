@@ -426,6 +426,7 @@ fn open_hub(
             device_cache_entries: config.device_cache_entries,
             id_scope: config.id_scope.clone(),
             consumer_group_limit: config.consumer_group_limit,
+            readers_per_partition: config.readers_per_partition,
             mqtt_refusal_limit: config.mqtt_refusal_limit,
             node_id: config.node_id.clone(),
             partitions,
