@@ -37,6 +37,7 @@ SUBSCRIPTION = "sub-1"       # any value: the hub checks neither, only echoes th
 RG = "rg"                    # (test_mgmt_create_or_update_new_certificate_is_unverified reads them there)
 IPS = [f"127.0.0.{n}" for n in range(60, 100)]
 MQTT_PORT = 8883             # the device SDK's, not configurable
+AMQP_PORT = 5671             # the service SDK's C2D sends and Event Hubs clients: always 5671
 START_TIMEOUT = 60.0         # a debug build on a loaded machine can be slow to start
 CLI_TIMEOUT = 60.0
 
@@ -133,7 +134,7 @@ class Hub:
         self._token = None
         errors = []
         for ip in IPS:
-            if not _port_free(ip, MQTT_PORT):
+            if not (_port_free(ip, MQTT_PORT) and _port_free(ip, AMQP_PORT)):
                 continue
             try:
                 self._start(ip)
@@ -153,8 +154,8 @@ class Hub:
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
                 [BIN, "--data", self.data, "serve", "--name", HUB_NAME,
-                 "--https", f"{ip}:0", "--mqtt", f"{ip}:{MQTT_PORT}", "--hostname", ip,
-                 "--metrics", "off", *self.extra],
+                 "--https", f"{ip}:0", "--mqtt", f"{ip}:{MQTT_PORT}", "--amqp", f"{ip}:{AMQP_PORT}",
+                 "--hostname", ip, "--metrics", "off", *self.extra],
                 cwd=self.dir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         _running.append(self.proc)
         deadline = time.monotonic() + START_TIMEOUT
@@ -193,6 +194,13 @@ class Hub:
     def close(self):
         self._stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def restart(self):
+        """Stops the hub (SIGKILL) and starts it again on the same address and data directory."""
+        self._stop()
+        with open(self.log_path, "a") as log:
+            log.write("----- restarted -----\n")
+        self._start(self.ip)
 
     # ----- the CLI (cwd: the hub's directory, so relative file names land there) -------------------
 

@@ -125,6 +125,12 @@ async fn serve_requests(
                     .insert("status-code", SimpleValue::Int(answered.status))
                     .insert(
                         "status-description",
+                        SimpleValue::String(answered.description.clone()),
+                    )
+                    // The pure-Python Event Hubs client reads a management answer's text under
+                    // this key (docs/azure-wire.md#amqp).
+                    .insert(
+                        "statusDescription",
                         SimpleValue::String(answered.description),
                     )
                     .build(),
