@@ -1,6 +1,7 @@
 """Three `iothub serve` nodes sharing one PostgreSQL database act as one hub for the OFFICIAL,
 unmodified Azure IoT SDKs (conftest.py): a CA proved on node 1 is Verified on node 3; a device on
-node 3 gets C2D, a direct method and a desired patch sent through nodes 1 and 2; a CA deleted on
+node 3 gets C2D (the service SDK's, over AMQP), a direct method and a desired patch sent through
+nodes 1 and 2; its telemetry is read by an Event Hubs consumer on node 2; a CA deleted on
 node 2 drops the device on node 3 within a second; a device's new connection on one node takes
 over from its session on another; PostgreSQL restarted under a publishing device; a node killed
 with SIGKILL, its device admitted by another node at once.
@@ -108,10 +109,19 @@ def test_a_device_on_node_3_gets_c2d_methods_and_patches_through_nodes_1_and_2(c
 
     client.on_method_request_received = on_method
 
-    # (The service SDK sends C2D over AMQP, which the hub does not speak yet: the CLI sends it.)
-    n1.cli("c2d", "send", "cl-cam", "through node 1")
+    # The service SDK sends C2D over AMQP, to node 1's AMQP port; the device is on node 3.
+    import certifi
+    real_where = certifi.where
+    certifi.where = lambda: n1.ca_file
+    try:
+        sender = n1.registry_manager()
+        sender.send_c2d_message("cl-cam", "through node 1", {"colour": "blue"})
+        sender.amqp_svc_client.disconnect_sync()
+    finally:
+        certifi.where = real_where
     wait_for("the C2D message through node 1", lambda: received, timeout=5)
     assert received[0].data == b"through node 1"
+    assert received[0].custom_properties["colour"] == "blue"
 
     r = n2.registry_manager().invoke_device_method("cl-cam", CloudToDeviceMethod(
         method_name="ping", payload={"n": 2}, response_timeout_in_seconds=10))
@@ -121,6 +131,29 @@ def test_a_device_on_node_3_gets_c2d_methods_and_patches_through_nodes_1_and_2(c
     n2.registry_manager().update_twin("cl-cam", Twin(properties=TwinProperties(desired={"rate": 7})), "*")
     wait_for("the desired patch through node 2", lambda: patches, timeout=5)
     assert patches[0]["rate"] == 7
+
+
+def test_telemetry_sent_through_node_1_is_read_by_an_event_hubs_consumer_on_node_2(cluster, clients):
+    _, (n1, n2, _) = cluster
+    n1.verified_ca("cl-root")
+    client = device_on(n1, n1, "cl-meter", "cl-root", clients)
+    from azure.eventhub import EventHubConsumerClient
+    reader = EventHubConsumerClient.from_connection_string(
+        n2.cli("connection-string", "--eventhub").strip(), consumer_group="$Default",
+        connection_verify=n2.ca_file)
+    got = []
+    thread = threading.Thread(target=reader.receive, daemon=True, kwargs=dict(
+        on_event=lambda _p, e: e is not None and got.append(e), starting_position="@latest"))
+    thread.start()
+    time.sleep(3)
+    client.send_message(Message("metered on node 1"))
+    try:
+        wait_for("the event on node 2", lambda: got, timeout=20)
+        assert got[0].body_as_str() == "metered on node 1"
+        assert got[0].system_properties[b"iothub-connection-device-id"] == b"cl-meter"
+    finally:
+        reader.close()
+        thread.join(10)
 
 
 def test_a_ca_deleted_on_node_2_drops_the_device_on_node_3_within_a_second(cluster, clients):

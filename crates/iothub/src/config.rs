@@ -162,7 +162,8 @@ pub struct ServeArgs {
     /// Largest AMQP frame, 512 to 1048576 bytes [default: 65536].
     #[arg(long, env = "IOTHUB_AMQP_MAX_FRAME_BYTES")]
     pub amqp_max_frame_bytes: Option<u32>,
-    /// Messages an AMQP client may send before the hub settles them, 1 to 10000 [default: 100].
+    /// Messages an AMQP client may send before the hub settles them, 1 to 200 (the AMQP
+    /// library's own first grant) [default: 100].
     #[arg(long, env = "IOTHUB_AMQP_CREDIT")]
     pub amqp_credit: Option<u32>,
     /// Consumer groups of the Event Hubs-compatible endpoint besides $Default, 1 to 1000
