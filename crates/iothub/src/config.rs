@@ -690,13 +690,7 @@ impl ServeConfig {
     /// Merges flags/environment, the TOML file and defaults, then checks every value.
     pub fn resolve(data_flag: Option<&Path>, args: &ServeArgs) -> Result<ServeConfig> {
         let file = FileConfig::read(args.config.as_deref())?;
-        let Durations {
-            code_lifetime_secs,
-            telemetry_retention_secs,
-            handshake_timeout_secs,
-            portal_link_lifetime_secs,
-            provisioning_timeout_secs,
-        } = Durations::resolve(args, &file)?;
+        let durations = Durations::resolve(args, &file)?;
         let hostnames = hostnames(args, &file)?;
         let max_keep_alive = keep_alive(pick(args.max_keep_alive, file.max_keep_alive, 1177))?;
         let https = pick(
@@ -708,7 +702,7 @@ impl ServeConfig {
         let log_format = log_format(args.log_format.as_deref().or(file.log_format.as_deref()))?;
         let (store, node_id, tls_files) = placement(args, &file)?;
         let amqp = amqp_addr(args.amqp.as_deref().or(file.amqp.as_deref()), https)?;
-        let amqp_limits = amqp_limits(args, &file, handshake_timeout_secs)?;
+        let amqp_limits = amqp_limits(args, &file, durations.handshake_timeout_secs)?;
         let config = ServeConfig {
             // Listeners and the hub's identity.
             data: pick(
@@ -721,7 +715,7 @@ impl ServeConfig {
             hostnames,
             name: pick(args.name.clone(), file.name, "iothub".into()),
             // Certificates and proof of possession.
-            code_lifetime_secs,
+            code_lifetime_secs: durations.code_lifetime_secs,
             ca_limit: pick(
                 args.ca_limit,
                 file.ca_limit,
@@ -759,14 +753,14 @@ impl ServeConfig {
                 file.mqtt_refusal_limit,
                 iothub_hub::DEFAULT_MQTT_REFUSAL_LIMIT,
             ),
-            handshake_timeout_secs,
+            handshake_timeout_secs: durations.handshake_timeout_secs,
             max_inflight: pick(args.max_inflight, file.max_inflight, 10),
             max_unacked_telemetry: pick(args.max_unacked_telemetry, file.max_unacked_telemetry, 64),
             max_keep_alive,
             // Devices and their messages.
             device_limit: pick(args.device_limit, file.device_limit, 1_000_000),
             c2d_max_pending: pick(args.c2d_max_pending, file.c2d_max_pending, 50),
-            telemetry_retention_secs,
+            telemetry_retention_secs: durations.telemetry_retention_secs,
             device_cache_entries: pick(
                 args.device_cache_entries,
                 file.device_cache_entries,
@@ -774,11 +768,10 @@ impl ServeConfig {
             ),
             // Provisioning.
             id_scope: args.id_scope.clone().or(file.id_scope.clone()),
-            provisioning_timeout_secs,
+            provisioning_timeout_secs: durations.provisioning_timeout_secs,
             provisioning_requests: pick(args.provisioning_requests, file.provisioning_requests, 16),
-            // The portal.
-            portal_link_lifetime_secs,
-            // Watching it.
+            // The portal; watching it.
+            portal_link_lifetime_secs: durations.portal_link_lifetime_secs,
             metrics,
             log_format,
             // Where the state is, and which node this is.

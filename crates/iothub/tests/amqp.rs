@@ -32,9 +32,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// TLS to the hub's AMQP port, then an AMQP connection with SASL ANONYMOUS (the token comes on
-/// `$cbs`, as Azure's clients do).
-async fn open(hub: &TestHub) -> ConnectionHandle<()> {
+/// TLS to the hub's AMQP port, trusting the hub's CA.
+async fn tls_to(hub: &TestHub) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let port = hub.amqp_port.expect("the hub serves AMQP");
     let ca = std::fs::read(hub.data().join("tls/ca.pem")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
@@ -51,10 +50,16 @@ async fn open(hub: &TestHub) -> ConnectionHandle<()> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
-        .expect("TLS with the hub's AMQP port");
+        .expect("TLS with the hub's AMQP port")
+}
+
+/// TLS to the hub's AMQP port, then an AMQP connection with SASL ANONYMOUS (the token comes on
+/// `$cbs`, as Azure's clients do).
+async fn open(hub: &TestHub) -> ConnectionHandle<()> {
+    let tls = tls_to(hub).await;
     Connection::builder()
         .container_id("amqp-test")
         .hostname("localhost")
@@ -291,26 +296,7 @@ fn the_open_announces_the_frame_limit_and_a_larger_frame_closes_the_connection()
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let hub = TestHub::start(&["--amqp-max-frame-bytes", "600", "--amqp-credit", "7"]);
     runtime().block_on(async {
-        let port = hub.amqp_port.unwrap();
-        let ca = std::fs::read(hub.data().join("tls/ca.pem")).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&ca) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
+        let mut tls = tls_to(&hub).await;
         // SASL: header, then init ANONYMOUS; the hub sends its header, mechanisms, outcome.
         tls.write_all(b"AMQP\x03\x01\x00\x00").await.unwrap();
         let mut init = vec![
