@@ -30,7 +30,7 @@ struct Holder {
 /// A reader's hold on a partition: released when dropped. `displaced` changes to the reason when
 /// a reader with a higher owner level takes the partition.
 pub struct ReaderLease {
-    readers: Arc<Readers>,
+    held_by: Arc<Readers>,
     key: (String, u32),
     id: u64,
     pub displaced: watch::Receiver<Option<String>>,
@@ -47,7 +47,7 @@ impl std::fmt::Debug for ReaderLease {
 
 impl Drop for ReaderLease {
     fn drop(&mut self) {
-        if let Ok(mut held) = self.readers.held.lock() {
+        if let Ok(mut held) = self.held_by.held.lock() {
             if let Some(holders) = held.get_mut(&self.key) {
                 holders.retain(|h| h.id != self.id);
                 if holders.is_empty() {
@@ -110,7 +110,7 @@ impl Readers {
             displaced: tx,
         });
         Ok(ReaderLease {
-            readers: self.clone(),
+            held_by: self.clone(),
             key,
             id,
             displaced: rx,

@@ -1,10 +1,15 @@
-//! The AMQP endpoint's refusals and limits, end to end over real TLS with an AMQP client
-//! (`fe2o3-amqp`'s): a connection without a token is closed at `--amqp-auth-timeout`; links and
-//! sessions past `--amqp-max-links` / `--amqp-max-sessions` are refused with
-//! `amqp:resource-limit-exceeded` (sessions also by the channel-max the open announces); put-token answers 200 for a good token and 401 for a wrong key
-//! or an expired one; a cloud-to-device message is Accepted and queued, Rejected for an unknown
-//! device (with the hub's code), and refused without a token; `--amqp off` listens nowhere. The
-//! official SDKs' view is tests/sdk/test_amqp.py.
+//! The AMQP endpoint end to end over real TLS with an AMQP client (`fe2o3-amqp`'s): put-token
+//! answers 200 for a good token and 401 for a wrong key or an expired one; a cloud-to-device
+//! message is Accepted and queued, Rejected for an unknown device (with the hub's code) or under a
+//! policy without ServiceConnect, and refused without a token; a connection without a token is
+//! closed at `--amqp-auth-timeout`; links and sessions past `--amqp-max-links` /
+//! `--amqp-max-sessions` are refused with `amqp:resource-limit-exceeded` (sessions also by the
+//! channel-max the open announces); the open announces `--amqp-max-frame-bytes`, a larger frame
+//! closes the connection and a larger message arrives in fragments; `--amqp-credit` is the credit
+//! the hub grants, and more messages than it are all accepted in order; an Event Hubs reader gets
+//! a device's telemetry from where its selector filter says, and a bad selector or an unknown
+//! partition, consumer group or event hub detaches it with the problem named; `--amqp off`
+//! listens nowhere. The official SDKs' view is tests/sdk/test_amqp.py.
 
 mod common;
 
@@ -15,21 +20,29 @@ use common::*;
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
-    AmqpValue, ApplicationProperties, Body, Message, MessageId, Outcome, Properties,
+    AmqpValue, ApplicationProperties, Body, Data, DeleteOnClose, Message, MessageId, Outcome,
+    Properties, Source,
 };
-use fe2o3_amqp::types::primitives::{SimpleValue, Value};
+use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 
 const WAIT: Duration = Duration::from_secs(20);
+/// The most a test's whole AMQP exchange may take.
+const BOUND: Duration = Duration::from_secs(90);
 
-fn runtime() -> tokio::runtime::Runtime {
+/// Runs a test's client side on its own runtime, bounded: a hub that stops answering fails the
+/// test after [`BOUND`] instead of hanging it.
+fn bounded<F: std::future::Future>(test: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
+        .block_on(async { tokio::time::timeout(BOUND, test).await })
+        .expect("the test's AMQP exchange finishes in time")
 }
 
 /// TLS to the hub's AMQP port, trusting the hub's CA.
@@ -142,12 +155,16 @@ fn queued(hub: &TestHub, device: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A put-token with the owner key is answered 200 (correlated to the request); a cloud-to-device
+/// message to a registered device is then Accepted and queued for it, one to an unknown device is
+/// Rejected with `amqp:not-found` and the hub's code (`404001 DeviceNotFound`), one with a
+/// malformed `to` Rejected naming the expected address.
 #[test]
 fn a_good_token_sends_cloud_to_device_messages_and_an_unknown_device_is_rejected_with_its_code() {
     let hub = TestHub::start(&[]);
     ok(&hub.cli(&["device", "add", "amqp-1", "--auth", "sas"]));
     let owner = hub.owner_token();
-    runtime().block_on(async {
+    bounded(async {
         let mut connection = open(&hub).await;
         let mut session = Session::begin(&mut connection).await.unwrap();
         assert_eq!(put_token(&mut session, &owner).await, 200);
@@ -180,6 +197,9 @@ fn a_good_token_sends_cloud_to_device_messages_and_an_unknown_device_is_rejected
     assert_eq!(queued(&hub, "amqp-1"), ["m-1"]);
 }
 
+/// A token signed with a wrong key and one already expired are both answered 401 on `$cbs`; a
+/// connection with no good token has its `/messages/devicebound` link detached at once with
+/// `amqp:unauthorized-access`, and nothing is queued.
 #[test]
 fn wrong_and_expired_tokens_are_answered_401_and_a_link_without_a_token_is_refused() {
     let hub = TestHub::start(&[]);
@@ -187,7 +207,7 @@ fn wrong_and_expired_tokens_are_answered_401_and_a_link_without_a_token_is_refus
     let wrong = hub.token("iothubowner", &"A".repeat(44), 3600);
     let key = hub.policy_key("iothubowner");
     let expired = hub.token("iothubowner", &key, -10);
-    runtime().block_on(async {
+    bounded(async {
         let mut connection = open(&hub).await;
         let mut session = Session::begin(&mut connection).await.unwrap();
         assert_eq!(put_token(&mut session, &wrong).await, 401);
@@ -209,10 +229,12 @@ fn wrong_and_expired_tokens_are_answered_401_and_a_link_without_a_token_is_refus
     assert!(queued(&hub, "amqp-2").is_empty());
 }
 
+/// `--amqp-auth-timeout 2s`: a connection that never puts a token is closed by the hub with
+/// `amqp:unauthorized-access` naming the deadline, not before ~2 s (and within [`WAIT`]).
 #[test]
 fn a_connection_without_a_token_is_closed_at_the_auth_timeout() {
     let hub = TestHub::start(&["--amqp-auth-timeout", "2s"]);
-    runtime().block_on(async {
+    bounded(async {
         let mut connection = open(&hub).await;
         let started = Instant::now();
         let closed = tokio::time::timeout(WAIT, connection.on_close())
@@ -231,10 +253,13 @@ fn a_connection_without_a_token_is_closed_at_the_auth_timeout() {
     });
 }
 
+/// `--amqp-max-links 3`: a fourth link is detached with `amqp:resource-limit-exceeded` naming the
+/// setting, and a link given back makes room for another; `--amqp-max-sessions 2`: the open
+/// announces channel-max 1, so a third session is refused (fe2o3 refuses it itself).
 #[test]
 fn links_and_sessions_past_their_limits_are_refused() {
     let hub = TestHub::start(&["--amqp-max-links", "3", "--amqp-max-sessions", "2"]);
-    runtime().block_on(async {
+    bounded(async {
         let mut connection = open(&hub).await;
         let mut session = Session::begin(&mut connection).await.unwrap();
         // Links to $cbs need no token; three are at the limit and stay served.
@@ -278,6 +303,7 @@ fn links_and_sessions_past_their_limits_are_refused() {
     });
 }
 
+/// `--amqp off`: the hub prints no `amqp listening` line and serves no AMQP port.
 #[test]
 fn amqp_off_listens_nowhere() {
     let hub = TestHub::start(&["--amqp", "off"]);
@@ -295,7 +321,7 @@ fn amqp_off_listens_nowhere() {
 fn the_open_announces_the_frame_limit_and_a_larger_frame_closes_the_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let hub = TestHub::start(&["--amqp-max-frame-bytes", "600", "--amqp-credit", "7"]);
-    runtime().block_on(async {
+    bounded(async {
         let mut tls = tls_to(&hub).await;
         // SASL: header, then init ANONYMOUS; the hub sends its header, mechanisms, outcome.
         tls.write_all(b"AMQP\x03\x01\x00\x00").await.unwrap();
@@ -472,5 +498,380 @@ fn max_frame_size_of_open(open: &[u8]) -> u32 {
         0x52 => u32::from(open[at + 1]),
         0x43 => 0,
         other => panic!("uint expected, found {other:#x}"),
+    }
+}
+
+/// A token of a policy without ServiceConnect (`registryRead`) is a good token (put-token 200),
+/// but under it a cloud-to-device message is Rejected with `amqp:unauthorized-access` and a 403
+/// naming ServiceConnect (nothing queued), and an Event Hubs reader's link is detached likewise.
+#[test]
+fn a_policy_without_service_connect_puts_its_token_but_neither_sends_nor_reads() {
+    let hub = TestHub::start(&[]);
+    ok(&hub.cli(&["device", "add", "amqp-3", "--auth", "sas"]));
+    let key = hub.policy_key("registryRead");
+    let token = hub.token("registryRead", &key, 3600);
+    bounded(async {
+        let mut connection = open(&hub).await;
+        let mut session = Session::begin(&mut connection).await.unwrap();
+        assert_eq!(put_token(&mut session, &token).await, 200);
+        let mut sender = Sender::attach(&mut session, "c2d", "/messages/devicebound")
+            .await
+            .unwrap();
+        match sender.send(c2d("amqp-3", "m-1")).await.unwrap() {
+            Outcome::Rejected(r) => {
+                let e = r.error.expect("an error");
+                assert!(
+                    format!("{:?}", e.condition).contains("UnauthorizedAccess"),
+                    "{e:?}"
+                );
+                let text = e.description.unwrap_or_default();
+                assert!(
+                    text.starts_with("403") && text.contains("ServiceConnect"),
+                    "{text}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let refused = reader_refusal(
+            &mut session,
+            "reader",
+            "iothub/ConsumerGroups/$Default/Partitions/0",
+            Some("amqp.annotation.x-opt-offset > '-1'"),
+        )
+        .await;
+        assert!(
+            refused.contains("UnauthorizedAccess") && refused.contains("ServiceConnect"),
+            "{refused}"
+        );
+        let _ = connection.close().await;
+    });
+    assert!(queued(&hub, "amqp-3").is_empty());
+}
+
+/// `--amqp-max-frame-bytes 512`: a cloud-to-device message of 4000 bytes, which the client must
+/// split over several transfer frames of at most 512 bytes, is reassembled by the hub, Accepted,
+/// and queued whole.
+#[test]
+fn a_message_larger_than_the_frame_limit_arrives_in_fragments() {
+    let hub = TestHub::start(&["--amqp-max-frame-bytes", "512"]);
+    ok(&hub.cli(&["device", "add", "amqp-4", "--auth", "sas"]));
+    let owner = hub.owner_token();
+    let body: Vec<u8> = (0..4000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    bounded(async {
+        let mut connection = open(&hub).await;
+        let mut session = Session::begin(&mut connection).await.unwrap();
+        assert_eq!(put_token(&mut session, &owner).await, 200);
+        let mut sender = Sender::attach(&mut session, "c2d", "/messages/devicebound")
+            .await
+            .unwrap();
+        let mut message = c2d("amqp-4", "big");
+        message.body = Body::Data(vec![Data(Binary::from(body.clone()))].into());
+        let outcome = tokio::time::timeout(WAIT, sender.send(message))
+            .await
+            .expect("settled")
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+        let _ = connection.close().await;
+    });
+    let listed = hub.get_json("/devices/amqp-4/messages/devicebound");
+    let queued = &listed["value"][0];
+    assert_eq!(queued["messageId"], "big");
+    assert_eq!(
+        queued["body"].as_str().map(str::as_bytes),
+        Some(&body[..]),
+        "the whole body is queued"
+    );
+}
+
+/// `--amqp-credit 5`: ten cloud-to-device messages sent without waiting for their settlements (the
+/// client may have only as many in flight as the hub's credit allows, and the hub renews it as it
+/// settles them) are all Accepted, and queued in the order sent.
+#[test]
+fn more_messages_than_the_credit_are_all_accepted_in_order() {
+    let hub = TestHub::start(&["--amqp-credit", "5"]);
+    ok(&hub.cli(&["device", "add", "amqp-5", "--auth", "sas"]));
+    let owner = hub.owner_token();
+    let ids: Vec<String> = (0..10).map(|i| format!("m-{i}")).collect();
+    bounded(async {
+        let mut connection = open(&hub).await;
+        let mut session = Session::begin(&mut connection).await.unwrap();
+        assert_eq!(put_token(&mut session, &owner).await, 200);
+        let mut sender = Sender::attach(&mut session, "c2d", "/messages/devicebound")
+            .await
+            .unwrap();
+        let mut pending = Vec::new();
+        for id in &ids {
+            let sent = tokio::time::timeout(WAIT, sender.send_batchable(c2d("amqp-5", id)))
+                .await
+                .unwrap_or_else(|_| panic!("no credit to send {id}"))
+                .unwrap();
+            pending.push(sent);
+        }
+        for (id, settlement) in ids.iter().zip(pending) {
+            let outcome = tokio::time::timeout(WAIT, settlement)
+                .await
+                .unwrap_or_else(|_| panic!("{id} not settled"))
+                .unwrap();
+            assert!(matches!(outcome, Outcome::Accepted(_)), "{id}: {outcome:?}");
+        }
+        let _ = connection.close().await;
+    });
+    // The queue is listed newest first: its ids, oldest first, are those sent, in that order.
+    let mut oldest_first = queued(&hub, "amqp-5");
+    oldest_first.reverse();
+    assert_eq!(oldest_first, ids);
+}
+
+/// An Event Hubs reader (a receiver from `iothub/ConsumerGroups/$Default/Partitions/{p}` with the
+/// selector filter, a value described by `apache.org:selector-filter:string`) gets the telemetry a
+/// device published over MQTT: from the start with `x-opt-offset > '-1'`, from after a sequence
+/// number with `x-opt-sequence-number > 'n'`, and then live; each event carries the device's body,
+/// message id and properties, and the annotations `x-opt-sequence-number` (the log's),
+/// `x-opt-offset` and `iothub-connection-device-id`. A bad selector, an unknown partition,
+/// consumer group or event hub each detach the reader's link with an error naming the problem.
+#[test]
+fn an_event_hubs_reader_receives_telemetry_from_the_position_its_selector_names() {
+    let hub = TestHub::start(&[]);
+    verified_root_with_devices(&hub, &["eh-1"]);
+    let (mut device, code) = RawDevice::connect(
+        &hub,
+        &hub.dir.join("eh-1.pem"),
+        &hub.dir.join("eh-1.key"),
+        "eh-1",
+    )
+    .unwrap();
+    assert_eq!(code, 0, "CONNACK");
+    device
+        .publish(
+            "devices/eh-1/messages/events/%24.mid=t-1&alert=hot",
+            b"reading-1",
+            1,
+        )
+        .unwrap();
+    device
+        .publish("devices/eh-1/messages/events/", b"reading-2", 2)
+        .unwrap();
+    let logged = hub.get_json("/messages?from=1")["value"].clone();
+    let logged = logged.as_array().expect("the telemetry log");
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    let partition = logged[0]["partition"].as_u64().unwrap();
+    let sequences: Vec<i64> = logged
+        .iter()
+        .map(|m| m["sequenceNumber"].as_i64().unwrap())
+        .collect();
+    let owner = hub.owner_token();
+    let address = format!("iothub/ConsumerGroups/$Default/Partitions/{partition}");
+    bounded(async {
+        let mut connection = open(&hub).await;
+        let mut session = Session::begin(&mut connection).await.unwrap();
+        assert_eq!(put_token(&mut session, &owner).await, 200);
+        let mut all = reader(
+            &mut session,
+            "from-start",
+            &address,
+            Some("amqp.annotation.x-opt-offset > '-1'"),
+        )
+        .await
+        .expect("the reader is attached");
+        let first = next_event(&mut all).await;
+        assert_eq!(first.body, b"reading-1");
+        assert_eq!(first.sequence, sequences[0]);
+        assert_eq!(first.offset, sequences[0].to_string());
+        assert_eq!(first.device.as_deref(), Some("eh-1"));
+        assert_eq!(first.message_id.as_deref(), Some("t-1"));
+        assert_eq!(first.alert.as_deref(), Some("hot"));
+        let second = next_event(&mut all).await;
+        assert_eq!(second.body, b"reading-2");
+        assert_eq!(second.sequence, sequences[1]);
+        assert_eq!(second.device.as_deref(), Some("eh-1"));
+        // A second reader of the group (readers without an owner level share a partition),
+        // starting after the first event.
+        let mut later = reader(
+            &mut session,
+            "after-first",
+            &address,
+            Some(&format!(
+                "amqp.annotation.x-opt-sequence-number > '{}'",
+                sequences[0]
+            )),
+        )
+        .await
+        .expect("the second reader is attached");
+        assert_eq!(next_event(&mut later).await.body, b"reading-2");
+        // Live: an event published now reaches both readers.
+        device
+            .publish("devices/eh-1/messages/events/", b"reading-3", 3)
+            .unwrap();
+        let third = next_event(&mut all).await;
+        assert_eq!(third.body, b"reading-3");
+        assert_eq!(third.sequence, sequences[1] + 1);
+        assert_eq!(next_event(&mut later).await.body, b"reading-3");
+        let from_start = Some("amqp.annotation.x-opt-offset > '-1'");
+        for (name, address, selector, condition, expected) in [
+            (
+                "bad-selector",
+                address.as_str(),
+                Some("amqp.annotation.x-opt-partition-key > '1'"),
+                "AmqpError(InvalidField)",
+                "400004 ArgumentInvalid: the selector filter is not understood",
+            ),
+            (
+                "no-partition",
+                "iothub/ConsumerGroups/$Default/Partitions/99",
+                from_start,
+                "AmqpError(InvalidField)",
+                "partition '99' does not exist; this hub's partitions are 0 to 3",
+            ),
+            (
+                "no-group",
+                "iothub/ConsumerGroups/nobody/Partitions/0",
+                from_start,
+                "AmqpError(NotFound)",
+                "404054 ConsumerGroupNotFound: consumer group 'nobody' does not exist",
+            ),
+            (
+                "no-hub",
+                "other/ConsumerGroups/$Default/Partitions/0",
+                from_start,
+                // Any condition: the text names the problem.
+                "RemoteClosedWithError",
+                "no event hub named 'other'; this hub's is 'iothub'",
+            ),
+        ] {
+            let refused = reader_refusal(&mut session, name, address, selector).await;
+            assert!(
+                refused.contains(condition) && refused.contains(expected),
+                "{name}: {refused}"
+            );
+        }
+        let _ = connection.close().await;
+    });
+    device.disconnect();
+}
+
+/// The name of the selector filter Event Hubs readers send.
+const SELECTOR_FILTER: &str = "apache.org:selector-filter:string";
+
+/// The selector filter's value: `text` described by [`SELECTOR_FILTER`]. fe2o3-amqp does not
+/// re-export serde_amqp's `Described`/`Descriptor`, so a described value is taken from a type
+/// that converts into one and its descriptor replaced by one deserialized as the symbol's.
+fn selector_filter(text: &str) -> Value {
+    use serde::de::value::{Error, MapAccessDeserializer, MapDeserializer};
+    use serde::Deserialize;
+    let Value::Described(mut described) = Value::from(DeleteOnClose::new()) else {
+        unreachable!("a lifetime policy is a described value")
+    };
+    // A descriptor is an enum whose variant is picked by the format code: 0xa3 is sym8.
+    let name = MapDeserializer::<_, Error>::new(std::iter::once((0xa3u8, SELECTOR_FILTER)));
+    described.descriptor = Deserialize::deserialize(MapAccessDeserializer::new(name))
+        .expect("a descriptor named by a symbol");
+    described.value = Value::String(text.to_string());
+    Value::Described(described)
+}
+
+/// Attaches an Event Hubs reader named `name` from `address`, with `selector` as its filter.
+async fn reader(
+    session: &mut SessionHandle<()>,
+    name: &str,
+    address: &str,
+    selector: Option<&str>,
+) -> Result<Receiver, String> {
+    let mut source = Source::builder().address(address.to_string());
+    if let Some(selector) = selector {
+        source =
+            source.add_to_filter_using_legacy_format(SELECTOR_FILTER, selector_filter(selector));
+    }
+    tokio::time::timeout(
+        WAIT,
+        Receiver::builder()
+            .name(name)
+            .source(source.build())
+            .target(format!("{name}-here"))
+            .attach(session),
+    )
+    .await
+    .expect("the attach is answered")
+    .map_err(|e| format!("{e:?}"))
+}
+
+/// Why the hub refused a reader: the attach's error, or the error its link was detached with.
+async fn reader_refusal(
+    session: &mut SessionHandle<()>,
+    name: &str,
+    address: &str,
+    selector: Option<&str>,
+) -> String {
+    let mut receiver = match reader(session, name, address, selector).await {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    match tokio::time::timeout(WAIT, receiver.recv::<Body<Value>>()).await {
+        Ok(Err(e)) => format!("{e:?}"),
+        Ok(Ok(d)) => panic!("{name}: the reader got an event: {:?}", d.message()),
+        Err(_) => panic!("{name}: the reader's link stays attached"),
+    }
+}
+
+/// What a test reads of one event.
+struct Event {
+    body: Vec<u8>,
+    sequence: i64,
+    offset: String,
+    device: Option<String>,
+    message_id: Option<String>,
+    alert: Option<String>,
+}
+
+/// The next event on a reader's link, accepted.
+async fn next_event(receiver: &mut Receiver) -> Event {
+    let delivery = tokio::time::timeout(WAIT, receiver.recv::<Body<Value>>())
+        .await
+        .expect("an event")
+        .unwrap();
+    receiver.accept(&delivery).await.unwrap();
+    let message = delivery.message();
+    let body = match &message.body {
+        Body::Data(batch) => batch.iter().flat_map(|d| d.0.iter().copied()).collect(),
+        other => panic!("the body is data: {other:?}"),
+    };
+    let annotations = message
+        .message_annotations
+        .as_ref()
+        .expect("message annotations");
+    let annotation = |name: &str| {
+        annotations
+            .0
+            .get(&OwnedKey::Symbol(Symbol::from(name)))
+            .cloned()
+    };
+    let text = |v: Option<Value>| match v {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    let sequence = match annotation("x-opt-sequence-number") {
+        Some(Value::Long(n)) => n,
+        other => panic!("x-opt-sequence-number: {other:?}"),
+    };
+    Event {
+        body,
+        sequence,
+        offset: text(annotation("x-opt-offset")).expect("x-opt-offset"),
+        device: text(annotation("iothub-connection-device-id")),
+        message_id: match message
+            .properties
+            .as_ref()
+            .and_then(|p| p.message_id.clone())
+        {
+            Some(MessageId::String(s)) => Some(s),
+            _ => None,
+        },
+        alert: match message
+            .application_properties
+            .as_ref()
+            .and_then(|a| a.0.get("alert"))
+        {
+            Some(SimpleValue::String(s)) => Some(s.clone()),
+            _ => None,
+        },
     }
 }
