@@ -43,7 +43,19 @@ pub(crate) async fn serve(
     let (partition, mut next, lease) = match start {
         Ok(s) => s,
         Err(e) => {
-            let _ = sender.close_with_error(hub_error(&e)).await;
+            // A reader refused for its owner level hears `amqp:link:stolen`, as from Event Hubs:
+            // the one condition its clients report at once rather than re-attach forever.
+            let error = match &e {
+                HubError::ReaderConflict(why) => {
+                    let code = e.code();
+                    amqp_error(
+                        LinkError::Stolen,
+                        format!("{} {}: {why}", code.number, code.name),
+                    )
+                }
+                _ => hub_error(&e),
+            };
+            let _ = sender.close_with_error(error).await;
             return;
         }
     };
