@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use fe2o3_amqp::acceptor::{
     ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerSessionHandle, SessionAcceptor,
-    SupportedReceiverSettleModes,
+    SupportedReceiverSettleModes, SupportedSenderSettleModes,
 };
 use fe2o3_amqp::types::definitions::Fields;
-use fe2o3_amqp::types::definitions::{AmqpError, ReceiverSettleMode};
+use fe2o3_amqp::types::definitions::{AmqpError, ReceiverSettleMode, SenderSettleMode};
 use fe2o3_amqp::types::messaging::{Body, Message, TargetArchetype};
 use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::{Symbol, Value};
@@ -192,9 +192,26 @@ async fn run_session(mut session: ListenerSessionHandle, ctx: &Arc<Context>) {
         .properties(identity(&ctx.hub))
         .max_message_size(ctx.limits.max_message_bytes)
         .build();
+    // What the hub sends (events, answers) goes pre-settled: Event Hubs clients never settle the
+    // events they receive, and an unsettled delivery is kept by the sending link until settled
+    // (measured: 15 MB -> 270 MB of server memory over 200,000 events read by one client).
+    let settled_sender = LinkAcceptor::builder()
+        .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
+        .fallback_receiver_settle_mode(ReceiverSettleMode::First)
+        .supported_sender_settle_modes(SupportedSenderSettleModes::Settled)
+        .fallback_sender_settle_mode(SenderSettleMode::Settled)
+        .initial_delivery_count(0)
+        .properties(identity(&ctx.hub))
+        .max_message_size(ctx.limits.max_message_bytes)
+        .build();
     while let Some(attach) = session.next_incoming_attach().await {
         let route = route_of(&attach);
         let over_limit = ctx.links.fetch_add(1, Ordering::SeqCst) >= ctx.limits.max_links;
+        // The client receives on a link whose role is Receiver: the hub sends on it.
+        let acceptor = match attach.role {
+            fe2o3_amqp::types::definitions::Role::Receiver => &settled_sender,
+            fe2o3_amqp::types::definitions::Role::Sender => &acceptor,
+        };
         let link = match acceptor.accept_incoming_attach(attach, &mut session).await {
             Ok(link) => link,
             Err(e) => {
