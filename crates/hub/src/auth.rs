@@ -189,26 +189,23 @@ impl Hub {
                 "no Authorization header; send 'SharedAccessSignature sr=..&sig=..&se=..&skn=..' (see 'iothub sas-token')".into(),
             )
         })?;
-        self.check_token(header).map_err(|cause| {
-            // The cause names no secret (no signature, no key); Debug escapes what the caller sent.
-            tracing::debug!(cause = ?cause, "SharedAccessSignature token refused");
-            HubError::Unauthorized(TOKEN_REFUSED.into())
-        })
+        self.authenticate_token(header)
+            .map(|(principal, _)| principal)
     }
 
     /// [`Hub::authenticate`] for a token handed over a connection that outlives it (AMQP's
     /// put-token): the principal and the token's expiry (Unix seconds), after which the
     /// connection must present a new token.
     pub fn authenticate_token(&self, token: &str) -> Result<(Principal, i64), HubError> {
-        let principal = self.authenticate(Some(token))?;
-        let expiry = SasToken::parse(token)
-            .map_err(|_| HubError::Unauthorized(TOKEN_REFUSED.into()))?
-            .expiry;
-        Ok((principal, expiry))
+        self.check_token(token).map_err(|cause| {
+            // The cause names no secret (no signature, no key); Debug escapes what the caller sent.
+            tracing::debug!(cause = ?cause, "SharedAccessSignature token refused");
+            HubError::Unauthorized(TOKEN_REFUSED.into())
+        })
     }
 
     /// The precise reason a token is refused, for the log; callers get [`TOKEN_REFUSED`].
-    fn check_token(&self, header: &str) -> Result<Principal, String> {
+    fn check_token(&self, header: &str) -> Result<(Principal, i64), String> {
         let token = SasToken::parse(header).map_err(|e| e.to_string())?;
         let policy_name = token
             .skn
@@ -260,12 +257,13 @@ impl Hub {
             }
             .to_string());
         }
-        Ok(Principal {
+        let principal = Principal {
             credential: Some(Credential::of(&policy, slot)),
             policy: policy.name,
             rights: policy.rights,
             portal: false,
-        })
+        };
+        Ok((principal, token.expiry))
     }
 
     /// `who` as it stands now: None once the key behind it was rotated or its policy deleted
