@@ -216,6 +216,31 @@ text_enum! {
 }
 
 text_enum! {
+    /// Which outcomes of a cloud-to-device message the sender asked to hear about
+    /// (`iothub-ack`).
+    pub enum C2dAck {
+        /// No feedback (the default).
+        None = "none",
+        /// Feedback when the device completes the message.
+        Positive = "positive",
+        /// Feedback when the message expires undelivered.
+        Negative = "negative",
+        /// Both.
+        Full = "full",
+    }
+}
+
+text_enum! {
+    /// The outcome a feedback record reports (Azure's `statusCode`).
+    pub enum FeedbackStatus {
+        /// The device completed the message.
+        Success = "Success",
+        /// The message's time to live passed before the device completed it.
+        Expired = "Expired",
+    }
+}
+
+text_enum! {
     /// What a recorded change touched: what the other nodes of a cluster must refresh.
     pub enum ChangeKind {
         /// A CA was created, replaced, verified or deleted (key: its name).
@@ -367,6 +392,66 @@ pub struct C2dRecord {
     pub state: C2dState,
     pub delivered_at: Option<i64>,
     pub delivery_count: i64,
+    /// The outcomes the sender asked feedback for.
+    pub ack: C2dAck,
+}
+
+/// What a message's outcome writes to the feedback queue, for each message whose `ack` is one of
+/// `wanted_by` (the hub decides which acks want which outcome; the store writes the record in
+/// the same transaction as the outcome, so a feedback record is never lost nor written twice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedbackWrite<'a> {
+    pub wanted_by: &'a [C2dAck],
+    pub status: FeedbackStatus,
+    pub description: &'a str,
+}
+
+impl FeedbackWrite<'static> {
+    /// No message wants this outcome reported.
+    pub const NONE: FeedbackWrite<'static> = FeedbackWrite {
+        wanted_by: &[],
+        status: FeedbackStatus::Success,
+        description: "",
+    };
+}
+
+/// One record of the feedback queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedbackRecord {
+    pub id: i64,
+    pub original_message_id: String,
+    pub device_id: String,
+    /// The device's generation id when the outcome happened ("" if it was deleted by then).
+    pub device_generation_id: String,
+    pub status: FeedbackStatus,
+    pub description: String,
+    /// When the outcome happened (Unix seconds).
+    pub enqueued: i64,
+    /// How many times a reader has taken it (this take included).
+    pub delivery_count: i64,
+}
+
+/// The feedback queue's rules for one take: what is too old or taken too often is dropped, the
+/// rest up to `max` is locked under `token` until `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedbackTake<'a> {
+    pub token: &'a str,
+    pub now: i64,
+    pub until: i64,
+    pub max: u32,
+    /// Records enqueued before this are dropped (the queue's time to live).
+    pub oldest: i64,
+    /// Records taken this many times already are dropped.
+    pub max_deliveries: u32,
+}
+
+/// How a reader settles the feedback it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedbackSettle {
+    /// Done with: the records are deleted.
+    Complete,
+    /// Given back: the records can be taken again at once.
+    Abandon,
 }
 
 /// A device twin: JSON documents stored as text.
@@ -693,13 +778,35 @@ pub trait Store: Send + Sync + 'static {
     fn list_c2d(&self, device_id: &str, limit: u32) -> Result<Vec<C2dRecord>, StoreError>;
     /// Queued messages of a device not expired at `now`, oldest first (read-only).
     fn pending_c2d(&self, device_id: &str, now: i64) -> Result<Vec<C2dRecord>, StoreError>;
-    /// Marks a device's queued messages whose expiry is at or before `now` "expired"; returns
-    /// how many it marked.
-    fn expire_c2d(&self, device_id: &str, now: i64) -> Result<u64, StoreError>;
+    /// Marks the queued messages whose expiry is at or before `now` "expired" (of one device, or
+    /// of every device when `device_id` is None), writing `feedback` for those that want it;
+    /// returns how many it marked.
+    fn expire_c2d(
+        &self,
+        device_id: Option<&str>,
+        now: i64,
+        feedback: &FeedbackWrite<'_>,
+    ) -> Result<u64, StoreError>;
     /// How many messages of a device are queued and not expired at `now` (read-only).
     fn count_pending_c2d(&self, device_id: &str, now: i64) -> Result<u64, StoreError>;
-    /// Marks a message delivered (the device acknowledged it).
-    fn mark_c2d_delivered(&self, id: i64, at: i64) -> Result<(), StoreError>;
+    /// Marks a queued message delivered (the device acknowledged it), writing `feedback` if the
+    /// message wants it; a message not queued (delivered or expired before) is left alone.
+    fn mark_c2d_delivered(
+        &self,
+        id: i64,
+        at: i64,
+        feedback: &FeedbackWrite<'_>,
+    ) -> Result<(), StoreError>;
+    /// Takes feedback records by the rules of `take` (oldest first); none when the queue is empty.
+    fn take_feedback(&self, take: &FeedbackTake<'_>) -> Result<Vec<FeedbackRecord>, StoreError>;
+    /// Completes or abandons the records locked under `token` whose lock has not run out at
+    /// `now`; returns how many (0: the token is unknown or its lock ran out).
+    fn settle_feedback(
+        &self,
+        token: &str,
+        now: i64,
+        settle: FeedbackSettle,
+    ) -> Result<u64, StoreError>;
     /// Counts a delivery attempt.
     fn count_c2d_attempt(&self, id: i64) -> Result<(), StoreError>;
 

@@ -25,12 +25,13 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Transaction};
 
 mod notify;
+mod feedback;
 mod ops;
 mod provisioning;
 mod writes;
 
 use crate::{
-    AuditEntry, AuditQuery, AuthType, AutoRegistration, C2dRecord, C2dState, CaChanges, CaRecord,
+    AuditEntry, AuditQuery, AuthType, AutoRegistration, C2dAck, C2dRecord, C2dState, CaChanges, CaRecord,
     Change, ChangeFeed, ChangeKind, CodeRecord, CrlRecord, DeviceActivity, DeviceRecord,
     DeviceStatus, Expect, MethodCallRecord, NewAudit, NewMessage, PolicyChange, PolicyRecord,
     Presence, PresenceUpdate, RevocationRecord, Store, StoreError, StoredMessage, Subscriptions,
@@ -121,6 +122,16 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX registration_device ON registration (device_id);",
     // 4: the Event Hubs-compatible endpoint's consumer groups besides $Default.
     "CREATE TABLE consumer_group (name TEXT PRIMARY KEY, created BIGINT NOT NULL);",
+    // 5: feedback on cloud-to-device messages (see the SQLite store's migration 14).
+    "ALTER TABLE c2d ADD COLUMN ack TEXT NOT NULL DEFAULT 'none';
+     CREATE INDEX c2d_expiry ON c2d (state, expiry);
+     CREATE TABLE c2d_feedback (
+        id BIGSERIAL PRIMARY KEY,
+        original_message_id TEXT NOT NULL, device_id TEXT NOT NULL,
+        device_generation_id TEXT NOT NULL, status TEXT NOT NULL, description TEXT NOT NULL,
+        enqueued BIGINT NOT NULL, lock_token TEXT, locked_until BIGINT,
+        delivery_count BIGINT NOT NULL DEFAULT 0);
+     CREATE INDEX c2d_feedback_lock ON c2d_feedback (lock_token) WHERE lock_token IS NOT NULL;",
 ];
 
 /// The advisory lock key under which migrations run (any fixed number; "iothub" in ASCII).
@@ -533,7 +544,7 @@ fn device_from_row(r: &Row) -> Result<DeviceRecord, StoreError> {
 }
 
 const C2D_COLUMNS: &str =
-    "id, device_id, message_id, properties, body, created, expiry, state, delivered_at, delivery_count";
+    "id, device_id, message_id, properties, body, created, expiry, state, delivered_at, delivery_count, ack";
 
 fn c2d_from_row(r: &Row) -> Result<C2dRecord, StoreError> {
     Ok(C2dRecord {
@@ -547,6 +558,7 @@ fn c2d_from_row(r: &Row) -> Result<C2dRecord, StoreError> {
         state: text_value(r.get(7), C2dState::parse, "C2D state")?,
         delivered_at: r.get(8),
         delivery_count: r.get(9),
+        ack: text_value(r.get(10), C2dAck::parse, "C2D ack")?,
     })
 }
 

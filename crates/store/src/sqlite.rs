@@ -7,12 +7,14 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+mod feedback;
 mod provisioning;
 
 use crate::{
-    AuditEntry, AuditQuery, AuthType, AutoRegistration, C2dRecord, C2dState, CaChanges, CaRecord,
+    AuditEntry, AuditQuery, AuthType, AutoRegistration, C2dAck, C2dRecord, C2dState, CaChanges, CaRecord,
     Change, ChangeFeed, ChangeKind, CodeRecord, CrlRecord, DeviceActivity, DeviceRecord,
-    DeviceStatus, EnrollmentKind, EnrollmentRecord, Expect, MethodCallRecord, NewAudit, NewMessage,
+    DeviceStatus, EnrollmentKind, EnrollmentRecord, Expect, FeedbackRecord, FeedbackSettle,
+    FeedbackTake, FeedbackWrite, MethodCallRecord, NewAudit, NewMessage,
     PolicyChange, PolicyRecord, Presence, PresenceUpdate, RegistrationRecord, RevocationRecord,
     Store, StoreError, StoredMessage, Subscriptions, TwinRecord,
 };
@@ -195,6 +197,18 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX registration_device ON registration (device_id);",
     // 13: the Event Hubs-compatible endpoint's consumer groups besides $Default.
     "CREATE TABLE consumer_group (name TEXT PRIMARY KEY NOT NULL, created INTEGER NOT NULL);",
+    // 14: feedback on cloud-to-device messages: what each message's sender asked to hear about,
+    // the queue of feedback records service clients take and settle, and an index for the sweep
+    // that expires every device's messages (not only those of devices that connect).
+    "ALTER TABLE c2d ADD COLUMN ack TEXT NOT NULL DEFAULT 'none';
+     CREATE INDEX c2d_expiry ON c2d (state, expiry);
+     CREATE TABLE c2d_feedback (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        original_message_id TEXT NOT NULL, device_id TEXT NOT NULL,
+        device_generation_id TEXT NOT NULL, status TEXT NOT NULL, description TEXT NOT NULL,
+        enqueued INTEGER NOT NULL, lock_token TEXT, locked_until INTEGER,
+        delivery_count INTEGER NOT NULL DEFAULT 0);
+     CREATE INDEX c2d_feedback_lock ON c2d_feedback (lock_token) WHERE lock_token IS NOT NULL;",
 ];
 
 /// The CA list a trust rebuild reads after a delete (see migration 5).
@@ -386,7 +400,7 @@ macro_rules! text_column {
     )+};
 }
 
-text_column!(DeviceStatus, AuthType, C2dState, ChangeKind, EnrollmentKind);
+text_column!(DeviceStatus, AuthType, C2dState, C2dAck, ChangeKind, EnrollmentKind);
 
 const DEVICE_COLUMNS: &str = "device_id, generation_id, etag, status, status_reason, status_updated, auth_type, primary_thumbprint, secondary_thumbprint, primary_key, secondary_key, created, updated";
 
@@ -409,7 +423,7 @@ fn device_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
 }
 
 const C2D_COLUMNS: &str =
-    "id, device_id, message_id, properties, body, created, expiry, state, delivered_at, delivery_count";
+    "id, device_id, message_id, properties, body, created, expiry, state, delivered_at, delivery_count, ack";
 
 fn c2d_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<C2dRecord> {
     Ok(C2dRecord {
@@ -423,6 +437,7 @@ fn c2d_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<C2dRecord> {
         state: row.get(7)?,
         delivered_at: row.get(8)?,
         delivery_count: row.get(9)?,
+        ack: row.get(10)?,
     })
 }
 
@@ -1165,9 +1180,9 @@ impl Store for SqliteStore {
             });
         }
         tx.execute(
-            "INSERT INTO c2d (device_id, message_id, properties, body, created, expiry, state, delivered_at, delivery_count)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, 0)",
-            params![record.device_id, record.message_id, record.properties, record.body, record.created, record.expiry, C2dState::Queued],
+            "INSERT INTO c2d (device_id, message_id, properties, body, created, expiry, state, delivered_at, delivery_count, ack)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, 0, ?8)",
+            params![record.device_id, record.message_id, record.properties, record.body, record.created, record.expiry, C2dState::Queued, record.ack],
         )
         .map_err(backend)?;
         let id = tx.last_insert_rowid();
@@ -1209,14 +1224,13 @@ impl Store for SqliteStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(backend)
     }
 
-    fn expire_c2d(&self, device_id: &str, now: i64) -> Result<u64, StoreError> {
-        let conn = self.lock()?;
-        conn.execute(
-            "UPDATE c2d SET state = ?3 WHERE device_id = ?1 AND state = ?4 AND expiry <= ?2",
-            params![device_id, now, C2dState::Expired, C2dState::Queued],
-        )
-        .map(|n| n as u64)
-        .map_err(backend)
+    fn expire_c2d(
+        &self,
+        device_id: Option<&str>,
+        now: i64,
+        feedback: &FeedbackWrite<'_>,
+    ) -> Result<u64, StoreError> {
+        self.expire_c2d_sql(device_id, now, feedback)
     }
 
     fn count_pending_c2d(&self, device_id: &str, now: i64) -> Result<u64, StoreError> {
@@ -1230,14 +1244,26 @@ impl Store for SqliteStore {
         .map_err(backend)
     }
 
-    fn mark_c2d_delivered(&self, id: i64, at: i64) -> Result<(), StoreError> {
-        let conn = self.lock()?;
-        conn.execute(
-            "UPDATE c2d SET state = ?3, delivered_at = ?2 WHERE id = ?1 AND state = ?4",
-            params![id, at, C2dState::Delivered, C2dState::Queued],
-        )
-        .map_err(backend)?;
-        Ok(())
+    fn mark_c2d_delivered(
+        &self,
+        id: i64,
+        at: i64,
+        feedback: &FeedbackWrite<'_>,
+    ) -> Result<(), StoreError> {
+        self.mark_c2d_delivered_sql(id, at, feedback)
+    }
+
+    fn take_feedback(&self, take: &FeedbackTake<'_>) -> Result<Vec<FeedbackRecord>, StoreError> {
+        self.take_feedback_sql(take)
+    }
+
+    fn settle_feedback(
+        &self,
+        token: &str,
+        now: i64,
+        settle: FeedbackSettle,
+    ) -> Result<u64, StoreError> {
+        self.settle_feedback_sql(token, now, settle)
     }
 
     fn count_c2d_attempt(&self, id: i64) -> Result<(), StoreError> {
@@ -2463,6 +2489,7 @@ mod tests {
             state: C2dState::Queued,
             delivered_at: None,
             delivery_count: 0,
+            ack: C2dAck::None,
         };
         assert_eq!(s.enqueue_c2d(&c2d(200), 2), Err(StoreError::NotFound));
         s.write_device(&device("d"), Expect::Absent { limit: 10 }, &audit("c"))
@@ -2478,9 +2505,9 @@ mod tests {
         let pending = s.pending_c2d("d", 160).unwrap();
         assert_eq!(pending.iter().map(|m| m.id).collect::<Vec<_>>(), [a.id]);
         assert_eq!(s.count_pending_c2d("d", 160).unwrap(), 1);
-        assert_eq!(s.expire_c2d("d", 160).unwrap(), 1);
+        assert_eq!(s.expire_c2d(Some("d"), 160, &FeedbackWrite::NONE).unwrap(), 1);
         s.count_c2d_attempt(a.id).unwrap();
-        s.mark_c2d_delivered(a.id, 170).unwrap();
+        s.mark_c2d_delivered(a.id, 170, &FeedbackWrite::NONE).unwrap();
         let list = s.list_c2d("d", 10).unwrap();
         let state = |id| list.iter().find(|m| m.id == id).unwrap().clone();
         assert_eq!(state(a.id).state, "delivered");

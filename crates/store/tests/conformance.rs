@@ -72,6 +72,8 @@ conformance!(
     a_registration_creates_its_device_once_and_keeps_it,
     settings_and_persistent_sessions,
     consumer_groups_are_unique_bounded_and_audited,
+    outcomes_write_the_feedback_their_messages_asked_for,
+    feedback_is_locked_settled_and_dropped_by_the_queue_rules,
 );
 
 fn cas_keep_etags_thumbprints_limits_and_codes(s: &dyn Store) {
@@ -288,6 +290,7 @@ fn c2d_queue_limit_expiry_and_delivery(s: &dyn Store) {
         state: C2dState::Queued,
         delivered_at: None,
         delivery_count: 0,
+        ack: C2dAck::None,
     };
     assert_eq!(s.enqueue_c2d(&c2d(200), 2), Err(StoreError::NotFound));
     s.write_device(&device("d"), NO_LIMIT, &audit("c")).unwrap();
@@ -305,10 +308,11 @@ fn c2d_queue_limit_expiry_and_delivery(s: &dyn Store) {
         .map(|m| m.id)
         .collect();
     assert_eq!(pending, [a.id]);
-    assert_eq!(s.expire_c2d("d", 160).unwrap(), 1);
-    assert_eq!(s.expire_c2d("d", 160).unwrap(), 0);
+    let none = &FeedbackWrite::NONE;
+    assert_eq!(s.expire_c2d(Some("d"), 160, none).unwrap(), 1);
+    assert_eq!(s.expire_c2d(Some("d"), 160, none).unwrap(), 0);
     s.count_c2d_attempt(a.id).unwrap();
-    s.mark_c2d_delivered(a.id, 170).unwrap();
+    s.mark_c2d_delivered(a.id, 170, none).unwrap();
     let list = s.list_c2d("d", 10).unwrap();
     let get = |id| list.iter().find(|m| m.id == id).unwrap().clone();
     assert_eq!(
@@ -904,6 +908,171 @@ fn consumer_groups_are_unique_bounded_and_audited(s: &dyn Store) {
         !actions.iter().any(|a| a == "again" || a == "third"),
         "{actions:?}"
     );
+}
+
+const SUCCESS: FeedbackWrite<'static> = FeedbackWrite {
+    wanted_by: &[C2dAck::Positive, C2dAck::Full],
+    status: FeedbackStatus::Success,
+    description: "Success",
+};
+
+const EXPIRED: FeedbackWrite<'static> = FeedbackWrite {
+    wanted_by: &[C2dAck::Negative, C2dAck::Full],
+    status: FeedbackStatus::Expired,
+    description: "Message expired",
+};
+
+fn c2d_with_ack(device: &str, message_id: &str, expiry: i64, ack: C2dAck) -> C2dRecord {
+    C2dRecord {
+        id: 0,
+        device_id: device.into(),
+        message_id: message_id.into(),
+        properties: "{}".into(),
+        body: b"x".to_vec(),
+        created: 100,
+        expiry,
+        state: C2dState::Queued,
+        delivered_at: None,
+        delivery_count: 0,
+        ack,
+    }
+}
+
+/// Takes every record there is at `now` under `token` (lock for 60 s, no limit that bites).
+fn take_all(s: &dyn Store, token: &str, now: i64) -> Vec<FeedbackRecord> {
+    s.take_feedback(&FeedbackTake {
+        token,
+        now,
+        until: now + 60,
+        max: 100,
+        oldest: 0,
+        max_deliveries: 10,
+    })
+    .unwrap()
+}
+
+fn outcomes_write_the_feedback_their_messages_asked_for(s: &dyn Store) {
+    s.write_device(&device("d"), NO_LIMIT, &audit("c")).unwrap();
+    s.write_device(&device("e"), NO_LIMIT, &audit("c")).unwrap();
+    let q = |dev, id, expiry, ack| s.enqueue_c2d(&c2d_with_ack(dev, id, expiry, ack), 50).unwrap();
+    assert_eq!(q("d", "none", 900, C2dAck::None).ack, C2dAck::None);
+    let positive = q("d", "positive", 900, C2dAck::Positive);
+    let negative = q("d", "negative", 900, C2dAck::Negative);
+    let full = q("d", "full", 900, C2dAck::Full);
+    assert_eq!(s.list_c2d("d", 10).unwrap()[0].ack, C2dAck::Full);
+    for m in s.pending_c2d("d", 200).unwrap() {
+        s.mark_c2d_delivered(m.id, 200, &SUCCESS).unwrap();
+    }
+    // A second acknowledgement of a delivered message writes nothing more.
+    s.mark_c2d_delivered(full.id, 210, &SUCCESS).unwrap();
+    let got = take_all(s, "t1", 300);
+    let ids: Vec<(&str, FeedbackStatus)> = got
+        .iter()
+        .map(|r| (r.original_message_id.as_str(), r.status))
+        .collect();
+    assert_eq!(
+        ids,
+        [("positive", FeedbackStatus::Success), ("full", FeedbackStatus::Success)]
+    );
+    assert_eq!(
+        (got[0].device_id.as_str(), got[0].description.as_str(), got[0].enqueued),
+        ("d", "Success", 200)
+    );
+    assert_eq!(got[0].device_generation_id, device("d").generation_id);
+    assert_eq!(got[0].delivery_count, 1);
+    assert_eq!(s.settle_feedback("t1", 300, FeedbackSettle::Complete).unwrap(), 2);
+    let _ = (positive, negative);
+
+    // Expiry, for one device or for all: only negative and full write, each message once.
+    q("d", "d-none", 400, C2dAck::None);
+    q("d", "d-neg", 400, C2dAck::Negative);
+    q("e", "e-full", 450, C2dAck::Full);
+    q("e", "e-pos", 450, C2dAck::Positive);
+    q("e", "e-later", 9_000, C2dAck::Full);
+    assert_eq!(s.expire_c2d(Some("d"), 500, &EXPIRED).unwrap(), 2);
+    assert_eq!(s.expire_c2d(None, 500, &EXPIRED).unwrap(), 2);
+    assert_eq!(s.expire_c2d(None, 500, &EXPIRED).unwrap(), 0);
+    let got = take_all(s, "t2", 600);
+    let ids: Vec<(&str, &str, FeedbackStatus, i64)> = got
+        .iter()
+        .map(|r| (r.original_message_id.as_str(), r.device_id.as_str(), r.status, r.enqueued))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("d-neg", "d", FeedbackStatus::Expired, 500),
+            ("e-full", "e", FeedbackStatus::Expired, 500)
+        ]
+    );
+    assert_eq!(got[0].description, "Message expired");
+    // A feedback record outlives its device (the generation id it had stays on it).
+    s.settle_feedback("t2", 600, FeedbackSettle::Abandon).unwrap();
+    s.delete_device("e", None, &audit("d")).unwrap();
+    assert_eq!(take_all(s, "t3", 700).len(), 2);
+}
+
+fn feedback_is_locked_settled_and_dropped_by_the_queue_rules(s: &dyn Store) {
+    assert!(take_all(s, "empty", 100).is_empty());
+    s.write_device(&device("d"), NO_LIMIT, &audit("c")).unwrap();
+    for i in 0..5 {
+        let m = s
+            .enqueue_c2d(&c2d_with_ack("d", &format!("m{i}"), 900, C2dAck::Full), 50)
+            .unwrap();
+        s.mark_c2d_delivered(m.id, 100 + i, &SUCCESS).unwrap();
+    }
+    let take = |token, now, max| {
+        s.take_feedback(&FeedbackTake {
+            token,
+            now,
+            until: now + 60,
+            max,
+            oldest: 0,
+            max_deliveries: 3,
+        })
+        .unwrap()
+        .into_iter()
+        .map(|r| r.original_message_id)
+        .collect::<Vec<_>>()
+    };
+    // Oldest first, at most `max`; locked records are not handed out again.
+    assert_eq!(take("a", 200, 2), ["m0", "m1"]);
+    assert_eq!(take("b", 200, 2), ["m2", "m3"]);
+    assert_eq!(take("c", 200, 10), ["m4"]);
+    assert!(take("d", 210, 10).is_empty());
+    // Complete deletes, abandon gives back at once; a token settles only its own records.
+    assert_eq!(s.settle_feedback("a", 220, FeedbackSettle::Complete).unwrap(), 2);
+    assert_eq!(s.settle_feedback("a", 220, FeedbackSettle::Complete).unwrap(), 0);
+    assert_eq!(s.settle_feedback("b", 220, FeedbackSettle::Abandon).unwrap(), 2);
+    assert_eq!(s.settle_feedback("nope", 220, FeedbackSettle::Abandon).unwrap(), 0);
+    assert_eq!(take("e", 230, 10), ["m2", "m3"]);
+    // A lock that ran out settles nothing, and its records can be taken again.
+    assert_eq!(s.settle_feedback("c", 260, FeedbackSettle::Complete).unwrap(), 0);
+    assert_eq!(take("f", 260, 10), ["m4"]);
+    // m4 was taken twice, m2 and m3 twice: a third take is allowed, a fourth is not.
+    assert_eq!(s.settle_feedback("e", 280, FeedbackSettle::Abandon).unwrap(), 2);
+    assert_eq!(s.settle_feedback("f", 280, FeedbackSettle::Abandon).unwrap(), 1);
+    assert_eq!(take("g", 300, 10), ["m2", "m3", "m4"]);
+    assert_eq!(s.settle_feedback("g", 300, FeedbackSettle::Abandon).unwrap(), 3);
+    assert!(take("h", 300, 10).is_empty());
+    // Past the time to live: dropped.
+    let m = s
+        .enqueue_c2d(&c2d_with_ack("d", "old", 900, C2dAck::Positive), 50)
+        .unwrap();
+    s.mark_c2d_delivered(m.id, 400, &SUCCESS).unwrap();
+    let take_after = |oldest| {
+        s.take_feedback(&FeedbackTake {
+            token: "i",
+            now: 500,
+            until: 560,
+            max: 10,
+            oldest,
+            max_deliveries: 3,
+        })
+        .unwrap()
+        .len()
+    };
+    assert_eq!(take_after(401), 0);
+    assert_eq!(take_after(0), 0);
 }
 
 // ----- what only a shared store shows: two nodes, concurrent writers -----------------------------

@@ -3,7 +3,10 @@
 //! (`crates/store/tests/conformance.rs`) run the same checks against both.
 
 use super::*;
-use crate::{EnrollmentKind, EnrollmentRecord, RegistrationRecord};
+use crate::{
+    EnrollmentKind, EnrollmentRecord, FeedbackRecord, FeedbackSettle, FeedbackTake, FeedbackWrite,
+    RegistrationRecord,
+};
 
 /// Turns a borrowed value into an owned one for the store's runtime.
 macro_rules! owned {
@@ -636,19 +639,15 @@ impl Store for PostgresStore {
         })
     }
 
-    fn expire_c2d(&self, device_id: &str, now: i64) -> Result<u64, StoreError> {
-        owned!(device_id);
-        self.call(move |db| {
-            Box::pin(async move {
-                let c = db.conn().await?;
-                c.execute(
-                    "UPDATE c2d SET state = $3 WHERE device_id = $1 AND state = $4 AND expiry <= $2",
-                    &[&device_id, &now, &C2dState::Expired.as_str(), &C2dState::Queued.as_str()],
-                )
-                .await
-                .map_err(|e| db.error(e))
-            })
-        })
+    fn expire_c2d(
+        &self,
+        device_id: Option<&str>,
+        now: i64,
+        feedback: &FeedbackWrite<'_>,
+    ) -> Result<u64, StoreError> {
+        let device_id = device_id.map(str::to_owned);
+        let feedback = feedback::OwnedFeedback::of(feedback);
+        self.call(move |db| Box::pin(async move { db.expire_c2d(device_id, now, feedback).await }))
     }
 
     fn count_pending_c2d(&self, device_id: &str, now: i64) -> Result<u64, StoreError> {
@@ -668,24 +667,29 @@ impl Store for PostgresStore {
         })
     }
 
-    fn mark_c2d_delivered(&self, id: i64, at: i64) -> Result<(), StoreError> {
-        self.call(move |db| {
-            Box::pin(async move {
-                let c = db.conn().await?;
-                c.execute(
-                    "UPDATE c2d SET state = $3, delivered_at = $2 WHERE id = $1 AND state = $4",
-                    &[
-                        &id,
-                        &at,
-                        &C2dState::Delivered.as_str(),
-                        &C2dState::Queued.as_str(),
-                    ],
-                )
-                .await
-                .map_err(|e| db.error(e))?;
-                Ok(())
-            })
-        })
+    fn mark_c2d_delivered(
+        &self,
+        id: i64,
+        at: i64,
+        feedback: &FeedbackWrite<'_>,
+    ) -> Result<(), StoreError> {
+        let feedback = feedback::OwnedFeedback::of(feedback);
+        self.call(move |db| Box::pin(async move { db.mark_c2d_delivered(id, at, feedback).await }))
+    }
+
+    fn take_feedback(&self, take: &FeedbackTake<'_>) -> Result<Vec<FeedbackRecord>, StoreError> {
+        let take = feedback::OwnedTake::of(take);
+        self.call(move |db| Box::pin(async move { db.take_feedback(take).await }))
+    }
+
+    fn settle_feedback(
+        &self,
+        token: &str,
+        now: i64,
+        settle: FeedbackSettle,
+    ) -> Result<u64, StoreError> {
+        owned!(token);
+        self.call(move |db| Box::pin(async move { db.settle_feedback(token, now, settle).await }))
     }
 
     fn count_c2d_attempt(&self, id: i64) -> Result<(), StoreError> {

@@ -309,10 +309,10 @@ impl Db {
         }
         let id: i64 = tx
             .query_one(
-                "INSERT INTO c2d (device_id, message_id, properties, body, created, expiry, state, delivered_at, delivery_count)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, 0) RETURNING id",
+                "INSERT INTO c2d (device_id, message_id, properties, body, created, expiry, state, delivered_at, delivery_count, ack)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, 0, $8) RETURNING id",
                 &[&record.device_id, &record.message_id, &record.properties, &record.body,
-                  &record.created, &record.expiry, &C2dState::Queued.as_str()],
+                  &record.created, &record.expiry, &C2dState::Queued.as_str(), &record.ack.as_str()],
             )
             .await
             .map_err(e)?
