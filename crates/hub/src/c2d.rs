@@ -6,7 +6,7 @@
 //! sessions, to wake the device's live session when a message is queued.
 
 use iothub_pki::device_id::validate_device_id;
-use iothub_store::{C2dRecord, C2dState, StoreError};
+use iothub_store::{C2dAck, C2dRecord, C2dState, StoreError};
 
 use crate::auth::{Principal, Right};
 use crate::{Hub, HubError};
@@ -24,6 +24,9 @@ pub struct C2dSend {
     pub content_encoding: Option<String>,
     /// Seconds until the message expires (default: the hub's configured TTL).
     pub ttl_secs: Option<i64>,
+    /// The outcomes the sender wants to hear about through the feedback queue (`feedback.rs`);
+    /// the device sees it as `iothub-ack`.
+    pub ack: C2dAck,
 }
 
 /// A cloud-to-device message as the service side sees it, its properties parsed. The store keeps
@@ -113,6 +116,9 @@ impl Hub {
                 system.insert(key.to_string(), v.clone().into());
             }
         }
+        if msg.ack != C2dAck::None {
+            system.insert("iothub-ack".into(), msg.ack.as_str().into());
+        }
         let mut custom = serde_json::Map::new();
         for (k, v) in &msg.properties {
             if k.is_empty() || k.starts_with("$.") || k.starts_with("iothub-") {
@@ -143,6 +149,7 @@ impl Hub {
             state: C2dState::Queued,
             delivered_at: None,
             delivery_count: 0,
+            ack: msg.ack,
         };
         let stored = self
             .store()
@@ -195,14 +202,17 @@ impl Hub {
 
     /// Marks the device's messages that are past their expiry, and counts them.
     fn expire_c2d(&self, device_id: &str) -> Result<(), HubError> {
-        let expired = self.store().expire_c2d(device_id, self.now())?;
+        let expired =
+            self.store()
+                .expire_c2d(Some(device_id), self.now(), &crate::feedback::EXPIRED)?;
         self.metrics().c2d_expired(expired);
         Ok(())
     }
 
     /// The device acknowledged a message.
     pub fn c2d_delivered(&self, id: i64) -> Result<(), HubError> {
-        self.store().mark_c2d_delivered(id, self.now())?;
+        self.store()
+            .mark_c2d_delivered(id, self.now(), &crate::feedback::COMPLETED)?;
         self.metrics().c2d_delivered();
         Ok(())
     }
@@ -234,6 +244,7 @@ mod tests {
             state: C2dState::Queued,
             delivered_at: None,
             delivery_count: 0,
+            ack: C2dAck::None,
         };
         let view = C2dView::of(record.clone());
         assert_eq!(view.system_properties, serde_json::Value::Object(system));
@@ -321,6 +332,7 @@ mod delivery_tests {
             state: C2dState::Queued,
             delivered_at: None,
             delivery_count: 2,
+            ack: C2dAck::Full,
         };
         let d = C2dDelivery::of(C2dView::of(record.clone()));
         assert_eq!(

@@ -104,6 +104,7 @@ error_codes! {
     READER_CONFLICT = (409056, "ReaderConflict"),
     PRECONDITION_FAILED = (412001, "PreconditionFailed"),
     CERTIFICATE_EXISTS = (412002, "CertificateExists"),
+    FEEDBACK_LOCK_LOST = (412003, "FeedbackLockLost"),
     REQUEST_TOO_LARGE = (413001, "RequestTooLarge"),
     THROTTLING_EXCEPTION = (429001, "ThrottlingException"),
     SERVER_ERROR = (500001, "ServerError"),
@@ -243,6 +244,8 @@ pub enum HubError {
     /// An Event Hubs reader refused by the owner-level rule or the readers' limit.
     #[error("{0}")]
     ReaderConflict(String),
+    #[error("no feedback is locked under lock token '{0}': it was completed or abandoned already, or its lock ran out (--c2d-feedback-lock) and the records went back to the queue; receive the feedback again")]
+    FeedbackLockLost(String),
     #[error("internal error: {0}")]
     Internal(String),
     /// The store could not be reached (`StoreError::Unavailable`): a clear, retryable refusal
@@ -301,6 +304,7 @@ impl HubError {
             HubError::ConsumerGroupExists(_) => CONSUMER_GROUP_EXISTS,
             HubError::ConsumerGroupLimitReached(_) => CONSUMER_GROUP_LIMIT_REACHED,
             HubError::ReaderConflict(_) => READER_CONFLICT,
+            HubError::FeedbackLockLost(_) => FEEDBACK_LOCK_LOST,
             HubError::Internal(_) => SERVER_ERROR,
             HubError::StoreUnavailable(_) => SERVICE_UNAVAILABLE,
         }

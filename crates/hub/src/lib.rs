@@ -41,6 +41,7 @@ pub mod devices;
 pub mod enrollments;
 pub mod error;
 pub mod eventhub;
+pub mod feedback;
 pub mod methods;
 pub mod metrics;
 pub mod overview;
@@ -66,6 +67,7 @@ pub use clock::{Clock, SystemClock};
 pub use devices::{DeviceAuth, DeviceView, PutDevice};
 pub use error::{ErrorCode, HubError};
 pub use eventhub::{ConsumerGroupView, EventHubInfo, PartitionInfo, StartPosition};
+pub use feedback::{C2dAck, FeedbackBatch, FeedbackStatus, FeedbackView};
 /// A policy with its keys, as `Hub::policy_keys` hands it out: plain data (name, two keys,
 /// rights), re-exported so that adapters take it from the service layer, not the store.
 pub use iothub_store::PolicyRecord;
@@ -110,6 +112,13 @@ pub struct HubConfig {
     pub c2d_ttl_secs: i64,
     pub c2d_max_ttl_secs: i64,
     pub c2d_max_bytes: usize,
+    /// The feedback queue (`feedback.rs`): how long a taken batch stays locked, how long a record
+    /// waits to be taken before it is dropped, how often one record may be taken, and how many
+    /// records one take returns.
+    pub feedback_lock_secs: i64,
+    pub feedback_ttl_secs: i64,
+    pub feedback_max_deliveries: u32,
+    pub feedback_batch: u32,
     /// How long device-to-cloud messages are kept, in seconds.
     pub telemetry_retention_secs: i64,
     /// How long the change feed keeps a change for the other nodes (`changes.rs`): a node away
@@ -164,6 +173,10 @@ impl Default for HubConfig {
             c2d_ttl_secs: 3600,
             c2d_max_ttl_secs: 48 * 3600,
             c2d_max_bytes: 64 * 1024,
+            feedback_lock_secs: 60,
+            feedback_ttl_secs: 3600,
+            feedback_max_deliveries: 10,
+            feedback_batch: 100,
             telemetry_retention_secs: 7 * 24 * 3600,
             change_retention_secs: 3600,
             node_id: iothub_store::LOCAL_NODE.to_string(),

@@ -149,6 +149,7 @@ fn c2d_and_desired_patches_sent_through_one_node_reach_the_session_on_the_other(
         content_type: None,
         content_encoding: None,
         ttl_secs: None,
+        ack: Default::default(),
     };
     a.hub.send_c2d(&sys(), "valve", &msg).unwrap();
     a.hub

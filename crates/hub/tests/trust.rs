@@ -168,14 +168,35 @@ impl Store for GatedStore {
     fn pending_c2d(&self, id: &str, now: i64) -> Result<Vec<C2dRecord>, StoreError> {
         self.inner.pending_c2d(id, now)
     }
-    fn expire_c2d(&self, id: &str, now: i64) -> Result<u64, StoreError> {
-        self.inner.expire_c2d(id, now)
+    fn expire_c2d(
+        &self,
+        id: Option<&str>,
+        now: i64,
+        feedback: &FeedbackWrite<'_>,
+    ) -> Result<u64, StoreError> {
+        self.inner.expire_c2d(id, now, feedback)
     }
     fn count_pending_c2d(&self, id: &str, now: i64) -> Result<u64, StoreError> {
         self.inner.count_pending_c2d(id, now)
     }
-    fn mark_c2d_delivered(&self, id: i64, at: i64) -> Result<(), StoreError> {
-        self.inner.mark_c2d_delivered(id, at)
+    fn mark_c2d_delivered(
+        &self,
+        id: i64,
+        at: i64,
+        feedback: &FeedbackWrite<'_>,
+    ) -> Result<(), StoreError> {
+        self.inner.mark_c2d_delivered(id, at, feedback)
+    }
+    fn take_feedback(&self, take: &FeedbackTake<'_>) -> Result<Vec<FeedbackRecord>, StoreError> {
+        self.inner.take_feedback(take)
+    }
+    fn settle_feedback(
+        &self,
+        token: &str,
+        now: i64,
+        settle: FeedbackSettle,
+    ) -> Result<u64, StoreError> {
+        self.inner.settle_feedback(token, now, settle)
     }
     fn count_c2d_attempt(&self, id: i64) -> Result<(), StoreError> {
         self.inner.count_c2d_attempt(id)

@@ -230,6 +230,12 @@ text_enum! {
     }
 }
 
+impl Default for C2dAck {
+    fn default() -> Self {
+        C2dAck::None
+    }
+}
+
 text_enum! {
     /// The outcome a feedback record reports (Azure's `statusCode`).
     pub enum FeedbackStatus {
