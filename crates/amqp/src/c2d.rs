@@ -129,6 +129,7 @@ fn read(message: &Message<Body<Value>>, now: i64) -> Result<(String, C2dSend), A
         None => None,
     };
     let mut properties = Vec::new();
+    let mut ack = Default::default();
     if let Some(app) = &message.application_properties {
         for (name, value) in app.0.iter() {
             let value = value_text(value).ok_or_else(|| {
@@ -137,7 +138,13 @@ fn read(message: &Message<Body<Value>>, now: i64) -> Result<(String, C2dSend), A
                     iothub_hub::peer_text::escaped(name)
                 ))
             })?;
-            properties.push((name.clone(), value));
+            // The sender's feedback request travels as an application property, as to Azure.
+            if name == "iothub-ack" {
+                ack =
+                    iothub_hub::feedback::parse_ack(&value).map_err(|e| invalid(e.to_string()))?;
+            } else {
+                properties.push((name.clone(), value));
+            }
         }
     }
     Ok((
@@ -154,6 +161,7 @@ fn read(message: &Message<Body<Value>>, now: i64) -> Result<(String, C2dSend), A
                 .and_then(|p| p.content_encoding.as_ref())
                 .map(|s| s.as_str().to_string()),
             ttl_secs,
+            ack,
         },
     ))
 }

@@ -298,6 +298,8 @@ struct C2dBody {
     content_type: Option<String>,
     content_encoding: Option<String>,
     ttl_seconds: Option<i64>,
+    /// Which outcomes to hear about through the feedback queue: none, positive, negative, full.
+    ack: Option<String>,
 }
 
 pub(crate) async fn send_c2d(
@@ -326,10 +328,15 @@ pub(crate) async fn send_c2d(
                 ))
             }
         };
-        Ok((parsed, bytes))
+        let ack = match &parsed.ack {
+            Some(text) => iothub_hub::feedback::parse_ack(text)?,
+            None => Default::default(),
+        };
+        Ok((parsed, bytes, ack))
     }
     .await;
-    let (parsed, bytes) = audited(&state, &who, "c2d.send", format!("device/{id}"), parsed).await?;
+    let (parsed, bytes, ack) =
+        audited(&state, &who, "c2d.send", format!("device/{id}"), parsed).await?;
     let mut properties = Vec::new();
     for (k, v) in parsed.properties {
         match v {
@@ -345,6 +352,7 @@ pub(crate) async fn send_c2d(
         content_type: parsed.content_type,
         content_encoding: parsed.content_encoding,
         ttl_secs: parsed.ttl_seconds,
+        ack,
     };
     let record = blocking(&state, move |hub| hub.send_c2d(&who, &id, &msg)).await?;
     Ok((StatusCode::CREATED, Json(c2d_json(&record))).into_response())

@@ -32,6 +32,7 @@ pub mod devices;
 pub mod enrollments;
 pub mod error;
 pub mod eventhub;
+pub mod feedback;
 pub mod limiter;
 pub mod overview;
 pub mod policies;

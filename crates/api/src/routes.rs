@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use iothub_hub::error as codes;
 use iothub_hub::Hub;
@@ -23,8 +23,8 @@ use crate::limiter::{limit_auth_failures, AuthFailureLimiter};
 use crate::portal::PortalState;
 use crate::state::{authenticate, ApiLimits, AppState};
 use crate::{
-    audit, azure, certificates, devices, enrollments, eventhub, overview, policies, portal_routes,
-    revocations,
+    audit, azure, certificates, devices, enrollments, eventhub, feedback, overview, policies,
+    portal_routes, revocations,
 };
 
 /// The OpenAPI document of this API.
@@ -100,6 +100,15 @@ fn registry_routes() -> Router<AppState> {
             get(devices::list_c2d).post(devices::send_c2d),
         )
         .route("/messages", get(devices::read_messages))
+        .route("/messages/serviceBound/feedback", get(feedback::receive))
+        .route(
+            "/messages/serviceBound/feedback/{token}",
+            delete(feedback::complete),
+        )
+        .route(
+            "/messages/serviceBound/feedback/{token}/abandon",
+            post(feedback::abandon),
+        )
         .route("/messages/stream", get(devices::stream_messages))
         .route("/connections", get(devices::connections))
         .route("/overview", get(overview::overview))

@@ -214,10 +214,25 @@ impl ApiClient {
         if let Some(b) = body {
             req = req.json(b);
         }
+        Ok(self.answer(req)?.0)
+    }
+
+    /// A GET whose answer's `ETag` matters (a feedback batch's lock token): the JSON body and
+    /// the ETag without its quotes.
+    pub fn get_with_etag(&self, path: &str) -> Result<(Value, Option<String>)> {
+        self.answer(self.request(Method::GET, path))
+    }
+
+    fn answer(&self, req: reqwest::blocking::RequestBuilder) -> Result<(Value, Option<String>)> {
         let resp = req
             .send()
             .with_context(|| format!("cannot reach the hub at {}", self.base))?;
         let status = resp.status();
+        let etag = resp
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim_matches('"').to_string());
         let text = resp.text().context("the hub's answer was cut off")?;
         let json: Value = if text.trim().is_empty() {
             Value::Null
@@ -225,7 +240,7 @@ impl ApiClient {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         if status.is_success() {
-            return Ok(json);
+            return Ok((json, etag));
         }
         Err(ApiRefusal::from_answer(status, &json).into())
     }

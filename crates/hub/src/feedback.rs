@@ -7,8 +7,8 @@
 //! which ack wants which outcome, the queue's limits (from the config), the lock token, and who may
 //! read (ServiceConnect).
 
-use iothub_store::{FeedbackRecord, FeedbackSettle, FeedbackTake, FeedbackWrite};
 pub use iothub_store::{C2dAck, FeedbackStatus};
+use iothub_store::{FeedbackRecord, FeedbackSettle, FeedbackTake, FeedbackWrite};
 
 use crate::auth::{Principal, Right};
 use crate::{Hub, HubError};
@@ -98,9 +98,11 @@ impl Hub {
     }
 
     /// The next batch of feedback, locked for `--c2d-feedback-lock` seconds; None when the queue
-    /// holds nothing to take.
+    /// holds nothing to take. Messages that expired since the last sweep are expired first, so
+    /// their feedback is in the queue as soon as they are due (one indexed update).
     pub fn receive_feedback(&self, who: &Principal) -> Result<Option<FeedbackBatch>, HubError> {
         self.authorize_feedback(who)?;
+        self.expire_c2d_everywhere()?;
         let config = self.config();
         let now = self.now();
         let token = lock_token()?;
@@ -194,6 +196,9 @@ mod tests {
         assert_eq!(parse_ack("full").unwrap(), C2dAck::Full);
         assert_eq!(parse_ack("none").unwrap(), C2dAck::None);
         let e = parse_ack("Full\n").unwrap_err().to_string();
-        assert!(e.contains("'Full\\n'") && e.contains("none, positive, negative, full"), "{e}");
+        assert!(
+            e.contains("'Full\\n'") && e.contains("none, positive, negative, full"),
+            "{e}"
+        );
     }
 }

@@ -65,6 +65,21 @@ pub struct ServeArgs {
     /// Cloud-to-device messages queued per device at most [default: 50].
     #[arg(long, env = "IOTHUB_C2D_MAX_PENDING")]
     pub c2d_max_pending: Option<u32>,
+    /// How long a batch of cloud-to-device feedback stays locked for the client that received
+    /// it, 5s to 300s [default: 60s].
+    #[arg(long, env = "IOTHUB_C2D_FEEDBACK_LOCK", value_name = "DURATION")]
+    pub c2d_feedback_lock: Option<String>,
+    /// How long a feedback record waits to be received before it is dropped, 1m to 48h
+    /// [default: 1h].
+    #[arg(long, env = "IOTHUB_C2D_FEEDBACK_TTL", value_name = "DURATION")]
+    pub c2d_feedback_ttl: Option<String>,
+    /// How many times one feedback record may be received (and abandoned or left to its lock)
+    /// before it is dropped, 1 to 100 [default: 10].
+    #[arg(long, env = "IOTHUB_C2D_FEEDBACK_MAX_DELIVERIES")]
+    pub c2d_feedback_max_deliveries: Option<u32>,
+    /// Feedback records in one received batch at most, 1 to 1000 [default: 100].
+    #[arg(long, env = "IOTHUB_C2D_FEEDBACK_BATCH")]
+    pub c2d_feedback_batch: Option<u32>,
     /// Failed authentications per client address per minute before it is refused with 429
     /// [default: 300].
     #[arg(long, env = "IOTHUB_AUTH_FAILURE_LIMIT")]
@@ -199,6 +214,10 @@ struct FileConfig {
     max_message_bytes: Option<usize>,
     device_limit: Option<u64>,
     c2d_max_pending: Option<u32>,
+    c2d_feedback_lock: Option<String>,
+    c2d_feedback_ttl: Option<String>,
+    c2d_feedback_max_deliveries: Option<u32>,
+    c2d_feedback_batch: Option<u32>,
     telemetry_retention: Option<toml::Value>,
     portal_link_lifetime: Option<String>,
     auth_failure_limit: Option<u32>,
@@ -354,6 +373,10 @@ pub struct ServeConfig {
     pub max_message_bytes: usize,
     pub device_limit: u64,
     pub c2d_max_pending: u32,
+    pub c2d_feedback_lock_secs: i64,
+    pub c2d_feedback_ttl_secs: i64,
+    pub c2d_feedback_max_deliveries: u32,
+    pub c2d_feedback_batch: u32,
     pub telemetry_retention_secs: i64,
     pub portal_link_lifetime_secs: i64,
     pub auth_failure_limit: u32,
@@ -642,6 +665,8 @@ struct Durations {
     handshake_timeout_secs: i64,
     portal_link_lifetime_secs: i64,
     provisioning_timeout_secs: i64,
+    c2d_feedback_lock_secs: i64,
+    c2d_feedback_ttl_secs: i64,
 }
 
 impl Durations {
@@ -673,6 +698,20 @@ impl Durations {
                 3600,
                 60,
                 "--provisioning-timeout",
+            )?,
+            c2d_feedback_lock_secs: text_duration(
+                args.c2d_feedback_lock.as_ref(),
+                file.c2d_feedback_lock.as_ref(),
+                300,
+                60,
+                "--c2d-feedback-lock",
+            )?,
+            c2d_feedback_ttl_secs: text_duration(
+                args.c2d_feedback_ttl.as_ref(),
+                file.c2d_feedback_ttl.as_ref(),
+                48 * 3600,
+                3600,
+                "--c2d-feedback-ttl",
             )?,
         })
     }
@@ -760,6 +799,14 @@ impl ServeConfig {
             // Devices and their messages.
             device_limit: pick(args.device_limit, file.device_limit, 1_000_000),
             c2d_max_pending: pick(args.c2d_max_pending, file.c2d_max_pending, 50),
+            c2d_feedback_lock_secs: durations.c2d_feedback_lock_secs,
+            c2d_feedback_ttl_secs: durations.c2d_feedback_ttl_secs,
+            c2d_feedback_max_deliveries: pick(
+                args.c2d_feedback_max_deliveries,
+                file.c2d_feedback_max_deliveries,
+                10,
+            ),
+            c2d_feedback_batch: pick(args.c2d_feedback_batch, file.c2d_feedback_batch, 100),
             telemetry_retention_secs: durations.telemetry_retention_secs,
             device_cache_entries: pick(
                 args.device_cache_entries,
@@ -927,6 +974,30 @@ impl ServeConfig {
             bail!(
                 "--c2d-max-pending is {}; expected 1 to 10000",
                 self.c2d_max_pending
+            );
+        }
+        if self.c2d_feedback_lock_secs < 5 {
+            bail!(
+                "--c2d-feedback-lock is {}s; expected 5s to 300s",
+                self.c2d_feedback_lock_secs
+            );
+        }
+        if self.c2d_feedback_ttl_secs < 60 {
+            bail!(
+                "--c2d-feedback-ttl is {}s; expected 1m to 48h",
+                self.c2d_feedback_ttl_secs
+            );
+        }
+        if !(1..=100).contains(&self.c2d_feedback_max_deliveries) {
+            bail!(
+                "--c2d-feedback-max-deliveries is {}; expected 1 to 100",
+                self.c2d_feedback_max_deliveries
+            );
+        }
+        if !(1..=1000).contains(&self.c2d_feedback_batch) {
+            bail!(
+                "--c2d-feedback-batch is {}; expected 1 to 1000",
+                self.c2d_feedback_batch
             );
         }
         Ok(())
@@ -1282,6 +1353,83 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(off.device_cache_entries, 0);
+    }
+
+    #[test]
+    fn c2d_feedback_settings_are_checked() {
+        let c = resolved(ServeArgs::default());
+        assert_eq!(
+            (
+                c.c2d_feedback_lock_secs,
+                c.c2d_feedback_ttl_secs,
+                c.c2d_feedback_max_deliveries,
+                c.c2d_feedback_batch
+            ),
+            (60, 3600, 10, 100)
+        );
+        let c = resolved(ServeArgs {
+            c2d_feedback_lock: Some("5s".into()),
+            c2d_feedback_ttl: Some("48h".into()),
+            c2d_feedback_max_deliveries: Some(100),
+            c2d_feedback_batch: Some(1),
+            ..Default::default()
+        });
+        assert_eq!(
+            (
+                c.c2d_feedback_lock_secs,
+                c.c2d_feedback_ttl_secs,
+                c.c2d_feedback_max_deliveries,
+                c.c2d_feedback_batch
+            ),
+            (5, 48 * 3600, 100, 1)
+        );
+        for (args, expected) in [
+            (
+                ServeArgs {
+                    c2d_feedback_lock: Some("4s".into()),
+                    ..Default::default()
+                },
+                "--c2d-feedback-lock is 4s; expected 5s to 300s",
+            ),
+            (
+                ServeArgs {
+                    c2d_feedback_lock: Some("301s".into()),
+                    ..Default::default()
+                },
+                "--c2d-feedback-lock",
+            ),
+            (
+                ServeArgs {
+                    c2d_feedback_ttl: Some("59s".into()),
+                    ..Default::default()
+                },
+                "--c2d-feedback-ttl is 59s; expected 1m to 48h",
+            ),
+            (
+                ServeArgs {
+                    c2d_feedback_ttl: Some("49h".into()),
+                    ..Default::default()
+                },
+                "--c2d-feedback-ttl",
+            ),
+            (
+                ServeArgs {
+                    c2d_feedback_max_deliveries: Some(0),
+                    ..Default::default()
+                },
+                "--c2d-feedback-max-deliveries is 0; expected 1 to 100",
+            ),
+            (
+                ServeArgs {
+                    c2d_feedback_batch: Some(1001),
+                    ..Default::default()
+                },
+                "--c2d-feedback-batch is 1001; expected 1 to 1000",
+            ),
+        ] {
+            let err = refusal(args);
+            assert!(err.contains(expected), "{err}");
+        }
     }
 
     #[test]

@@ -419,6 +419,10 @@ fn open_hub(
             host_names: names.to_vec(),
             device_limit: config.device_limit,
             c2d_max_pending: config.c2d_max_pending,
+            feedback_lock_secs: config.c2d_feedback_lock_secs,
+            feedback_ttl_secs: config.c2d_feedback_ttl_secs,
+            feedback_max_deliveries: config.c2d_feedback_max_deliveries,
+            feedback_batch: config.c2d_feedback_batch,
             telemetry_retention_secs: config.telemetry_retention_secs,
             hub_name: config.name.clone(),
             max_chain_len: config.max_chain_length,
@@ -560,8 +564,9 @@ fn gateway_limits(config: &ServeConfig) -> iothub_gateway::GatewayLimits {
     }
 }
 
-/// Deletes telemetry and recorded changes past their retention once a minute, on a blocking
-/// thread (they are store writes).
+/// Deletes telemetry and recorded changes past their retention, and expires the cloud-to-device
+/// messages that are due (writing their senders' feedback), once a minute on a blocking thread
+/// (they are store writes).
 fn spawn_pruner(hub: Hub) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -578,6 +583,12 @@ fn spawn_pruner(hub: Hub) -> tokio::task::JoinHandle<()> {
             let pruning = hub.clone();
             if let Ok(Err(e)) = tokio::task::spawn_blocking(move || pruning.prune_changes()).await {
                 tracing::warn!(error = %e, "change feed pruning failed");
+            }
+            let expiring = hub.clone();
+            if let Ok(Err(e)) =
+                tokio::task::spawn_blocking(move || expiring.expire_c2d_everywhere()).await
+            {
+                tracing::warn!(error = %e, "cloud-to-device expiry failed");
             }
         }
     })

@@ -1,7 +1,8 @@
 //! Devices over MQTT/TLS with a real, independent client (mosquitto_pub / mosquitto_sub from
 //! Debian's mosquitto-clients): telemetry stored byte for byte, cloud-to-device delivery, every
 //! refusal with its recorded reason, live trust (a CA deleted under a connected device), topic and
-//! QoS violations, and durability of acknowledged telemetry across SIGKILL.
+//! QoS violations, durability of acknowledged telemetry across SIGKILL, and the feedback a
+//! sender asked for on its cloud-to-device messages (completed by the device, or expired).
 
 mod common;
 
@@ -225,6 +226,198 @@ fn telemetry_and_cloud_to_device_round_trip() {
     let d: Value =
         serde_json::from_str(&ok(&hub.cli(&["-o", "json", "device", "show", "sensor-1"]))).unwrap();
     assert_ne!(d["lastActivityTime"], "0001-01-01T00:00:00Z");
+}
+
+/// The feedback route's answer to the owner: status, ETag (the lock token), body.
+fn feedback_get(hub: &TestHub) -> (u16, Option<String>, String, Option<String>) {
+    let resp = hub
+        .client()
+        .get(format!(
+            "{}/messages/serviceBound/feedback?api-version=2021-04-12",
+            hub.base()
+        ))
+        .header("Authorization", hub.owner_token())
+        .send()
+        .unwrap();
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let (etag, content_type) = (header("etag"), header("content-type"));
+    (
+        resp.status().as_u16(),
+        etag,
+        resp.text().unwrap(),
+        content_type,
+    )
+}
+
+fn feedback_settle(hub: &TestHub, token: &str, abandon: bool) -> (u16, Value) {
+    let url = format!("{}/messages/serviceBound/feedback/{token}", hub.base());
+    let req = if abandon {
+        hub.client().post(format!("{url}/abandon"))
+    } else {
+        hub.client().delete(url)
+    };
+    let resp = req
+        .header("Authorization", hub.owner_token())
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn feedback_reports_what_each_sender_asked_for() {
+    let hub = hub_with_verified_root();
+    let dir = hub.dir.clone();
+    device_cert(&hub, "valve", "root");
+    ok(&hub.cli(&["device", "add", "valve", "--auth", "ca"]));
+    assert_eq!(feedback_get(&hub).0, 204, "nothing yet");
+    for (id, ack) in [
+        ("fb-full", "full"),
+        ("fb-none", "none"),
+        ("fb-neg", "negative"),
+    ] {
+        ok(&hub.cli(&["c2d", "send", "valve", id, "--message-id", id, "--ack", ack]));
+    }
+    let refused = hub.cli(&["c2d", "send", "valve", "x", "--ack", "always"]);
+    let err = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(
+        err.contains("ack 'always' is not one of none, positive, negative, full"),
+        "{err}"
+    );
+
+    // The device takes all three; it sees the ack it was sent with.
+    let out = Command::new("mosquitto_sub")
+        .current_dir(&dir)
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &hub.mqtt_port.to_string(),
+            "--cafile",
+        ])
+        .arg(hub.data().join("tls/ca.pem"))
+        .args(["--cert", "valve.pem", "--key", "valve.key", "-i", "valve"])
+        .args(["-u", "localhost/valve/?api-version=2021-04-12"])
+        .args([
+            "-t",
+            "devices/valve/messages/devicebound/#",
+            "-q",
+            "1",
+            "-C",
+            "3",
+            "-v",
+            "-W",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{lines}");
+    assert!(lines.contains("iothub-ack=full"), "{lines}");
+    wait_until("three deliveries", Duration::from_secs(5), || {
+        let v: Value =
+            serde_json::from_str(&ok(&hub.cli(&["-o", "json", "c2d", "list", "valve"]))).unwrap();
+        items_in(&v["value"])
+            .iter()
+            .all(|m| m["state"] == "delivered")
+    });
+
+    // Expired undelivered (the device is gone): only negative and full senders hear of it.
+    for (id, ack) in [("late-pos", "positive"), ("late-full", "full")] {
+        ok(&hub.cli(&[
+            "c2d",
+            "send",
+            "valve",
+            id,
+            "--message-id",
+            id,
+            "--ack",
+            ack,
+            "--ttl",
+            "1",
+        ]));
+    }
+    std::thread::sleep(Duration::from_millis(2100));
+
+    let (status, etag, body, content_type) = feedback_get(&hub);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        content_type.as_deref(),
+        Some("application/vnd.microsoft.iothub.feedback.json")
+    );
+    let records: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let seen: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["originalMessageId"].as_str().unwrap(),
+                r["statusCode"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("fb-full", "Success"), ("late-full", "Expired")],
+        "{body}"
+    );
+    assert_eq!(records[0]["deviceId"], "valve");
+    assert_eq!(records[0]["description"], "Success");
+    assert_eq!(records[1]["description"], "Message expired");
+    assert!(records[0]["deviceGenerationId"]
+        .as_str()
+        .is_some_and(|g| !g.is_empty()));
+    assert!(records[0]["enqueuedTimeUtc"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    let token = etag.unwrap().trim_matches('"').to_string();
+
+    // Locked: not handed out again; abandoned: handed out again; completed: gone.
+    assert_eq!(feedback_get(&hub).0, 204);
+    assert_eq!(feedback_settle(&hub, &token, true).0, 204);
+    let (status, again, _, _) = feedback_get(&hub);
+    assert_eq!(status, 200);
+    let again = again.unwrap();
+    assert_ne!(again.trim_matches('"'), token);
+    // The token goes back as the client got it, quotes and all (percent-encoded in the path).
+    assert_eq!(
+        feedback_settle(&hub, &again.replace('"', "%22"), false).0,
+        204
+    );
+    assert_eq!(feedback_get(&hub).0, 204);
+    let (status, refusal) = feedback_settle(&hub, &token, false);
+    assert_eq!(status, 412, "{refusal}");
+    assert_eq!(refusal["code"], "412003", "{refusal}");
+    assert_eq!(refusal["errorName"], "FeedbackLockLost", "{refusal}");
+
+    // The CLI: shown once, then completed.
+    ok(&hub.cli(&[
+        "c2d",
+        "send",
+        "valve",
+        "last",
+        "--message-id",
+        "last",
+        "--ack",
+        "negative",
+        "--ttl",
+        "1",
+    ]));
+    std::thread::sleep(Duration::from_millis(1100));
+    let kept = ok(&hub.cli(&["c2d", "feedback", "--keep"]));
+    assert!(kept.contains("last") && kept.contains("Expired"), "{kept}");
+    let shown = ok(&hub.cli(&["-o", "json", "c2d", "feedback"]));
+    let v: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(v[0]["originalMessageId"], "last", "{shown}");
+    assert!(ok(&hub.cli(&["c2d", "feedback"])).contains("no feedback waiting"));
+}
+
+fn items_in(v: &Value) -> Vec<Value> {
+    v.as_array().cloned().unwrap_or_default()
 }
 
 #[test]

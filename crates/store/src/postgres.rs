@@ -24,15 +24,15 @@ use std::sync::{Arc, Mutex};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Transaction};
 
-mod notify;
 mod feedback;
+mod notify;
 mod ops;
 mod provisioning;
 mod writes;
 
 use crate::{
-    AuditEntry, AuditQuery, AuthType, AutoRegistration, C2dAck, C2dRecord, C2dState, CaChanges, CaRecord,
-    Change, ChangeFeed, ChangeKind, CodeRecord, CrlRecord, DeviceActivity, DeviceRecord,
+    AuditEntry, AuditQuery, AuthType, AutoRegistration, C2dAck, C2dRecord, C2dState, CaChanges,
+    CaRecord, Change, ChangeFeed, ChangeKind, CodeRecord, CrlRecord, DeviceActivity, DeviceRecord,
     DeviceStatus, Expect, MethodCallRecord, NewAudit, NewMessage, PolicyChange, PolicyRecord,
     Presence, PresenceUpdate, RevocationRecord, Store, StoreError, StoredMessage, Subscriptions,
     TwinRecord,

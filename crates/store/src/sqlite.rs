@@ -11,12 +11,12 @@ mod feedback;
 mod provisioning;
 
 use crate::{
-    AuditEntry, AuditQuery, AuthType, AutoRegistration, C2dAck, C2dRecord, C2dState, CaChanges, CaRecord,
-    Change, ChangeFeed, ChangeKind, CodeRecord, CrlRecord, DeviceActivity, DeviceRecord,
+    AuditEntry, AuditQuery, AuthType, AutoRegistration, C2dAck, C2dRecord, C2dState, CaChanges,
+    CaRecord, Change, ChangeFeed, ChangeKind, CodeRecord, CrlRecord, DeviceActivity, DeviceRecord,
     DeviceStatus, EnrollmentKind, EnrollmentRecord, Expect, FeedbackRecord, FeedbackSettle,
-    FeedbackTake, FeedbackWrite, MethodCallRecord, NewAudit, NewMessage,
-    PolicyChange, PolicyRecord, Presence, PresenceUpdate, RegistrationRecord, RevocationRecord,
-    Store, StoreError, StoredMessage, Subscriptions, TwinRecord,
+    FeedbackTake, FeedbackWrite, MethodCallRecord, NewAudit, NewMessage, PolicyChange,
+    PolicyRecord, Presence, PresenceUpdate, RegistrationRecord, RevocationRecord, Store,
+    StoreError, StoredMessage, Subscriptions, TwinRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -400,7 +400,14 @@ macro_rules! text_column {
     )+};
 }
 
-text_column!(DeviceStatus, AuthType, C2dState, C2dAck, ChangeKind, EnrollmentKind);
+text_column!(
+    DeviceStatus,
+    AuthType,
+    C2dState,
+    C2dAck,
+    ChangeKind,
+    EnrollmentKind
+);
 
 const DEVICE_COLUMNS: &str = "device_id, generation_id, etag, status, status_reason, status_updated, auth_type, primary_thumbprint, secondary_thumbprint, primary_key, secondary_key, created, updated";
 
@@ -2505,9 +2512,13 @@ mod tests {
         let pending = s.pending_c2d("d", 160).unwrap();
         assert_eq!(pending.iter().map(|m| m.id).collect::<Vec<_>>(), [a.id]);
         assert_eq!(s.count_pending_c2d("d", 160).unwrap(), 1);
-        assert_eq!(s.expire_c2d(Some("d"), 160, &FeedbackWrite::NONE).unwrap(), 1);
+        assert_eq!(
+            s.expire_c2d(Some("d"), 160, &FeedbackWrite::NONE).unwrap(),
+            1
+        );
         s.count_c2d_attempt(a.id).unwrap();
-        s.mark_c2d_delivered(a.id, 170, &FeedbackWrite::NONE).unwrap();
+        s.mark_c2d_delivered(a.id, 170, &FeedbackWrite::NONE)
+            .unwrap();
         let list = s.list_c2d("d", 10).unwrap();
         let state = |id| list.iter().find(|m| m.id == id).unwrap().clone();
         assert_eq!(state(a.id).state, "delivered");

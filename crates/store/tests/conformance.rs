@@ -954,7 +954,10 @@ fn take_all(s: &dyn Store, token: &str, now: i64) -> Vec<FeedbackRecord> {
 fn outcomes_write_the_feedback_their_messages_asked_for(s: &dyn Store) {
     s.write_device(&device("d"), NO_LIMIT, &audit("c")).unwrap();
     s.write_device(&device("e"), NO_LIMIT, &audit("c")).unwrap();
-    let q = |dev, id, expiry, ack| s.enqueue_c2d(&c2d_with_ack(dev, id, expiry, ack), 50).unwrap();
+    let q = |dev, id, expiry, ack| {
+        s.enqueue_c2d(&c2d_with_ack(dev, id, expiry, ack), 50)
+            .unwrap()
+    };
     assert_eq!(q("d", "none", 900, C2dAck::None).ack, C2dAck::None);
     let positive = q("d", "positive", 900, C2dAck::Positive);
     let negative = q("d", "negative", 900, C2dAck::Negative);
@@ -972,15 +975,26 @@ fn outcomes_write_the_feedback_their_messages_asked_for(s: &dyn Store) {
         .collect();
     assert_eq!(
         ids,
-        [("positive", FeedbackStatus::Success), ("full", FeedbackStatus::Success)]
+        [
+            ("positive", FeedbackStatus::Success),
+            ("full", FeedbackStatus::Success)
+        ]
     );
     assert_eq!(
-        (got[0].device_id.as_str(), got[0].description.as_str(), got[0].enqueued),
+        (
+            got[0].device_id.as_str(),
+            got[0].description.as_str(),
+            got[0].enqueued
+        ),
         ("d", "Success", 200)
     );
     assert_eq!(got[0].device_generation_id, device("d").generation_id);
     assert_eq!(got[0].delivery_count, 1);
-    assert_eq!(s.settle_feedback("t1", 300, FeedbackSettle::Complete).unwrap(), 2);
+    assert_eq!(
+        s.settle_feedback("t1", 300, FeedbackSettle::Complete)
+            .unwrap(),
+        2
+    );
     let _ = (positive, negative);
 
     // Expiry, for one device or for all: only negative and full write, each message once.
@@ -995,7 +1009,14 @@ fn outcomes_write_the_feedback_their_messages_asked_for(s: &dyn Store) {
     let got = take_all(s, "t2", 600);
     let ids: Vec<(&str, &str, FeedbackStatus, i64)> = got
         .iter()
-        .map(|r| (r.original_message_id.as_str(), r.device_id.as_str(), r.status, r.enqueued))
+        .map(|r| {
+            (
+                r.original_message_id.as_str(),
+                r.device_id.as_str(),
+                r.status,
+                r.enqueued,
+            )
+        })
         .collect();
     assert_eq!(
         ids,
@@ -1006,7 +1027,8 @@ fn outcomes_write_the_feedback_their_messages_asked_for(s: &dyn Store) {
     );
     assert_eq!(got[0].description, "Message expired");
     // A feedback record outlives its device (the generation id it had stays on it).
-    s.settle_feedback("t2", 600, FeedbackSettle::Abandon).unwrap();
+    s.settle_feedback("t2", 600, FeedbackSettle::Abandon)
+        .unwrap();
     s.delete_device("e", None, &audit("d")).unwrap();
     assert_eq!(take_all(s, "t3", 700).len(), 2);
 }
@@ -1040,19 +1062,51 @@ fn feedback_is_locked_settled_and_dropped_by_the_queue_rules(s: &dyn Store) {
     assert_eq!(take("c", 200, 10), ["m4"]);
     assert!(take("d", 210, 10).is_empty());
     // Complete deletes, abandon gives back at once; a token settles only its own records.
-    assert_eq!(s.settle_feedback("a", 220, FeedbackSettle::Complete).unwrap(), 2);
-    assert_eq!(s.settle_feedback("a", 220, FeedbackSettle::Complete).unwrap(), 0);
-    assert_eq!(s.settle_feedback("b", 220, FeedbackSettle::Abandon).unwrap(), 2);
-    assert_eq!(s.settle_feedback("nope", 220, FeedbackSettle::Abandon).unwrap(), 0);
+    assert_eq!(
+        s.settle_feedback("a", 220, FeedbackSettle::Complete)
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.settle_feedback("a", 220, FeedbackSettle::Complete)
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.settle_feedback("b", 220, FeedbackSettle::Abandon)
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.settle_feedback("nope", 220, FeedbackSettle::Abandon)
+            .unwrap(),
+        0
+    );
     assert_eq!(take("e", 230, 10), ["m2", "m3"]);
     // A lock that ran out settles nothing, and its records can be taken again.
-    assert_eq!(s.settle_feedback("c", 260, FeedbackSettle::Complete).unwrap(), 0);
+    assert_eq!(
+        s.settle_feedback("c", 260, FeedbackSettle::Complete)
+            .unwrap(),
+        0
+    );
     assert_eq!(take("f", 260, 10), ["m4"]);
     // m4 was taken twice, m2 and m3 twice: a third take is allowed, a fourth is not.
-    assert_eq!(s.settle_feedback("e", 280, FeedbackSettle::Abandon).unwrap(), 2);
-    assert_eq!(s.settle_feedback("f", 280, FeedbackSettle::Abandon).unwrap(), 1);
+    assert_eq!(
+        s.settle_feedback("e", 280, FeedbackSettle::Abandon)
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.settle_feedback("f", 280, FeedbackSettle::Abandon)
+            .unwrap(),
+        1
+    );
     assert_eq!(take("g", 300, 10), ["m2", "m3", "m4"]);
-    assert_eq!(s.settle_feedback("g", 300, FeedbackSettle::Abandon).unwrap(), 3);
+    assert_eq!(
+        s.settle_feedback("g", 300, FeedbackSettle::Abandon)
+            .unwrap(),
+        3
+    );
     assert!(take("h", 300, 10).is_empty());
     // Past the time to live: dropped.
     let m = s

@@ -1,8 +1,9 @@
 //! `iothub c2d ...`: cloud-to-device messages: queue one for a device, list a device's messages
-//! with their state. Delivery is the hub's business (when the device subscribes).
+//! with their state, read the feedback senders asked for. Delivery is the hub's business (when
+//! the device subscribes).
 
 use anyhow::{bail, Result};
-use iothub_client::{ApiClient, HubTarget};
+use iothub_client::{segment, ApiClient, HubTarget};
 use reqwest::Method;
 use serde_json::json;
 
@@ -32,6 +33,17 @@ pub enum C2dCommand {
         /// Seconds until the message expires.
         #[arg(long)]
         ttl: Option<i64>,
+        /// Which outcomes to hear about in `iothub c2d feedback`: none, positive (completed),
+        /// negative (expired), full [default: none].
+        #[arg(long)]
+        ack: Option<String>,
+    },
+    /// The next batch of feedback on messages sent with --ack (completed or expired), then
+    /// completed: each record is shown once. Nothing to show: says so.
+    Feedback {
+        /// Give the batch back after showing it (it is shown again next time).
+        #[arg(long)]
+        keep: bool,
     },
     /// The messages of a device with their state (queued, delivered, expired).
     List {
@@ -51,6 +63,7 @@ pub fn run(target: &HubTarget, output: Output, cmd: C2dCommand) -> Result<()> {
             correlation_id,
             content_type,
             ttl,
+            ack,
         } => {
             let mut props = serde_json::Map::new();
             for p in properties {
@@ -61,7 +74,7 @@ pub fn run(target: &HubTarget, output: Output, cmd: C2dCommand) -> Result<()> {
             }
             let req = json!({
                 "body": body, "properties": props, "messageId": message_id, "correlationId": correlation_id,
-                "contentType": content_type, "ttlSeconds": ttl,
+                "contentType": content_type, "ttlSeconds": ttl, "ack": ack,
             });
             let v = api.call(
                 Method::POST,
@@ -77,6 +90,7 @@ pub fn run(target: &HubTarget, output: Output, cmd: C2dCommand) -> Result<()> {
                 );
             })
         }
+        C2dCommand::Feedback { keep } => feedback(&api, output, keep),
         C2dCommand::List { id } => {
             let v = api.call(
                 Method::GET,
@@ -97,4 +111,34 @@ pub fn run(target: &HubTarget, output: Output, cmd: C2dCommand) -> Result<()> {
             })
         }
     }
+}
+
+/// Receives a batch, shows it, then completes it (or abandons it with `keep`).
+fn feedback(api: &ApiClient, output: Output, keep: bool) -> Result<()> {
+    const PATH: &str = "/messages/serviceBound/feedback";
+    let (batch, token) = api.get_with_etag(PATH)?;
+    if let Some(token) = &token {
+        let settle = if keep {
+            (Method::POST, format!("{PATH}/{}/abandon", segment(token)))
+        } else {
+            (Method::DELETE, format!("{PATH}/{}", segment(token)))
+        };
+        api.call(settle.0, &settle.1, None, None)?;
+    }
+    let records = if batch.is_array() { batch } else { json!([]) };
+    output.answer(&records, || {
+        if items(&records).is_empty() {
+            println!("no feedback waiting");
+        }
+        for r in items(&records) {
+            println!(
+                "{:<34} {:<20} {:<8} {:<20} {}",
+                shown(&r["originalMessageId"]),
+                shown(&r["deviceId"]),
+                shown(&r["statusCode"]),
+                shown(&r["enqueuedTimeUtc"]),
+                shown(&r["description"])
+            );
+        }
+    })
 }

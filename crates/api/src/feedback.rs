@@ -1,0 +1,104 @@
+//! Azure's feedback routes for cloud-to-device messages: `GET /messages/serviceBound/feedback`
+//! hands out the next batch of feedback records (204 when there is none) locked under a token
+//! sent as the `ETag`; `DELETE /messages/serviceBound/feedback/{lockToken}` completes it and
+//! `POST .../{lockToken}/abandon` gives it back. The queue's rules are the hub's
+//! (`iothub_hub::feedback`).
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use iothub_hub::{FeedbackBatch, FeedbackView};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::state::{authenticate, blocking, AppState};
+
+/// The content type Azure gives a feedback batch.
+const FEEDBACK_CONTENT_TYPE: &str = "application/vnd.microsoft.iothub.feedback.json";
+
+/// One record as Azure's feedback JSON shows it.
+fn record_json(r: &FeedbackView) -> Value {
+    json!({
+        "originalMessageId": r.original_message_id,
+        "deviceId": r.device_id,
+        "deviceGenerationId": r.device_generation_id,
+        "statusCode": r.status.as_str(),
+        "description": r.description,
+        "enqueuedTimeUtc": iothub_pki::pop::format_time(r.enqueued),
+    })
+}
+
+fn batch_response(batch: FeedbackBatch) -> Response {
+    let body = Value::Array(batch.records.iter().map(record_json).collect()).to_string();
+    let newest = batch.records.iter().map(|r| r.enqueued).max().unwrap_or(0);
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    set(header::CONTENT_TYPE.as_str(), FEEDBACK_CONTENT_TYPE.into());
+    set(header::ETAG.as_str(), format!("\"{}\"", batch.lock_token));
+    set(
+        "iothub-lockuntil",
+        iothub_pki::pop::format_time(batch.locked_until),
+    );
+    set("iothub-deliverycount", batch.delivery_count.to_string());
+    set("iothub-enqueuedtime", iothub_pki::pop::format_time(newest));
+    response
+}
+
+/// `GET /messages/serviceBound/feedback`.
+pub(crate) async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    let batch = blocking(&state, move |hub| hub.receive_feedback(&who)).await?;
+    Ok(match batch {
+        Some(batch) => batch_response(batch),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+/// The token as a client may send it back: the ETag it received, quotes and all.
+fn token_of(raw: &str) -> String {
+    raw.trim().trim_matches('"').to_string()
+}
+
+/// `DELETE /messages/serviceBound/feedback/{lockToken}`.
+pub(crate) async fn complete(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    let token = token_of(&token);
+    blocking(&state, move |hub| hub.complete_feedback(&who, &token)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /messages/serviceBound/feedback/{lockToken}/abandon`.
+pub(crate) async fn abandon(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let who = authenticate(&state, &headers)?;
+    let token = token_of(&token);
+    blocking(&state, move |hub| hub.abandon_feedback(&who, &token)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_comes_back_with_or_without_its_quotes() {
+        assert_eq!(token_of("\"ab-c\""), "ab-c");
+        assert_eq!(token_of("ab-c"), "ab-c");
+        assert_eq!(token_of(" \"ab-c\" "), "ab-c");
+    }
+}
