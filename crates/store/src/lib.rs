@@ -218,8 +218,10 @@ text_enum! {
 text_enum! {
     /// Which outcomes of a cloud-to-device message the sender asked to hear about
     /// (`iothub-ack`).
+    #[derive(Default)]
     pub enum C2dAck {
         /// No feedback (the default).
+        #[default]
         None = "none",
         /// Feedback when the device completes the message.
         Positive = "positive",
@@ -227,12 +229,6 @@ text_enum! {
         Negative = "negative",
         /// Both.
         Full = "full",
-    }
-}
-
-impl Default for C2dAck {
-    fn default() -> Self {
-        C2dAck::None
     }
 }
 
