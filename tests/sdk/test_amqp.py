@@ -340,6 +340,70 @@ def test_send_c2d_message_without_service_connect_is_rejected(hub, service):
     assert denied[0]["actor"] == "registryRead" and "ServiceConnect" in denied[0]["detail"], denied
 
 
+def test_feedback_reports_a_completed_and_an_expired_message_to_the_sdk(hub, devices, service):
+    """`iothub-ack` asks for feedback: the device sees it as `ack`; a message it completes is
+    reported Success, one that expires before its device ever connects is reported Expired (to
+    `negative` and `full` senders, not to `positive` ones). azure-iot-hub's
+    IoTHubHttpRuntimeManager receives the batch (its raw answer: Azure's feedback JSON, the lock
+    token as ETag), abandons it (received again under a new token), completes it (the queue is
+    then empty), and a completed token is refused with 412."""
+    from azure.iot.hub import IoTHubHttpRuntimeManager
+    from msrest.exceptions import HttpOperationError
+    online, offline = "amqp-fb-1", "amqp-fb-2"
+    for d in (online, offline):
+        hub.cli("device", "add", d, "--auth", "ca")
+    received = queue.Queue()
+    dev = devices(online, connect=False)
+    dev.on_message_received = received.put
+    dev.connect()
+    registry = service()
+    registry.send_c2d_message(online, "done", {"messageId": "fb-done", "iothub-ack": "full"})
+    m = received.get(timeout=EVENT_WAIT)
+    assert (m.message_id, m.ack, m.custom_properties) == ("fb-done", "full", {})
+    soon = int((time.time() + 1) * 1000)
+    registry.send_c2d_message(offline, "late", {"messageId": "fb-late", "iothub-ack": "negative",
+                                                "expiryTimeUtc": soon})
+    registry.send_c2d_message(offline, "late too", {"messageId": "fb-quiet", "iothub-ack": "positive",
+                                                    "expiryTimeUtc": soon})
+    with pytest.raises(Exception, match="^C2D message send failure$"):
+        registry.send_c2d_message(offline, "x", {"messageId": "fb-bad", "iothub-ack": "sometimes"})
+
+    runtime = IoTHubHttpRuntimeManager.from_connection_string(hub.connection_string())
+    runtime.protocol.config.connection.verify = hub.ca_file
+    feedback = runtime.protocol.cloud_to_device_messages
+
+    def batch():
+        answer = feedback.receive_feedback_notification(raw=True).response
+        if answer.status_code == 204:
+            return None
+        assert answer.headers["Content-Type"] == "application/vnd.microsoft.iothub.feedback.json"
+        return answer.headers["ETag"].strip('"'), answer.json()
+
+    def both_in():
+        got = batch()
+        if got and len(got[1]) == 2:
+            return got
+        if got:
+            runtime.abandon_feedback_notification(got[0])
+        return None
+    token, records = wait_for("both outcomes in the queue", both_in, timeout=EVENT_WAIT, interval=0.25)
+    assert [(r["originalMessageId"], r["statusCode"], r["deviceId"]) for r in records] == [
+        ("fb-done", "Success", online), ("fb-late", "Expired", offline)]
+    assert records[0]["description"] == "Success" and records[1]["description"] == "Message expired"
+    assert all(r["enqueuedTimeUtc"].endswith("Z") and r["deviceGenerationId"] for r in records)
+
+    assert batch() is None                              # locked: not handed out twice
+    runtime.abandon_feedback_notification(token)
+    again, same = batch()
+    assert again != token and same == records
+    runtime.complete_feedback_notification(again)
+    assert runtime.receive_feedback_notification() is None and batch() is None
+    with pytest.raises(HttpOperationError) as refused:
+        runtime.complete_feedback_notification(again)
+    assert refused.value.response.status_code == 412
+    assert refused.value.response.json()["errorName"] == "FeedbackLockLost"
+
+
 def test_send_c2d_message_with_a_wrong_key_is_refused_at_put_token(hub, service):
     """A token signed with a key no policy has is refused on $cbs with 401: uamqp raises
     TokenAuthFailure naming the status within seconds, and nothing is queued."""
