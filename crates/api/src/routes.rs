@@ -102,11 +102,11 @@ fn registry_routes() -> Router<AppState> {
         .route("/messages", get(devices::read_messages))
         .route("/messages/serviceBound/feedback", get(feedback::receive))
         .route(
-            "/messages/serviceBound/feedback/{token}",
+            "/messages/serviceBound/feedback/{lockToken}",
             delete(feedback::complete),
         )
         .route(
-            "/messages/serviceBound/feedback/{token}/abandon",
+            "/messages/serviceBound/feedback/{lockToken}/abandon",
             post(feedback::abandon),
         )
         .route("/messages/stream", get(devices::stream_messages))
