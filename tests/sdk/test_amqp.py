@@ -35,6 +35,7 @@ Run: target/test-venv/bin/python -m pytest tests/sdk/test_amqp.py -q   (IOTHUB_B
 import concurrent.futures
 import datetime
 import email.utils
+import json
 import math
 import queue
 import threading
@@ -402,6 +403,71 @@ def test_feedback_reports_a_completed_and_an_expired_message_to_the_sdk(hub, dev
         runtime.complete_feedback_notification(again)
     assert refused.value.response.status_code == 412
     assert refused.value.response.json()["errorName"] == "FeedbackLockLost"
+
+
+def feedback_receiver(hub, policy="iothubowner"):
+    """A feedback receiver as the .NET, Java and Node service SDKs open one (they have no Python
+    counterpart): uamqp, the service SDK's own token (HMAC over "{HostName}\n{expiry}"), a link
+    from /messages/serviceBound/feedback that settles what it receives itself."""
+    import base64, hashlib, hmac, urllib.parse
+    import uamqp
+    from azure.core.credentials import AccessToken
+    fields = dict(p.split("=", 1) for p in hub.connection_string().split(";"))
+    host = fields["HostName"]
+    key = hub.cli("connection-string", "--policy", policy).strip().split("SharedAccessKey=")[1]
+
+    def get_token():
+        expiry = int(time.time() + 3600)
+        digest = hmac.HMAC(base64.b64decode(key), f"{host}\n{expiry}".encode(), hashlib.sha256).digest()
+        sig = urllib.parse.quote(base64.b64encode(digest))
+        return AccessToken(f"SharedAccessSignature sr={host}&sig={sig}&se={expiry}&skn={policy}", expiry)
+    auth = uamqp.authentication.JWTTokenAuth(audience="https://" + host, uri="https://" + host,
+                                             get_token=get_token, token_type=b"servicebus.windows.net:sastoken")
+    auth.update_token()
+    return uamqp.ReceiveClient(f"amqps://{host.split(':')[0]}/messages/serviceBound/feedback", auth=auth,
+                               auto_complete=False, prefetch=1)
+
+
+def test_feedback_reaches_an_amqp_feedback_receiver_which_settles_it(hub, devices, service):
+    """The feedback link the other service SDKs use: one batch per message (Azure's feedback JSON,
+    content type application/vnd.microsoft.iothub.feedback.json, user-id and iothub-enqueuedtime
+    set, the lock token as message id); released, it comes again under a new token; accepted, it
+    is complete (HTTPS then finds the queue empty)."""
+    device_id = "amqp-fb-3"
+    hub.cli("device", "add", device_id, "--auth", "ca")
+    received = queue.Queue()
+    dev = devices(device_id, connect=False)
+    dev.on_message_received = received.put
+    dev.connect()
+    registry = service()
+    for mid in ("fb-a1", "fb-a2"):
+        registry.send_c2d_message(device_id, mid, {"messageId": mid, "iothub-ack": "positive"})
+        assert received.get(timeout=EVENT_WAIT).message_id == mid
+    receiver = feedback_receiver(hub)
+    try:
+        def one():
+            got = receiver.receive_message_batch(max_batch_size=1, timeout=2000)
+            return got[0] if got else None
+        first = wait_for("a feedback batch over AMQP", one, timeout=EVENT_WAIT)
+        assert first.properties.content_type == b"application/vnd.microsoft.iothub.feedback.json"
+        assert first.properties.user_id
+        assert b"iothub-enqueuedtime" in first.annotations
+        records = json.loads(b"".join(first.get_data()))
+        assert [(r["originalMessageId"], r["statusCode"]) for r in records] == [
+            ("fb-a1", "Success"), ("fb-a2", "Success")]
+        first.release()
+        again = wait_for("the released batch again", one, timeout=EVENT_WAIT)
+        assert again.properties.message_id != first.properties.message_id
+        assert json.loads(b"".join(again.get_data())) == records
+        again.accept()
+        from azure.iot.hub import IoTHubHttpRuntimeManager
+        runtime = IoTHubHttpRuntimeManager.from_connection_string(hub.connection_string())
+        runtime.protocol.config.connection.verify = hub.ca_file
+        status = lambda: runtime.protocol.cloud_to_device_messages.receive_feedback_notification(
+            raw=True).response.status_code
+        wait_for("the batch completed", lambda: status() == 204, timeout=EVENT_WAIT, interval=0.25)
+    finally:
+        receiver.close()
 
 
 def test_send_c2d_message_with_a_wrong_key_is_refused_at_put_token(hub, service):

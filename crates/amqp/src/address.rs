@@ -1,6 +1,7 @@
 //! The addresses and filters AMQP clients of a cloud IoT hub send, read into types: which node a
 //! link attaches to (the token node `$cbs`, the management node `$management`, the
-//! cloud-to-device queue `/messages/devicebound`, one partition of the event hub), the device a
+//! cloud-to-device queue `/messages/devicebound`, the feedback queue
+//! `/messages/serviceBound/feedback`, one partition of the event hub), the device a
 //! cloud-to-device message is addressed to, and the selector filter that says where an Event Hubs
 //! reader starts. Pure and bounded: no I/O, every malformed input a typed error (fuzz target
 //! `amqp_address`). Wire facts: docs/azure-wire.md#amqp.
@@ -19,6 +20,9 @@ pub enum Node {
     Management,
     /// `/messages/devicebound`: cloud-to-device messages.
     DeviceBound,
+    /// `/messages/serviceBound/feedback`: feedback on cloud-to-device messages (any case: the
+    /// Java SDK writes `servicebound`, the .NET and Node ones `serviceBound`).
+    Feedback,
     /// `/{entity}/ConsumerGroups/{group}/Partitions/{id}`: one partition's events.
     Partition(PartitionAddress),
     /// A client's own reply address (the target of its receiver on `$cbs`/`$management`).
@@ -90,6 +94,9 @@ pub fn node(address: &str) -> Result<Node, AddressError> {
     }
     if path.eq_ignore_ascii_case("messages/devicebound") {
         return Ok(Node::DeviceBound);
+    }
+    if path.eq_ignore_ascii_case("messages/servicebound/feedback") {
+        return Ok(Node::Feedback);
     }
     let parts: Vec<&str> = path.split('/').collect();
     if let [entity, groups, group, partitions, partition] = parts[..] {
@@ -201,6 +208,13 @@ mod tests {
             Node::DeviceBound
         );
         assert_eq!(node("/messages/devicebound").unwrap(), Node::DeviceBound);
+        for feedback in [
+            "/messages/serviceBound/feedback",
+            "/messages/servicebound/feedback",
+            "amqps://hub.local/messages/serviceBound/feedback",
+        ] {
+            assert_eq!(node(feedback).unwrap(), Node::Feedback, "{feedback}");
+        }
         let partition = Node::Partition(PartitionAddress {
             entity: "iothub".into(),
             consumer_group: "$Default".into(),

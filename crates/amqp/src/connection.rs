@@ -204,11 +204,30 @@ async fn run_session(mut session: ListenerSessionHandle, ctx: &Arc<Context>) {
         .properties(identity(&ctx.hub))
         .max_message_size(ctx.limits.max_message_bytes)
         .build();
+    // Feedback is the one thing the hub sends that the client settles: its Accepted completes a
+    // batch, any other outcome abandons it.
+    let unsettled_sender = LinkAcceptor::builder()
+        .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
+        .fallback_receiver_settle_mode(ReceiverSettleMode::First)
+        .supported_sender_settle_modes(SupportedSenderSettleModes::Unsettled)
+        .fallback_sender_settle_mode(SenderSettleMode::Unsettled)
+        .initial_delivery_count(0)
+        .properties(identity(&ctx.hub))
+        .max_message_size(ctx.limits.max_message_bytes)
+        .build();
     while let Some(attach) = session.next_incoming_attach().await {
         let route = route_of(&attach);
         let over_limit = ctx.links.fetch_add(1, Ordering::SeqCst) >= ctx.limits.max_links;
         // The client receives on a link whose role is Receiver: the hub sends on it.
+        let feedback = matches!(
+            &route,
+            Ok(Route {
+                node: Node::Feedback,
+                ..
+            })
+        );
         let acceptor = match attach.role {
+            fe2o3_amqp::types::definitions::Role::Receiver if feedback => &unsettled_sender,
             fe2o3_amqp::types::definitions::Role::Receiver => &settled_sender,
             fe2o3_amqp::types::definitions::Role::Sender => &acceptor,
         };
@@ -250,6 +269,7 @@ async fn serve_link(link: LinkEndpoint, route: Route, ctx: &Arc<Context>) {
             crate::nodes::serve_management(r, ctx).await
         }
         (LinkEndpoint::Receiver(r), Node::DeviceBound) => crate::c2d::serve(r, ctx).await,
+        (LinkEndpoint::Sender(s), Node::Feedback) => crate::feedback::serve(s, ctx).await,
         (LinkEndpoint::Sender(s), Node::Partition(p)) => {
             crate::events::serve(s, p, route.selector, route.epoch, ctx).await
         }
@@ -280,8 +300,8 @@ async fn serve_link(link: LinkEndpoint, route: Route, ctx: &Arc<Context>) {
                 AmqpError::NotFound,
                 format!(
                     "no such node for this link's direction: {what}; this endpoint serves $cbs, \
-                     $management, /messages/devicebound (send) and \
-                     /{{hub}}/ConsumerGroups/{{group}}/Partitions/{{id}} (receive)"
+                     $management, /messages/devicebound (send), /messages/serviceBound/feedback \
+                     and /{{hub}}/ConsumerGroups/{{group}}/Partitions/{{id}} (receive)"
                 ),
             );
             refuse(link, error).await

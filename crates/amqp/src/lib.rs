@@ -1,5 +1,6 @@
 //! The AMQP 1.0 endpoint of iothub (port 5671): what back ends written for a cloud IoT hub speak.
-//! `azure-iot-hub`'s `send_c2d_message` sends cloud-to-device messages here, and the Event Hubs
+//! `azure-iot-hub`'s `send_c2d_message` sends cloud-to-device messages here, the service SDKs'
+//! feedback receivers read their feedback here, and the Event Hubs
 //! clients (`azure-eventhub`'s consumer) read the telemetry log here, unmodified.
 //!
 //! Why thin: the protocol (framing, SASL, sessions, links, flow control) is `fe2o3-amqp`'s
@@ -18,6 +19,8 @@
 //!   partition properties).
 //! - `c2d`: a client's link to `/messages/devicebound`: each message queued by the hub, then
 //!   settled Accepted or Rejected with the hub's reason.
+//! - `feedback`: a client's link from `/messages/serviceBound/feedback`: feedback batches sent
+//!   unsettled, completed by the client's Accepted, abandoned by any other outcome.
 //! - `events`: one partition's events sent to an Event Hubs reader, from its start position on,
 //!   as the client's credit allows.
 
@@ -27,6 +30,7 @@ mod c2d;
 mod connection;
 mod context;
 mod events;
+mod feedback;
 pub mod limits;
 mod nodes;
 mod sasl;

@@ -7,30 +7,14 @@
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use iothub_hub::{FeedbackBatch, FeedbackView};
-use serde_json::{json, Value};
+use iothub_hub::{FeedbackBatch, FEEDBACK_CONTENT_TYPE};
 
 use crate::error::ApiError;
 use crate::state::{authenticate, blocking, AppState};
 
-/// The content type Azure gives a feedback batch.
-const FEEDBACK_CONTENT_TYPE: &str = "application/vnd.microsoft.iothub.feedback.json";
-
-/// One record as Azure's feedback JSON shows it.
-fn record_json(r: &FeedbackView) -> Value {
-    json!({
-        "originalMessageId": r.original_message_id,
-        "deviceId": r.device_id,
-        "deviceGenerationId": r.device_generation_id,
-        "statusCode": r.status.as_str(),
-        "description": r.description,
-        "enqueuedTimeUtc": iothub_pki::pop::format_time(r.enqueued),
-    })
-}
-
 fn batch_response(batch: FeedbackBatch) -> Response {
-    let body = Value::Array(batch.records.iter().map(record_json).collect()).to_string();
-    let newest = batch.records.iter().map(|r| r.enqueued).max().unwrap_or(0);
+    let body = batch.azure_json().to_string();
+    let newest = batch.newest();
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     let mut set = |name: &'static str, value: String| {

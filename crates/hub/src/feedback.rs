@@ -59,6 +59,36 @@ pub struct FeedbackBatch {
     pub records: Vec<FeedbackView>,
 }
 
+/// The content type of a feedback batch in Azure's JSON (both transports send it).
+pub const FEEDBACK_CONTENT_TYPE: &str = "application/vnd.microsoft.iothub.feedback.json";
+
+impl FeedbackBatch {
+    /// The batch as Azure's feedback JSON: an array of records, oldest first. The document the
+    /// service SDKs parse, the same over HTTPS and AMQP, so it is written once, here.
+    pub fn azure_json(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.records
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "originalMessageId": r.original_message_id,
+                        "deviceId": r.device_id,
+                        "deviceGenerationId": r.device_generation_id,
+                        "statusCode": r.status.as_str(),
+                        "description": r.description,
+                        "enqueuedTimeUtc": iothub_pki::pop::format_time(r.enqueued),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// When the newest outcome of the batch happened (Unix seconds).
+    pub fn newest(&self) -> i64 {
+        self.records.iter().map(|r| r.enqueued).max().unwrap_or(0)
+    }
+}
+
 impl FeedbackView {
     fn of(r: FeedbackRecord) -> FeedbackView {
         FeedbackView {
@@ -134,6 +164,13 @@ impl Hub {
     /// Gives the batch locked under `token` back to the queue, to be received again.
     pub fn abandon_feedback(&self, who: &Principal, token: &str) -> Result<(), HubError> {
         self.settle_feedback(who, token, FeedbackSettle::Abandon)
+    }
+
+    /// Gives back a batch that never reached its reader (a transport with no credit from the
+    /// client before the lock ran short): it is received again, and this receive is not counted
+    /// against its records' `--c2d-feedback-max-deliveries`.
+    pub fn release_feedback(&self, who: &Principal, token: &str) -> Result<(), HubError> {
+        self.settle_feedback(who, token, FeedbackSettle::Release)
     }
 
     fn settle_feedback(

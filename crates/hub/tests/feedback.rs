@@ -141,6 +141,29 @@ fn a_batch_is_locked_abandoned_or_lost_with_its_lock() {
 }
 
 #[test]
+fn a_released_batch_comes_back_uncounted() {
+    let env = Env::with(HubConfig {
+        feedback_max_deliveries: 1,
+        ..HubConfig::default()
+    });
+    device(&env, "valve");
+    let id = send(&env, "valve", "m", C2dAck::Positive, 60);
+    env.hub.c2d_delivered(id).unwrap();
+    // A transport that could not deliver gives it back as often as it must.
+    for _ in 0..3 {
+        let batch = env.hub.receive_feedback(&sys()).unwrap().unwrap();
+        assert_eq!(batch.delivery_count, 1);
+        env.hub.release_feedback(&sys(), &batch.lock_token).unwrap();
+    }
+    let batch = env.hub.receive_feedback(&sys()).unwrap().unwrap();
+    assert_eq!(batch.azure_json()[0]["originalMessageId"], "m");
+    assert_eq!(batch.azure_json()[0]["statusCode"], "Success");
+    env.hub.abandon_feedback(&sys(), &batch.lock_token).unwrap();
+    // Delivered once (the limit) and abandoned: dropped.
+    assert!(receive(&env).is_none());
+}
+
+#[test]
 fn feedback_past_its_time_to_live_is_dropped() {
     let env = Env::with(HubConfig {
         feedback_ttl_secs: 100,

@@ -875,3 +875,86 @@ async fn next_event(receiver: &mut Receiver) -> Event {
         },
     }
 }
+
+/// A feedback receiver that grants no credit holds nothing up: the batch the hub took for it is
+/// given back uncounted before its lock runs out (`--c2d-feedback-lock 5s`), and once credit
+/// comes the batch arrives as a first delivery; the receiver's Accepted completes it.
+#[test]
+fn a_feedback_receiver_without_credit_gets_its_batch_uncounted_once_credit_comes() {
+    use fe2o3_amqp::link::receiver::CreditMode;
+    let hub = TestHub::start(&["--c2d-feedback-lock", "5s"]);
+    ok(&hub.cli(&["device", "add", "fb-1", "--auth", "sas"]));
+    ok(&hub.cli(&[
+        "c2d",
+        "send",
+        "fb-1",
+        "never taken",
+        "--message-id",
+        "fb-m1",
+        "--ack",
+        "negative",
+        "--ttl",
+        "1",
+    ]));
+    std::thread::sleep(Duration::from_millis(1100));
+    let owner = hub.owner_token();
+    bounded(async {
+        let mut connection = open(&hub).await;
+        let mut session = Session::begin(&mut connection).await.unwrap();
+        assert_eq!(put_token(&mut session, &owner).await, 200);
+        let mut receiver = Receiver::builder()
+            .name("feedback")
+            .source("/messages/serviceBound/feedback")
+            .target("feedback-here")
+            .credit_mode(CreditMode::Manual)
+            .attach(&mut session)
+            .await
+            .unwrap();
+        // Past one lock: the hub had to give the batch back at least once.
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        receiver.set_credit(1).await.unwrap();
+        let delivery = tokio::time::timeout(WAIT, receiver.recv::<Body<Value>>())
+            .await
+            .expect("the batch once credit comes")
+            .unwrap();
+        let message = delivery.message();
+        let count = message.message_annotations.as_ref().and_then(|a| {
+            a.0.get(&OwnedKey::Symbol(Symbol::from("iothub-deliverycount")))
+                .cloned()
+        });
+        assert_eq!(
+            count,
+            Some(Value::Long(1)),
+            "released takes are not counted"
+        );
+        let body: Vec<u8> = match &message.body {
+            Body::Data(batch) => batch.iter().flat_map(|d| d.0.to_vec()).collect(),
+            other => panic!("{other:?}"),
+        };
+        let records: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(records[0]["originalMessageId"], "fb-m1");
+        assert_eq!(records[0]["statusCode"], "Expired");
+        receiver.accept(&delivery).await.unwrap();
+        let _ = connection.close().await;
+    });
+    // Accepted: completed, so HTTPS finds nothing.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = hub
+            .client()
+            .get(format!("{}/messages/serviceBound/feedback", hub.base()))
+            .header("Authorization", hub.owner_token())
+            .send()
+            .unwrap()
+            .status()
+            .as_u16();
+        if status == 204 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the accepted batch is still queued"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

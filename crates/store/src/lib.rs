@@ -454,6 +454,9 @@ pub enum FeedbackSettle {
     Complete,
     /// Given back: the records can be taken again at once.
     Abandon,
+    /// Never handed to the reader (its transport could not deliver them): given back, and this
+    /// take is not counted against the records' deliveries.
+    Release,
 }
 
 /// A device twin: JSON documents stored as text.

@@ -1108,6 +1108,24 @@ fn feedback_is_locked_settled_and_dropped_by_the_queue_rules(s: &dyn Store) {
         3
     );
     assert!(take("h", 300, 10).is_empty());
+    // Released (never delivered): back at once, and the take does not count.
+    let m = s
+        .enqueue_c2d(&c2d_with_ack("d", "again", 900, C2dAck::Positive), 50)
+        .unwrap();
+    s.mark_c2d_delivered(m.id, 300, &SUCCESS).unwrap();
+    for round in ["r0", "r1", "r2", "r3", "r4"] {
+        assert_eq!(take(round, 310, 10), ["again"]);
+        assert_eq!(
+            s.settle_feedback(round, 310, FeedbackSettle::Release)
+                .unwrap(),
+            1
+        );
+    }
+    let got = take_all(s, "counted", 320);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].delivery_count, 1);
+    s.settle_feedback("counted", 320, FeedbackSettle::Complete)
+        .unwrap();
     // Past the time to live: dropped.
     let m = s
         .enqueue_c2d(&c2d_with_ack("d", "old", 900, C2dAck::Positive), 50)

@@ -191,6 +191,11 @@ impl Db {
                 "UPDATE c2d_feedback SET lock_token = NULL, locked_until = NULL
                  WHERE lock_token = $1 AND locked_until > $2"
             }
+            FeedbackSettle::Release => {
+                "UPDATE c2d_feedback SET lock_token = NULL, locked_until = NULL,
+                        delivery_count = delivery_count - 1
+                 WHERE lock_token = $1 AND locked_until > $2"
+            }
         };
         c.execute(sql, &[&token, &now])
             .await

@@ -210,6 +210,11 @@ impl SqliteStore {
                 "UPDATE c2d_feedback SET lock_token = NULL, locked_until = NULL
                  WHERE lock_token = ?1 AND locked_until > ?2"
             }
+            FeedbackSettle::Release => {
+                "UPDATE c2d_feedback SET lock_token = NULL, locked_until = NULL,
+                        delivery_count = delivery_count - 1
+                 WHERE lock_token = ?1 AND locked_until > ?2"
+            }
         };
         conn.execute(sql, params![token, now])
             .map(|n| n as u64)
