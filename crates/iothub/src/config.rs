@@ -373,10 +373,7 @@ pub struct ServeConfig {
     pub max_message_bytes: usize,
     pub device_limit: u64,
     pub c2d_max_pending: u32,
-    pub c2d_feedback_lock_secs: i64,
-    pub c2d_feedback_ttl_secs: i64,
-    pub c2d_feedback_max_deliveries: u32,
-    pub c2d_feedback_batch: u32,
+    pub c2d_feedback: FeedbackSettings,
     pub telemetry_retention_secs: i64,
     pub portal_link_lifetime_secs: i64,
     pub auth_failure_limit: u32,
@@ -665,8 +662,6 @@ struct Durations {
     handshake_timeout_secs: i64,
     portal_link_lifetime_secs: i64,
     provisioning_timeout_secs: i64,
-    c2d_feedback_lock_secs: i64,
-    c2d_feedback_ttl_secs: i64,
 }
 
 impl Durations {
@@ -699,21 +694,68 @@ impl Durations {
                 60,
                 "--provisioning-timeout",
             )?,
-            c2d_feedback_lock_secs: text_duration(
+        })
+    }
+}
+
+/// The feedback queue of cloud-to-device messages (`--c2d-feedback-*`; Azure's defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedbackSettings {
+    pub lock_secs: i64,
+    pub ttl_secs: i64,
+    pub max_deliveries: u32,
+    pub batch: u32,
+}
+
+impl FeedbackSettings {
+    fn resolve(args: &ServeArgs, file: &FileConfig) -> Result<FeedbackSettings> {
+        let settings = FeedbackSettings {
+            lock_secs: text_duration(
                 args.c2d_feedback_lock.as_ref(),
                 file.c2d_feedback_lock.as_ref(),
                 300,
                 60,
                 "--c2d-feedback-lock",
             )?,
-            c2d_feedback_ttl_secs: text_duration(
+            ttl_secs: text_duration(
                 args.c2d_feedback_ttl.as_ref(),
                 file.c2d_feedback_ttl.as_ref(),
                 48 * 3600,
                 3600,
                 "--c2d-feedback-ttl",
             )?,
-        })
+            max_deliveries: pick(
+                args.c2d_feedback_max_deliveries,
+                file.c2d_feedback_max_deliveries,
+                10,
+            ),
+            batch: pick(args.c2d_feedback_batch, file.c2d_feedback_batch, 100),
+        };
+        if settings.lock_secs < 5 {
+            bail!(
+                "--c2d-feedback-lock is {}s; expected 5s to 300s",
+                settings.lock_secs
+            );
+        }
+        if settings.ttl_secs < 60 {
+            bail!(
+                "--c2d-feedback-ttl is {}s; expected 1m to 48h",
+                settings.ttl_secs
+            );
+        }
+        if !(1..=100).contains(&settings.max_deliveries) {
+            bail!(
+                "--c2d-feedback-max-deliveries is {}; expected 1 to 100",
+                settings.max_deliveries
+            );
+        }
+        if !(1..=1000).contains(&settings.batch) {
+            bail!(
+                "--c2d-feedback-batch is {}; expected 1 to 1000",
+                settings.batch
+            );
+        }
+        Ok(settings)
     }
 }
 
@@ -725,6 +767,12 @@ fn keep_alive(secs: u32) -> Result<u16> {
     }
 }
 
+/// Where the HTTPS API listens unless told otherwise: every address, port 8443.
+const DEFAULT_HTTPS: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    8443,
+));
+
 impl ServeConfig {
     /// Merges flags/environment, the TOML file and defaults, then checks every value.
     pub fn resolve(data_flag: Option<&Path>, args: &ServeArgs) -> Result<ServeConfig> {
@@ -732,23 +780,16 @@ impl ServeConfig {
         let durations = Durations::resolve(args, &file)?;
         let hostnames = hostnames(args, &file)?;
         let max_keep_alive = keep_alive(pick(args.max_keep_alive, file.max_keep_alive, 1177))?;
-        let https = pick(
-            args.https,
-            file.https,
-            SocketAddr::from(([0, 0, 0, 0], 8443)),
-        );
+        let https = pick(args.https, file.https, DEFAULT_HTTPS);
         let metrics = metrics_addr(args.metrics.as_deref().or(file.metrics.as_deref()), https)?;
         let log_format = log_format(args.log_format.as_deref().or(file.log_format.as_deref()))?;
         let (store, node_id, tls_files) = placement(args, &file)?;
         let amqp = amqp_addr(args.amqp.as_deref().or(file.amqp.as_deref()), https)?;
         let amqp_limits = amqp_limits(args, &file, durations.handshake_timeout_secs)?;
+        let c2d_feedback = FeedbackSettings::resolve(args, &file)?;
         let config = ServeConfig {
             // Listeners and the hub's identity.
-            data: pick(
-                data_flag.map(Path::to_path_buf),
-                file.data,
-                PathBuf::from("./data"),
-            ),
+            data: pick(data_flag.map(Path::to_path_buf), file.data, "./data".into()),
             https,
             mqtt: pick(args.mqtt, file.mqtt, SocketAddr::from(([0, 0, 0, 0], 8883))),
             hostnames,
@@ -799,14 +840,7 @@ impl ServeConfig {
             // Devices and their messages.
             device_limit: pick(args.device_limit, file.device_limit, 1_000_000),
             c2d_max_pending: pick(args.c2d_max_pending, file.c2d_max_pending, 50),
-            c2d_feedback_lock_secs: durations.c2d_feedback_lock_secs,
-            c2d_feedback_ttl_secs: durations.c2d_feedback_ttl_secs,
-            c2d_feedback_max_deliveries: pick(
-                args.c2d_feedback_max_deliveries,
-                file.c2d_feedback_max_deliveries,
-                10,
-            ),
-            c2d_feedback_batch: pick(args.c2d_feedback_batch, file.c2d_feedback_batch, 100),
+            c2d_feedback,
             telemetry_retention_secs: durations.telemetry_retention_secs,
             device_cache_entries: pick(
                 args.device_cache_entries,
@@ -976,30 +1010,7 @@ impl ServeConfig {
                 self.c2d_max_pending
             );
         }
-        if self.c2d_feedback_lock_secs < 5 {
-            bail!(
-                "--c2d-feedback-lock is {}s; expected 5s to 300s",
-                self.c2d_feedback_lock_secs
-            );
-        }
-        if self.c2d_feedback_ttl_secs < 60 {
-            bail!(
-                "--c2d-feedback-ttl is {}s; expected 1m to 48h",
-                self.c2d_feedback_ttl_secs
-            );
-        }
-        if !(1..=100).contains(&self.c2d_feedback_max_deliveries) {
-            bail!(
-                "--c2d-feedback-max-deliveries is {}; expected 1 to 100",
-                self.c2d_feedback_max_deliveries
-            );
-        }
-        if !(1..=1000).contains(&self.c2d_feedback_batch) {
-            bail!(
-                "--c2d-feedback-batch is {}; expected 1 to 1000",
-                self.c2d_feedback_batch
-            );
-        }
+
         Ok(())
     }
 
@@ -1358,15 +1369,13 @@ mod tests {
     #[test]
     fn c2d_feedback_settings_are_checked() {
         let c = resolved(ServeArgs::default());
-        assert_eq!(
-            (
-                c.c2d_feedback_lock_secs,
-                c.c2d_feedback_ttl_secs,
-                c.c2d_feedback_max_deliveries,
-                c.c2d_feedback_batch
-            ),
-            (60, 3600, 10, 100)
-        );
+        let expected = FeedbackSettings {
+            lock_secs: 60,
+            ttl_secs: 3600,
+            max_deliveries: 10,
+            batch: 100,
+        };
+        assert_eq!(c.c2d_feedback, expected);
         let c = resolved(ServeArgs {
             c2d_feedback_lock: Some("5s".into()),
             c2d_feedback_ttl: Some("48h".into()),
@@ -1374,15 +1383,13 @@ mod tests {
             c2d_feedback_batch: Some(1),
             ..Default::default()
         });
-        assert_eq!(
-            (
-                c.c2d_feedback_lock_secs,
-                c.c2d_feedback_ttl_secs,
-                c.c2d_feedback_max_deliveries,
-                c.c2d_feedback_batch
-            ),
-            (5, 48 * 3600, 100, 1)
-        );
+        let expected = FeedbackSettings {
+            lock_secs: 5,
+            ttl_secs: 48 * 3600,
+            max_deliveries: 100,
+            batch: 1,
+        };
+        assert_eq!(c.c2d_feedback, expected);
         for (args, expected) in [
             (
                 ServeArgs {
