@@ -7,7 +7,7 @@
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use iothub_hub::{FeedbackBatch, FEEDBACK_CONTENT_TYPE};
+use iothub_hub::{FeedbackBatch, Hub, HubError, Principal, FEEDBACK_CONTENT_TYPE};
 
 use crate::error::ApiError;
 use crate::state::{authenticate, blocking, AppState};
@@ -57,10 +57,7 @@ pub(crate) async fn complete(
     headers: HeaderMap,
     Path(token): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let who = authenticate(&state, &headers)?;
-    let token = token_of(&token);
-    blocking(&state, move |hub| hub.complete_feedback(&who, &token)).await?;
-    Ok(StatusCode::NO_CONTENT)
+    settle(state, headers, token, Hub::complete_feedback).await
 }
 
 /// `POST /messages/serviceBound/feedback/{lockToken}/abandon`.
@@ -69,9 +66,18 @@ pub(crate) async fn abandon(
     headers: HeaderMap,
     Path(token): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    settle(state, headers, token, Hub::abandon_feedback).await
+}
+
+async fn settle(
+    state: AppState,
+    headers: HeaderMap,
+    token: String,
+    how: fn(&Hub, &Principal, &str) -> Result<(), HubError>,
+) -> Result<StatusCode, ApiError> {
     let who = authenticate(&state, &headers)?;
     let token = token_of(&token);
-    blocking(&state, move |hub| hub.abandon_feedback(&who, &token)).await?;
+    blocking(&state, move |hub| how(hub, &who, &token)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -165,38 +165,7 @@ fn telemetry_and_cloud_to_device_round_trip() {
         "--correlation-id",
         "corr",
     ]));
-    let out = Command::new("mosquitto_sub")
-        .current_dir(&dir)
-        .args([
-            "-h",
-            "localhost",
-            "-p",
-            &hub.mqtt_port.to_string(),
-            "--cafile",
-        ])
-        .arg(hub.data().join("tls/ca.pem"))
-        .args([
-            "--cert",
-            "sensor-1.pem",
-            "--key",
-            "sensor-1.key",
-            "-i",
-            "sensor-1",
-        ])
-        .args(["-u", "localhost/sensor-1/?api-version=2021-04-12"])
-        .args([
-            "-t",
-            "devices/sensor-1/messages/devicebound/#",
-            "-q",
-            "1",
-            "-C",
-            "1",
-            "-v",
-            "-W",
-            "10",
-        ])
-        .output()
-        .unwrap();
+    let out = take_c2d(&hub, &dir, "sensor-1", 1);
     let line = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
@@ -290,31 +259,7 @@ fn feedback_reports_what_each_sender_asked_for() {
     );
 
     // The device takes all three; it sees the ack it was sent with.
-    let out = Command::new("mosquitto_sub")
-        .current_dir(&dir)
-        .args([
-            "-h",
-            "localhost",
-            "-p",
-            &hub.mqtt_port.to_string(),
-            "--cafile",
-        ])
-        .arg(hub.data().join("tls/ca.pem"))
-        .args(["--cert", "valve.pem", "--key", "valve.key", "-i", "valve"])
-        .args(["-u", "localhost/valve/?api-version=2021-04-12"])
-        .args([
-            "-t",
-            "devices/valve/messages/devicebound/#",
-            "-q",
-            "1",
-            "-C",
-            "3",
-            "-v",
-            "-W",
-            "10",
-        ])
-        .output()
-        .unwrap();
+    let out = take_c2d(&hub, &dir, "valve", 3);
     let lines = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{lines}");
     assert!(lines.contains("iothub-ack=full"), "{lines}");
@@ -584,6 +529,39 @@ fn every_refusal_is_recorded_with_its_reason() {
         d["lastRefusal"].as_str().unwrap().contains("disabled"),
         "{d}"
     );
+}
+
+/// Connects as device `id` (certificate `{id}.pem` in `dir`) with mosquitto_sub, takes `count`
+/// cloud-to-device messages (acknowledging each), prints them with their topics, and exits.
+fn take_c2d(hub: &TestHub, dir: &Path, id: &str, count: u32) -> std::process::Output {
+    Command::new("mosquitto_sub")
+        .current_dir(dir)
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &hub.mqtt_port.to_string(),
+            "--cafile",
+        ])
+        .arg(hub.data().join("tls/ca.pem"))
+        .args([
+            "--cert",
+            &format!("{id}.pem"),
+            "--key",
+            &format!("{id}.key"),
+            "-i",
+            id,
+        ])
+        .args(["-u", &format!("localhost/{id}/?api-version=2021-04-12")])
+        .args([
+            "-t",
+            &format!("devices/{id}/messages/devicebound/#"),
+            "-q",
+            "1",
+        ])
+        .args(["-C", &count.to_string(), "-v", "-W", "10"])
+        .output()
+        .unwrap()
 }
 
 /// Starts mosquitto_sub as a long-lived connected device; returns the child.
