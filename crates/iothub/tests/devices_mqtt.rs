@@ -531,10 +531,11 @@ fn every_refusal_is_recorded_with_its_reason() {
     );
 }
 
-/// Connects as device `id` (certificate `{id}.pem` in `dir`) with mosquitto_sub, takes `count`
-/// cloud-to-device messages (acknowledging each), prints them with their topics, and exits.
-fn take_c2d(hub: &TestHub, dir: &Path, id: &str, count: u32) -> std::process::Output {
-    Command::new("mosquitto_sub")
+/// mosquitto_sub connected as device `id` (certificate `{id}.pem` in `dir`), subscribed to its
+/// cloud-to-device messages at QoS 1.
+fn c2d_subscriber(hub: &TestHub, dir: &Path, id: &str) -> Command {
+    let mut command = Command::new("mosquitto_sub");
+    command
         .current_dir(dir)
         .args([
             "-h",
@@ -549,16 +550,26 @@ fn take_c2d(hub: &TestHub, dir: &Path, id: &str, count: u32) -> std::process::Ou
             &format!("{id}.pem"),
             "--key",
             &format!("{id}.key"),
+        ])
+        .args([
             "-i",
             id,
+            "-u",
+            &format!("localhost/{id}/?api-version=2021-04-12"),
         ])
-        .args(["-u", &format!("localhost/{id}/?api-version=2021-04-12")])
         .args([
             "-t",
             &format!("devices/{id}/messages/devicebound/#"),
             "-q",
             "1",
-        ])
+        ]);
+    command
+}
+
+/// Takes `count` cloud-to-device messages as device `id` (acknowledging each), prints them with
+/// their topics, and exits.
+fn take_c2d(hub: &TestHub, dir: &Path, id: &str, count: u32) -> std::process::Output {
+    c2d_subscriber(hub, dir, id)
         .args(["-C", &count.to_string(), "-v", "-W", "10"])
         .output()
         .unwrap()
@@ -566,31 +577,7 @@ fn take_c2d(hub: &TestHub, dir: &Path, id: &str, count: u32) -> std::process::Ou
 
 /// Starts mosquitto_sub as a long-lived connected device; returns the child.
 fn subscriber(hub: &TestHub, dir: &Path, id: &str) -> std::process::Child {
-    Command::new("mosquitto_sub")
-        .current_dir(dir)
-        .args([
-            "-h",
-            "localhost",
-            "-p",
-            &hub.mqtt_port.to_string(),
-            "--cafile",
-        ])
-        .arg(hub.data().join("tls/ca.pem"))
-        .args([
-            "--cert",
-            &format!("{id}.pem"),
-            "--key",
-            &format!("{id}.key"),
-            "-i",
-            id,
-        ])
-        .args(["-u", &format!("localhost/{id}/?api-version=2021-04-12")])
-        .args([
-            "-t",
-            &format!("devices/{id}/messages/devicebound/#"),
-            "-q",
-            "1",
-        ])
+    c2d_subscriber(hub, dir, id)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
