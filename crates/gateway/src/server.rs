@@ -56,11 +56,15 @@ pub async fn serve(
                     continue;
                 };
                 crate::listener::prepare_accepted(&stream);
-                let (tls, hub, limits, stop) = (tls.clone(), hub.clone(), limits.clone(), stop_rx.clone());
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    crate::session::run(stream, peer, tls, hub, limits, stop).await;
-                });
+                tokio::spawn(crate::session::run(Box::new(crate::session::Accepted {
+                    stream,
+                    peer,
+                    tls: tls.clone(),
+                    hub: hub.clone(),
+                    limits: limits.clone(),
+                    stop: stop_rx.clone(),
+                    permit,
+                })));
             }
         }
     }

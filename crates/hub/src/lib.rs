@@ -83,7 +83,8 @@ pub use iothub_store::{AuthType, C2dState, DeviceStatus, EnrollmentKind, Subscri
 pub use metrics::RefusalClass;
 pub use policies::PolicyView;
 pub use sessions::{
-    Admission, AuthMethod, ConnectRequest, ConnectTicket, RecentRefusal, SessionInfo, SessionSignal,
+    Admission, AuthMethod, ConnectRequest, ConnectTicket, RecentRefusal, SessionInfo,
+    SessionSignal, SignalReceiver,
 };
 pub use telemetry::{DeviceMessage, MessageView};
 

@@ -145,11 +145,11 @@ impl Hub {
         self.methods().insert(rid, device_id, Waiter::Local(tx));
         self.signal_device(
             device_id,
-            SessionSignal::MethodRequest(Box::new(MethodRequest {
+            SessionSignal::MethodRequest(MethodRequest {
                 rid,
                 name: name.to_string(),
                 payload: body,
-            })),
+            }),
         );
         Ok((rid, rx))
     }
@@ -262,11 +262,11 @@ impl Hub {
             .insert(rid, &call.device_id, Waiter::Remote { call_id, deadline });
         self.signal_device(
             &call.device_id,
-            SessionSignal::MethodRequest(Box::new(MethodRequest {
+            SessionSignal::MethodRequest(MethodRequest {
                 rid,
                 name: call.name,
                 payload: call.payload,
-            })),
+            }),
         );
         Ok(())
     }

@@ -99,9 +99,43 @@ pub enum SessionSignal {
     C2dAvailable,
     /// Desired properties changed: publish this patch (JSON with `$version`).
     DesiredPatch(String),
-    /// A direct-method call to deliver (boxed: every session's signal channel holds a block of
-    /// slots as large as the largest signal, and method calls are rare).
-    MethodRequest(Box<MethodRequest>),
+    /// A direct-method call to deliver.
+    MethodRequest(MethodRequest),
+}
+
+/// The hub's side of a session's signal channel. Signals travel boxed: the channel allocates its
+/// slots in blocks of 32 when it is made and every live session holds one, so a slot of one
+/// pointer makes that block 256 bytes instead of 1 KB per connection (docs/decisions.md: memory
+/// per idle connection); signals are rare.
+#[derive(Debug, Clone)]
+pub(crate) struct SignalSender(mpsc::UnboundedSender<Box<SessionSignal>>);
+
+impl SignalSender {
+    /// Sends `signal`; false when the session has ended.
+    pub(crate) fn send(&self, signal: SessionSignal) -> bool {
+        self.0.send(Box::new(signal)).is_ok()
+    }
+}
+
+/// A live session's signals from the hub, in the order they were sent.
+#[derive(Debug)]
+pub struct SignalReceiver(mpsc::UnboundedReceiver<Box<SessionSignal>>);
+
+impl SignalReceiver {
+    /// The next signal; None once the hub has forgotten the session.
+    pub async fn recv(&mut self) -> Option<SessionSignal> {
+        self.0.recv().await.map(|signal| *signal)
+    }
+
+    /// The next signal if one is waiting.
+    pub fn try_recv(&mut self) -> Result<SessionSignal, mpsc::error::TryRecvError> {
+        self.0.try_recv().map(|signal| *signal)
+    }
+}
+
+fn signal_channel() -> (SignalSender, SignalReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (SignalSender(tx), SignalReceiver(rx))
 }
 
 /// A direct-method call for a device's session: publish it on the method topic with `rid`.
@@ -118,7 +152,7 @@ pub struct Admission {
     pub device_id: String,
     pub session_id: u64,
     pub method: AuthMethod,
-    pub signals: mpsc::UnboundedReceiver<SessionSignal>,
+    pub signals: SignalReceiver,
     /// The subscriptions of the device's persistent session, if it resumed one (CONNACK
     /// session present = 1).
     pub resumed: Option<Subscriptions>,
@@ -142,7 +176,7 @@ struct SessionEntry {
     chain: Arc<Vec<Vec<u8>>>,
     remote: String,
     since: i64,
-    tx: mpsc::UnboundedSender<SessionSignal>,
+    tx: SignalSender,
     /// Subscribed to `$iothub/methods/POST/#`.
     methods: bool,
 }
@@ -197,12 +231,7 @@ type SharedChain = Arc<Vec<Vec<u8>>>;
 
 /// A live session as a re-check takes it out of the lock: device id, how it was admitted, its
 /// chain and its signal channel.
-type Judged = (
-    String,
-    AuthMethod,
-    SharedChain,
-    mpsc::UnboundedSender<SessionSignal>,
-);
+type Judged = (String, AuthMethod, SharedChain, SignalSender);
 
 impl Sessions {
     /// `persistent`: the persistent sessions the store holds.
@@ -453,7 +482,7 @@ impl Hub {
         clean_session: bool,
         ticket: ConnectTicket,
     ) -> Admission {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = signal_channel();
         let session_id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         let now = self.now();
         let entry = SessionEntry {

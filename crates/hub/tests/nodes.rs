@@ -294,7 +294,7 @@ async fn a_direct_method_taken_by_one_node_is_answered_by_the_device_on_the_othe
     let SessionSignal::MethodRequest(call) = next_signal(&mut on_b) else {
         panic!("expected the method request");
     };
-    let iothub_hub::sessions::MethodRequest { rid, name, payload } = *call;
+    let iothub_hub::sessions::MethodRequest { rid, name, payload } = call;
     assert_eq!(name, "reboot");
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&payload).unwrap(),
