@@ -378,8 +378,7 @@ impl Hub {
     /// The trivial store read `/readyz` asks for: `Err` carries the reason.
     pub fn check_ready(&self) -> Result<(), String> {
         self.store()
-            .last_message_offset()
-            .map(|_| ())
+            .check_readable()
             .map_err(|e| format!("the store cannot be read: {e}"))
     }
 

@@ -774,6 +774,10 @@ pub trait Store: Send + Sync + 'static {
     fn partition_ends(&self) -> Result<Vec<(u32, i64)>, StoreError>;
     /// The highest offset stored (0 when none).
     fn last_message_offset(&self) -> Result<i64, StoreError>;
+    /// Whether the store serves reads now (the hub's readiness): by default, one read.
+    fn check_readable(&self) -> Result<(), StoreError> {
+        self.last_message_offset().map(|_| ())
+    }
     /// Deletes messages enqueued before `before`; returns how many.
     fn prune_messages(&self, before: i64) -> Result<u64, StoreError>;
 

@@ -1140,6 +1140,27 @@ impl Store for SqliteStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(backend)
     }
 
+    fn check_readable(&self) -> Result<(), StoreError> {
+        // A read may be answered from the connection's page cache even when the file under it
+        // was overwritten, so the file's own header is read too: a database file that is gone or
+        // no longer a SQLite database fails readiness at once, not at the next cache miss.
+        let path = self.lock()?.path().unwrap_or_default().to_string();
+        if !path.is_empty() {
+            let mut header = [0u8; 16];
+            std::fs::File::open(&path)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
+                .map_err(|e| {
+                    StoreError::Backend(format!("cannot read the database file {path}: {e}"))
+                })?;
+            if &header != b"SQLite format 3\0" {
+                return Err(StoreError::Backend(format!(
+                    "the database file {path} is not a SQLite database any more (its header is not \"SQLite format 3\")"
+                )));
+            }
+        }
+        self.last_message_offset().map(|_| ())
+    }
+
     fn last_message_offset(&self) -> Result<i64, StoreError> {
         let conn = self.lock()?;
         // AUTOINCREMENT keeps offsets monotonic even after pruning: read the sequence.
@@ -2203,6 +2224,22 @@ mod tests {
             .unwrap();
         assert_eq!(log.len(), 4);
         assert_eq!(log[0].action, "d");
+    }
+
+    #[test]
+    fn a_database_file_overwritten_under_the_store_fails_readiness_even_with_pages_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        let s = SqliteStore::open(&path).unwrap();
+        s.check_readable().unwrap();
+        assert!(SqliteStore::open_in_memory().unwrap().check_readable().is_ok());
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        std::fs::write(&path, vec![0x5a; len]).unwrap();
+        let e = s.check_readable().unwrap_err().to_string();
+        assert!(e.contains("is not a SQLite database any more"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        let e = s.check_readable().unwrap_err().to_string();
+        assert!(e.contains("cannot read the database file"), "{e}");
     }
 
     #[test]
