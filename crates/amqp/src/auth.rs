@@ -1,15 +1,20 @@
 //! What one AMQP connection has proved: the principal of the last token it put on `$cbs` (or gave
 //! as SASL PLAIN's password) and that token's expiry. Tokens are stateless, so every use asks the
 //! hub whether the key behind the principal is still its policy's (`Hub::refresh_principal`):
-//! a rotated key or a deleted policy stops a connection at its next message.
+//! a rotated key or a deleted policy stops a connection at its next message. Refused tokens are
+//! counted: past `--amqp-token-refusals` the connection is told to close (`refused_too_often`).
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use iothub_hub::{Hub, HubError, Principal};
+use tokio::sync::Notify;
 
-#[derive(Default)]
 pub(crate) struct ConnectionAuth {
     grant: Mutex<Option<Grant>>,
+    refusals: AtomicU32,
+    max_refusals: u32,
+    too_many: Notify,
 }
 
 struct Grant {
@@ -19,13 +24,36 @@ struct Grant {
 }
 
 impl ConnectionAuth {
+    pub(crate) fn new(max_refusals: u32) -> ConnectionAuth {
+        ConnectionAuth {
+            grant: Mutex::new(None),
+            refusals: AtomicU32::new(0),
+            max_refusals,
+            too_many: Notify::new(),
+        }
+    }
+
     /// Authenticates `token` with the hub and, if good, makes it this connection's.
     pub(crate) fn put_token(&self, hub: &Hub, token: &str) -> Result<(), HubError> {
-        let (principal, expires) = hub.authenticate_token(token)?;
+        let (principal, expires) = hub.authenticate_token(token).inspect_err(|_| {
+            if self.refusals.fetch_add(1, Ordering::SeqCst) + 1 == self.max_refusals {
+                self.too_many.notify_one();
+            }
+        })?;
         if let Ok(mut grant) = self.grant.lock() {
             *grant = Some(Grant { principal, expires });
         }
         Ok(())
+    }
+
+    /// Resolves once the connection has had `max_refusals` tokens refused.
+    pub(crate) async fn refused_too_often(&self) {
+        self.too_many.notified().await
+    }
+
+    /// How many tokens were refused on this connection.
+    pub(crate) fn refusals(&self) -> u32 {
+        self.refusals.load(Ordering::SeqCst)
     }
 
     /// Whether a token was ever accepted on this connection.

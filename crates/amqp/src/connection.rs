@@ -48,7 +48,7 @@ pub(crate) async fn run<Io>(
 ) where
     Io: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
 {
-    let auth = Arc::new(ConnectionAuth::default());
+    let auth = Arc::new(ConnectionAuth::new(limits.max_token_refusals));
     // Open, begin and attach carry properties: their lists are then written out in full, which
     // the pure-Python AMQP stack of the Event Hubs client needs (it indexes every field of
     // those performatives, where AMQP lets a sender leave trailing empty fields out).
@@ -120,6 +120,13 @@ pub(crate) async fn run<Io>(
                 let _ = connection.close_with_error(amqp_error(AmqpError::UnauthorizedAccess, format!(
                     "no valid token within {} s of opening; put a SharedAccessSignature token on $cbs",
                     limits.auth_timeout.as_secs()))).await;
+                return;
+            }
+            _ = ctx.auth.refused_too_often() => {
+                tracing::info!(%peer, refused = ctx.auth.refusals(), "AMQP connection closed: too many tokens refused");
+                let _ = connection.close_with_error(amqp_error(AmqpError::UnauthorizedAccess, format!(
+                    "{} tokens were refused on this connection, the most allowed (--amqp-token-refusals); \
+                     each refusal said why", ctx.auth.refusals()))).await;
                 return;
             }
             _ = stop.changed() => break,

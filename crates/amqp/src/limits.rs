@@ -26,6 +26,9 @@ pub struct AmqpLimits {
     pub max_message_bytes: u64,
     /// Idle timeout announced in the open: a client silent for longer is closed.
     pub idle_timeout: Duration,
+    /// Tokens one connection may have refused (on `$cbs`) before it is closed: a client that
+    /// guesses keys pays a TLS handshake for every few guesses.
+    pub max_token_refusals: u32,
 }
 
 impl Default for AmqpLimits {
@@ -40,6 +43,7 @@ impl Default for AmqpLimits {
             receive_credit: 100,
             max_message_bytes: 1024 * 1024,
             idle_timeout: Duration::from_secs(240),
+            max_token_refusals: 10,
         }
     }
 }

@@ -177,6 +177,10 @@ pub struct ServeArgs {
     /// Largest AMQP frame, 512 to 1048576 bytes [default: 65536].
     #[arg(long, env = "IOTHUB_AMQP_MAX_FRAME_BYTES")]
     pub amqp_max_frame_bytes: Option<u32>,
+    /// Tokens one AMQP connection may have refused before the hub closes it, 1 to 1000
+    /// [default: 10].
+    #[arg(long, env = "IOTHUB_AMQP_TOKEN_REFUSALS")]
+    pub amqp_token_refusals: Option<u32>,
     /// Messages an AMQP client may send before the hub settles them, 1 to 200 (the AMQP
     /// library's own first grant) [default: 100].
     #[arg(long, env = "IOTHUB_AMQP_CREDIT")]
@@ -245,6 +249,7 @@ struct FileConfig {
     amqp_max_links: Option<usize>,
     amqp_max_frame_bytes: Option<u32>,
     amqp_credit: Option<u32>,
+    amqp_token_refusals: Option<u32>,
     amqp_auth_timeout: Option<String>,
     consumer_group_limit: Option<u64>,
     readers_per_partition: Option<usize>,
@@ -447,6 +452,11 @@ fn amqp_limits(
             defaults.max_frame_bytes,
         ),
         receive_credit: pick(args.amqp_credit, file.amqp_credit, defaults.receive_credit),
+        max_token_refusals: pick(
+            args.amqp_token_refusals,
+            file.amqp_token_refusals,
+            defaults.max_token_refusals,
+        ),
         auth_timeout: std::time::Duration::from_secs(text_duration(
             args.amqp_auth_timeout.as_ref(),
             file.amqp_auth_timeout.as_ref(),
@@ -481,10 +491,18 @@ fn amqp_limits(
             limits.max_frame_bytes
         );
     }
-    if !(1..=10_000).contains(&limits.receive_credit) {
+    // fe2o3's acceptor grants 200 with the attach before our own flow can set the credit, so a
+    // larger credit would be a limit in name only (docs/decisions.md).
+    if !(1..=200).contains(&limits.receive_credit) {
         bail!(
-            "--amqp-credit is {}; expected 1 to 10000",
+            "--amqp-credit is {}; expected 1 to 200",
             limits.receive_credit
+        );
+    }
+    if !(1..=1000).contains(&limits.max_token_refusals) {
+        bail!(
+            "--amqp-token-refusals is {}; expected 1 to 1000",
+            limits.max_token_refusals
         );
     }
     Ok(limits)
@@ -1250,6 +1268,20 @@ mod tests {
                     ..Default::default()
                 },
                 "--amqp-credit is 0",
+            ),
+            (
+                ServeArgs {
+                    amqp_credit: Some(201),
+                    ..Default::default()
+                },
+                "--amqp-credit is 201; expected 1 to 200",
+            ),
+            (
+                ServeArgs {
+                    amqp_token_refusals: Some(0),
+                    ..Default::default()
+                },
+                "--amqp-token-refusals is 0; expected 1 to 1000",
             ),
             (
                 ServeArgs {

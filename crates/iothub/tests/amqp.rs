@@ -2,7 +2,7 @@
 //! answers 200 for a good token and 401 for a wrong key or an expired one; a cloud-to-device
 //! message is Accepted and queued, Rejected for an unknown device (with the hub's code) or under a
 //! policy without ServiceConnect, and refused without a token; a connection without a token is
-//! closed at `--amqp-auth-timeout`; links and sessions past `--amqp-max-links` /
+//! closed at `--amqp-auth-timeout`, and one with `--amqp-token-refusals` tokens refused; links and sessions past `--amqp-max-links` /
 //! `--amqp-max-sessions` are refused with `amqp:resource-limit-exceeded` (sessions also by the
 //! channel-max the open announces); the open announces `--amqp-max-frame-bytes`, a larger frame
 //! closes the connection and a larger message arrives in fragments; `--amqp-credit` is the credit
@@ -957,4 +957,31 @@ fn a_feedback_receiver_without_credit_gets_its_batch_uncounted_once_credit_comes
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `--amqp-token-refusals 3`: each wrong token is answered 401 with its reason, and the third
+/// closes the connection with `amqp:unauthorized-access` naming the setting.
+#[test]
+fn a_connection_that_has_too_many_tokens_refused_is_closed() {
+    let hub = TestHub::start(&["--amqp-token-refusals", "3"]);
+    let wrong = hub.token("iothubowner", &"A".repeat(44), 3600);
+    bounded(async {
+        let mut connection = open(&hub).await;
+        // put_token attaches its links under fixed names: one session per attempt.
+        for _ in 0..2 {
+            let mut session = Session::begin(&mut connection).await.unwrap();
+            assert_eq!(put_token(&mut session, &wrong).await, 401);
+        }
+        // The third refusal is answered, then the connection closes.
+        let mut third = Session::begin(&mut connection).await.unwrap();
+        let _ = tokio::time::timeout(WAIT, put_token(&mut third, &wrong)).await;
+        let closed = tokio::time::timeout(WAIT, connection.on_close())
+            .await
+            .expect("the hub closes the connection");
+        let text = format!("{closed:?}");
+        assert!(
+            text.contains("UnauthorizedAccess") && text.contains("--amqp-token-refusals"),
+            "{text}"
+        );
+    });
 }

@@ -2232,7 +2232,10 @@ mod tests {
         let path = dir.path().join("hub.db");
         let s = SqliteStore::open(&path).unwrap();
         s.check_readable().unwrap();
-        assert!(SqliteStore::open_in_memory().unwrap().check_readable().is_ok());
+        assert!(SqliteStore::open_in_memory()
+            .unwrap()
+            .check_readable()
+            .is_ok());
         let len = std::fs::metadata(&path).unwrap().len() as usize;
         std::fs::write(&path, vec![0x5a; len]).unwrap();
         let e = s.check_readable().unwrap_err().to_string();
