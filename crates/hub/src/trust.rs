@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
-use iothub_pki::chain::{validate_chain_bounded, ChainError};
+use iothub_pki::chain::{validate_chain_knowing, ChainError};
 use iothub_pki::chain_cache::{chain_key, ChainCache, VerifiedChain};
 use iothub_pki::revocation::{RevocationSet, Revoked};
 use iothub_pki::trust_index::{NameKey, ParsedAnchor, TrustIndex};
@@ -122,25 +122,29 @@ impl Trust {
     ) -> Result<VerifiedChain, ChainError> {
         let trust = self.current();
         let key = chain_key(chain);
-        {
+        let known = {
             let cache = self.chain_cache();
             // The cache follows the snapshot under its own lock (see `rebuild`); a caller
             // still holding an older snapshot neither reads nor fills it.
-            if Arc::ptr_eq(&cache.0, &trust) {
-                if let Some(hit) = cache.1.get(&key, now) {
-                    return Ok(hit.clone());
-                }
+            if !Arc::ptr_eq(&cache.0, &trust) {
+                None
+            } else if let Some(hit) = cache.1.get(&key, now) {
+                return Ok(hit.clone());
+            } else {
+                // A fleet's intermediate, already verified against this snapshot: the chain
+                // then costs the leaf's signature only (`KnownIntermediate`).
+                chain.get(1).and_then(|der| cache.1.known_intermediate(der))
             }
-        }
-        let verdict = VerifiedChain::from(&validate_chain_bounded(
-            chain,
-            &trust,
-            now,
-            self.max_chain_len,
-        )?);
+        };
+        let validation =
+            validate_chain_knowing(chain, &trust, now, self.max_chain_len, known.as_deref())?;
+        let verdict = VerifiedChain::from(&validation.ok);
         let mut cache = self.chain_cache();
         if Arc::ptr_eq(&cache.0, &trust) {
             cache.1.insert(key, verdict.clone());
+            if let Some(learned) = validation.learned {
+                cache.1.learn_intermediate(learned);
+            }
         }
         Ok(verdict)
     }
@@ -148,6 +152,11 @@ impl Trust {
     /// How many validated chains the cache holds.
     pub(crate) fn cached_chains(&self) -> usize {
         self.chain_cache().1.len()
+    }
+
+    /// How many intermediates the cache remembers as verified.
+    pub(crate) fn known_intermediates(&self) -> usize {
+        self.chain_cache().1.known_intermediates()
     }
 
     fn chain_cache(&self) -> MutexGuard<'_, (Arc<TrustIndex>, ChainCache)> {
@@ -327,6 +336,12 @@ impl Hub {
     /// keeps).
     pub fn cached_chains(&self) -> usize {
         self.trust_set().cached_chains()
+    }
+
+    /// How many presented intermediates the chain cache remembers as verified against the
+    /// current snapshot (diagnostics, and tests of what a trust change forgets).
+    pub fn known_intermediates(&self) -> usize {
+        self.trust_set().known_intermediates()
     }
 
     /// Rebuilds the trust snapshot from the store, then re-checks the live sessions the change

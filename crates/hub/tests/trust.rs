@@ -672,6 +672,7 @@ fn a_ca_change_rechecks_only_the_sessions_that_name_it() {
     let mut session_a = connected(&env, &req_a);
     let mut session_b = connected(&env, &req_b);
     assert_eq!(env.hub.cached_chains(), 2);
+    assert_eq!(env.hub.known_intermediates(), 1, "A's intermediate");
 
     // An unrelated CA: nothing is closed and both verdicts stay cached.
     env.put("c", &root("Targeted Root C", KeyKind::EcP256).pem);
@@ -690,11 +691,58 @@ fn a_ca_change_rechecks_only_the_sessions_that_name_it() {
         "{reason}"
     );
     assert_eq!(env.hub.cached_chains(), 1);
+    assert_eq!(env.hub.known_intermediates(), 1);
 
-    // Deleting A's root reaches the session that names it two links up.
+    // Deleting A's root reaches the session that names it two links up, and forgets its
+    // intermediate: a second device under it is refused, with the reason.
     env.hub.delete_certificate(&sys(), "a", None).unwrap();
     assert!(closed(&mut session_a).is_some());
     assert_eq!(env.hub.cached_chains(), 0);
+    assert_eq!(env.hub.known_intermediates(), 0);
+    let second = ca_device(
+        &env,
+        "dev-a2",
+        vec![inter_a.leaf_der("dev-a2"), der_of(&inter_a.pem)],
+    );
+    let refused = env
+        .hub
+        .authenticate_device(&second)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("Targeted"), "{refused}");
+}
+
+/// A fleet under one intermediate: after its first device, the others are admitted through the
+/// remembered intermediate (one signature each), with the same verdict a full validation gives,
+/// and a device whose leaf the intermediate did not sign is still refused with its reason.
+#[test]
+fn a_fleets_intermediate_is_verified_once_per_snapshot() {
+    let (env, _) = gated_env();
+    let root_f = root("Fleet Root", KeyKind::EcP256);
+    let inter_f = intermediate("Fleet Intermediate", KeyKind::EcP256, &root_f);
+    register_verified(&env, "fleet", &root_f);
+    assert_eq!(env.hub.known_intermediates(), 0);
+    for i in 0..5 {
+        let id = format!("fleet-{i}");
+        let req = ca_device(&env, &id, vec![inter_f.leaf_der(&id), der_of(&inter_f.pem)]);
+        env.hub.authenticate_device(&req).unwrap();
+        assert_eq!(env.hub.known_intermediates(), 1);
+    }
+    assert_eq!(env.hub.cached_chains(), 5);
+    // Same subject and issuer names, other keys: the remembered intermediate did not sign it.
+    let other_root = root("Fleet Root", KeyKind::EcP256);
+    let other = intermediate("Fleet Intermediate", KeyKind::EcP256, &other_root);
+    let forged = ca_device(
+        &env,
+        "fleet-x",
+        vec![other.leaf_der("fleet-x"), der_of(&inter_f.pem)],
+    );
+    let refused = env
+        .hub
+        .authenticate_device(&forged)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("was not signed with its key"), "{refused}");
 }
 
 /// A CA deleted after a CONNECT was judged and before its session exists: the delete's re-check

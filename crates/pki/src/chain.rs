@@ -14,7 +14,7 @@ use crate::pop::format_time;
 use crate::trust_index::{name_key, AnchorEntry, NameKey, TrustIndex};
 
 /// A chain that leads to a Verified CA.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainOk {
     /// The registered CA the chain ends at.
     pub ca_name: String,
@@ -115,15 +115,64 @@ pub fn validate_chain(
 }
 
 /// [`validate_chain`] with an explicit bound on the chain length, checked before any parsing.
-///
-/// In four steps: read the presented certificates, find the registered CAs they name as issuers,
-/// try the Verified and unexpired ones with webpki, and on failure work out the most useful reason.
 pub fn validate_chain_bounded(
     chain: &[Vec<u8>],
     index: &TrustIndex,
     now: i64,
     max_len: usize,
 ) -> Result<ChainOk, ChainError> {
+    validate_chain_knowing(chain, index, now, max_len, None).map(|v| v.ok)
+}
+
+/// An intermediate a device presented (as `[leaf, intermediate]`) that a full validation found
+/// signed by a registered, Verified CA with no name constraints, of the trust snapshot it was
+/// validated against. webpki checked the intermediate itself then (a CA, allowed for client
+/// authentication, within the CA's path length, no unknown critical extension), and a
+/// certificate's bytes never change, so while that snapshot is current the next chain
+/// `[leaf, this intermediate]` needs only the leaf's signature checked: a fleet's devices share
+/// their intermediate, so after a restart only the first of them pays for it. Its own validity
+/// and the CA's expiry are checked at every use; revocations are checked after every verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownIntermediate {
+    /// The registered CA it is signed by.
+    pub ca_name: String,
+    pub ca_not_after: i64,
+    /// The intermediate, parsed (its DER is `info.der`).
+    pub info: CertInfo,
+}
+
+/// A chain's verdict, and what it taught.
+#[derive(Debug, Clone)]
+pub struct Validation {
+    pub ok: ChainOk,
+    /// The chain's intermediate, when a full validation found it worth remembering.
+    pub learned: Option<KnownIntermediate>,
+    /// Whether `known` decided the verdict (one signature checked instead of two).
+    pub used_known: bool,
+}
+
+/// [`validate_chain_bounded`], given the intermediate the caller remembers for this chain (see
+/// [`KnownIntermediate`]; it must come from a validation against this same `index`).
+///
+/// A chain `[leaf, known intermediate]` is first tried with the intermediate as the trust anchor;
+/// anything else, and any failure there, takes the full way, in four steps: read the presented
+/// certificates, find the registered CAs they name as issuers, try the Verified and unexpired
+/// ones with webpki, and on failure work out the most useful reason (so a refusal always has its
+/// full reason).
+pub fn validate_chain_knowing(
+    chain: &[Vec<u8>],
+    index: &TrustIndex,
+    now: i64,
+    max_len: usize,
+    known: Option<&KnownIntermediate>,
+) -> Result<Validation, ChainError> {
+    if let Some(ok) = known.and_then(|k| via_known(chain, k, now)) {
+        return Ok(Validation {
+            ok,
+            learned: None,
+            used_known: true,
+        });
+    }
     let infos = read_presented(chain, max_len)?;
     let candidates = candidates(&infos, index);
     if candidates.is_empty() {
@@ -140,11 +189,73 @@ pub fn validate_chain_bounded(
         None
     } else {
         match paths.attempt(&usable) {
-            Ok(ca_name) => return admitted(ca_name, infos, &usable, now),
+            Ok(path) => {
+                let ca_not_after = usable
+                    .iter()
+                    .find(|c| c.ca_name == path.ca_name)
+                    .map_or(i64::MAX, |c| c.not_after);
+                // Only `[leaf, intermediate]` whose path went through the intermediate to a CA
+                // without name constraints (an anchor made of the intermediate would not carry
+                // the CA's).
+                let learned = (chain.len() == 2 && path.below == 1 && !path.constrained_anchor)
+                    .then(|| KnownIntermediate {
+                        ca_name: path.ca_name.clone(),
+                        ca_not_after,
+                        info: infos[1].clone(),
+                    });
+                return admitted(path.ca_name, infos, ca_not_after, now).map(|ok| Validation {
+                    ok,
+                    learned,
+                    used_known: false,
+                });
+            }
             Err(e) => Some(e),
         }
     };
     Err(refusal(&paths, &candidates, &usable, first_error, now))
+}
+
+/// The verdict on `[leaf, known intermediate]` with the intermediate as the only trust anchor,
+/// or None to take the full way (another chain, an intermediate or CA out of its validity, or
+/// any refusal: the full way works out its reason).
+fn via_known(chain: &[Vec<u8>], known: &KnownIntermediate, now: i64) -> Option<ChainOk> {
+    let intermediate = &known.info;
+    if chain.len() != 2 || chain[1] != intermediate.der {
+        return None;
+    }
+    if now < intermediate.not_before || now > intermediate.not_after || now > known.ca_not_after {
+        return None;
+    }
+    let leaf_info = CertInfo::from_der(&chain[0]).ok()?;
+    let leaf_der = CertificateDer::from(chain[0].as_slice());
+    let leaf = webpki::EndEntityCert::try_from(&leaf_der).ok()?;
+    let intermediate_der = CertificateDer::from(intermediate.der.as_slice());
+    let anchor = webpki::anchor_from_trusted_cert(&intermediate_der).ok()?;
+    leaf.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[anchor],
+        &[],
+        UnixTime::since_unix_epoch(Duration::from_secs(now.max(0) as u64)),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .ok()?;
+    admitted(
+        known.ca_name.clone(),
+        vec![leaf_info, intermediate.clone()],
+        known.ca_not_after,
+        now,
+    )
+    .ok()
+}
+
+/// A path webpki verified: the CA it ended at, how many presented intermediates it went
+/// through, and whether that CA carries name constraints.
+struct VerifiedTo {
+    ca_name: String,
+    below: usize,
+    constrained_anchor: bool,
 }
 
 /// The facts of every presented certificate, leaf first; the length bound is checked before any
@@ -229,8 +340,8 @@ impl<'a> PathCheck<'a> {
         })
     }
 
-    /// Tries a set of candidates; on success, names the one the path ended at.
-    fn attempt(&self, set: &[&AnchorEntry]) -> Result<String, webpki::Error> {
+    /// Tries a set of candidates; on success, says which one the path ended at and how.
+    fn attempt(&self, set: &[&AnchorEntry]) -> Result<VerifiedTo, webpki::Error> {
         let ders: Vec<CertificateDer<'_>> = set
             .iter()
             .map(|c| CertificateDer::from(c.der.as_slice()))
@@ -257,7 +368,11 @@ impl<'a> PathCheck<'a> {
             None,
             Some(&within_path_len),
         )?;
-        Ok(anchor_name(set, &anchors, path.anchor()).unwrap_or_default())
+        Ok(VerifiedTo {
+            ca_name: anchor_name(set, &anchors, path.anchor()).unwrap_or_default(),
+            below: path.intermediate_certificates().count(),
+            constrained_anchor: path.anchor().name_constraints.is_some(),
+        })
     }
 }
 
@@ -283,7 +398,7 @@ fn anchor_name(
 fn admitted(
     ca_name: String,
     mut infos: Vec<CertInfo>,
-    usable: &[&AnchorEntry],
+    ca_not_after: i64,
     now: i64,
 ) -> Result<ChainOk, ChainError> {
     // A chain from a Verified CA still names no device when its leaf has a CN that is not text
@@ -294,10 +409,6 @@ fn admitted(
             found: found.clone(),
         });
     }
-    let ca_not_after = usable
-        .iter()
-        .find(|c| c.ca_name == ca_name)
-        .map_or(i64::MAX, |c| c.not_after);
     let valid_from = infos.iter().map(|i| i.not_before).max().unwrap_or(now);
     let valid_until = infos
         .iter()
@@ -339,7 +450,7 @@ fn refusal(
     let unverified: Vec<&AnchorEntry> =
         candidates.iter().copied().filter(|c| !c.verified).collect();
     if !unverified.is_empty() {
-        if let Ok(ca_name) = paths.attempt(&unverified) {
+        if let Ok(VerifiedTo { ca_name, .. }) = paths.attempt(&unverified) {
             let subject = unverified
                 .iter()
                 .find(|c| c.ca_name == ca_name)

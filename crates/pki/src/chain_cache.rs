@@ -12,8 +12,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::chain::ChainOk;
-use crate::trust_index::NameKey;
+use crate::chain::{ChainOk, KnownIntermediate};
+use crate::trust_index::{name_key, NameKey};
+
+/// Intermediates remembered at most (a fleet has a handful; when full, it starts over).
+pub const KNOWN_INTERMEDIATES: usize = 1024;
 
 /// What a cached verdict keeps: only what CONNECT needs (held per device, so kept small).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,12 +70,25 @@ pub fn chain_key(chain: &[Vec<u8>]) -> ChainKey {
     key
 }
 
+/// The key of one certificate: [`chain_key`] of a chain of just it.
+fn certificate_key(der: &[u8]) -> ChainKey {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(&(der.len() as u64).to_be_bytes());
+    ctx.update(der);
+    let mut key = [0u8; 32];
+    key.copy_from_slice(ctx.finish().as_ref());
+    key
+}
+
 /// Successful chain validations, at most `capacity` of them (when full, it starts over: the
-/// cost of a miss is one full validation, never a wrong verdict).
+/// cost of a miss is one full validation, never a wrong verdict), and the intermediates those
+/// validations went through ([`KnownIntermediate`], by the SHA-256 of their DER; none when
+/// `capacity` is 0).
 #[derive(Debug, Default)]
 pub struct ChainCache {
     capacity: usize,
     entries: HashMap<ChainKey, VerifiedChain>,
+    intermediates: HashMap<ChainKey, Arc<KnownIntermediate>>,
 }
 
 impl ChainCache {
@@ -80,7 +96,36 @@ impl ChainCache {
         ChainCache {
             capacity,
             entries: HashMap::new(),
+            intermediates: HashMap::new(),
         }
+    }
+
+    /// The remembered intermediate whose DER is exactly `der`.
+    pub fn known_intermediate(&self, der: &[u8]) -> Option<Arc<KnownIntermediate>> {
+        if self.intermediates.is_empty() {
+            return None;
+        }
+        self.intermediates
+            .get(&certificate_key(der))
+            .filter(|k| k.info.der == der)
+            .cloned()
+    }
+
+    /// Remembers an intermediate a full validation went through.
+    pub fn learn_intermediate(&mut self, known: KnownIntermediate) {
+        if self.capacity == 0 {
+            return;
+        }
+        let key = certificate_key(&known.info.der);
+        if self.intermediates.len() >= KNOWN_INTERMEDIATES && !self.intermediates.contains_key(&key)
+        {
+            self.intermediates.clear();
+        }
+        self.intermediates.insert(key, Arc::new(known));
+    }
+
+    pub fn known_intermediates(&self) -> usize {
+        self.intermediates.len()
     }
 
     /// The cached verdict for `key`, if there is one and it holds at `now`.
@@ -102,12 +147,19 @@ impl ChainCache {
 
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.intermediates.clear();
     }
 
-    /// Drops the verdicts a change to CAs with these subjects can alter; returns how many.
+    /// Drops the verdicts a change to CAs with these subjects can alter; returns how many. So
+    /// are the intermediates issued by such a CA, or named like one (a CA registered under an
+    /// intermediate's subject would end its chains there instead).
     pub fn forget_affected(&mut self, changed: &HashSet<NameKey>) -> usize {
         let before = self.entries.len();
         self.entries.retain(|_, v| !v.depends_on(changed));
+        self.intermediates.retain(|_, k| {
+            !changed.contains(&name_key(&k.info.issuer_raw))
+                && !changed.contains(&name_key(&k.info.subject_raw))
+        });
         before - self.entries.len()
     }
 
