@@ -3,11 +3,12 @@
 //!
 //! Sign mode (first byte 0xA5): the first certificate is a TBSCertificate that a CA made at start
 //! signs (see signer.rs), and the index trusts that CA, so verdicts after the path are fuzzed too:
-//! an admitted leaf never has a CN that is not text, nor mismatched algorithm fields.
+//! an admitted leaf never has a CN that is not text, nor mismatched algorithm fields; and a chain
+//! judged through the intermediate it taught (`validate_chain_knowing`) gets the full verdict.
 #![no_main]
 use std::sync::OnceLock;
 
-use iothub_pki::chain::validate_chain;
+use iothub_pki::chain::{validate_chain, validate_chain_knowing};
 use iothub_pki::trust_index::{AnchorEntry, TrustIndex};
 use iothub_pki::CertInfo;
 use libfuzzer_sys::fuzz_target;
@@ -67,8 +68,16 @@ fuzz_target!(|data: &[u8]| {
             now = leaf.not_before.saturating_add(60);
         }
     }
-    if let Ok(ok) = validate_chain(&chain, index(), now) {
+    let full = validate_chain(&chain, index(), now);
+    if let Ok(ok) = &full {
         assert!(ok.leaf.non_text_common_names.is_empty());
         assert!(iothub_pki::cert::check_signature_algorithms(&ok.leaf.der).is_ok());
+    }
+    // What a chain teaches never changes its own verdict.
+    if let Ok(v) = validate_chain_knowing(&chain, index(), now, 8, None) {
+        if let Some(known) = v.learned {
+            let again = validate_chain_knowing(&chain, index(), now, 8, Some(&known));
+            assert_eq!(again.map(|v| v.ok), full);
+        }
     }
 });
