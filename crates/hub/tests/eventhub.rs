@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use iothub_hub::telemetry::partition_of;
 use iothub_hub::{HubConfig, HubError, StartPosition};
-use iothub_pki::sas::build_token;
 use iothub_store::NewMessage;
 
 fn publish(env: &Env, device: &str, body: &str) -> i64 {
@@ -127,13 +126,7 @@ fn every_start_position_names_the_sequence_number_read_first() {
 #[test]
 fn a_policy_without_service_connect_reads_nothing() {
     let (env, p, _, _) = log();
-    let key = env
-        .hub
-        .policy_keys(&sys(), "registryRead")
-        .unwrap()
-        .primary_key;
-    let token = build_token("localhost", &key, Some("registryRead"), env.now() + 60).unwrap();
-    let reader = env.hub.authenticate(Some(&token)).unwrap();
+    let reader = principal_of(&env, "registryRead");
     for refused in [
         env.hub.eventhub_info(&reader).map(|_| ()),
         env.hub.partition_info(&reader, p).map(|_| ()),
@@ -147,12 +140,6 @@ fn a_policy_without_service_connect_reads_nothing() {
             "{refused:?}"
         );
     }
-}
-
-fn principal_of(env: &Env, policy: &str) -> iothub_hub::Principal {
-    let key = env.hub.policy_keys(&sys(), policy).unwrap().primary_key;
-    let token = build_token("localhost", &key, Some(policy), env.now() + 60).unwrap();
-    env.hub.authenticate(Some(&token)).unwrap()
 }
 
 #[test]

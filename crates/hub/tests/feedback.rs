@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use iothub_hub::{C2dAck, C2dSend, FeedbackStatus, HubConfig, HubError, PutDevice};
-use iothub_pki::sas::build_token;
 
 fn device(env: &Env, id: &str) {
     let put = PutDevice {
@@ -179,13 +178,7 @@ fn feedback_past_its_time_to_live_is_dropped() {
 #[test]
 fn feedback_needs_service_connect() {
     let env = Env::new();
-    let key = env
-        .hub
-        .policy_keys(&sys(), "registryRead")
-        .unwrap()
-        .primary_key;
-    let token = build_token("localhost", &key, Some("registryRead"), env.now() + 60).unwrap();
-    let reader = env.hub.authenticate(Some(&token)).unwrap();
+    let reader = principal_of(&env, "registryRead");
     for refused in [
         env.hub.receive_feedback(&reader).map(|_| ()),
         env.hub.complete_feedback(&reader, "t"),

@@ -20,6 +20,14 @@ pub struct Env {
     pub clock: Arc<ManualClock>,
 }
 
+/// The principal of a token signed with `policy`'s primary key, valid for a minute.
+pub fn principal_of(env: &Env, policy: &str) -> Principal {
+    let key = env.hub.policy_keys(&sys(), policy).unwrap().primary_key;
+    let token =
+        iothub_pki::sas::build_token("localhost", &key, Some(policy), env.now() + 60).unwrap();
+    env.hub.authenticate(Some(&token)).unwrap()
+}
+
 pub fn sys() -> Principal {
     Principal::system()
 }
