@@ -7,8 +7,8 @@
 //! which ack wants which outcome, the queue's limits (from the config), the lock token, and who may
 //! read (ServiceConnect).
 
-pub use iothub_store::{C2dAck, FeedbackStatus};
-use iothub_store::{FeedbackRecord, FeedbackSettle, FeedbackTake, FeedbackWrite};
+pub use iothub_store::{C2dAck, FeedbackRecord, FeedbackStatus};
+use iothub_store::{FeedbackSettle, FeedbackTake, FeedbackWrite};
 
 use crate::auth::{Principal, Right};
 use crate::{Hub, HubError};
@@ -37,18 +37,6 @@ pub fn parse_ack(text: &str) -> Result<C2dAck, HubError> {
     })
 }
 
-/// One record of a feedback batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeedbackView {
-    pub original_message_id: String,
-    pub device_id: String,
-    pub device_generation_id: String,
-    pub status: FeedbackStatus,
-    pub description: String,
-    /// When the outcome happened (Unix seconds).
-    pub enqueued: i64,
-}
-
 /// What one receive hands out: records locked under one token until `locked_until`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedbackBatch {
@@ -56,7 +44,7 @@ pub struct FeedbackBatch {
     pub locked_until: i64,
     /// How many times the most often taken record of the batch has been taken (this time included).
     pub delivery_count: i64,
-    pub records: Vec<FeedbackView>,
+    pub records: Vec<FeedbackRecord>,
 }
 
 /// The content type of a feedback batch in Azure's JSON (both transports send it).
@@ -86,19 +74,6 @@ impl FeedbackBatch {
     /// When the newest outcome of the batch happened (Unix seconds).
     pub fn newest(&self) -> i64 {
         self.records.iter().map(|r| r.enqueued).max().unwrap_or(0)
-    }
-}
-
-impl FeedbackView {
-    fn of(r: FeedbackRecord) -> FeedbackView {
-        FeedbackView {
-            original_message_id: r.original_message_id,
-            device_id: r.device_id,
-            device_generation_id: r.device_generation_id,
-            status: r.status,
-            description: r.description,
-            enqueued: r.enqueued,
-        }
     }
 }
 
@@ -152,7 +127,7 @@ impl Hub {
             lock_token: token,
             locked_until: until,
             delivery_count: records.iter().map(|r| r.delivery_count).max().unwrap_or(1),
-            records: records.into_iter().map(FeedbackView::of).collect(),
+            records,
         }))
     }
 

@@ -67,7 +67,7 @@ pub use clock::{Clock, SystemClock};
 pub use devices::{DeviceAuth, DeviceView, PutDevice};
 pub use error::{ErrorCode, HubError};
 pub use eventhub::{ConsumerGroupView, EventHubInfo, PartitionInfo, StartPosition};
-pub use feedback::{C2dAck, FeedbackBatch, FeedbackStatus, FeedbackView, FEEDBACK_CONTENT_TYPE};
+pub use feedback::{C2dAck, FeedbackBatch, FeedbackRecord, FeedbackStatus, FEEDBACK_CONTENT_TYPE};
 /// A policy with its keys, as `Hub::policy_keys` hands it out: plain data (name, two keys,
 /// rights), re-exported so that adapters take it from the service layer, not the store.
 pub use iothub_store::PolicyRecord;

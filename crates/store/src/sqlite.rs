@@ -14,9 +14,9 @@ use crate::{
     AuditEntry, AuditQuery, AuthType, AutoRegistration, C2dAck, C2dRecord, C2dState, CaChanges,
     CaRecord, Change, ChangeFeed, ChangeKind, CodeRecord, CrlRecord, DeviceActivity, DeviceRecord,
     DeviceStatus, EnrollmentKind, EnrollmentRecord, Expect, FeedbackRecord, FeedbackSettle,
-    FeedbackTake, FeedbackWrite, MethodCallRecord, NewAudit, NewMessage, PolicyChange,
-    PolicyRecord, Presence, PresenceUpdate, RegistrationRecord, RevocationRecord, Store,
-    StoreError, StoredMessage, Subscriptions, TwinRecord,
+    FeedbackStatus, FeedbackTake, FeedbackWrite, MethodCallRecord, NewAudit, NewMessage,
+    PolicyChange, PolicyRecord, Presence, PresenceUpdate, RegistrationRecord, RevocationRecord,
+    Store, StoreError, StoredMessage, Subscriptions, TwinRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -405,6 +405,7 @@ text_column!(
     AuthType,
     C2dState,
     C2dAck,
+    FeedbackStatus,
     ChangeKind,
     EnrollmentKind
 );

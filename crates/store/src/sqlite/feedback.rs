@@ -6,10 +6,7 @@
 use rusqlite::{params, params_from_iter, TransactionBehavior};
 
 use super::{backend, SqliteStore};
-use crate::{
-    C2dState, FeedbackRecord, FeedbackSettle, FeedbackStatus, FeedbackTake, FeedbackWrite,
-    StoreError,
-};
+use crate::{C2dState, FeedbackRecord, FeedbackSettle, FeedbackTake, FeedbackWrite, StoreError};
 
 /// `?first, ?first+1, ...`: one placeholder per ack that wants the outcome.
 fn placeholders(first: usize, count: usize) -> String {
@@ -19,26 +16,13 @@ fn placeholders(first: usize, count: usize) -> String {
         .join(", ")
 }
 
-impl rusqlite::ToSql for FeedbackStatus {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(self.as_str().into())
-    }
-}
-
 fn feedback_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FeedbackRecord> {
-    let status: String = r.get(4)?;
     Ok(FeedbackRecord {
         id: r.get(0)?,
         original_message_id: r.get(1)?,
         device_id: r.get(2)?,
         device_generation_id: r.get(3)?,
-        status: FeedbackStatus::parse(&status).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                4,
-                rusqlite::types::Type::Text,
-                format!("'{status}' is not a FeedbackStatus").into(),
-            )
-        })?,
+        status: r.get(4)?,
         description: r.get(5)?,
         enqueued: r.get(6)?,
         delivery_count: r.get(7)?,
